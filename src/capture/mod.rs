@@ -1,0 +1,12 @@
+//! Capture: reading the source's `MONITOR` stream byte-exactly and turning it into parsed,
+//! classified commands.
+//!
+//! Neighbours: [`crate::net`] opens the raw connection; [`crate::command`] classifies what is
+//! parsed here. The journal (later stages) receives what capture produces.
+
+pub mod framing;
+mod monitor;
+pub mod parse;
+
+pub use monitor::{CaptureError, MonitorStream};
+pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};

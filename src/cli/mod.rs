@@ -1,0 +1,92 @@
+//! The command line: validated arguments, logging, and the exit-code contract
+//! (0 ok, 1 verification found differences, 2 error).
+
+mod monitor;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Move a live Redis dataset to another server with zero downtime, exactly.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+struct Cli {
+    /// Log verbosity: -v for debug, -vv for trace. `FERRY_LOG` (tracing filter syntax) overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Monitor(monitor::MonitorArgs),
+}
+
+/// Exit code for an error (bad input, unreachable server, failed run).
+pub const EXIT_ERROR: u8 = 2;
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "ferry=info",
+        1 => "ferry=debug",
+        _ => "ferry=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs the binary; every error ends as one line on stderr and exit code 2.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Monitor(args) => monitor::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {}", one_line(&e));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// An error and its causes on one line, without repeating text a cause already carries.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}

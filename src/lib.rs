@@ -1,0 +1,37 @@
+//! ferry moves a live Redis dataset from one server to another with zero downtime, exactly.
+//!
+//! # Architecture
+//!
+//! ```text
+//!             source (primary or replica)
+//!       MONITOR │            │ SCAN, MULTI{DUMP, PEXPIRETIME}   (fenced reads)
+//!               ▼            ▼
+//!    capture ──► journal ──► stitch/route ──► replay shards ──► target
+//!    (parse,      (disk │    (fences → restore,  (ordered per slot,
+//!     classify)    SQS)       dirty → re-copy)    pipelined)
+//!                                    ▲
+//!         snapshot workers ──────────┘ payloads keyed by fence
+//!         verify / cutover ── fenced reads at the same stream position on both sides
+//! ```
+//!
+//! # Layout
+//!
+//! - [`net`]: Redis URLs (redacted in every message), control connections through redis-rs, and
+//!   raw RESP connections for `MONITOR`.
+//! - [`capture`]: the byte-exact `MONITOR` parser ([`capture::parse_line`]) and the live stream
+//!   ([`capture::MonitorStream`]).
+//! - [`command`]: the command table from the server's own `COMMAND` (or the built-in Redis 7.0
+//!   table): classification ([`command::Class`]) and key extraction ([`command::KeyRef`]) that
+//!   match `COMMAND GETKEYSANDFLAGS`.
+//! - [`escape`]: Redis's argument quoting, both ways.
+//!
+//! # Units that flow
+//!
+//! - [`command::Argv`]: a command's arguments as bytes, never strings; keys are binary.
+//! - [`capture::MonitorLine`]: `{ ts_us, db, peer, argv }`, one per `MONITOR` line, in the
+//!   source's single execution order.
+
+pub mod capture;
+pub mod command;
+pub mod escape;
+pub mod net;

@@ -1,0 +1,282 @@
+//! Where ferry connects: Redis URLs, redacted display, control connections (redis-rs) and raw
+//! RESP connections (for `MONITOR`), with errors that name the endpoint and never the password.
+//!
+//! URLs follow redis-rs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS (certificates
+//! verified unless the URL ends in `#insecure`), and `redis+unix:///path?db=N&pass=…`.
+
+mod raw;
+
+use std::io;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+
+pub use raw::{RawConn, Reply};
+
+/// How long a connection attempt (TCP, TLS and AUTH together) may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why ferry could not talk to a server. Every variant names the endpoint, redacted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The URL does not parse.
+    #[error("invalid Redis URL '{url}': {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// Nothing answered at the address.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Unreachable { endpoint: String, source: io::Error },
+    /// The connection attempt did not finish in time.
+    #[error("timed out after {secs}s connecting to {endpoint}")]
+    Timeout { endpoint: String, secs: u64 },
+    /// The server refused the credentials.
+    #[error("authentication failed for {endpoint}: {message}")]
+    Auth { endpoint: String, message: String },
+    /// The TLS handshake or certificate check failed.
+    #[error("TLS with {endpoint} failed: {message}")]
+    Tls { endpoint: String, message: String },
+    /// The server answered a command with an error.
+    #[error("{endpoint} rejected {command}: {message}")]
+    Server {
+        endpoint: String,
+        command: String,
+        message: String,
+    },
+    /// The connection broke or the server sent something that is not RESP.
+    #[error("connection to {endpoint} failed: {message}")]
+    Io { endpoint: String, message: String },
+}
+
+/// A parsed Redis URL. Its `Display` is the URL with the password replaced by `***`.
+#[derive(Clone)]
+pub struct Endpoint {
+    info: redis::ConnectionInfo,
+    redacted: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.redacted)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl Endpoint {
+    /// Parses and validates a URL; the error shows the URL redacted.
+    pub fn parse(url: &str) -> Result<Endpoint, NetError> {
+        let redacted = redact_url(url);
+        let info = url
+            .into_connection_info()
+            .map_err(|e| NetError::InvalidUrl {
+                url: redacted.clone(),
+                reason: redis_reason(&e),
+            })?;
+        if let ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } = info.addr()
+            && host.is_empty()
+        {
+            return Err(NetError::InvalidUrl {
+                url: redacted,
+                reason: "no host".into(),
+            });
+        }
+        Ok(Endpoint { info, redacted })
+    }
+
+    /// The URL with its password redacted.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The db the URL selects (0 when absent).
+    pub fn db(&self) -> i64 {
+        self.info.redis_settings().db()
+    }
+
+    /// The same endpoint with another db selected.
+    pub fn with_db(&self, db: i64) -> Endpoint {
+        let redis = self.info.redis_settings().clone().set_db(db);
+        Endpoint {
+            info: self.info.clone().set_redis_settings(redis),
+            redacted: self.redacted.clone(),
+        }
+    }
+
+    /// The address part, for matching against `CLIENT INFO` and cluster nodes.
+    pub fn addr(&self) -> &ConnectionAddr {
+        self.info.addr()
+    }
+
+    /// A redis-rs client for this endpoint.
+    pub fn client(&self) -> Result<redis::Client, NetError> {
+        redis::Client::open(self.info.clone()).map_err(|e| NetError::InvalidUrl {
+            url: self.redacted.clone(),
+            reason: redis_reason(&e),
+        })
+    }
+
+    /// Opens a multiplexed control connection and checks it with `PING`.
+    pub async fn control(&self) -> Result<redis::aio::MultiplexedConnection, NetError> {
+        install_crypto_provider();
+        let client = self.client()?;
+        let connect = async {
+            let mut con = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut con).await?;
+            Ok::<_, redis::RedisError>(con)
+        };
+        match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect).await {
+            Err(_) => Err(NetError::Timeout {
+                endpoint: self.redacted.clone(),
+                secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
+            }),
+            Ok(Ok(con)) => Ok(con),
+            Ok(Err(e)) => Err(self.classify(&e)),
+        }
+    }
+
+    /// Opens a raw RESP connection (authenticated, db not selected), for `MONITOR`.
+    pub async fn raw(&self) -> Result<RawConn, NetError> {
+        match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, RawConn::connect(self)).await {
+            Err(_) => Err(NetError::Timeout {
+                endpoint: self.redacted.clone(),
+                secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
+            }),
+            Ok(r) => r,
+        }
+    }
+
+    /// Maps a redis-rs error to what the user needs to know, by kind rather than by text where
+    /// redis-rs offers a kind.
+    pub fn classify(&self, e: &redis::RedisError) -> NetError {
+        let endpoint = self.redacted.clone();
+        if e.is_connection_refusal() {
+            return NetError::Unreachable {
+                endpoint,
+                source: io::Error::new(io::ErrorKind::ConnectionRefused, redis_reason(e)),
+            };
+        }
+        let code = e.code().unwrap_or_default();
+        let detail = e.detail().unwrap_or_default();
+        let auth_words = detail.contains("AUTH") || detail.contains("password");
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+            || (code == "ERR" && auth_words)
+        {
+            return NetError::Auth {
+                endpoint,
+                message: redact_text(&redis_reason(e), self),
+            };
+        }
+        if e.is_timeout() {
+            return NetError::Timeout {
+                endpoint,
+                secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
+            };
+        }
+        let message = redact_text(&redis_reason(e), self);
+        if message.contains("certificate") || message.contains("TLS") || message.contains("tls") {
+            return NetError::Tls { endpoint, message };
+        }
+        if e.is_io_error() {
+            return NetError::Unreachable {
+                endpoint,
+                source: io::Error::other(message),
+            };
+        }
+        NetError::Io { endpoint, message }
+    }
+
+    pub(crate) fn info(&self) -> &redis::ConnectionInfo {
+        &self.info
+    }
+}
+
+/// redis-rs builds rustls without choosing a crypto provider; pick ring once per process so that
+/// `rediss://` works (build-notes: the "CryptoProvider" panic).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A redis-rs error as one line, without the redundant kind prefix where there is a detail.
+fn redis_reason(e: &redis::RedisError) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Removes the endpoint's password from arbitrary text, in case a library echoed it.
+fn redact_text(text: &str, ep: &Endpoint) -> String {
+    match ep.info.redis_settings().password() {
+        Some(p) if !p.is_empty() => text.replace(p, "***"),
+        _ => text.to_string(),
+    }
+}
+
+/// The URL with the password (userinfo or `pass=`/`password=` query) replaced by `***`.
+///
+/// Works on text that does not parse as a URL too, so that even a malformed URL in an error
+/// message does not leak its password.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            let redacted = match userinfo.find(':') {
+                Some(colon) => format!("{}:***", &userinfo[..colon]),
+                // redis-rs reads a lone userinfo as the password.
+                None => "***".to_string(),
+            };
+            out.replace_range(auth_start..auth_start + at, &redacted);
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://u:s3cret@h:1/2"), "redis://u:***@h:1/2");
+        assert_eq!(redact_url("redis://:s3cret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("rediss://s3cret@h"), "rediss://***@h");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redact_url("redis+unix:///tmp/s?db=1&pass=s3cret"),
+            "redis+unix:///tmp/s?db=1&pass=***"
+        );
+        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
+    }
+
+    #[test]
+    fn parse_errors_are_redacted() {
+        let e = Endpoint::parse("http://u:s3cret@h:1").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("http://u:***@h:1"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let e = Endpoint::parse("redis://u:s3cret@h:notaport").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"));
+        assert!(Endpoint::parse("redis://127.0.0.1:6379/3").unwrap().db() == 3);
+    }
+}
