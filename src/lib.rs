@@ -35,3 +35,4 @@ pub mod capture;
 pub mod command;
 pub mod escape;
 pub mod net;
+pub mod snapshot;

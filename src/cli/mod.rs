@@ -2,6 +2,7 @@
 //! (0 ok, 1 verification found differences, 2 error).
 
 mod monitor;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Monitor(monitor::MonitorArgs),
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Exit code for an error (bad input, unreachable server, failed run).
@@ -67,6 +69,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Monitor(args) => monitor::run(args).await,
+            Command::Snapshot(args) => snapshot::run(args).await,
         }
     });
     match result {

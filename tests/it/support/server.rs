@@ -127,7 +127,10 @@ impl RedisServer {
                 .tempdir()
                 .expect("create temp dir for redis-server");
             let port = free_port();
-            let cluster_port = options.cluster.then(free_port);
+            let cluster_port = options
+                .cluster
+                .then(|| std::iter::repeat_with(free_port).find(|&p| p != port))
+                .flatten();
             let config = render_config(&options, dir.path(), port, cluster_port, role_lines);
             let conf_path = dir.path().join("redis.conf");
             fs::write(&conf_path, config).expect("write redis.conf");

@@ -1,0 +1,527 @@
+//! Snapshot: a fenced, parallel, pipelined copy of every key from the source to the target.
+//!
+//! ## Behavior
+//! - One scanner walks each selected db with `SCAN`; batches of keys go through a bounded
+//!   channel to `workers` tasks, each with its own source and target connection.
+//! - A worker reads its batch as **one fenced read**: `MULTI; DUMP k; PEXPIRETIME k; …; EXEC` on
+//!   a connection whose address it learned from `CLIENT INFO`. Those lines appear in the source's
+//!   `MONITOR` stream at one point, so the live pipeline can place every copy exactly
+//!   ([`KeyCopy::fence`]).
+//! - Expiry travels as an absolute time and lands with `RESTORE … REPLACE ABSTTL`. A key that
+//!   expires before it is restored is skipped and counted.
+//! - Keys past [`SnapshotConfig::big_key_bytes`] (by `MEMORY USAGE`), keys whose payload the
+//!   target rejects (a newer RDB version), and every key in type-aware mode go through
+//!   [`chunked::copy_chunked`] with bounded memory.
+//! - A failed key is recorded with its reason and the run goes on; the report says what failed.
+//! - With a state dir, progress is checkpointed (per-db `SCAN` cursor below which every batch is
+//!   done); a rerun resumes there instead of starting over.
+
+mod checkpoint;
+pub mod chunked;
+mod progress;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::net::{Endpoint, NetError};
+use checkpoint::{Checkpoint, Watermark};
+use progress::Progress;
+
+/// Parallel workers, each with one source and one target connection.
+pub const DEFAULT_WORKERS: usize = 4;
+/// `SCAN … COUNT`.
+pub const DEFAULT_SCAN_COUNT: usize = 1000;
+/// Keys per fenced read (one `MULTI … EXEC`). Large enough to amortise round trips, small enough
+/// that the source spends well under a millisecond per transaction on ordinary keys.
+pub const DEFAULT_BATCH_KEYS: usize = 128;
+/// Keys above this `MEMORY USAGE` are copied in chunks rather than with one `DUMP`.
+pub const DEFAULT_BIG_KEY_BYTES: u64 = 32 << 20;
+/// Elements per chunk in type-aware copies.
+pub const DEFAULT_CHUNK: usize = 1000;
+/// How often the checkpoint is written.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Snapshot settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SnapshotConfig {
+    /// Dbs to copy; `None` means every db that has keys on the source.
+    pub dbs: Option<Vec<u32>>,
+    /// Parallel workers.
+    pub workers: usize,
+    /// `SCAN … COUNT`.
+    pub scan_count: usize,
+    /// Keys per fenced read.
+    pub batch_keys: usize,
+    /// Cap on commands per second sent to the source; `None` for no cap.
+    pub max_source_ops: Option<u64>,
+    /// Keys above this `MEMORY USAGE` go through the chunked copy.
+    pub big_key_bytes: u64,
+    /// Elements per chunk in the chunked copy.
+    pub chunk: usize,
+    /// Copy every key type-aware (no `DUMP`/`RESTORE`), e.g. for a target of another engine.
+    pub type_aware: bool,
+    /// Where the checkpoint lives; `None` disables resume.
+    pub state_dir: Option<PathBuf>,
+    /// Show a progress bar (when stderr is a terminal) or periodic log lines.
+    pub progress: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            dbs: None,
+            workers: DEFAULT_WORKERS,
+            scan_count: DEFAULT_SCAN_COUNT,
+            batch_keys: DEFAULT_BATCH_KEYS,
+            max_source_ops: None,
+            big_key_bytes: DEFAULT_BIG_KEY_BYTES,
+            chunk: DEFAULT_CHUNK,
+            type_aware: false,
+            state_dir: None,
+            progress: false,
+        }
+    }
+}
+
+/// Where one key's copy sits in the source's `MONITOR` stream: the `DUMP` line that `worker`
+/// (connected from `addr`) sent as its `ordinal`-th fenced read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fence {
+    /// Worker number.
+    pub worker: u32,
+    /// The worker's source connection as `CLIENT INFO` shows it (and `MONITOR` prints it).
+    pub addr: String,
+    /// The db the key was read from.
+    pub db: u32,
+    /// Count of `DUMP`s this worker connection sent before this one.
+    pub ordinal: u64,
+}
+
+/// One key as read by a fenced read.
+#[derive(Debug, Clone)]
+pub struct KeyCopy {
+    /// The db.
+    pub db: u32,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The `DUMP` payload.
+    pub payload: Vec<u8>,
+    /// Absolute expiry in unix ms; `None` for a persistent key.
+    pub expire_at_ms: Option<i64>,
+    /// Where the read sits in the source's stream.
+    pub fence: Fence,
+}
+
+/// One failed key, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedKey {
+    /// The db.
+    pub db: u32,
+    /// The key, quoted as Redis shows it.
+    pub key: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotReport {
+    /// Keys written to the target.
+    pub keys: u64,
+    /// Payload bytes written (DUMP payloads, or chunk bytes).
+    pub bytes: u64,
+    /// Keys copied with the chunked, type-aware path.
+    pub chunked_keys: u64,
+    /// Keys that expired before they could be restored.
+    pub skipped_expired: u64,
+    /// Keys deleted on the source between `SCAN` and the read.
+    pub vanished: u64,
+    /// Failed keys, counted by reason.
+    pub failed: BTreeMap<String, u64>,
+    /// The first failed keys, with reasons.
+    pub failed_keys: Vec<FailedKey>,
+    /// Keys on the source when the run started (`DBSIZE`), the progress total.
+    pub total_estimate: u64,
+    /// True when the run continued from a checkpoint.
+    pub resumed: bool,
+    /// Wall time.
+    pub elapsed_secs: f64,
+}
+
+impl SnapshotReport {
+    /// Number of failed keys.
+    pub fn failed_count(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    /// The one-line summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let rate = self.keys as f64 / self.elapsed_secs.max(1e-9);
+        let failed = if self.failed.is_empty() {
+            "0".to_string()
+        } else {
+            let parts: Vec<_> = self
+                .failed
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
+            format!("{} ({})", self.failed_count(), parts.join(", "))
+        };
+        format!(
+            "Snapshot {}: {} keys, {:.1} MB in {:.1} s ({:.0} keys/s); chunked {}; skipped {} expired, {} vanished; failed {}",
+            if self.resumed {
+                "resumed and done"
+            } else {
+                "done"
+            },
+            self.keys,
+            self.bytes as f64 / 1e6,
+            self.elapsed_secs,
+            rate,
+            self.chunked_keys,
+            self.skipped_expired,
+            self.vanished,
+            failed
+        )
+    }
+
+    fn absorb(&mut self, o: BatchStats) {
+        self.keys += o.keys;
+        self.bytes += o.bytes;
+        self.chunked_keys += o.chunked_keys;
+        self.skipped_expired += o.skipped_expired;
+        self.vanished += o.vanished;
+        for f in o.failed {
+            *self.failed.entry(f.reason.clone()).or_default() += 1;
+            if self.failed_keys.len() < 100 {
+                self.failed_keys.push(f);
+            }
+        }
+    }
+}
+
+/// Why a snapshot could not run at all. Per-key problems are in the report instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// A server could not be reached or refused us.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A command the snapshot needs failed on a server.
+    #[error("{endpoint}: {command} failed: {message}")]
+    Command {
+        endpoint: String,
+        command: &'static str,
+        message: String,
+    },
+    /// The state dir cannot be used.
+    #[error("state dir {path}: {message}")]
+    State { path: String, message: String },
+}
+
+/// A batch of keys from one `SCAN` step.
+#[derive(Debug)]
+struct Batch {
+    db: u32,
+    seq: u64,
+    keys: Vec<Vec<u8>>,
+}
+
+/// What a worker did with one batch.
+#[derive(Debug, Default)]
+struct BatchStats {
+    keys: u64,
+    bytes: u64,
+    chunked_keys: u64,
+    skipped_expired: u64,
+    vanished: u64,
+    failed: Vec<FailedKey>,
+}
+
+/// Messages to the coordinator.
+#[derive(Debug)]
+enum Event {
+    /// The scanner produced batch `seq` of `db`; after it the cursor is `cursor`.
+    Scanned { db: u32, seq: u64, cursor: u64 },
+    /// The scanner finished `db` after `batches` batches.
+    DbScanned { db: u32, batches: u64 },
+    /// A worker finished a batch.
+    Done {
+        db: u32,
+        seq: u64,
+        stats: BatchStats,
+    },
+    /// A worker or the scanner hit an error it cannot go on after.
+    Fatal(SnapshotError),
+}
+
+/// Limits the command rate on the source across all workers.
+#[derive(Debug)]
+struct RateLimiter {
+    per_sec: u64,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    async fn acquire(&self, ops: u64) {
+        let wait = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(ops as f64 / self.per_sec as f64);
+            start - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Runs snapshots.
+#[derive(Debug)]
+pub struct Snapshotter {
+    source: Endpoint,
+    target: Endpoint,
+    cfg: SnapshotConfig,
+}
+
+fn cmd_err(ep: &Endpoint, command: &'static str, e: redis::RedisError) -> SnapshotError {
+    SnapshotError::Command {
+        endpoint: ep.redacted().to_string(),
+        command,
+        message: e.to_string(),
+    }
+}
+
+/// The dbs with keys, from `INFO keyspace`, and their sizes.
+async fn keyspace(
+    ep: &Endpoint,
+    con: &mut redis::aio::MultiplexedConnection,
+) -> Result<BTreeMap<u32, u64>, SnapshotError> {
+    let info: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(con)
+        .await
+        .map_err(|e| cmd_err(ep, "INFO keyspace", e))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (db, rest) = l.strip_prefix("db")?.split_once(':')?;
+            let keys = rest.split(',').find_map(|f| f.strip_prefix("keys="))?;
+            Some((db.parse().ok()?, keys.parse().ok()?))
+        })
+        .collect())
+}
+
+impl Snapshotter {
+    /// A snapshotter from `source` to `target`.
+    pub fn new(source: Endpoint, target: Endpoint, cfg: SnapshotConfig) -> Snapshotter {
+        Snapshotter {
+            source,
+            target,
+            cfg,
+        }
+    }
+
+    /// Copies every key of the selected dbs; returns the report even when some keys failed.
+    pub async fn run(&self) -> Result<SnapshotReport, SnapshotError> {
+        let started = Instant::now();
+        let mut src = self.source.control().await?;
+        let mut dst = self.target.control().await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut dst)
+            .await
+            .map_err(|e| cmd_err(&self.target, "PING", e))?;
+        let sizes = keyspace(&self.source, &mut src).await?;
+        let dbs: Vec<u32> = match &self.cfg.dbs {
+            Some(d) => d.clone(),
+            None => sizes.keys().copied().collect(),
+        };
+
+        let mut checkpoint = match &self.cfg.state_dir {
+            Some(dir) => Checkpoint::open(dir, &self.source, &self.target, &dbs)?,
+            None => Checkpoint::in_memory(&dbs),
+        };
+        let mut report = SnapshotReport {
+            resumed: checkpoint.is_resumed(),
+            ..SnapshotReport::default()
+        };
+        if report.resumed {
+            tracing::info!(
+                keys_done = checkpoint.keys_done(),
+                "Resuming the snapshot from its checkpoint."
+            );
+        }
+        report.total_estimate = dbs
+            .iter()
+            .filter(|db| !checkpoint.db_done(**db))
+            .map(|db| sizes.get(db).copied().unwrap_or(0))
+            .sum();
+        let progress = Progress::new(self.cfg.progress, report.total_estimate);
+
+        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(self.cfg.workers * 2);
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        let limiter = self.cfg.max_source_ops.map(|per_sec| {
+            Arc::new(RateLimiter {
+                per_sec: per_sec.max(1),
+                next: Mutex::new(Instant::now()),
+            })
+        });
+        let shared = Arc::new(worker::Shared::new(
+            self.source.clone(),
+            self.target.clone(),
+            self.cfg.clone(),
+            limiter.clone(),
+        ));
+
+        let scan_plan: Vec<(u32, u64)> = dbs
+            .iter()
+            .filter(|db| !checkpoint.db_done(**db))
+            .map(|db| (*db, checkpoint.cursor(*db)))
+            .collect();
+        let scanner = tokio::spawn(scan_all(
+            self.source.clone(),
+            scan_plan,
+            self.cfg.scan_count,
+            self.cfg.batch_keys,
+            limiter,
+            batch_tx,
+            event_tx.clone(),
+        ));
+        let mut workers = Vec::new();
+        for id in 0..self.cfg.workers.max(1) {
+            workers.push(tokio::spawn(worker::run(
+                id as u32,
+                shared.clone(),
+                batch_rx.clone(),
+                event_tx.clone(),
+            )));
+        }
+        drop(event_tx);
+
+        let mut watermarks: BTreeMap<u32, Watermark> = BTreeMap::new();
+        let mut fatal = None;
+        let mut last_save = Instant::now();
+        while let Some(event) = event_rx.recv().await {
+            match event {
+                Event::Scanned { db, seq, cursor } => {
+                    watermarks.entry(db).or_default().scanned(seq, cursor)
+                }
+                Event::DbScanned { db, batches } => {
+                    watermarks.entry(db).or_default().finished_scan(batches)
+                }
+                Event::Done { db, seq, stats } => {
+                    progress.advance(stats.keys + stats.skipped_expired + stats.vanished);
+                    checkpoint.add_keys(stats.keys);
+                    report.absorb(stats);
+                    let wm = watermarks.entry(db).or_default();
+                    wm.done(seq);
+                    checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                }
+                Event::Fatal(e) => {
+                    // Stop handing out work; workers finish what they hold.
+                    fatal.get_or_insert(e);
+                    scanner.abort();
+                }
+            }
+            if last_save.elapsed() >= CHECKPOINT_EVERY {
+                checkpoint.save()?;
+                last_save = Instant::now();
+            }
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+        if let Some(e) = fatal {
+            checkpoint.save()?;
+            progress.finish();
+            return Err(e);
+        }
+        checkpoint.finish()?;
+        progress.finish();
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}
+
+/// Walks every db of the plan with `SCAN` from its cursor and feeds batches to the workers.
+async fn scan_all(
+    source: Endpoint,
+    plan: Vec<(u32, u64)>,
+    scan_count: usize,
+    batch_keys: usize,
+    limiter: Option<Arc<RateLimiter>>,
+    batches: mpsc::Sender<Batch>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let result = async {
+        let mut con = source.control().await?;
+        for (db, start) in plan {
+            redis::cmd("SELECT")
+                .arg(db)
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(|e| cmd_err(&source, "SELECT", e))?;
+            let mut cursor = start;
+            let mut seq = 0u64;
+            loop {
+                if let Some(l) = &limiter {
+                    l.acquire(1).await;
+                }
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(scan_count)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| cmd_err(&source, "SCAN", e))?;
+                // One SCAN step may yield more keys than a fenced read should hold; every part
+                // gets its own seq, and only the last part carries the step's cursor.
+                let parts: Vec<Vec<Vec<u8>>> = if keys.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    keys.chunks(batch_keys.max(1)).map(<[_]>::to_vec).collect()
+                };
+                let n = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let cursor_after = if i + 1 == n { next } else { cursor };
+                    let _ = events.send(Event::Scanned {
+                        db,
+                        seq,
+                        cursor: cursor_after,
+                    });
+                    if batches
+                        .send(Batch {
+                            db,
+                            seq,
+                            keys: part,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                    seq += 1;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            let _ = events.send(Event::DbScanned { db, batches: seq });
+        }
+        Ok::<_, SnapshotError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = events.send(Event::Fatal(e));
+    }
+}

@@ -1,0 +1,422 @@
+//! A snapshot worker: fenced reads of a batch on the source, pipelined `RESTORE` on the target,
+//! and the chunked path for big keys and rejected payloads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{Mutex, mpsc};
+
+use super::chunked::{KeyType, copy_chunked};
+use super::{
+    Batch, BatchStats, Event, FailedKey, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
+};
+use crate::escape::Quoted;
+use crate::net::Endpoint;
+
+/// Attempts per batch before a connection problem stops the snapshot.
+const ATTEMPTS: u32 = 3;
+
+/// What all workers share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    source: Endpoint,
+    target: Endpoint,
+    cfg: SnapshotConfig,
+    limiter: Option<Arc<RateLimiter>>,
+    /// Set once the target rejected a payload version; later keys skip `RESTORE`.
+    version_rejected: AtomicBool,
+    /// Cleared when the source refuses `MEMORY USAGE`; sizes are then unknown.
+    memory_usage: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn new(
+        source: Endpoint,
+        target: Endpoint,
+        cfg: SnapshotConfig,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> Shared {
+        Shared {
+            source,
+            target,
+            cfg,
+            limiter,
+            version_rejected: AtomicBool::new(false),
+            memory_usage: AtomicBool::new(true),
+        }
+    }
+
+    async fn limit(&self, ops: usize) {
+        if let Some(l) = &self.limiter {
+            l.acquire(ops as u64).await;
+        }
+    }
+}
+
+struct Worker {
+    id: u32,
+    shared: Arc<Shared>,
+    src: MultiplexedConnection,
+    dst: MultiplexedConnection,
+    addr: String,
+    src_db: Option<u32>,
+    dst_db: Option<u32>,
+    ordinal: u64,
+}
+
+/// A failure that may go away with a new connection.
+struct Retry(String);
+
+impl From<redis::RedisError> for Retry {
+    fn from(e: redis::RedisError) -> Retry {
+        Retry(e.to_string())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn error_text(v: &Value) -> Option<String> {
+    match v {
+        Value::ServerError(e) => Some(format!("{} {}", e.code(), e.details().unwrap_or_default())),
+        _ => None,
+    }
+}
+
+/// The short reason under which a failure is counted: the error code.
+fn reason_of(message: &str) -> String {
+    message
+        .split_whitespace()
+        .next()
+        .unwrap_or("ERR")
+        .to_string()
+}
+
+impl Worker {
+    async fn connect(id: u32, shared: Arc<Shared>) -> Result<Worker, SnapshotError> {
+        let mut src = shared.source.control().await?;
+        let dst = shared.target.control().await?;
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut src)
+            .await
+            .map_err(|e| SnapshotError::Command {
+                endpoint: shared.source.redacted().to_string(),
+                command: "CLIENT INFO",
+                message: e.to_string(),
+            })?;
+        let addr = info
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+            .unwrap_or_default()
+            .to_string();
+        Ok(Worker {
+            id,
+            shared,
+            src,
+            dst,
+            addr,
+            src_db: None,
+            dst_db: None,
+            ordinal: 0,
+        })
+    }
+
+    async fn select(&mut self, db: u32) -> Result<(), Retry> {
+        if self.src_db != Some(db) {
+            redis::cmd("SELECT")
+                .arg(db)
+                .query_async::<()>(&mut self.src)
+                .await?;
+            self.src_db = Some(db);
+        }
+        if self.dst_db != Some(db) {
+            redis::cmd("SELECT")
+                .arg(db)
+                .query_async::<()>(&mut self.dst)
+                .await?;
+            self.dst_db = Some(db);
+        }
+        Ok(())
+    }
+
+    /// Splits a batch into keys for `DUMP` and keys for the chunked path.
+    async fn partition(&mut self, keys: &[Vec<u8>]) -> Result<(Vec<usize>, Vec<usize>), Retry> {
+        let all: Vec<usize> = (0..keys.len()).collect();
+        if self.shared.cfg.type_aware || self.shared.version_rejected.load(Ordering::Relaxed) {
+            return Ok((Vec::new(), all));
+        }
+        if !self.shared.memory_usage.load(Ordering::Relaxed) {
+            return Ok((all, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for k in keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
+        }
+        self.shared.limit(keys.len()).await;
+        let sizes: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        let (mut small, mut big) = (Vec::new(), Vec::new());
+        for (i, v) in sizes.iter().enumerate() {
+            match v {
+                Value::Int(n) if *n as u64 > self.shared.cfg.big_key_bytes => big.push(i),
+                Value::ServerError(e) if e.code() == "ERR" => {
+                    if self.shared.memory_usage.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %error_text(v).unwrap_or_default(),
+                            "The source refuses MEMORY USAGE; big keys will be copied with DUMP."
+                        );
+                    }
+                    small.push(i);
+                }
+                _ => small.push(i),
+            }
+        }
+        Ok((small, big))
+    }
+
+    /// The fenced read of `keys`: one `MULTI; DUMP; PEXPIRETIME; …; EXEC`.
+    async fn fenced_read(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        stats: &mut BatchStats,
+    ) -> Result<Vec<KeyCopy>, Retry> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for k in keys {
+            pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
+        }
+        self.shared.limit(2 * keys.len() + 2).await;
+        let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        if replies.len() != 2 * keys.len() {
+            return Err(Retry(format!(
+                "EXEC returned {} replies for {} reads",
+                replies.len(),
+                2 * keys.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
+            let ordinal = self.ordinal;
+            self.ordinal += 1;
+            let payload = match &pair[0] {
+                Value::BulkString(p) => p.clone(),
+                _ => {
+                    stats.vanished += 1;
+                    continue;
+                }
+            };
+            let expire_at_ms = match pair[1] {
+                Value::Int(t) if t >= 0 => Some(t),
+                _ => None,
+            };
+            out.push(KeyCopy {
+                db,
+                key: k.to_vec(),
+                payload,
+                expire_at_ms,
+                fence: Fence {
+                    worker: self.id,
+                    addr: self.addr.clone(),
+                    db,
+                    ordinal,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Restores copies on the target; returns the keys whose payload the target rejected.
+    async fn restore(
+        &mut self,
+        copies: Vec<KeyCopy>,
+        stats: &mut BatchStats,
+    ) -> Result<Vec<Vec<u8>>, Retry> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::with_capacity(copies.len());
+        for c in copies {
+            match c.expire_at_ms {
+                Some(t) if t <= now => stats.skipped_expired += 1,
+                Some(t) => {
+                    pipe.cmd("RESTORE")
+                        .arg(c.key.as_slice())
+                        .arg(t)
+                        .arg(c.payload.as_slice())
+                        .arg("REPLACE")
+                        .arg("ABSTTL");
+                    sent.push(c);
+                }
+                None => {
+                    pipe.cmd("RESTORE")
+                        .arg(c.key.as_slice())
+                        .arg(0)
+                        .arg(c.payload.as_slice())
+                        .arg("REPLACE");
+                    sent.push(c);
+                }
+            }
+        }
+        if sent.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut self.dst).await?;
+        let mut rejected = Vec::new();
+        for (c, r) in sent.into_iter().zip(&replies) {
+            match error_text(r) {
+                None => {
+                    stats.keys += 1;
+                    stats.bytes += c.payload.len() as u64;
+                }
+                Some(msg) if msg.contains("payload version or checksum") => {
+                    if !self.shared.version_rejected.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "The target rejects the source's DUMP payloads (version); copying type-aware from now on."
+                        );
+                    }
+                    rejected.push(c.key);
+                }
+                Some(msg) => stats.failed.push(FailedKey {
+                    db: c.db,
+                    key: Quoted(&c.key).to_string(),
+                    reason: format!("RESTORE {}", reason_of(&msg)),
+                }),
+            }
+        }
+        Ok(rejected)
+    }
+
+    /// Copies one key type-aware; the fence is `MULTI; TYPE k; PEXPIRETIME k; EXEC`.
+    async fn chunked(&mut self, db: u32, key: &[u8], stats: &mut BatchStats) -> Result<(), Retry> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TYPE")
+            .arg(key)
+            .cmd("PEXPIRETIME")
+            .arg(key);
+        self.shared.limit(4).await;
+        let (ty, exp): (String, i64) = pipe.query_async(&mut self.src).await?;
+        self.ordinal += 1;
+        let fail = |reason: String| FailedKey {
+            db,
+            key: Quoted(key).to_string(),
+            reason,
+        };
+        if ty == "none" {
+            stats.vanished += 1;
+            return Ok(());
+        }
+        let Some(kt) = KeyType::parse(&ty) else {
+            stats.failed.push(fail(format!("unsupported type {ty}")));
+            return Ok(());
+        };
+        let expire_at_ms = (exp >= 0).then_some(exp);
+        if expire_at_ms.is_some_and(|t| t <= now_ms()) {
+            stats.skipped_expired += 1;
+            return Ok(());
+        }
+        match copy_chunked(
+            &mut self.src,
+            &mut self.dst,
+            key,
+            key,
+            kt,
+            expire_at_ms,
+            self.shared.cfg.chunk,
+        )
+        .await
+        {
+            Ok(s) if s.elements == 0 => stats.vanished += 1,
+            Ok(s) => {
+                stats.keys += 1;
+                stats.chunked_keys += 1;
+                stats.bytes += s.bytes;
+            }
+            Err(e) => stats.failed.push(fail(format!("chunked copy: {e}"))),
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, batch: &Batch) -> Result<BatchStats, Retry> {
+        let mut stats = BatchStats::default();
+        if batch.keys.is_empty() {
+            return Ok(stats);
+        }
+        self.select(batch.db).await?;
+        let (small, big) = self.partition(&batch.keys).await?;
+        if !small.is_empty() {
+            let keys: Vec<&[u8]> = small.iter().map(|i| batch.keys[*i].as_slice()).collect();
+            let copies = self.fenced_read(batch.db, &keys, &mut stats).await?;
+            for key in self.restore(copies, &mut stats).await? {
+                self.chunked(batch.db, &key, &mut stats).await?;
+            }
+        }
+        for i in big {
+            self.chunked(batch.db, &batch.keys[i], &mut stats).await?;
+        }
+        Ok(stats)
+    }
+}
+
+/// A worker task: takes batches until the scanner is done.
+pub(super) async fn run(
+    id: u32,
+    shared: Arc<Shared>,
+    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut worker = match Worker::connect(id, shared.clone()).await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = events.send(Event::Fatal(e));
+            return;
+        }
+    };
+    loop {
+        let batch = batches.lock().await.recv().await;
+        let Some(batch) = batch else { break };
+        let mut attempt = 1;
+        let stats = loop {
+            match worker.process(&batch).await {
+                Ok(stats) => break Ok(stats),
+                Err(Retry(msg)) if attempt < ATTEMPTS => {
+                    tracing::warn!(worker = id, attempt, error = %msg, "Retrying a snapshot batch on new connections.");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                    match Worker::connect(id, shared.clone()).await {
+                        Ok(w) => worker = w,
+                        Err(e) => break Err(e),
+                    }
+                }
+                Err(Retry(msg)) => {
+                    break Err(SnapshotError::Command {
+                        endpoint: format!("{} → {}", shared.source, shared.target),
+                        command: "snapshot batch",
+                        message: msg,
+                    });
+                }
+            }
+        };
+        match stats {
+            Ok(stats) => {
+                let _ = events.send(Event::Done {
+                    db: batch.db,
+                    seq: batch.seq,
+                    stats,
+                });
+            }
+            Err(e) => {
+                let _ = events.send(Event::Fatal(e));
+                return;
+            }
+        }
+    }
+}
