@@ -6,3 +6,4 @@ mod cli;
 mod command_table;
 mod fixtures;
 mod parser;
+mod snapshot;

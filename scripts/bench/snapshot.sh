@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Snapshot benchmark: the same dataset copied by native replication (REPLICAOF full sync,
+# diskless, no delay) and by `ferry snapshot`, in the same run; prints times, the ratio and
+# ferry's peak RSS.
+#
+# Usage: scripts/bench/snapshot.sh [KEYS=200000] [VALUE_BYTES=1500]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/bench/common.sh
+
+KEYS=${1:-200000}
+VALUE=${2:-1500}
+FERRY=${FERRY:-target/release/ferry}
+[ -x "$FERRY" ] || cargo build --release --quiet
+
+start_server source
+start_server native
+start_server target
+S=$PORT_source
+
+echo "== generating $KEYS keys of $VALUE bytes plus big keys on 127.0.0.1:$S"
+redis-benchmark -p "$S" -t set -n "$KEYS" -r 1000000000 -d "$VALUE" -P 64 -q >/dev/null
+redis-benchmark -p "$S" -n 500000 -r 1000000000 -P 64 -q rpush big:list "element-__rand_int__" >/dev/null
+redis-benchmark -p "$S" -n 200000 -r 1000000000 -P 64 -q hset big:hash "f-__rand_int__" "value-__rand_int__" >/dev/null
+redis-benchmark -p "$S" -n 100000 -r 1000000000 -P 64 -q sadd big:set "m-__rand_int__" >/dev/null
+redis-benchmark -p "$S" -n 100000 -r 1000000000 -P 64 -q zadd big:zset "__rand_int__" "m-__rand_int__" >/dev/null
+redis-benchmark -p "$S" -n 50000 -r 1000000000 -P 64 -q xadd big:stream "*" f "__rand_int__" >/dev/null
+redis-cli -p "$S" -n 1 set in-db1 x >/dev/null
+KEYSPACE=$(redis-cli -p "$S" info keyspace | grep ^db | tr -d '\r' | tr '\n' ' ')
+USED=$(redis-cli -p "$S" info memory | grep '^used_memory_human' | cut -d: -f2 | tr -d '\r')
+echo "   source: $KEYSPACE($USED)"
+
+echo "== native replication (REPLICAOF, diskless full sync)"
+N=$PORT_native
+t0=$(now)
+redis-cli -p "$N" replicaof 127.0.0.1 "$S" >/dev/null
+until redis-cli -p "$N" info replication | grep -q 'master_link_status:up'; do sleep 0.01; done
+while redis-cli -p "$N" info replication | grep -q 'master_sync_in_progress:1'; do sleep 0.01; done
+t1=$(now)
+NATIVE=$(elapsed "$t0" "$t1")
+echo "   native: ${NATIVE}s"
+redis-cli -p "$N" replicaof no one >/dev/null
+
+echo "== ferry snapshot"
+T=$PORT_target
+t0=$(now)
+/usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" snapshot --quiet \
+  --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" 2>"$BENCH_DIR/ferry.err"
+t1=$(now)
+FERRY_S=$(elapsed "$t0" "$t1")
+tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
+RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+
+for db in 0 1; do
+  a=$(redis-cli -p "$S" -n $db dbsize); b=$(redis-cli -p "$T" -n $db dbsize)
+  [ "$a" = "$b" ] || { echo "db$db: source has $a keys, target $b" >&2; exit 1; }
+done
+
+RATIO=$(echo "scale=2; $FERRY_S / $NATIVE" | bc)
+echo
+echo "RESULT keys=$(redis-cli -p "$S" dbsize) native=${NATIVE}s ferry=${FERRY_S}s ratio=${RATIO}x peak_rss=${RSS_MB}MB"

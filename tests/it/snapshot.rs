@@ -1,0 +1,213 @@
+//! `ferry snapshot` end to end against real servers, each run checked with the oracle:
+//! plain and ElastiCache-like sources, type-aware mode, failures reported, and resume after
+//! `kill -9`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::cli::{ferry, run_ferry};
+use crate::support::{Dataset, OracleOptions, RedisServer, ServerOptions, compare, fill};
+
+/// The acceptance dataset: all six types, TTLs, binary keys and values, 3 dbs, a 500k-element
+/// list, a 200k-field hash, and a stream with consumer groups.
+fn dataset() -> Dataset {
+    Dataset {
+        dbs: vec![0, 1, 2],
+        keys_per_db: 3000,
+        big_list: 500_000,
+        big_hash: 200_000,
+        big_set: 50_000,
+        big_zset: 50_000,
+        stream_entries: 5000,
+        ..Dataset::default()
+    }
+}
+
+fn report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn snapshot(source: &RedisServer, target: &RedisServer, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut args = vec![
+        "snapshot",
+        "--source",
+        &source.url(),
+        "--target",
+        &target.url(),
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_ferry(&refs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry snapshot failed: {stderr}");
+    assert!(stderr.contains("Snapshot done"), "{stderr}");
+    report(&json)
+}
+
+#[test]
+fn snapshot_from_a_plain_source_is_exact() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let filled = fill(&source, &dataset());
+    let r = snapshot(&source, &target, &[]);
+    assert_eq!(r["keys"].as_u64().unwrap() as usize, filled.total_keys());
+    assert_eq!(r["failed_keys"].as_array().unwrap().len(), 0);
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
+
+#[test]
+fn snapshot_from_an_elasticache_like_source_is_exact() {
+    let source = RedisServer::elasticache_like();
+    let target = RedisServer::start();
+    fill(&source, &dataset());
+    // Small keys per fenced read and a low big-key bound exercise both paths.
+    snapshot(
+        &source,
+        &target,
+        &["--batch", "16", "--big-key-bytes", "1000000"],
+    );
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
+
+#[test]
+fn type_aware_snapshot_is_exact() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let filled = fill(&source, &dataset());
+    let r = snapshot(&source, &target, &["--type-aware"]);
+    assert_eq!(
+        r["chunked_keys"].as_u64().unwrap() as usize,
+        filled.total_keys()
+    );
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
+
+#[test]
+fn failed_keys_are_reported_with_exit_code_2() {
+    let source = RedisServer::start();
+    // A target that runs out of memory part-way: RESTORE fails with OOM for the rest.
+    let target = RedisServer::start_with(ServerOptions {
+        maxmemory: Some(4 << 20),
+        extra_config: vec!["maxmemory-policy noeviction".into()],
+        ..ServerOptions::default()
+    });
+    let mut con = source.conn();
+    for i in 0..400 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(vec![b'x'; 64 * 1024])
+            .query(&mut con)
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let out = run_ferry(&[
+        "snapshot",
+        "--source",
+        &source.url(),
+        "--target",
+        &target.url(),
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("failed key db0"), "{stderr}");
+    let r = report(&json);
+    let failed = r["failed"]["RESTORE OOM"].as_u64().unwrap();
+    let copied = r["keys"].as_u64().unwrap();
+    assert!(failed > 0 && copied > 0, "{r}");
+    assert_eq!(failed + copied, 400, "{r}");
+}
+
+#[test]
+fn snapshot_resumes_after_kill_9() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let ds = Dataset {
+        dbs: vec![0, 1, 2],
+        keys_per_db: 20_000,
+        big_list: 20_000,
+        big_hash: 20_000,
+        big_set: 1000,
+        big_zset: 1000,
+        stream_entries: 1000,
+        ..Dataset::default()
+    };
+    let total = fill(&source, &ds).total_keys() as u64;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    // Throttled so that the kill lands mid-snapshot.
+    let common = [
+        "snapshot".to_string(),
+        "--source".into(),
+        source.url(),
+        "--target".into(),
+        target.url(),
+        "--quiet".into(),
+        "--state-dir".into(),
+        state_dir.clone(),
+    ];
+    let mut child = ferry()
+        .args(&common)
+        .args(["--max-source-ops", "40000", "--batch", "32"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = state.path().join("snapshot.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut target_con = target.conn();
+    loop {
+        assert!(Instant::now() < deadline, "the snapshot made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+        let done =
+            checkpoint.exists() && report(&checkpoint)["keys_done"].as_u64().unwrap_or(0) > 2000;
+        if done {
+            break;
+        }
+    }
+    // SIGKILL: no chance to clean up or save anything more.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial: u64 = (0..3)
+        .map(|db| {
+            let _: () = redis::cmd("SELECT").arg(db).query(&mut target_con).unwrap();
+            redis::cmd("DBSIZE").query::<u64>(&mut target_con).unwrap()
+        })
+        .sum();
+    assert!(
+        partial > 0 && partial < total,
+        "killed too late: {partial} of {total}"
+    );
+
+    let json = state.path().join("report.json");
+    let out = ferry()
+        .args(&common)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&json);
+    assert_eq!(r["resumed"], true, "{r}");
+    let second = r["keys"].as_u64().unwrap();
+    assert!(
+        second < total,
+        "the rerun copied {second} of {total} keys: it did not resume"
+    );
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
