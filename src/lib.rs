@@ -24,6 +24,7 @@
 //!   table): classification ([`command::Class`]) and key extraction ([`command::KeyRef`]) that
 //!   match `COMMAND GETKEYSANDFLAGS`.
 //! - [`escape`]: Redis's argument quoting, both ways.
+//! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail.
 //!
 //! # Units that flow
 //!
@@ -34,5 +35,7 @@
 pub mod capture;
 pub mod command;
 pub mod escape;
+pub mod journal;
 pub mod net;
+pub mod replay;
 pub mod snapshot;

@@ -47,6 +47,16 @@ impl Framer {
         self.buf.len() - self.start
     }
 
+    /// The bytes received but not yet consumed.
+    pub(crate) fn unconsumed(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
     /// Removes and returns the next `n` buffered bytes (the caller checked [`Framer::pending`]).
     pub(crate) fn take(&mut self, n: usize) -> &[u8] {
         let start = self.start;

@@ -5,8 +5,14 @@
 //! parsed here. The journal (later stages) receives what capture produces.
 
 pub mod framing;
+mod group;
 mod monitor;
 pub mod parse;
+mod task;
 
+pub use group::{Captured, Grouper, MARKER_PREFIX, PeerRegistry, Role};
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
+pub use task::{
+    Capture, CaptureConfig, CaptureEvent, CaptureHandle, CaptureSink, DEFAULT_OMEM_LIMIT,
+};

@@ -39,6 +39,7 @@ pub struct MonitorStream {
     line: MonitorLine,
     lines: u64,
     bytes: u64,
+    client_id: Option<i64>,
 }
 
 impl MonitorStream {
@@ -48,6 +49,10 @@ impl MonitorStream {
         let mut conn = ep.raw().await?;
         conn.expect_ok(&[b"CLIENT", b"SETNAME", b"ferry-monitor"])
             .await?;
+        let client_id = match conn.request(&[b"CLIENT", b"ID"]).await? {
+            Reply::Int(id) => Some(id),
+            _ => None,
+        };
         match conn.request(&[b"MONITOR"]).await? {
             Reply::Status(s) if s == "OK" => {}
             Reply::Error(message) => {
@@ -68,7 +73,13 @@ impl MonitorStream {
             line: MonitorLine::default(),
             lines: 0,
             bytes: 0,
+            client_id,
         })
+    }
+
+    /// The server's id for this connection (`CLIENT ID`), to watch its output buffer.
+    pub fn client_id(&self) -> Option<i64> {
+        self.client_id
     }
 
     /// Lines received so far.
@@ -87,33 +98,51 @@ impl MonitorStream {
     /// continues with the following line.
     pub async fn next(&mut self) -> Result<Option<&MonitorLine>, CaptureError> {
         loop {
-            let endpoint = self.conn.endpoint().to_string();
-            match self.conn.framer().next_frame() {
-                Some(Frame::Line(raw)) => {
-                    self.lines += 1;
-                    self.bytes += raw.len() as u64 + 2;
-                    if let Err(error) = parse_line_into(raw, &mut self.line) {
-                        let excerpt = Quoted(&raw[..raw.len().min(120)]).to_string();
-                        return Err(CaptureError::Parse {
-                            endpoint,
-                            line_no: self.lines,
-                            error,
-                            excerpt,
-                        });
-                    }
-                    return Ok(Some(&self.line));
-                }
-                Some(Frame::Error(raw)) | Some(Frame::Unexpected(raw)) => {
-                    return Err(CaptureError::ServerError {
-                        endpoint,
-                        message: String::from_utf8_lossy(raw).into_owned(),
-                    });
-                }
+            match self.poll_line() {
+                Some(Ok(())) => return Ok(Some(&self.line)),
+                Some(Err(e)) => return Err(e),
                 None => {}
             }
-            if self.conn.fill().await? == 0 {
+            if self.fill().await? == 0 {
                 return Ok(None);
             }
         }
+    }
+
+    /// The next line if one is already buffered; `None` when more bytes must be read first.
+    pub fn try_next(&mut self) -> Option<Result<&MonitorLine, CaptureError>> {
+        self.poll_line().map(|r| r.map(|()| &self.line))
+    }
+
+    /// Parses the next buffered line into `self.line`.
+    fn poll_line(&mut self) -> Option<Result<(), CaptureError>> {
+        let endpoint = self.conn.endpoint().to_string();
+        let frame = self.conn.framer().next_frame()?;
+        let raw = match frame {
+            Frame::Line(raw) => raw,
+            Frame::Error(raw) | Frame::Unexpected(raw) => {
+                return Some(Err(CaptureError::ServerError {
+                    endpoint,
+                    message: String::from_utf8_lossy(raw).into_owned(),
+                }));
+            }
+        };
+        self.lines += 1;
+        self.bytes += raw.len() as u64 + 2;
+        if let Err(error) = parse_line_into(raw, &mut self.line) {
+            let excerpt = Quoted(&raw[..raw.len().min(120)]).to_string();
+            return Some(Err(CaptureError::Parse {
+                endpoint,
+                line_no: self.lines,
+                error,
+                excerpt,
+            }));
+        }
+        Some(Ok(()))
+    }
+
+    /// Reads more bytes from the socket; `Ok(0)` when the server closed the connection.
+    pub async fn fill(&mut self) -> Result<usize, CaptureError> {
+        Ok(self.conn.fill().await?)
     }
 }

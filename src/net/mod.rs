@@ -5,16 +5,20 @@
 //! verified unless the URL ends in `#insecure`), and `redis+unix:///path?db=N&pass=…`.
 
 mod raw;
+pub mod resp;
 
 use std::io;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-pub use raw::{RawConn, Reply};
+pub use raw::{RawConn, RawReader, RawWriter, Reply, encode_command};
 
 /// How long a connection attempt (TCP, TLS and AUTH together) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a control connection waits for one reply before giving up on the connection.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why ferry could not talk to a server. Every variant names the endpoint, redacted.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,31 @@ impl Endpoint {
         }
     }
 
+    /// The same credentials and db at another host and port (a replica of this node, say).
+    pub fn with_host_port(&self, host: &str, port: u16) -> Endpoint {
+        let addr = match self.info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_string(), port),
+        };
+        let scheme_end = self.redacted.find("://").map_or(0, |i| i + 3);
+        let rest = &self.redacted[scheme_end..];
+        let auth = rest.rfind('@').map_or("", |at| &rest[..=at]);
+        let redacted = format!("{}{auth}{host}:{port}", &self.redacted[..scheme_end]);
+        Endpoint {
+            info: self.info.clone().set_addr(addr),
+            redacted,
+        }
+    }
+
     /// The address part, for matching against `CLIENT INFO` and cluster nodes.
     pub fn addr(&self) -> &ConnectionAddr {
         self.info.addr()
@@ -124,7 +153,14 @@ impl Endpoint {
         install_crypto_provider();
         let client = self.client()?;
         let connect = async {
-            let mut con = client.get_multiplexed_async_connection().await?;
+            // redis-rs answers "timed out" after 500 ms by default; a DUMP of a big key or a
+            // large fenced read under load can take longer than that without anything wrong.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
+                .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT));
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             redis::cmd("PING").query_async::<()>(&mut con).await?;
             Ok::<_, redis::RedisError>(con)
         };

@@ -39,7 +39,7 @@ impl std::fmt::Debug for RawConn {
 }
 
 /// Encodes a command as a RESP array of bulk strings.
-pub(crate) fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -155,6 +155,22 @@ impl RawConn {
             message: e.to_string(),
         })?;
         Ok(n)
+    }
+
+    /// Splits the connection so that commands can be written while replies are read.
+    pub fn split(self) -> (RawReader, RawWriter) {
+        let (read, write) = tokio::io::split(self.stream);
+        (
+            RawReader {
+                read,
+                framer: self.framer,
+                endpoint: self.endpoint.clone(),
+            },
+            RawWriter {
+                write,
+                endpoint: self.endpoint,
+            },
+        )
     }
 
     /// The framer holding bytes read but not yet consumed.
@@ -288,5 +304,50 @@ mod insecure {
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+/// The reading half of a split [`RawConn`].
+pub struct RawReader {
+    read: tokio::io::ReadHalf<Box<dyn Stream>>,
+    framer: Framer,
+    endpoint: String,
+}
+
+impl RawReader {
+    /// Reads more bytes; `Ok(0)` when the server closed the connection.
+    pub async fn fill(&mut self) -> Result<usize, NetError> {
+        let buf = self.framer.read_buf();
+        buf.reserve(256 * 1024);
+        self.read.read_buf(buf).await.map_err(|e| NetError::Io {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn unconsumed(&self) -> &[u8] {
+        self.framer.unconsumed()
+    }
+
+    /// Consumes `n` bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.framer.consume(n);
+    }
+}
+
+/// The writing half of a split [`RawConn`].
+pub struct RawWriter {
+    write: tokio::io::WriteHalf<Box<dyn Stream>>,
+    endpoint: String,
+}
+
+impl RawWriter {
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), NetError> {
+        self.write.write_all(buf).await.map_err(|e| NetError::Io {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        })
     }
 }

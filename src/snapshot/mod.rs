@@ -18,6 +18,7 @@
 
 mod checkpoint;
 pub mod chunked;
+mod live;
 mod progress;
 mod worker;
 
@@ -32,6 +33,8 @@ use tokio::sync::{Mutex, mpsc};
 use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
+
+pub use live::{DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier};
 
 /// Parallel workers, each with one source and one target connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -232,6 +235,17 @@ struct Batch {
     db: u32,
     seq: u64,
     keys: Vec<Vec<u8>>,
+    /// Keys from the target sweep: read only those the source scan did not.
+    sweep: bool,
+}
+
+/// One pass of the scanner: a db on the source, or on the target for the sweep.
+#[derive(Debug, Clone)]
+struct ScanPass {
+    endpoint: Endpoint,
+    db: u32,
+    cursor: u64,
+    sweep: bool,
 }
 
 /// What a worker did with one batch.
@@ -249,12 +263,18 @@ struct BatchStats {
 #[derive(Debug)]
 enum Event {
     /// The scanner produced batch `seq` of `db`; after it the cursor is `cursor`.
-    Scanned { db: u32, seq: u64, cursor: u64 },
+    Scanned {
+        db: u32,
+        sweep: bool,
+        seq: u64,
+        cursor: u64,
+    },
     /// The scanner finished `db` after `batches` batches.
-    DbScanned { db: u32, batches: u64 },
+    DbScanned { db: u32, sweep: bool, batches: u64 },
     /// A worker finished a batch.
     Done {
         db: u32,
+        sweep: bool,
         seq: u64,
         stats: BatchStats,
     },
@@ -332,6 +352,17 @@ impl Snapshotter {
 
     /// Copies every key of the selected dbs; returns the report even when some keys failed.
     pub async fn run(&self) -> Result<SnapshotReport, SnapshotError> {
+        self.run_inner(None).await
+    }
+
+    /// The live form: fenced reads of every source key, then of every target key the source
+    /// scan did not return (so that keys gone from the source are deleted at their fence). The
+    /// payloads go to `sink` for the stitcher; nothing is written to the target here.
+    pub async fn run_live(&self, sink: LiveSink) -> Result<SnapshotReport, SnapshotError> {
+        self.run_inner(Some(sink)).await
+    }
+
+    async fn run_inner(&self, live: Option<LiveSink>) -> Result<SnapshotReport, SnapshotError> {
         let started = Instant::now();
         let mut src = self.source.control().await?;
         let mut dst = self.target.control().await?;
@@ -344,10 +375,19 @@ impl Snapshotter {
             Some(d) => d.clone(),
             None => sizes.keys().copied().collect(),
         };
+        let target_dbs: Vec<u32> = if live.is_some() {
+            let t = keyspace(&self.target, &mut dst).await?;
+            t.keys()
+                .copied()
+                .filter(|db| self.cfg.dbs.as_ref().is_none_or(|d| d.contains(db)))
+                .collect()
+        } else {
+            Vec::new()
+        };
 
-        let mut checkpoint = match &self.cfg.state_dir {
-            Some(dir) => Checkpoint::open(dir, &self.source, &self.target, &dbs)?,
-            None => Checkpoint::in_memory(&dbs),
+        let mut checkpoint = match (&self.cfg.state_dir, &live) {
+            (Some(dir), None) => Checkpoint::open(dir, &self.source, &self.target, &dbs)?,
+            _ => Checkpoint::in_memory(&dbs),
         };
         let mut report = SnapshotReport {
             resumed: checkpoint.is_resumed(),
@@ -382,13 +422,23 @@ impl Snapshotter {
             limiter.clone(),
         ));
 
-        let scan_plan: Vec<(u32, u64)> = dbs
+        let mut scan_plan: Vec<ScanPass> = dbs
             .iter()
             .filter(|db| !checkpoint.db_done(**db))
-            .map(|db| (*db, checkpoint.cursor(*db)))
+            .map(|db| ScanPass {
+                endpoint: self.source.clone(),
+                db: *db,
+                cursor: checkpoint.cursor(*db),
+                sweep: false,
+            })
             .collect();
+        scan_plan.extend(target_dbs.iter().map(|db| ScanPass {
+            endpoint: self.target.clone(),
+            db: *db,
+            cursor: 0,
+            sweep: true,
+        }));
         let scanner = tokio::spawn(scan_all(
-            self.source.clone(),
             scan_plan,
             self.cfg.scan_count,
             self.cfg.batch_keys,
@@ -397,34 +447,58 @@ impl Snapshotter {
             event_tx.clone(),
         ));
         let mut workers = Vec::new();
+        let seen = Arc::new(live::Seen::default());
         for id in 0..self.cfg.workers.max(1) {
-            workers.push(tokio::spawn(worker::run(
-                id as u32,
-                shared.clone(),
-                batch_rx.clone(),
-                event_tx.clone(),
-            )));
+            workers.push(match &live {
+                None => tokio::spawn(worker::run(
+                    id as u32,
+                    shared.clone(),
+                    batch_rx.clone(),
+                    event_tx.clone(),
+                )),
+                Some(sink) => tokio::spawn(live::run_worker(
+                    sink.clone(),
+                    self.source.clone(),
+                    seen.clone(),
+                    batch_rx.clone(),
+                    event_tx.clone(),
+                )),
+            });
         }
         drop(event_tx);
 
-        let mut watermarks: BTreeMap<u32, Watermark> = BTreeMap::new();
+        let mut watermarks: BTreeMap<(bool, u32), Watermark> = BTreeMap::new();
         let mut fatal = None;
         let mut last_save = Instant::now();
         while let Some(event) = event_rx.recv().await {
             match event {
-                Event::Scanned { db, seq, cursor } => {
-                    watermarks.entry(db).or_default().scanned(seq, cursor)
-                }
-                Event::DbScanned { db, batches } => {
-                    watermarks.entry(db).or_default().finished_scan(batches)
-                }
-                Event::Done { db, seq, stats } => {
+                Event::Scanned {
+                    db,
+                    sweep,
+                    seq,
+                    cursor,
+                } => watermarks
+                    .entry((sweep, db))
+                    .or_default()
+                    .scanned(seq, cursor),
+                Event::DbScanned { db, sweep, batches } => watermarks
+                    .entry((sweep, db))
+                    .or_default()
+                    .finished_scan(batches),
+                Event::Done {
+                    db,
+                    sweep,
+                    seq,
+                    stats,
+                } => {
                     progress.advance(stats.keys + stats.skipped_expired + stats.vanished);
                     checkpoint.add_keys(stats.keys);
                     report.absorb(stats);
-                    let wm = watermarks.entry(db).or_default();
+                    let wm = watermarks.entry((sweep, db)).or_default();
                     wm.done(seq);
-                    checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                    if !sweep {
+                        checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                    }
                 }
                 Event::Fatal(e) => {
                     // Stop handing out work; workers finish what they hold.
@@ -452,10 +526,9 @@ impl Snapshotter {
     }
 }
 
-/// Walks every db of the plan with `SCAN` from its cursor and feeds batches to the workers.
+/// Walks every pass of the plan with `SCAN` from its cursor and feeds batches to the workers.
 async fn scan_all(
-    source: Endpoint,
-    plan: Vec<(u32, u64)>,
+    plan: Vec<ScanPass>,
     scan_count: usize,
     batch_keys: usize,
     limiter: Option<Arc<RateLimiter>>,
@@ -463,17 +536,23 @@ async fn scan_all(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let result = async {
-        let mut con = source.control().await?;
-        for (db, start) in plan {
+        for pass in plan {
+            let ScanPass {
+                endpoint,
+                db,
+                cursor: start,
+                sweep,
+            } = pass;
+            let mut con = endpoint.control().await?;
             redis::cmd("SELECT")
                 .arg(db)
                 .query_async::<()>(&mut con)
                 .await
-                .map_err(|e| cmd_err(&source, "SELECT", e))?;
+                .map_err(|e| cmd_err(&endpoint, "SELECT", e))?;
             let mut cursor = start;
             let mut seq = 0u64;
             loop {
-                if let Some(l) = &limiter {
+                if let Some(l) = limiter.as_ref().filter(|_| !sweep) {
                     l.acquire(1).await;
                 }
                 let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -482,7 +561,7 @@ async fn scan_all(
                     .arg(scan_count)
                     .query_async(&mut con)
                     .await
-                    .map_err(|e| cmd_err(&source, "SCAN", e))?;
+                    .map_err(|e| cmd_err(&endpoint, "SCAN", e))?;
                 // One SCAN step may yield more keys than a fenced read should hold; every part
                 // gets its own seq, and only the last part carries the step's cursor.
                 let parts: Vec<Vec<Vec<u8>>> = if keys.is_empty() {
@@ -495,18 +574,17 @@ async fn scan_all(
                     let cursor_after = if i + 1 == n { next } else { cursor };
                     let _ = events.send(Event::Scanned {
                         db,
+                        sweep,
                         seq,
                         cursor: cursor_after,
                     });
-                    if batches
-                        .send(Batch {
-                            db,
-                            seq,
-                            keys: part,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let batch = Batch {
+                        db,
+                        seq,
+                        keys: part,
+                        sweep,
+                    };
+                    if batches.send(batch).await.is_err() {
                         return Ok(());
                     }
                     seq += 1;
@@ -516,7 +594,11 @@ async fn scan_all(
                     break;
                 }
             }
-            let _ = events.send(Event::DbScanned { db, batches: seq });
+            let _ = events.send(Event::DbScanned {
+                db,
+                sweep,
+                batches: seq,
+            });
         }
         Ok::<_, SnapshotError>(())
     }

@@ -334,7 +334,8 @@ impl Worker {
         )
         .await
         {
-            Ok(s) if s.elements == 0 => stats.vanished += 1,
+            // An empty stream is a real key with no entries; any other type with none vanished.
+            Ok(s) if s.elements == 0 && kt != KeyType::Stream => stats.vanished += 1,
             Ok(s) => {
                 stats.keys += 1;
                 stats.chunked_keys += 1;
@@ -409,6 +410,7 @@ pub(super) async fn run(
             Ok(stats) => {
                 let _ = events.send(Event::Done {
                     db: batch.db,
+                    sweep: batch.sweep,
                     seq: batch.seq,
                     stats,
                 });

@@ -2,8 +2,11 @@
 
 pub mod support;
 
+mod chunked;
 mod cli;
 mod command_table;
 mod fixtures;
+mod journal;
 mod parser;
 mod snapshot;
+mod workload;

@@ -1,0 +1,331 @@
+//! Turns parsed `MONITOR` lines into capture units, in the source's order: single writes, atomic
+//! groups (MULTI/EXEC blocks and scripts' `[db lua]` effects), ferry's own key reads (fences)
+//! and markers. Reads, ferry's other traffic and framing lines are dropped here.
+//!
+//! ## Behavior
+//! - `MULTI` opens a buffer for its client; the queued commands are logged at `EXEC` time, just
+//!   before the `EXEC` line (redis-facts §2), so they go into the buffer and `EXEC` emits it as
+//!   one atomic group. `DISCARD` drops it; an aborted `EXEC` emits nothing.
+//! - A script line (`EVAL`…) is followed by its `[db lua]` lines (§3); their writes form one
+//!   atomic group, inside the caller's `MULTI` buffer when there is one.
+//! - Lines from a registered fence connection: `DUMP k` / `TYPE k` are key reads, numbered per
+//!   connection in the order the server executed them; `ECHO ferry:<id>` is a marker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use super::parse::{MonitorLine, Peer};
+use crate::command::{Argv, Class, CommandTable};
+
+/// Prefix of the `ECHO` argument that ferry uses as a marker in the source's stream.
+pub const MARKER_PREFIX: &[u8] = b"ferry:";
+
+/// A unit of captured stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Captured {
+    /// One write.
+    Write { db: u32, argv: Argv },
+    /// Writes that took effect atomically, each with its db.
+    Atomic(Vec<(u32, Argv)>),
+    /// ferry read `key` here: the `ordinal`-th key read of the connection `addr`.
+    KeyRead {
+        db: u32,
+        key: Vec<u8>,
+        addr: String,
+        ordinal: u64,
+    },
+    /// ferry's marker `ECHO ferry:<id>`.
+    Marker { id: String },
+}
+
+/// What ferry's own connections to the source are, by the address the server sees.
+#[derive(Debug, Default)]
+pub struct PeerRegistry {
+    roles: RwLock<HashMap<SocketAddr, Role>>,
+}
+
+/// A ferry connection's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads keys for the snapshot and re-copies: its `DUMP`/`TYPE` lines are fences.
+    Fence,
+    /// Control traffic: ignored, except markers.
+    Control,
+}
+
+impl PeerRegistry {
+    /// A shared, empty registry.
+    pub fn new() -> Arc<PeerRegistry> {
+        Arc::new(PeerRegistry::default())
+    }
+
+    /// Registers a connection by its `CLIENT INFO` address.
+    pub fn register(&self, addr: &str, role: Role) {
+        if let (Ok(a), Ok(mut roles)) = (addr.parse(), self.roles.write()) {
+            roles.insert(a, role);
+        }
+    }
+
+    fn role(&self, addr: &SocketAddr) -> Option<Role> {
+        self.roles.read().ok()?.get(addr).copied()
+    }
+}
+
+/// The grouping state machine for one `MONITOR` connection.
+#[derive(Debug)]
+pub struct Grouper {
+    table: Arc<CommandTable>,
+    peers: Arc<PeerRegistry>,
+    /// Open transactions, by client.
+    multi: HashMap<Peer, Vec<(u32, Argv)>>,
+    /// The client of the last non-`lua` line: `lua` lines belong to its script.
+    last: Option<Peer>,
+    /// Writes of the script being logged, when it runs outside a transaction.
+    script: Option<Vec<(u32, Argv)>>,
+    /// Key reads seen per fence connection.
+    ordinals: HashMap<SocketAddr, u64>,
+}
+
+impl Grouper {
+    /// A grouper classifying with `table`.
+    pub fn new(table: Arc<CommandTable>, peers: Arc<PeerRegistry>) -> Grouper {
+        Grouper {
+            table,
+            peers,
+            multi: HashMap::new(),
+            last: None,
+            script: None,
+            ordinals: HashMap::new(),
+        }
+    }
+
+    /// True when a script's effects may still be arriving; the caller flushes after a short
+    /// quiet period, since a script's lines are written in one go.
+    pub fn script_open(&self) -> bool {
+        self.script.is_some()
+    }
+
+    /// Ends the current script's group, if any.
+    pub fn flush_script(&mut self, out: &mut Vec<Captured>) {
+        if let Some(writes) = self.script.take() {
+            emit_group(writes, out);
+        }
+    }
+
+    /// Forgets open transactions and scripts, after the stream broke.
+    pub fn reset(&mut self) {
+        self.multi.clear();
+        self.script = None;
+        self.last = None;
+        self.ordinals.clear();
+    }
+
+    /// Consumes one line, appending what it produces to `out`.
+    pub fn push(&mut self, line: &MonitorLine, out: &mut Vec<Captured>) {
+        if line.peer == Peer::Lua {
+            self.push_lua(line);
+            return;
+        }
+        self.flush_script(out);
+        if let Peer::Tcp(addr) = &line.peer
+            && let Some(role) = self.peers.role(addr)
+        {
+            self.push_own(*addr, role, line, out);
+            return;
+        }
+        let class = self.table.classify(&line.argv);
+        let name = line.argv.name();
+        if let Some(buf) = self.multi.get_mut(&line.peer) {
+            match name {
+                b"EXEC" => {
+                    if let Some(writes) = self.multi.remove(&line.peer) {
+                        emit_group(writes, out);
+                    }
+                }
+                b"DISCARD" => {
+                    self.multi.remove(&line.peer);
+                }
+                _ if is_replayed(class) => buf.push((line.db, line.argv.clone())),
+                _ => {}
+            }
+            self.last = Some(line.peer.clone());
+            return;
+        }
+        match class {
+            _ if name == b"MULTI" => {
+                self.multi.insert(line.peer.clone(), Vec::new());
+            }
+            Class::Script => self.script = Some(Vec::new()),
+            c if is_replayed(c) => out.push(Captured::Write {
+                db: line.db,
+                argv: line.argv.clone(),
+            }),
+            _ => {}
+        }
+        self.last = Some(line.peer.clone());
+    }
+
+    fn push_lua(&mut self, line: &MonitorLine) {
+        if !is_replayed(self.table.classify(&line.argv)) {
+            return;
+        }
+        let entry = (line.db, line.argv.clone());
+        if let Some(peer) = &self.last
+            && let Some(buf) = self.multi.get_mut(peer)
+        {
+            buf.push(entry);
+            return;
+        }
+        // A lua line outside a known script (the EVAL line was before capture started) still
+        // took effect; keep it.
+        self.script.get_or_insert_with(Vec::new).push(entry);
+    }
+
+    fn push_own(
+        &mut self,
+        addr: SocketAddr,
+        role: Role,
+        line: &MonitorLine,
+        out: &mut Vec<Captured>,
+    ) {
+        let name = line.argv.name();
+        if name == b"ECHO"
+            && let Some(id) = line.argv.get(1).and_then(|a| a.strip_prefix(MARKER_PREFIX))
+        {
+            out.push(Captured::Marker {
+                id: String::from_utf8_lossy(id).into_owned(),
+            });
+            return;
+        }
+        if role == Role::Fence && (name == b"DUMP" || name == b"TYPE") && line.argv.len() == 2 {
+            let ordinal = self.ordinals.entry(addr).or_insert(0);
+            out.push(Captured::KeyRead {
+                db: line.db,
+                key: line.argv.get(1).unwrap_or_default().to_vec(),
+                addr: addr.to_string(),
+                ordinal: *ordinal,
+            });
+            *ordinal += 1;
+        }
+    }
+}
+
+fn is_replayed(class: Class) -> bool {
+    matches!(class, Class::Write | Class::ScriptCache | Class::Unknown)
+}
+
+fn emit_group(mut writes: Vec<(u32, Argv)>, out: &mut Vec<Captured>) {
+    match writes.len() {
+        0 => {}
+        1 => {
+            let (db, argv) = writes.pop().unwrap_or_default();
+            out.push(Captured::Write { db, argv });
+        }
+        _ => out.push(Captured::Atomic(writes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::parse_line;
+
+    fn run(lines: &[&str], peers: &[(&str, Role)]) -> Vec<Captured> {
+        let reg = PeerRegistry::new();
+        for (a, r) in peers {
+            reg.register(a, *r);
+        }
+        let table = Arc::new(CommandTable::from_specs(
+            CommandTable::builtin().iter().cloned().collect(),
+            crate::command::TableOrigin::Builtin,
+        ));
+        let mut g = Grouper::new(table, reg);
+        let mut out = Vec::new();
+        for l in lines {
+            g.push(&parse_line(l.as_bytes()).unwrap(), &mut out);
+        }
+        g.flush_script(&mut out);
+        out
+    }
+
+    fn w(db: u32, args: &[&str]) -> (u32, Argv) {
+        (db, Argv::from_args(args))
+    }
+
+    #[test]
+    fn groups_transactions_and_scripts() {
+        let out = run(
+            &[
+                r#"+1.000001 [0 127.0.0.1:1] "MULTI""#,
+                r#"+1.000002 [0 127.0.0.1:2] "SET" "x" "1""#,
+                r#"+1.000003 [0 127.0.0.1:1] "SET" "a" "1""#,
+                r#"+1.000004 [0 127.0.0.1:1] "GET" "a""#,
+                r#"+1.000005 [2 127.0.0.1:1] "SELECT" "2""#,
+                r#"+1.000006 [2 127.0.0.1:1] "EVAL" "..." "0""#,
+                r#"+1.000007 [2 lua] "INCR" "c""#,
+                r#"+1.000008 [2 127.0.0.1:1] "EXEC""#,
+                r#"+1.000009 [0 127.0.0.1:3] "EVAL" "..." "0""#,
+                r#"+1.000010 [0 lua] "GET" "k""#,
+                r#"+1.000011 [4 lua] "SET" "k" "v""#,
+                r#"+1.000012 [0 lua] "LPUSH" "l" "x""#,
+                r#"+1.000013 [0 127.0.0.1:4] "MULTI""#,
+                r#"+1.000014 [0 127.0.0.1:4] "EXEC""#,
+                r#"+1.000015 [0 127.0.0.1:5] "MULTI""#,
+                r#"+1.000016 [0 127.0.0.1:5] "DISCARD""#,
+                r#"+1.000017 [0 127.0.0.1:6] "EVAL" "..." "0""#,
+                r#"+1.000018 [0 lua] "DEL" "only""#,
+            ],
+            &[],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Captured::Write {
+                    db: 0,
+                    argv: Argv::from_args(["SET", "x", "1"])
+                },
+                Captured::Atomic(vec![w(0, &["SET", "a", "1"]), w(2, &["INCR", "c"])]),
+                Captured::Atomic(vec![w(4, &["SET", "k", "v"]), w(0, &["LPUSH", "l", "x"])]),
+                Captured::Write {
+                    db: 0,
+                    argv: Argv::from_args(["DEL", "only"])
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn own_connections_give_fences_and_markers_only() {
+        let out = run(
+            &[
+                r#"+1.000001 [0 127.0.0.1:9] "MULTI""#,
+                r#"+1.000002 [3 127.0.0.1:9] "DUMP" "k1""#,
+                r#"+1.000003 [3 127.0.0.1:9] "PEXPIRETIME" "k1""#,
+                r#"+1.000004 [3 127.0.0.1:9] "DUMP" "k2""#,
+                r#"+1.000005 [3 127.0.0.1:9] "EXEC""#,
+                r#"+1.000006 [0 127.0.0.1:8] "ECHO" "ferry:final-1""#,
+                r#"+1.000007 [0 127.0.0.1:8] "SET" "ignored" "x""#,
+                r#"+1.000008 [0 127.0.0.1:9] "TYPE" "big""#,
+            ],
+            &[("127.0.0.1:9", Role::Fence), ("127.0.0.1:8", Role::Control)],
+        );
+        let read = |db, key: &str, ordinal| Captured::KeyRead {
+            db,
+            key: key.as_bytes().to_vec(),
+            addr: "127.0.0.1:9".into(),
+            ordinal,
+        };
+        assert_eq!(
+            out,
+            vec![
+                read(3, "k1", 0),
+                read(3, "k2", 1),
+                Captured::Marker {
+                    id: "final-1".into()
+                },
+                read(0, "big", 2),
+            ]
+        );
+    }
+}

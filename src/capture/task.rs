@@ -1,0 +1,280 @@
+//! `Capture`: the task that owns the `MONITOR` connection. It only reads, parses, groups and
+//! hands batches to its sink (the journal); a second connection guards the source's output
+//! buffer for it.
+//!
+//! ## Behavior
+//! - Never waits on anything downstream but the sink's append (the journal writes to disk), so
+//!   the source never has to buffer the stream for ferry (redis-facts §7).
+//! - If the monitor client's `omem` on the source passes [`CaptureConfig::omem_limit`], capture
+//!   drops the connection itself and reports a gap, rather than let the source evict keys or
+//!   refuse writes.
+//! - Any break in the stream (connection lost, guard, unparseable line) is reported as a
+//!   [`CaptureEvent::Gap`]; capture reconnects with backoff and goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::group::{Captured, Grouper, PeerRegistry, Role};
+use super::monitor::{CaptureError, MonitorStream};
+use crate::command::CommandTable;
+use crate::net::Endpoint;
+
+/// Default bound on the source's output buffer for the monitor connection.
+pub const DEFAULT_OMEM_LIMIT: u64 = 64 << 20;
+
+/// Capture settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CaptureConfig {
+    /// Past this many bytes of output buffer on the source, capture disconnects (a gap).
+    pub omem_limit: u64,
+    /// How often the guard looks at the output buffer.
+    pub guard_every: Duration,
+    /// How long the stream must be quiet before an open script's group is closed.
+    pub script_quiet: Duration,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            omem_limit: DEFAULT_OMEM_LIMIT,
+            guard_every: Duration::from_millis(250),
+            script_quiet: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What capture hands to its sink, with the source timestamp in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureEvent {
+    /// A captured unit.
+    Unit(Captured),
+    /// Lines may have been lost here.
+    Gap(String),
+}
+
+/// Where capture delivers batches; an error stops capture (the journal failed).
+pub trait CaptureSink: Send + 'static {
+    /// Appends a batch, in order.
+    fn append(&mut self, batch: Vec<(u64, CaptureEvent)>) -> Result<(), String>;
+}
+
+/// Capture of one source node.
+pub struct Capture {
+    source: Endpoint,
+    table: Arc<CommandTable>,
+    peers: Arc<PeerRegistry>,
+    cfg: CaptureConfig,
+}
+
+/// Handle on a running capture.
+pub struct CaptureHandle {
+    /// Becomes true once `MONITOR` is live; later key reads are sure to be seen.
+    pub live: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl CaptureHandle {
+    /// Waits until `MONITOR` is live (or capture failed for good).
+    pub async fn wait_live(&mut self) -> bool {
+        self.live.wait_for(|l| *l).await.is_ok()
+    }
+
+    /// Stops capture and returns how it ended.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| e.to_string())?
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Capture {
+    /// Capture of `source`, classifying with `table`; `peers` holds ferry's own connections.
+    pub fn new(
+        source: Endpoint,
+        table: Arc<CommandTable>,
+        peers: Arc<PeerRegistry>,
+        cfg: CaptureConfig,
+    ) -> Capture {
+        Capture {
+            source,
+            table,
+            peers,
+            cfg,
+        }
+    }
+
+    /// Starts the capture task.
+    pub fn spawn<S: CaptureSink>(self, sink: S) -> CaptureHandle {
+        let (live_tx, live) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(self.run(sink, live_tx, stop_rx));
+        CaptureHandle { live, stop, task }
+    }
+
+    async fn run<S: CaptureSink>(
+        self,
+        mut sink: S,
+        live: watch::Sender<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut grouper = Grouper::new(self.table.clone(), self.peers.clone());
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let reason = match self
+                .session(&mut grouper, &mut sink, &live, &mut stop)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(Fatal(e)) => return Err(e),
+                Err(Broken(reason)) => reason,
+            };
+            let _ = live.send(false);
+            grouper.reset();
+            tracing::warn!(source = %self.source, %reason, "Capture lost the stream; resync follows.");
+            sink.append(vec![(now_us(), CaptureEvent::Gap(reason))])?;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One `MONITOR` connection, until it breaks or capture is stopped.
+    async fn session<S: CaptureSink>(
+        &self,
+        grouper: &mut Grouper,
+        sink: &mut S,
+        live: &watch::Sender<bool>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Outcome> {
+        let mut stream = MonitorStream::start(&self.source)
+            .await
+            .map_err(|e| Broken(e.to_string()))?;
+        let (trip_tx, mut trip) = watch::channel(None::<String>);
+        let guard = stream.client_id().map(|id| {
+            tokio::spawn(guard(
+                self.source.clone(),
+                self.peers.clone(),
+                id,
+                self.cfg.clone(),
+                trip_tx,
+            ))
+        });
+        let _ = live.send(true);
+        let result = async {
+            let mut batch = Vec::new();
+            let mut units = Vec::new();
+            loop {
+                while let Some(next) = stream.try_next() {
+                    match next {
+                        Ok(line) => {
+                            let ts = line.ts_us;
+                            grouper.push(line, &mut units);
+                            batch.extend(units.drain(..).map(|u| (ts, CaptureEvent::Unit(u))));
+                        }
+                        Err(e @ CaptureError::Parse { .. }) => {
+                            batch.push((now_us(), CaptureEvent::Gap(e.to_string())));
+                        }
+                        Err(e) => return Err(Broken(e.to_string())),
+                    }
+                }
+                if !batch.is_empty() {
+                    sink.append(std::mem::take(&mut batch)).map_err(Fatal)?;
+                }
+                let quiet = grouper.script_open();
+                let read = tokio::select! {
+                    r = stream.fill() => r,
+                    _ = tokio::time::sleep(self.cfg.script_quiet), if quiet => {
+                        grouper.flush_script(&mut units);
+                        let ts = now_us();
+                        batch.extend(units.drain(..).map(|u| (ts, CaptureEvent::Unit(u))));
+                        continue;
+                    }
+                    _ = trip.changed() => {
+                        let why = trip.borrow().clone().unwrap_or_default();
+                        return Err(Broken(why));
+                    }
+                    _ = stop.changed() => return Ok(()),
+                };
+                match read {
+                    Ok(0) => return Err(Broken("the source closed the MONITOR connection".into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(Broken(e.to_string())),
+                }
+            }
+        }
+        .await;
+        if let Some(g) = guard {
+            g.abort();
+        }
+        result
+    }
+}
+
+/// Why a capture session ended.
+enum Outcome {
+    Broken(String),
+    Fatal(String),
+}
+use Outcome::{Broken, Fatal};
+
+/// Watches the monitor client's output buffer on the source; trips when it passes the limit.
+async fn guard(
+    source: Endpoint,
+    peers: Arc<PeerRegistry>,
+    id: i64,
+    cfg: CaptureConfig,
+    trip: watch::Sender<Option<String>>,
+) {
+    let Ok(mut con) = source.control().await else {
+        return;
+    };
+    if let Ok(info) = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async::<String>(&mut con)
+        .await
+        && let Some(addr) = info
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+    {
+        peers.register(addr, Role::Control);
+    }
+    let mut tick = tokio::time::interval(cfg.guard_every);
+    loop {
+        tick.tick().await;
+        let Ok(list) = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("ID")
+            .arg(id)
+            .query_async::<String>(&mut con)
+            .await
+        else {
+            // CLIENT LIST may be refused by ACLs; then the guard cannot help, and says so once.
+            tracing::warn!("The source refuses CLIENT LIST; the MONITOR buffer guard is off.");
+            return;
+        };
+        let omem: u64 = list
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("omem="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if omem > cfg.omem_limit {
+            let _ = trip.send(Some(format!(
+                "the source buffered {} MB for MONITOR (limit {} MB); disconnected to protect it",
+                omem >> 20,
+                cfg.omem_limit >> 20
+            )));
+            return;
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! `Migration`: wires capture → journal → stitcher → replay with the live snapshot and the
+//! re-copier, runs until asked to stop, then places a final fence and drains to it.
+//!
+//! ## Behavior
+//! - Capture goes live first; only then does the snapshot read keys, so every read is a fence
+//!   in the captured stream.
+//! - The capture node is the source, or one of its replicas (`capture = replica`, or `auto`
+//!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
+//!   Snapshot reads then go to the same replica, so that fences and writes share one order.
+//! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
+//!   the stream and the re-copies to a final marker, unpause. The target then equals the source
+//!   at that marker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::capture::{
+    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, Role,
+};
+use crate::command::CommandTable;
+use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
+use crate::net::{Endpoint, NetError};
+use crate::replay::{
+    Op, ReplayStats, Replayer, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
+};
+use crate::snapshot::{
+    DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
+};
+
+/// Where to capture from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+pub enum CaptureMode {
+    /// A replica when one answers, else the source.
+    #[default]
+    Auto,
+    /// The source itself.
+    Primary,
+    /// A replica of the source (an error when none answers).
+    Replica,
+}
+
+/// Migration settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MigrateConfig {
+    /// Journal and state.
+    pub state_dir: PathBuf,
+    /// Capture node choice.
+    pub capture: CaptureMode,
+    /// Snapshot workers and batch sizes.
+    pub snapshot: SnapshotConfig,
+    /// Journal fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Longest write pause on the source for the final fence.
+    pub max_pause: Duration,
+    /// Status line interval; `None` for no status lines.
+    pub status_every: Option<Duration>,
+}
+
+impl MigrateConfig {
+    /// Defaults with the given state dir.
+    pub fn new(state_dir: impl Into<PathBuf>) -> MigrateConfig {
+        MigrateConfig {
+            state_dir: state_dir.into(),
+            capture: CaptureMode::Auto,
+            snapshot: SnapshotConfig::default(),
+            fsync: FsyncPolicy::EveryMs(100),
+            max_pause: Duration::from_secs(5),
+            status_every: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationReport {
+    /// Where writes were captured.
+    pub capture_node: String,
+    /// True when the capture node was a replica.
+    pub from_replica: bool,
+    /// Keys read by snapshots and resyncs.
+    pub snapshot_keys: u64,
+    /// Resyncs after gaps.
+    pub resyncs: u64,
+    /// Journal entries written.
+    pub journal_entries: u64,
+    /// Commands answered by the target.
+    pub commands: u64,
+    /// Keys restored from payloads (snapshot and re-copies).
+    pub restores: u64,
+    /// Error replies by code (commands that failed on the source fail the same way here).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// How long source writes were paused for the final fence, in ms.
+    pub pause_ms: u64,
+    /// Wall time in seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Why a migration could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A server could not be reached.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// A stage failed for good.
+    #[error("{stage}: {message}")]
+    Stage {
+        stage: &'static str,
+        message: String,
+    },
+}
+
+fn stage(stage: &'static str, message: impl std::fmt::Display) -> MigrateError {
+    MigrateError::Stage {
+        stage,
+        message: message.to_string(),
+    }
+}
+
+/// Capture's sink: the journal.
+struct JournalSink(Journal);
+
+impl CaptureSink for JournalSink {
+    fn append(&mut self, batch: Vec<(u64, CaptureEvent)>) -> Result<(), String> {
+        let items = batch
+            .into_iter()
+            .map(|(ts, ev)| {
+                let kind = match ev {
+                    CaptureEvent::Gap(reason) => EntryKind::Gap { reason },
+                    CaptureEvent::Unit(Captured::Write { db, argv }) => EntryKind::Write { db, argv },
+                    CaptureEvent::Unit(Captured::Atomic(cmds)) => EntryKind::Atomic(cmds),
+                    CaptureEvent::Unit(Captured::KeyRead {
+                        db,
+                        key,
+                        addr,
+                        ordinal,
+                    }) => EntryKind::KeyFence {
+                        db,
+                        key,
+                        addr,
+                        ordinal,
+                    },
+                    CaptureEvent::Unit(Captured::Marker { id }) => EntryKind::Marker { id },
+                };
+                (ts, kind)
+            })
+            .collect();
+        self.0
+            .append_many(items)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A control connection on the capture node whose `ECHO ferry:<id>` lines are markers.
+struct Markers {
+    con: redis::aio::MultiplexedConnection,
+    n: u64,
+}
+
+impl Markers {
+    async fn connect(node: &Endpoint, peers: &PeerRegistry) -> Result<Markers, MigrateError> {
+        let mut con = node.control().await?;
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| stage("markers", e))?;
+        let addr = info
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+            .unwrap_or_default();
+        peers.register(addr, Role::Control);
+        Ok(Markers { con, n: 0 })
+    }
+
+    /// Places a marker and returns its id.
+    async fn place(&mut self, what: &str) -> Result<String, MigrateError> {
+        self.n += 1;
+        let id = format!("{what}{}", self.n);
+        self.place_id(&id).await?;
+        Ok(id)
+    }
+
+    async fn place_id(&mut self, id: &str) -> Result<(), MigrateError> {
+        redis::cmd("ECHO")
+            .arg(format!("ferry:{id}"))
+            .query_async::<()>(&mut self.con)
+            .await
+            .map_err(|e| stage("markers", e))
+    }
+}
+
+/// Finds a healthy replica of `source` from `INFO replication`.
+async fn find_replica(source: &Endpoint) -> Option<Endpoint> {
+    let mut con = source.control().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    for line in info.lines().filter(|l| l.starts_with("slave")) {
+        let field = |k: &str| {
+            line.split([':', ','])
+                .find_map(|f| f.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let (Some(ip), Some(port)) = (field("ip="), field("port=")) else {
+            continue;
+        };
+        if field("state=").as_deref() != Some("online") {
+            continue;
+        }
+        let Ok(port) = port.parse() else { continue };
+        let ep = source.with_host_port(&ip, port);
+        let Ok(mut rc) = ep.control().await else {
+            continue;
+        };
+        let rinfo: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut rc)
+            .await
+            .unwrap_or_default();
+        if rinfo.contains("master_link_status:up") {
+            return Some(ep);
+        }
+    }
+    None
+}
+
+/// A running migration.
+pub struct Migration {
+    source: Endpoint,
+    target: Endpoint,
+    cfg: MigrateConfig,
+}
+
+impl Migration {
+    /// A migration from `source` to `target`.
+    pub fn new(source: Endpoint, target: Endpoint, cfg: MigrateConfig) -> Migration {
+        Migration {
+            source,
+            target,
+            cfg,
+        }
+    }
+
+    /// Runs until `stop` completes, then drains to a final fence.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<MigrationReport, MigrateError> {
+        let started = Instant::now();
+        let mut report = MigrationReport::default();
+        let mut src = self.source.control().await?;
+        self.target.control().await?;
+        let table = Arc::new(match CommandTable::load(&mut src).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "Using the built-in Redis 7.0 command table.");
+                CommandTable::from_specs(
+                    CommandTable::builtin().iter().cloned().collect(),
+                    crate::command::TableOrigin::Builtin,
+                )
+            }
+        });
+
+        let replica = match self.cfg.capture {
+            CaptureMode::Primary => None,
+            CaptureMode::Auto | CaptureMode::Replica => find_replica(&self.source).await,
+        };
+        if self.cfg.capture == CaptureMode::Replica && replica.is_none() {
+            return Err(stage(
+                "capture",
+                format!("capture = replica, but {} has no reachable, healthy replica", self.source),
+            ));
+        }
+        let node = replica.clone().unwrap_or_else(|| self.source.clone());
+        report.from_replica = replica.is_some();
+        report.capture_node = node.redacted().to_string();
+        tracing::info!(
+            node = %node,
+            mode = if report.from_replica { "replica (effects stream)" } else { "primary (command stream)" },
+            "Capturing writes."
+        );
+
+        // A previous run's journal cannot be continued across the downtime; the resync below
+        // reconciles the target instead.
+        let journal_dir = self.cfg.state_dir.join("journal");
+        if journal_dir.exists() {
+            tracing::info!("Found a previous run's journal; starting a fresh journal and a full fenced resync.");
+            std::fs::remove_dir_all(&journal_dir)
+                .map_err(|e| MigrateError::Journal(format!("{}: {e}", journal_dir.display())))?;
+        }
+        let mut jcfg = JournalConfig::new(&journal_dir);
+        jcfg.fsync = self.cfg.fsync;
+        let journal = Journal::open(jcfg).map_err(|e| MigrateError::Journal(e.to_string()))?;
+
+        let peers = PeerRegistry::new();
+        let store = Arc::new(PayloadStore::new(DEFAULT_PAYLOAD_BUDGET));
+        let (recopier, recopy_rx) = Recopier::channel();
+        let recopy_task = tokio::spawn(Recopier::run(node.clone(), peers.clone(), store.clone(), recopy_rx));
+
+        let mut capture = Capture::new(node.clone(), table.clone(), peers.clone(), CaptureConfig::default())
+            .spawn(JournalSink(journal.clone()));
+        if !capture.wait_live().await {
+            let e = capture.stop().await.err().unwrap_or_default();
+            return Err(stage("capture", e));
+        }
+
+        let stats = Arc::new(ReplayStats::default());
+        let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(8192);
+        let target = self.target.clone();
+        let replay_stats = stats.clone();
+        let (replay_broken_tx, mut replay_broken) = mpsc::unbounded_channel::<String>();
+        let replay_task = tokio::spawn(async move {
+            let replayer = Replayer::new(target);
+            loop {
+                match replayer.run(&mut ops_rx, replay_stats.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let _ = replay_broken_tx.send(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+
+        let shared = Arc::new(StitchShared::default());
+        let stitch_cfg = StitchConfig {
+            exact_effects: report.from_replica,
+            ..StitchConfig::default()
+        };
+        let (stitch_tx, mut stitch_events) = mpsc::unbounded_channel();
+        let stitcher = Stitcher::new(table.clone(), store.clone(), recopier.clone(), stitch_cfg, shared.clone());
+        let reader = journal
+            .reader(journal.next_seq())
+            .map_err(|e| MigrateError::Journal(e.to_string()))?;
+        let stitch_task = tokio::spawn(stitcher.run(reader, ops_tx, stitch_tx));
+
+        let mut markers = Markers::connect(&node, &peers).await?;
+        let snapshot = |epoch: u64| {
+            let snap = Snapshotter::new(node.clone(), self.target.clone(), self.cfg.snapshot.clone());
+            let sink = LiveSink {
+                store: store.clone(),
+                peers: peers.clone(),
+            };
+            tokio::spawn(async move { (epoch, snap.run_live(sink).await) })
+        };
+        let mut snap_task = Some(snapshot(0));
+        let mut snapshot_started = Instant::now();
+        tracing::info!("Snapshot started.");
+
+        let mut status = self.cfg.status_every.map(tokio::time::interval);
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(StitchEvent::Resync { epoch, reason }) = stitch_events.recv() => {
+                    tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
+                    report.resyncs += 1;
+                    if let Some(t) = snap_task.take() {
+                        t.abort();
+                    }
+                    capture.wait_live().await;
+                    snap_task = Some(snapshot(epoch));
+                    snapshot_started = Instant::now();
+                }
+                Some(reason) = replay_broken.recv() => {
+                    tracing::warn!(%reason, "The target connection broke; a resync follows.");
+                    journal
+                        .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
+                        .map_err(|e| MigrateError::Journal(e.to_string()))?;
+                }
+                done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
+                    snap_task = None;
+                    match done {
+                        Ok((epoch, Ok(r))) => {
+                            report.snapshot_keys += r.keys;
+                            tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
+                            markers.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
+                        }
+                        Ok((_, Err(e))) => return Err(stage("snapshot", e)),
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => return Err(stage("snapshot", e)),
+                    }
+                }
+                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
+                    print_status(&journal, &stats, &shared);
+                }
+            }
+        }
+
+        tracing::info!("Stopping: placing the final fence.");
+        if let Some(t) = snap_task.take() {
+            t.abort();
+        }
+        let catchup = markers.place("catchup-").await?;
+        if !shared.wait_marker(&catchup, Duration::from_secs(3600)).await {
+            return Err(stage("final fence", "replay did not catch up"));
+        }
+        let pause_started = Instant::now();
+        let paused = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(self.cfg.max_pause.as_millis() as u64)
+            .arg("WRITE")
+            .query_async::<()>(&mut src)
+            .await;
+        if let Err(e) = &paused {
+            tracing::warn!(error = %e, "The source refuses CLIENT PAUSE; the final fence is taken without pausing writes.");
+        }
+        if replica.is_some() && paused.is_ok() {
+            wait_replica_caught_up(&self.source, &node).await;
+        }
+        let result = async {
+            let drain = markers.place("drain-").await?;
+            if !shared.wait_marker(&drain, self.cfg.max_pause * 4).await {
+                return Err(stage("final fence", "replay did not reach the drain marker"));
+            }
+            let deadline = Instant::now() + self.cfg.max_pause * 4;
+            while shared.dirty.load(Ordering::Relaxed) > 0 || shared.snapshot_mode.load(Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    return Err(stage("final fence", "re-copies did not finish"));
+                }
+                if shared.snapshot_mode.load(Ordering::Relaxed) {
+                    return Err(stage("final fence", "stopped before the snapshot finished; rerun to resume"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let last = markers.place("final-").await?;
+            if !shared.wait_marker(&last, self.cfg.max_pause * 4).await {
+                return Err(stage("final fence", "replay did not reach the final marker"));
+            }
+            Ok(())
+        }
+        .await;
+        if paused.is_ok() {
+            let _ = redis::cmd("CLIENT").arg("UNPAUSE").query_async::<()>(&mut src).await;
+            report.pause_ms = pause_started.elapsed().as_millis() as u64;
+        }
+        result?;
+
+        let _ = capture.stop().await;
+        stitch_task.abort();
+        replay_task.abort();
+        recopy_task.abort();
+        let _ = journal.sync();
+        report.journal_entries = journal.next_seq();
+        report.commands = stats.commands.load(Ordering::Relaxed);
+        report.restores = stats.restores.load(Ordering::Relaxed);
+        report.errors = stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}
+
+/// After pausing the primary, waits until the replica has applied everything it was sent.
+async fn wait_replica_caught_up(primary: &Endpoint, replica: &Endpoint) {
+    let offset = |info: &str, key: &str| -> Option<i64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (Ok(mut p), Ok(mut r)) = (primary.control().await, replica.control().await) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let pi: String = redis::cmd("INFO").arg("replication").query_async(&mut p).await.unwrap_or_default();
+        let ri: String = redis::cmd("INFO").arg("replication").query_async(&mut r).await.unwrap_or_default();
+        if let (Some(a), Some(b)) = (offset(&pi, "master_repl_offset:"), offset(&ri, "slave_repl_offset:"))
+            && b >= a
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {
+    let applied = stats.applied.load(Ordering::Relaxed);
+    let pending = journal.next_seq().saturating_sub(applied);
+    let last = shared.last_ts_us.load(Ordering::Relaxed);
+    let lag_ms = if pending == 0 || last == 0 {
+        0
+    } else {
+        now_us().saturating_sub(last) / 1000
+    };
+    let phase = if shared.snapshot_mode.load(Ordering::Relaxed) { "snapshot" } else { "replay" };
+    tracing::info!(
+        phase,
+        lag_ms,
+        pending,
+        applied,
+        dirty = shared.dirty.load(Ordering::Relaxed),
+        restores = stats.restores.load(Ordering::Relaxed),
+        errors = stats.error_count(),
+        journal_mb = journal.disk_bytes() >> 20,
+        "Status."
+    );
+}

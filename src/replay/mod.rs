@@ -1,0 +1,10 @@
+//! Replay: applying the journaled writes to the target in order, exactly.
+//!
+//! - [`rewrite`]: what cannot be repeated literally (relative TTLs, blocking pops, server
+//!   choices) is rewritten or marked for re-copy.
+//! - [`Replayer`]: the pipelined executor on the target.
+
+mod exec;
+pub mod rewrite;
+
+pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};

@@ -1,0 +1,284 @@
+//! The stitcher: reads the journal in order and turns it into target operations, placing each
+//! snapshot payload at its fence and deciding which keys need a fenced re-copy.
+//!
+//! ## Behavior
+//! - A key is *unsettled* while the snapshot has not read it yet (snapshot mode) or while it is
+//!   dirty. A write that writes an unsettled key, reads one, or cannot be replayed exactly
+//!   (see [`super::rewrite`]) makes its written keys dirty; each dirty key is re-read through
+//!   the same fenced path, once, and its new fence settles it.
+//! - Everything is applied in stream order, fences included, so a payload overwrites exactly the
+//!   writes it already contains and nothing is applied twice.
+//! - A gap (lost lines) unsettles everything and asks the coordinator for a resync.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::exec::Op;
+use super::rewrite::rewrite;
+use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
+use crate::journal::{EntryKind, JournalReader};
+use crate::snapshot::{PayloadStore, Recopier};
+
+/// Marker id prefix the coordinator uses when a snapshot's reads are all in the stream.
+pub const SNAPSHOT_DONE: &str = "snapshot-done-";
+
+/// How long a fence waits for its payload before the key is re-read instead.
+pub const DEFAULT_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State the coordinator reads.
+#[derive(Debug, Default)]
+pub struct StitchShared {
+    reached: Mutex<HashSet<String>>,
+    reached_notify: Notify,
+    /// Keys waiting for a re-copy.
+    pub dirty: AtomicUsize,
+    /// True while a snapshot (or resync) is in progress.
+    pub snapshot_mode: AtomicBool,
+    /// Source timestamp (µs) of the last entry handed to replay.
+    pub last_ts_us: AtomicU64,
+    /// Journal position handed to replay (+1).
+    pub forwarded: AtomicU64,
+    /// Fences whose payload never arrived (re-read instead).
+    pub missing_payloads: AtomicU64,
+}
+
+impl StitchShared {
+    /// Waits until replay applied everything up to marker `id`.
+    pub async fn wait_marker(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.reached_notify.notified();
+            if self.reached.lock().is_ok_and(|r| r.contains(id)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn reach(&self, id: String) {
+        if let Ok(mut r) = self.reached.lock() {
+            r.insert(id);
+        }
+        self.reached_notify.notify_waiters();
+    }
+}
+
+/// What the stitcher asks of the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StitchEvent {
+    /// Lines were lost: run a fenced resync, tagging its done-marker with `epoch`.
+    Resync { epoch: u64, reason: String },
+}
+
+/// Stitcher settings.
+#[derive(Debug, Clone)]
+pub struct StitchConfig {
+    /// The stream holds effects (a replica's): nothing needs rewriting.
+    pub exact_effects: bool,
+    /// How long a fence waits for its payload.
+    pub payload_timeout: Duration,
+}
+
+impl Default for StitchConfig {
+    fn default() -> Self {
+        StitchConfig {
+            exact_effects: false,
+            payload_timeout: DEFAULT_PAYLOAD_TIMEOUT,
+        }
+    }
+}
+
+fn key_hash(db: u32, key: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// The stitcher.
+pub struct Stitcher {
+    table: Arc<CommandTable>,
+    store: Arc<PayloadStore>,
+    recopier: Recopier,
+    cfg: StitchConfig,
+    shared: Arc<StitchShared>,
+    epoch: u64,
+    fenced: HashSet<u64>,
+    dirty: HashMap<u64, (u32, Vec<u8>)>,
+    keys: Vec<KeyRef>,
+}
+
+impl Stitcher {
+    /// A stitcher in snapshot mode (epoch 0).
+    pub fn new(
+        table: Arc<CommandTable>,
+        store: Arc<PayloadStore>,
+        recopier: Recopier,
+        cfg: StitchConfig,
+        shared: Arc<StitchShared>,
+    ) -> Stitcher {
+        shared.snapshot_mode.store(true, Ordering::Relaxed);
+        Stitcher {
+            table,
+            store,
+            recopier,
+            cfg,
+            shared,
+            epoch: 0,
+            fenced: HashSet::new(),
+            dirty: HashMap::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn unsettled(&self, h: u64) -> bool {
+        (self.shared.snapshot_mode.load(Ordering::Relaxed) && !self.fenced.contains(&h))
+            || self.dirty.contains_key(&h)
+    }
+
+    fn mark_dirty(&mut self, db: u32, key: &[u8]) {
+        let h = key_hash(db, key);
+        if self.dirty.contains_key(&h) {
+            return;
+        }
+        self.dirty.insert(h, (db, key.to_vec()));
+        self.shared.dirty.store(self.dirty.len(), Ordering::Relaxed);
+        self.recopier.request(db, key.to_vec());
+    }
+
+    /// Decides dirtiness for one command and returns what to send.
+    fn command(&mut self, db: u32, argv: Argv, ts_us: u64) -> Option<Argv> {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        self.table.keys_into(&argv, &mut keys);
+        let reads = |f: KeyFlags| f == KeyFlags::empty() || f.reads();
+        let writes = |f: KeyFlags| f == KeyFlags::empty() || f.writes();
+        let reads_unsettled = keys.iter().any(|k| {
+            reads(k.flags) && self.unsettled(key_hash(db, argv.get(k.pos).unwrap_or_default()))
+        });
+        let (out, dirty) = if self.cfg.exact_effects {
+            (Some(argv.clone()), false)
+        } else {
+            let r = rewrite(&self.table, argv.clone(), ts_us);
+            (r.argv, r.dirty)
+        };
+        for k in keys.iter().filter(|k| writes(k.flags)) {
+            let key = argv.get(k.pos).unwrap_or_default();
+            if dirty || reads_unsettled || self.unsettled(key_hash(db, key)) {
+                self.mark_dirty(db, key);
+            }
+        }
+        self.keys = keys;
+        out
+    }
+
+    /// Runs until the journal reader fails or `ops` closes.
+    pub async fn run(
+        mut self,
+        mut reader: JournalReader,
+        ops: mpsc::Sender<Op>,
+        events: mpsc::UnboundedSender<StitchEvent>,
+    ) -> Result<(), String> {
+        loop {
+            let entry = reader.next().await.map_err(|e| e.to_string())?;
+            let seq = entry.seq;
+            let op = match entry.kind {
+                EntryKind::Write { db, argv } => {
+                    if argv.name().eq_ignore_ascii_case(b"SWAPDB") {
+                        self.gap("SWAPDB swapped dbs under the migration", &events);
+                    }
+                    self.command(db, argv, entry.ts_us)
+                        .map(|argv| Op::Cmd { seq, db, argv })
+                }
+                EntryKind::Atomic(cmds) => {
+                    let cmds: Vec<(u32, Argv)> = cmds
+                        .into_iter()
+                        .filter_map(|(db, argv)| self.command(db, argv, entry.ts_us).map(|a| (db, a)))
+                        .collect();
+                    (!cmds.is_empty()).then_some(Op::Atomic { seq, cmds })
+                }
+                EntryKind::KeyFence {
+                    db,
+                    key,
+                    addr,
+                    ordinal,
+                } => {
+                    let h = key_hash(db, &key);
+                    match self.store.take(&addr, ordinal, self.cfg.payload_timeout).await {
+                        Some(p) if p.db == db && p.key == key => {
+                            self.fenced.insert(h);
+                            if self.dirty.remove(&h).is_some() {
+                                self.shared.dirty.store(self.dirty.len(), Ordering::Relaxed);
+                            }
+                            Some(Op::Restore {
+                                seq,
+                                db,
+                                key,
+                                payload: p.payload,
+                                expire_at_ms: p.expire_at_ms,
+                            })
+                        }
+                        other => {
+                            // The read's reply was lost (its connection broke) or does not match:
+                            // read the key again.
+                            tracing::debug!(found = other.is_some(), "A fence has no payload; re-reading the key.");
+                            self.shared.missing_payloads.fetch_add(1, Ordering::Relaxed);
+                            self.dirty.remove(&h);
+                            self.mark_dirty(db, &key);
+                            None
+                        }
+                    }
+                }
+                EntryKind::Payload { .. } => None,
+                EntryKind::Marker { id } => {
+                    if let Some(epoch) = id.strip_prefix(SNAPSHOT_DONE)
+                        && epoch.parse() == Ok(self.epoch)
+                    {
+                        // Every key that existed throughout is fenced; every other key was
+                        // touched by a write and is dirty. Plain replay is exact from here.
+                        self.shared.snapshot_mode.store(false, Ordering::Relaxed);
+                        self.fenced = HashSet::new();
+                    }
+                    let (done, wait) = oneshot::channel();
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        if wait.await.is_ok() {
+                            shared.reach(id);
+                        }
+                    });
+                    Some(Op::Barrier { seq, done })
+                }
+                EntryKind::Gap { reason } => {
+                    self.gap(&reason, &events);
+                    None
+                }
+            };
+            self.shared.last_ts_us.store(entry.ts_us, Ordering::Relaxed);
+            self.shared.forwarded.store(seq + 1, Ordering::Relaxed);
+            if let Some(op) = op
+                && ops.send(op).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    fn gap(&mut self, reason: &str, events: &mpsc::UnboundedSender<StitchEvent>) {
+        self.epoch += 1;
+        self.shared.snapshot_mode.store(true, Ordering::Relaxed);
+        self.fenced.clear();
+        self.dirty.clear();
+        self.shared.dirty.store(0, Ordering::Relaxed);
+        let _ = events.send(StitchEvent::Resync {
+            epoch: self.epoch,
+            reason: reason.to_string(),
+        });
+    }
+}

@@ -1,0 +1,374 @@
+//! The live side of the snapshot: payloads waiting for their fence in the stream, and the
+//! re-copier that reads dirty keys again through the same fenced path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::capture::{PeerRegistry, Role};
+use crate::net::Endpoint;
+
+/// What one fenced read returned for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// The db.
+    pub db: u32,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The `DUMP` payload; `None` when the key did not exist at the fence.
+    pub payload: Option<Vec<u8>>,
+    /// Absolute expiry in unix ms.
+    pub expire_at_ms: Option<i64>,
+}
+
+/// Default bound on payload bytes held in memory; readers wait when it is reached.
+pub const DEFAULT_PAYLOAD_BUDGET: u64 = 64 << 20;
+
+/// Payloads by fence identity (connection address, ordinal), until replay reaches the fence.
+///
+/// Readers insert without waiting (the fence is already in the stream, so the payload must be
+/// available); they wait for budget only before starting a new read. That keeps memory bounded
+/// when the target is slow without any chance of deadlock.
+#[derive(Debug)]
+pub struct PayloadStore {
+    map: Mutex<HashMap<(String, u64), Payload>>,
+    arrived: Notify,
+    freed: Notify,
+    bytes: AtomicU64,
+    budget: u64,
+}
+
+impl PayloadStore {
+    /// An empty store holding at most about `budget` payload bytes.
+    pub fn new(budget: u64) -> PayloadStore {
+        PayloadStore {
+            map: Mutex::new(HashMap::new()),
+            arrived: Notify::new(),
+            freed: Notify::new(),
+            bytes: AtomicU64::new(0),
+            budget,
+        }
+    }
+
+    /// Stores the payload of the `ordinal`-th read of connection `addr`.
+    pub fn insert(&self, addr: &str, ordinal: u64, p: Payload) {
+        let size = p.payload.as_ref().map_or(0, Vec::len) as u64;
+        if let Ok(mut m) = self.map.lock() {
+            m.insert((addr.to_string(), ordinal), p);
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.arrived.notify_waiters();
+    }
+
+    /// Takes the payload for a fence, waiting up to `timeout` for the reader to deliver it.
+    pub async fn take(&self, addr: &str, ordinal: u64, timeout: Duration) -> Option<Payload> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let found = self
+                .map
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&(addr.to_string(), ordinal)));
+            if let Some(p) = found {
+                let size = p.payload.as_ref().map_or(0, Vec::len) as u64;
+                self.bytes.fetch_sub(size, Ordering::Relaxed);
+                self.freed.notify_waiters();
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Waits until the store is under its budget.
+    pub async fn wait_for_space(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.bytes.load(Ordering::Relaxed) < self.budget {
+                return;
+            }
+            // A periodic re-check covers a free that raced with this wait.
+            let _ = tokio::time::timeout(Duration::from_millis(50), freed).await;
+        }
+    }
+
+    /// Payload bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests for fenced re-reads of keys, served by [`Recopier::run`].
+#[derive(Debug, Clone)]
+pub struct Recopier {
+    tx: mpsc::UnboundedSender<(u32, Vec<u8>)>,
+}
+
+impl Recopier {
+    /// A re-copier and the receiving end its task consumes.
+    pub fn channel() -> (Recopier, mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Recopier { tx }, rx)
+    }
+
+    /// Asks for a fenced re-read of `key` in `db`. The caller de-duplicates.
+    pub fn request(&self, db: u32, key: Vec<u8>) {
+        let _ = self.tx.send((db, key));
+    }
+
+    /// Serves requests until the channel closes: batches of keys per db, one
+    /// `MULTI; DUMP; PEXPIRETIME; …; EXEC` each, payloads into `store`.
+    pub async fn run(
+        source: Endpoint,
+        peers: std::sync::Arc<PeerRegistry>,
+        store: std::sync::Arc<PayloadStore>,
+        mut rx: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let mut reader: Option<FencedReader> = None;
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            batch.sort();
+            store.wait_for_space().await;
+            let mut attempt = 0;
+            loop {
+                if reader.is_none() {
+                    reader = Some(FencedReader::connect(&source, &peers).await?);
+                }
+                let r = reader.as_mut().ok_or("no reader")?;
+                match r.read_groups(&batch, &store).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        tracing::warn!(error = %e, "Re-copy failed; reconnecting.");
+                        reader = None;
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A source connection registered as a fence peer, reading keys with fenced reads.
+pub(crate) struct FencedReader {
+    con: redis::aio::MultiplexedConnection,
+    pub(crate) addr: String,
+    db: Option<u32>,
+    pub(crate) ordinal: u64,
+}
+
+impl FencedReader {
+    pub(crate) async fn connect(
+        source: &Endpoint,
+        peers: &PeerRegistry,
+    ) -> Result<FencedReader, String> {
+        let mut con = source.control().await.map_err(|e| e.to_string())?;
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = info
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+            .unwrap_or_default()
+            .to_string();
+        peers.register(&addr, Role::Fence);
+        Ok(FencedReader {
+            con,
+            addr,
+            db: None,
+            ordinal: 0,
+        })
+    }
+
+    /// Reads `keys` (sorted by db) with one fenced read per db, storing every payload.
+    pub(crate) async fn read_groups(
+        &mut self,
+        keys: &[(u32, Vec<u8>)],
+        store: &PayloadStore,
+    ) -> Result<(), String> {
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let db = group[0].0;
+            let refs: Vec<&[u8]> = group.iter().map(|(_, k)| k.as_slice()).collect();
+            self.read(db, &refs, store).await?;
+        }
+        Ok(())
+    }
+
+    /// One fenced read of `keys` in `db`; every key gets a payload (None when absent).
+    pub(crate) async fn read(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        store: &PayloadStore,
+    ) -> Result<u64, String> {
+        if self.db != Some(db) {
+            redis::cmd("SELECT")
+                .arg(db)
+                .query_async::<()>(&mut self.con)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.db = Some(db);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for k in keys {
+            pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut self.con)
+            .await
+            .map_err(|e| e.to_string())?;
+        if replies.len() != 2 * keys.len() {
+            return Err(format!(
+                "EXEC returned {} replies for {} reads",
+                replies.len(),
+                keys.len()
+            ));
+        }
+        let mut bytes = 0;
+        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
+            let payload = match &pair[0] {
+                redis::Value::BulkString(p) => Some(p.clone()),
+                _ => None,
+            };
+            bytes += payload.as_ref().map_or(0, Vec::len) as u64;
+            let expire_at_ms = match pair[1] {
+                redis::Value::Int(t) if t >= 0 => Some(t),
+                _ => None,
+            };
+            store.insert(
+                &self.addr,
+                self.ordinal,
+                Payload {
+                    db,
+                    key: k.to_vec(),
+                    payload,
+                    expire_at_ms,
+                },
+            );
+            self.ordinal += 1;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Where a live snapshot's reads go.
+#[derive(Debug, Clone)]
+pub struct LiveSink {
+    /// Payloads for the stitcher.
+    pub store: std::sync::Arc<PayloadStore>,
+    /// ferry's connections, so capture turns their reads into fences.
+    pub peers: std::sync::Arc<PeerRegistry>,
+}
+
+/// Hashes of the keys a live snapshot has read, so the target sweep reads only the others.
+#[derive(Debug, Default)]
+pub(super) struct Seen(Mutex<std::collections::HashSet<u64>>);
+
+impl Seen {
+    fn hash(db: u32, key: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        db.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    pub(super) fn insert(&self, db: u32, key: &[u8]) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(Self::hash(db, key));
+        }
+    }
+
+    pub(super) fn contains(&self, db: u32, key: &[u8]) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|s| s.contains(&Self::hash(db, key)))
+    }
+}
+
+/// A live snapshot worker: fenced reads into the payload store, no writes to the target.
+pub(super) async fn run_worker(
+    sink: LiveSink,
+    source: Endpoint,
+    seen: std::sync::Arc<Seen>,
+    batches: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<super::Batch>>>,
+    events: mpsc::UnboundedSender<super::Event>,
+) {
+    let mut reader = match FencedReader::connect(&source, &sink.peers).await {
+        Ok(r) => r,
+        Err(message) => {
+            let _ = events.send(super::Event::Fatal(super::SnapshotError::Command {
+                endpoint: source.redacted().to_string(),
+                command: "connect",
+                message,
+            }));
+            return;
+        }
+    };
+    loop {
+        let batch = batches.lock().await.recv().await;
+        let Some(batch) = batch else { break };
+        let mut stats = super::BatchStats::default();
+        let keys: Vec<&[u8]> = batch
+            .keys
+            .iter()
+            .map(Vec::as_slice)
+            .filter(|k| !(batch.sweep && seen.contains(batch.db, k)))
+            .collect();
+        if !keys.is_empty() {
+            sink.store.wait_for_space().await;
+            let mut attempt = 0;
+            loop {
+                match reader.read(batch.db, &keys, &sink.store).await {
+                    Ok(bytes) => {
+                        stats.keys += keys.len() as u64;
+                        stats.bytes += bytes;
+                        break;
+                    }
+                    Err(e) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, "Snapshot read failed; reconnecting.");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        match FencedReader::connect(&source, &sink.peers).await {
+                            Ok(r) => reader = r,
+                            Err(e) => tracing::warn!(error = %e, "Reconnect failed."),
+                        }
+                    }
+                    Err(message) => {
+                        let _ = events.send(super::Event::Fatal(super::SnapshotError::Command {
+                            endpoint: source.redacted().to_string(),
+                            command: "fenced read",
+                            message,
+                        }));
+                        return;
+                    }
+                }
+            }
+            for k in &keys {
+                seen.insert(batch.db, k);
+            }
+        }
+        let _ = events.send(super::Event::Done {
+            db: batch.db,
+            sweep: batch.sweep,
+            seq: batch.seq,
+            stats,
+        });
+    }
+}
