@@ -37,5 +37,6 @@ pub mod command;
 pub mod escape;
 pub mod journal;
 pub mod net;
+pub mod pipeline;
 pub mod replay;
 pub mod snapshot;

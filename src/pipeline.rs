@@ -137,7 +137,9 @@ impl CaptureSink for JournalSink {
             .map(|(ts, ev)| {
                 let kind = match ev {
                     CaptureEvent::Gap(reason) => EntryKind::Gap { reason },
-                    CaptureEvent::Unit(Captured::Write { db, argv }) => EntryKind::Write { db, argv },
+                    CaptureEvent::Unit(Captured::Write { db, argv }) => {
+                        EntryKind::Write { db, argv }
+                    }
                     CaptureEvent::Unit(Captured::Atomic(cmds)) => EntryKind::Atomic(cmds),
                     CaptureEvent::Unit(Captured::KeyRead {
                         db,
@@ -288,7 +290,10 @@ impl Migration {
         if self.cfg.capture == CaptureMode::Replica && replica.is_none() {
             return Err(stage(
                 "capture",
-                format!("capture = replica, but {} has no reachable, healthy replica", self.source),
+                format!(
+                    "capture = replica, but {} has no reachable, healthy replica",
+                    self.source
+                ),
             ));
         }
         let node = replica.clone().unwrap_or_else(|| self.source.clone());
@@ -304,7 +309,9 @@ impl Migration {
         // reconciles the target instead.
         let journal_dir = self.cfg.state_dir.join("journal");
         if journal_dir.exists() {
-            tracing::info!("Found a previous run's journal; starting a fresh journal and a full fenced resync.");
+            tracing::info!(
+                "Found a previous run's journal; starting a fresh journal and a full fenced resync."
+            );
             std::fs::remove_dir_all(&journal_dir)
                 .map_err(|e| MigrateError::Journal(format!("{}: {e}", journal_dir.display())))?;
         }
@@ -315,10 +322,20 @@ impl Migration {
         let peers = PeerRegistry::new();
         let store = Arc::new(PayloadStore::new(DEFAULT_PAYLOAD_BUDGET));
         let (recopier, recopy_rx) = Recopier::channel();
-        let recopy_task = tokio::spawn(Recopier::run(node.clone(), peers.clone(), store.clone(), recopy_rx));
+        let recopy_task = tokio::spawn(Recopier::run(
+            node.clone(),
+            peers.clone(),
+            store.clone(),
+            recopy_rx,
+        ));
 
-        let mut capture = Capture::new(node.clone(), table.clone(), peers.clone(), CaptureConfig::default())
-            .spawn(JournalSink(journal.clone()));
+        let mut capture = Capture::new(
+            node.clone(),
+            table.clone(),
+            peers.clone(),
+            CaptureConfig::default(),
+        )
+        .spawn(JournalSink(journal.clone()));
         if !capture.wait_live().await {
             let e = capture.stop().await.err().unwrap_or_default();
             return Err(stage("capture", e));
@@ -348,7 +365,13 @@ impl Migration {
             ..StitchConfig::default()
         };
         let (stitch_tx, mut stitch_events) = mpsc::unbounded_channel();
-        let stitcher = Stitcher::new(table.clone(), store.clone(), recopier.clone(), stitch_cfg, shared.clone());
+        let stitcher = Stitcher::new(
+            table.clone(),
+            store.clone(),
+            recopier.clone(),
+            stitch_cfg,
+            shared.clone(),
+        );
         let reader = journal
             .reader(journal.next_seq())
             .map_err(|e| MigrateError::Journal(e.to_string()))?;
@@ -356,7 +379,8 @@ impl Migration {
 
         let mut markers = Markers::connect(&node, &peers).await?;
         let snapshot = |epoch: u64| {
-            let snap = Snapshotter::new(node.clone(), self.target.clone(), self.cfg.snapshot.clone());
+            let snap =
+                Snapshotter::new(node.clone(), self.target.clone(), self.cfg.snapshot.clone());
             let sink = LiveSink {
                 store: store.clone(),
                 peers: peers.clone(),
@@ -412,7 +436,10 @@ impl Migration {
             t.abort();
         }
         let catchup = markers.place("catchup-").await?;
-        if !shared.wait_marker(&catchup, Duration::from_secs(3600)).await {
+        if !shared
+            .wait_marker(&catchup, Duration::from_secs(3600))
+            .await
+        {
             return Err(stage("final fence", "replay did not catch up"));
         }
         let pause_started = Instant::now();
@@ -431,27 +458,41 @@ impl Migration {
         let result = async {
             let drain = markers.place("drain-").await?;
             if !shared.wait_marker(&drain, self.cfg.max_pause * 4).await {
-                return Err(stage("final fence", "replay did not reach the drain marker"));
+                return Err(stage(
+                    "final fence",
+                    "replay did not reach the drain marker",
+                ));
             }
             let deadline = Instant::now() + self.cfg.max_pause * 4;
-            while shared.dirty.load(Ordering::Relaxed) > 0 || shared.snapshot_mode.load(Ordering::Relaxed) {
+            while shared.dirty.load(Ordering::Relaxed) > 0
+                || shared.snapshot_mode.load(Ordering::Relaxed)
+            {
                 if Instant::now() > deadline {
                     return Err(stage("final fence", "re-copies did not finish"));
                 }
                 if shared.snapshot_mode.load(Ordering::Relaxed) {
-                    return Err(stage("final fence", "stopped before the snapshot finished; rerun to resume"));
+                    return Err(stage(
+                        "final fence",
+                        "stopped before the snapshot finished; rerun to resume",
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let last = markers.place("final-").await?;
             if !shared.wait_marker(&last, self.cfg.max_pause * 4).await {
-                return Err(stage("final fence", "replay did not reach the final marker"));
+                return Err(stage(
+                    "final fence",
+                    "replay did not reach the final marker",
+                ));
             }
             Ok(())
         }
         .await;
         if paused.is_ok() {
-            let _ = redis::cmd("CLIENT").arg("UNPAUSE").query_async::<()>(&mut src).await;
+            let _ = redis::cmd("CLIENT")
+                .arg("UNPAUSE")
+                .query_async::<()>(&mut src)
+                .await;
             report.pause_ms = pause_started.elapsed().as_millis() as u64;
         }
         result?;
@@ -482,10 +523,20 @@ async fn wait_replica_caught_up(primary: &Endpoint, replica: &Endpoint) {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let pi: String = redis::cmd("INFO").arg("replication").query_async(&mut p).await.unwrap_or_default();
-        let ri: String = redis::cmd("INFO").arg("replication").query_async(&mut r).await.unwrap_or_default();
-        if let (Some(a), Some(b)) = (offset(&pi, "master_repl_offset:"), offset(&ri, "slave_repl_offset:"))
-            && b >= a
+        let pi: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut p)
+            .await
+            .unwrap_or_default();
+        let ri: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        if let (Some(a), Some(b)) = (
+            offset(&pi, "master_repl_offset:"),
+            offset(&ri, "slave_repl_offset:"),
+        ) && b >= a
         {
             return;
         }
@@ -502,7 +553,11 @@ fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {
     } else {
         now_us().saturating_sub(last) / 1000
     };
-    let phase = if shared.snapshot_mode.load(Ordering::Relaxed) { "snapshot" } else { "replay" };
+    let phase = if shared.snapshot_mode.load(Ordering::Relaxed) {
+        "snapshot"
+    } else {
+        "replay"
+    };
     tracing::info!(
         phase,
         lag_ms,

@@ -1,6 +1,7 @@
 //! The command line: validated arguments, logging, and the exit-code contract
 //! (0 ok, 1 verification found differences, 2 error).
 
+mod migrate;
 mod monitor;
 mod snapshot;
 
@@ -22,6 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Migrate(migrate::MigrateArgs),
     Monitor(monitor::MonitorArgs),
     Snapshot(snapshot::SnapshotArgs),
 }
@@ -68,6 +70,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
             Command::Snapshot(args) => snapshot::run(args).await,
         }

@@ -5,8 +5,10 @@
 //!   by their first seq (`00000000000000000042.seg`) as records `[u32 len][u32 crc32][payload]`
 //!   (little-endian; the payload format is in `codec.rs`). A segment is sealed, and a new one
 //!   started, by the first append after it has reached [`JournalConfig::segment_bytes`].
-//! - Every [`Journal::append`] / [`Journal::append_many`] is one `write(2)` of whole records,
-//!   fsynced per [`FsyncPolicy`], and visible to readers when it returns. Readers never hold a
+//! - Every [`Journal::append`] / [`Journal::append_many`] writes its whole records with one
+//!   `write(2)` (per MiB of a large batch), fsyncs per [`FsyncPolicy`], and is visible to readers
+//!   when it returns. The syscall per call dominates single appends (about 1 µs); batching with
+//!   `append_many` amortises it. Readers never hold a
 //!   lock an append needs (they only meet at segment switches), so capture never waits on replay.
 //! - Readers read the files through their own buffer, not an in-memory copy: when replay lags,
 //!   the backlog waits on disk, not in RAM. They see only whole records of finished appends.

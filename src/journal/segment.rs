@@ -41,7 +41,9 @@ pub(super) fn list(dir: &Path) -> Result<Vec<u64>, JournalError> {
             continue;
         };
         match stem.parse::<u64>() {
-            Ok(first) if stem.len() == 20 => firsts.push(first),
+            Ok(first) if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) => {
+                firsts.push(first)
+            }
             _ => {
                 return Err(JournalError::Corrupt {
                     path: item.path(),

@@ -6,5 +6,9 @@
 
 mod exec;
 pub mod rewrite;
+mod stitch;
 
 pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};
+pub use stitch::{
+    DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
+};

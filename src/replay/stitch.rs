@@ -200,7 +200,9 @@ impl Stitcher {
                 EntryKind::Atomic(cmds) => {
                     let cmds: Vec<(u32, Argv)> = cmds
                         .into_iter()
-                        .filter_map(|(db, argv)| self.command(db, argv, entry.ts_us).map(|a| (db, a)))
+                        .filter_map(|(db, argv)| {
+                            self.command(db, argv, entry.ts_us).map(|a| (db, a))
+                        })
                         .collect();
                     (!cmds.is_empty()).then_some(Op::Atomic { seq, cmds })
                 }
@@ -211,7 +213,11 @@ impl Stitcher {
                     ordinal,
                 } => {
                     let h = key_hash(db, &key);
-                    match self.store.take(&addr, ordinal, self.cfg.payload_timeout).await {
+                    match self
+                        .store
+                        .take(&addr, ordinal, self.cfg.payload_timeout)
+                        .await
+                    {
                         Some(p) if p.db == db && p.key == key => {
                             self.fenced.insert(h);
                             if self.dirty.remove(&h).is_some() {
@@ -228,7 +234,10 @@ impl Stitcher {
                         other => {
                             // The read's reply was lost (its connection broke) or does not match:
                             // read the key again.
-                            tracing::debug!(found = other.is_some(), "A fence has no payload; re-reading the key.");
+                            tracing::debug!(
+                                found = other.is_some(),
+                                "A fence has no payload; re-reading the key."
+                            );
                             self.shared.missing_payloads.fetch_add(1, Ordering::Relaxed);
                             self.dirty.remove(&h);
                             self.mark_dirty(db, &key);

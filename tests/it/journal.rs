@@ -487,23 +487,29 @@ fn journal_concurrent_appends_get_dense_unique_seqs() {
     }
 }
 
-fn throughput(n: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
+fn small_writes(n: u64) -> Vec<(u64, EntryKind)> {
     let value = vec![b'v'; 70];
-    let kinds: Vec<EntryKind> = (0..n)
-        .map(|i| EntryKind::Write {
-            db: 0,
-            argv: Argv::from_args([
+    (0..n)
+        .map(|i| {
+            let argv = Argv::from_args([
                 b"SET".as_slice(),
                 format!("user:{i:016}").as_bytes(),
                 &value,
-            ]),
+            ]);
+            (i, EntryKind::Write { db: 0, argv })
         })
-        .collect();
+        .collect()
+}
+
+/// Appends `n` ~100-byte writes one call each, reads them back, then appends them again in
+/// batches of 128; prints the rates.
+fn throughput(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
+    let items = small_writes(n);
     let t = Instant::now();
-    for (i, kind) in kinds.into_iter().enumerate() {
-        journal.append(i as u64, kind).unwrap();
+    for (ts, kind) in items.iter().cloned() {
+        journal.append(ts, kind).unwrap();
     }
     journal.sync().unwrap();
     let append = t.elapsed();
@@ -516,11 +522,31 @@ fn throughput(n: u64) {
     }
     let read = t.elapsed();
     assert_eq!(count, n);
+    let bytes = journal.disk_bytes();
+    drop(journal);
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
+    let mut batches = Vec::new();
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        batches.push(it.by_ref().take(128).collect::<Vec<_>>());
+    }
+    let t = Instant::now();
+    for batch in batches {
+        journal.append_many(batch).unwrap();
+    }
+    journal.sync().unwrap();
+    let batched = t.elapsed();
+    assert_eq!(journal.next_seq(), n);
+
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
     eprintln!(
-        "journal: {n} appends in {append:?} ({:.0}/s), read back in {read:?} ({:.0}/s), {} bytes",
-        n as f64 / append.as_secs_f64(),
-        n as f64 / read.as_secs_f64(),
-        journal.disk_bytes()
+        "journal: {n} entries, {bytes} bytes: append {append:?} ({:.0}/s), read {read:?} \
+         ({:.0}/s), append_many x128 {batched:?} ({:.0}/s)",
+        rate(append),
+        rate(read),
+        rate(batched),
     );
     assert!(
         append + read < Duration::from_secs(60),
@@ -551,4 +577,39 @@ fn journal_handles_are_send_and_sync() {
     send(&reader);
     // Readers run in spawned tasks, so the waiting future must be Send too.
     send(&reader.next());
+}
+
+#[test]
+fn journal_tailing_reader_races_rotating_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(dir.path(), 2048)).unwrap();
+    let n = 20_000u64;
+    let mut readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut reader = journal.reader(0).unwrap();
+            std::thread::spawn(move || {
+                let mut next = 0;
+                while next < n {
+                    match reader.try_next().unwrap() {
+                        Some(e) => {
+                            assert_eq!((e.seq, e.kind), (next, write(next)));
+                            next += 1;
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..n {
+        if i % 3 == 0 {
+            journal.append_many(vec![(i, write(i))]).unwrap();
+        } else {
+            journal.append(i, write(i)).unwrap();
+        }
+    }
+    for r in readers.drain(..) {
+        r.join().unwrap();
+    }
+    assert!(segments(dir.path()).len() > 100);
 }

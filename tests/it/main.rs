@@ -7,6 +7,8 @@ mod cli;
 mod command_table;
 mod fixtures;
 mod journal;
+mod migrate;
 mod parser;
+mod rewrite;
 mod snapshot;
 mod workload;
