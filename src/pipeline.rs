@@ -144,12 +144,12 @@ impl CaptureSink for JournalSink {
                     CaptureEvent::Unit(Captured::KeyRead {
                         db,
                         key,
-                        addr,
+                        read_id,
                         ordinal,
                     }) => EntryKind::KeyFence {
                         db,
                         key,
-                        addr,
+                        read_id,
                         ordinal,
                     },
                     CaptureEvent::Unit(Captured::Marker { id }) => EntryKind::Marker { id },
@@ -385,7 +385,20 @@ impl Migration {
                 store: store.clone(),
                 peers: peers.clone(),
             };
-            tokio::spawn(async move { (epoch, snap.run_live(sink).await) })
+            tokio::spawn(async move {
+                // After a gap the target may still be restarting: wait for it rather than fail.
+                let mut attempt = 0;
+                loop {
+                    match snap.run_live(sink.clone()).await {
+                        Err(crate::snapshot::SnapshotError::Net(e)) if attempt < 60 => {
+                            attempt += 1;
+                            tracing::warn!(error = %e, "Snapshot cannot start yet; retrying.");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        other => return (epoch, other),
+                    }
+                }
+            })
         };
         let mut snap_task = Some(snapshot(0));
         let mut snapshot_started = Instant::now();
@@ -478,6 +491,9 @@ impl Migration {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            if replica.is_some() && paused.is_ok() {
+                fix_stream_groups(&shared, &self.source, &self.target).await?;
+            }
             let last = markers.place("final-").await?;
             if !shared.wait_marker(&last, self.cfg.max_pause * 4).await {
                 return Err(stage(
@@ -509,6 +525,66 @@ impl Migration {
         report.elapsed_secs = started.elapsed().as_secs_f64();
         Ok(report)
     }
+}
+
+/// Copies consumer-group positions (last-delivered id and entries-read) of the streams a
+/// replica's stream could not carry exactly, from the paused primary to the target.
+async fn fix_stream_groups(
+    shared: &StitchShared,
+    primary: &Endpoint,
+    target: &Endpoint,
+) -> Result<(), MigrateError> {
+    let keys: Vec<(u32, Vec<u8>)> = shared
+        .group_fixups
+        .lock()
+        .map(|f| f.iter().cloned().collect())
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut p = primary.control().await?;
+    let mut t = target.control().await?;
+    for (db, key) in keys {
+        let err = |e: redis::RedisError| stage("final fence", format!("stream groups: {e}"));
+        redis::cmd("SELECT")
+            .arg(db)
+            .query_async::<()>(&mut p)
+            .await
+            .map_err(err)?;
+        redis::cmd("SELECT")
+            .arg(db)
+            .query_async::<()>(&mut t)
+            .await
+            .map_err(err)?;
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut p)
+            .await
+        {
+            Ok(g) => g,
+            // The stream is gone or not a stream any more: nothing to fix.
+            Err(_) => continue,
+        };
+        for g in groups {
+            let text = |k: &str| match g.get(k) {
+                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+                Some(redis::Value::Int(i)) => Some(i.to_string()),
+                _ => None,
+            };
+            let (Some(name), Some(last)) = (text("name"), text("last-delivered-id")) else {
+                continue;
+            };
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("SETID").arg(&key).arg(name).arg(last);
+            if let Some(n) = text("entries-read") {
+                cmd.arg("ENTRIESREAD").arg(n);
+            }
+            cmd.query_async::<()>(&mut t).await.map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// After pausing the primary, waits until the replica has applied everything it was sent.

@@ -8,8 +8,9 @@
 //!   one atomic group. `DISCARD` drops it; an aborted `EXEC` emits nothing.
 //! - A script line (`EVAL`…) is followed by its `[db lua]` lines (§3); their writes form one
 //!   atomic group, inside the caller's `MULTI` buffer when there is one.
-//! - Lines from a registered fence connection: `DUMP k` / `TYPE k` are key reads, numbered per
-//!   connection in the order the server executed them; `ECHO ferry:<id>` is a marker.
+//! - Lines from a registered fence connection: inside a fenced read (opened by
+//!   `ECHO ferry-read:<id>`), `DUMP k` / `TYPE k` are key reads numbered within the read;
+//!   `ECHO ferry:<id>` is a marker.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +22,11 @@ use crate::command::{Argv, Class, CommandTable};
 /// Prefix of the `ECHO` argument that ferry uses as a marker in the source's stream.
 pub const MARKER_PREFIX: &[u8] = b"ferry:";
 
+/// Prefix of the `ECHO` that opens a fenced read inside its `MULTI`: `ferry-read:<id>`. The
+/// reads that follow are numbered from 0 within that id, so payloads and fences match by
+/// `(id, index)` whatever was lost around them.
+pub const READ_PREFIX: &[u8] = b"ferry-read:";
+
 /// A unit of captured stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
@@ -28,11 +34,11 @@ pub enum Captured {
     Write { db: u32, argv: Argv },
     /// Writes that took effect atomically, each with its db.
     Atomic(Vec<(u32, Argv)>),
-    /// ferry read `key` here: the `ordinal`-th key read of the connection `addr`.
+    /// ferry read `key` here: the `ordinal`-th key of the fenced read `read_id`.
     KeyRead {
         db: u32,
         key: Vec<u8>,
-        addr: String,
+        read_id: String,
         ordinal: u64,
     },
     /// ferry's marker `ECHO ferry:<id>`.
@@ -83,8 +89,8 @@ pub struct Grouper {
     last: Option<Peer>,
     /// Writes of the script being logged, when it runs outside a transaction.
     script: Option<Vec<(u32, Argv)>>,
-    /// Key reads seen per fence connection.
-    ordinals: HashMap<SocketAddr, u64>,
+    /// The open fenced read per fence connection, and how many keys it has read.
+    reads: HashMap<SocketAddr, (String, u64)>,
 }
 
 impl Grouper {
@@ -96,7 +102,7 @@ impl Grouper {
             multi: HashMap::new(),
             last: None,
             script: None,
-            ordinals: HashMap::new(),
+            reads: HashMap::new(),
         }
     }
 
@@ -118,7 +124,7 @@ impl Grouper {
         self.multi.clear();
         self.script = None;
         self.last = None;
-        self.ordinals.clear();
+        self.reads.clear();
     }
 
     /// Consumes one line, appending what it produces to `out`.
@@ -190,23 +196,34 @@ impl Grouper {
         out: &mut Vec<Captured>,
     ) {
         let name = line.argv.name();
-        if name == b"ECHO"
-            && let Some(id) = line.argv.get(1).and_then(|a| a.strip_prefix(MARKER_PREFIX))
-        {
-            out.push(Captured::Marker {
-                id: String::from_utf8_lossy(id).into_owned(),
-            });
+        let arg1 = line.argv.get(1).unwrap_or_default();
+        if name == b"ECHO" {
+            if let Some(id) = arg1.strip_prefix(READ_PREFIX) {
+                let id = String::from_utf8_lossy(id).into_owned();
+                self.reads.insert(addr, (id, 0));
+            } else if let Some(id) = arg1.strip_prefix(MARKER_PREFIX) {
+                out.push(Captured::Marker {
+                    id: String::from_utf8_lossy(id).into_owned(),
+                });
+            }
             return;
         }
-        if role == Role::Fence && (name == b"DUMP" || name == b"TYPE") && line.argv.len() == 2 {
-            let ordinal = self.ordinals.entry(addr).or_insert(0);
+        if name == b"EXEC" {
+            self.reads.remove(&addr);
+            return;
+        }
+        if role == Role::Fence
+            && (name == b"DUMP" || name == b"TYPE")
+            && line.argv.len() == 2
+            && let Some((id, next)) = self.reads.get_mut(&addr)
+        {
             out.push(Captured::KeyRead {
                 db: line.db,
-                key: line.argv.get(1).unwrap_or_default().to_vec(),
-                addr: addr.to_string(),
-                ordinal: *ordinal,
+                key: arg1.to_vec(),
+                read_id: id.clone(),
+                ordinal: *next,
             });
-            *ordinal += 1;
+            *next += 1;
         }
     }
 }
@@ -300,31 +317,36 @@ mod tests {
         let out = run(
             &[
                 r#"+1.000001 [0 127.0.0.1:9] "MULTI""#,
+                r#"+1.000001 [0 127.0.0.1:9] "ECHO" "ferry-read:r1""#,
                 r#"+1.000002 [3 127.0.0.1:9] "DUMP" "k1""#,
                 r#"+1.000003 [3 127.0.0.1:9] "PEXPIRETIME" "k1""#,
                 r#"+1.000004 [3 127.0.0.1:9] "DUMP" "k2""#,
                 r#"+1.000005 [3 127.0.0.1:9] "EXEC""#,
                 r#"+1.000006 [0 127.0.0.1:8] "ECHO" "ferry:final-1""#,
                 r#"+1.000007 [0 127.0.0.1:8] "SET" "ignored" "x""#,
-                r#"+1.000008 [0 127.0.0.1:9] "TYPE" "big""#,
+                r#"+1.000008 [0 127.0.0.1:9] "TYPE" "outside-a-read""#,
+                r#"+1.000009 [0 127.0.0.1:9] "MULTI""#,
+                r#"+1.000009 [0 127.0.0.1:9] "ECHO" "ferry-read:r2""#,
+                r#"+1.000009 [0 127.0.0.1:9] "TYPE" "big""#,
+                r#"+1.000009 [0 127.0.0.1:9] "EXEC""#,
             ],
             &[("127.0.0.1:9", Role::Fence), ("127.0.0.1:8", Role::Control)],
         );
-        let read = |db, key: &str, ordinal| Captured::KeyRead {
+        let read = |db, key: &str, id: &str, ordinal| Captured::KeyRead {
             db,
             key: key.as_bytes().to_vec(),
-            addr: "127.0.0.1:9".into(),
+            read_id: id.into(),
             ordinal,
         };
         assert_eq!(
             out,
             vec![
-                read(3, "k1", 0),
-                read(3, "k2", 1),
+                read(3, "k1", "r1", 0),
+                read(3, "k2", "r1", 1),
                 Captured::Marker {
                     id: "final-1".into()
                 },
-                read(0, "big", 2),
+                read(0, "big", "r2", 0),
             ]
         );
     }

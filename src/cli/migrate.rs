@@ -35,6 +35,10 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = snapshot::DEFAULT_WORKERS)]
     workers: usize,
 
+    /// Cap on commands per second that the snapshot sends to the source.
+    #[arg(long, value_name = "OPS")]
+    max_source_ops: Option<u64>,
+
     /// Longest write pause on the source for the final fence, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     max_pause_ms: u64,
@@ -72,6 +76,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = MigrateConfig::new(args.state_dir);
     cfg.capture = args.capture;
     cfg.snapshot.workers = args.workers;
+    cfg.snapshot.max_source_ops = args.max_source_ops;
     cfg.max_pause = std::time::Duration::from_millis(args.max_pause_ms);
     let report = Migration::new(source, target, cfg)
         .run(shutdown_signal())

@@ -44,12 +44,17 @@ pub(super) fn payload_bound(kind: &EntryKind) -> u64 {
         + match kind {
             EntryKind::Write { argv: a, .. } => INT + argv(a),
             EntryKind::Atomic(items) => INT + items.iter().map(|(_, a)| INT + argv(a)).sum::<u64>(),
-            EntryKind::KeyFence { key, addr, .. } => 4 * INT + key.len() as u64 + addr.len() as u64,
+            EntryKind::KeyFence { key, read_id, .. } => {
+                4 * INT + key.len() as u64 + read_id.len() as u64
+            }
             EntryKind::Payload {
-                addr, key, payload, ..
+                read_id,
+                key,
+                payload,
+                ..
             } => {
                 8 * INT
-                    + addr.len() as u64
+                    + read_id.len() as u64
                     + key.len() as u64
                     + payload.as_ref().map_or(0, |p| p.len() as u64)
             }
@@ -92,17 +97,17 @@ pub(super) fn encode_payload(out: &mut Vec<u8>, seq: u64, ts_us: u64, kind: &Ent
         EntryKind::KeyFence {
             db,
             key,
-            addr,
+            read_id,
             ordinal,
         } => {
             out.push(TAG_KEY_FENCE);
             put_varint(out, u64::from(*db));
             put_bytes(out, key);
-            put_bytes(out, addr.as_bytes());
+            put_bytes(out, read_id.as_bytes());
             put_varint(out, *ordinal);
         }
         EntryKind::Payload {
-            addr,
+            read_id,
             ordinal,
             db,
             key,
@@ -110,7 +115,7 @@ pub(super) fn encode_payload(out: &mut Vec<u8>, seq: u64, ts_us: u64, kind: &Ent
             expire_at_ms,
         } => {
             out.push(TAG_PAYLOAD);
-            put_bytes(out, addr.as_bytes());
+            put_bytes(out, read_id.as_bytes());
             put_varint(out, *ordinal);
             put_varint(out, u64::from(*db));
             put_bytes(out, key);
@@ -169,11 +174,11 @@ pub(super) fn decode(payload: &[u8]) -> Result<Entry, DecodeError> {
         TAG_KEY_FENCE => EntryKind::KeyFence {
             db: d.u32()?,
             key: d.bytes()?.to_vec(),
-            addr: d.text()?,
+            read_id: d.text()?,
             ordinal: d.varint()?,
         },
         TAG_PAYLOAD => EntryKind::Payload {
-            addr: d.text()?,
+            read_id: d.text()?,
             ordinal: d.varint()?,
             db: d.u32()?,
             key: d.bytes()?.to_vec(),
@@ -338,11 +343,11 @@ mod tests {
             EntryKind::KeyFence {
                 db: 7,
                 key: all_bytes.clone(),
-                addr: "127.0.0.1:6379".into(),
+                read_id: "127.0.0.1:6379".into(),
                 ordinal: u64::MAX,
             },
             EntryKind::Payload {
-                addr: "[::1]:50000".into(),
+                read_id: "[::1]:50000".into(),
                 ordinal: 0,
                 db: 1,
                 key: b"k".to_vec(),
@@ -350,7 +355,7 @@ mod tests {
                 expire_at_ms: Some(i64::MIN),
             },
             EntryKind::Payload {
-                addr: String::new(),
+                read_id: String::new(),
                 ordinal: 42,
                 db: 0,
                 key: vec![],
@@ -358,7 +363,7 @@ mod tests {
                 expire_at_ms: None,
             },
             EntryKind::Payload {
-                addr: "a".into(),
+                read_id: "a".into(),
                 ordinal: 1,
                 db: 2,
                 key: vec![0],

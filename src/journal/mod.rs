@@ -8,8 +8,8 @@
 //! - Every [`Journal::append`] / [`Journal::append_many`] writes its whole records with one
 //!   `write(2)` (per MiB of a large batch), fsyncs per [`FsyncPolicy`], and is visible to readers
 //!   when it returns. The syscall per call dominates single appends (about 1 µs); batching with
-//!   `append_many` amortises it. Readers never hold a
-//!   lock an append needs (they only meet at segment switches), so capture never waits on replay.
+//!   `append_many` amortises it. Readers never hold a lock an append needs (they only meet at
+//!   segment switches), so capture never waits on replay.
 //! - Readers read the files through their own buffer, not an in-memory copy: when replay lags,
 //!   the backlog waits on disk, not in RAM. They see only whole records of finished appends.
 //! - [`Journal::open`] validates every record. A bad tail of the last segment (a crash in the
@@ -54,17 +54,17 @@ pub enum EntryKind {
     Write { db: u32, argv: Argv },
     /// Writes applied atomically (a MULTI/EXEC block, or a script's effects), each with its db.
     Atomic(Vec<(u32, Argv)>),
-    /// A snapshot read of `key` happened here in the source's order: the `ordinal`-th key read by the
-    /// source connection `addr`.
+    /// A snapshot read of `key` happened here in the source's order: the `ordinal`-th key of the
+    /// fenced read `read_id`.
     KeyFence {
         db: u32,
         key: Vec<u8>,
-        addr: String,
+        read_id: String,
         ordinal: u64,
     },
     /// What that read returned (may be journaled before or after its KeyFence). `payload` None = key absent.
     Payload {
-        addr: String,
+        read_id: String,
         ordinal: u64,
         db: u32,
         key: Vec<u8>,

@@ -1174,6 +1174,100 @@ mod tests {
         unchanged(&["PEXPIRE", "k", "9223372036854775807"]);
     }
 
+    fn word() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        const WORDS: &[&str] = &[
+            "EX",
+            "px",
+            "EXAT",
+            "PXAT",
+            "NX",
+            "xx",
+            "GET",
+            "KEEPTTL",
+            "PERSIST",
+            "BLOCK",
+            "count",
+            "GROUP",
+            "STREAMS",
+            "NOACK",
+            "MAXLEN",
+            "MINID",
+            "LIMIT",
+            "~",
+            "=",
+            "*",
+            "1-*",
+            "5-1",
+            "ABSTTL",
+            "REPLACE",
+            "IDLETIME",
+            "FREQ",
+            "LEFT",
+            "RIGHT",
+            "MIN",
+            "MAX",
+            "GT",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "100",
+            "1.5",
+            "0x1p1",
+            "inf",
+            "nan",
+            "",
+            "EX\0",
+            "010",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775",
+        ];
+        prop_oneof![
+            proptest::sample::select(WORDS).prop_map(|w| w.as_bytes().to_vec()),
+            any::<i64>().prop_map(|n| n.to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rewrite_never_panics_and_never_emits_a_new_blocking_command(
+            name in proptest::sample::select(&[
+                "SET", "set", "GETEX", "SETEX", "PSETEX", "EXPIRE", "pexpire", "RESTORE", "BLPOP",
+                "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "bzmpop",
+                "XREADGROUP", "XREAD", "XADD", "XTRIM", "MIGRATE", "SELECT", "SPOP", "LPUSH",
+            ][..]),
+            rest in proptest::collection::vec(word(), 0..9),
+            ts_us in proptest::prelude::any::<u64>(),
+        ) {
+            let table = CommandTable::builtin();
+            let mut input = Argv::new();
+            input.push(name.as_bytes());
+            for a in &rest {
+                input.push(a);
+            }
+            let out = rewrite(table, input.clone(), ts_us);
+            if let Some(out) = out.argv.filter(|o| *o != input) {
+                let blocking = table
+                    .lookup(&out)
+                    .is_some_and(|s| s.flags.contains(CommandFlags::BLOCKING));
+                // Before STREAMS and without GROUP (whose names may be anything) every
+                // argument is an option or a value, never the word BLOCK after a rewrite.
+                let opts: Vec<&[u8]> = out
+                    .iter()
+                    .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+                    .collect();
+                let xread_block = out.name().starts_with(b"XREAD")
+                    && opts.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+                    && !opts.iter().any(|a| a.eq_ignore_ascii_case(b"GROUP"));
+                proptest::prop_assert!(!blocking || out.name().starts_with(b"XREAD"), "{out:?}");
+                proptest::prop_assert!(!xread_block, "{input:?} -> {out:?}");
+            }
+        }
+    }
+
     #[test]
     fn parse_ll_matches_string2ll() {
         assert_eq!(parse_ll(b"0"), Some(0));

@@ -28,7 +28,7 @@ use crate::snapshot::{PayloadStore, Recopier};
 pub const SNAPSHOT_DONE: &str = "snapshot-done-";
 
 /// How long a fence waits for its payload before the key is re-read instead.
-pub const DEFAULT_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State the coordinator reads.
 #[derive(Debug, Default)]
@@ -45,6 +45,10 @@ pub struct StitchShared {
     pub forwarded: AtomicU64,
     /// Fences whose payload never arrived (re-read instead).
     pub missing_payloads: AtomicU64,
+    /// Streams whose consumer groups were advanced by `XCLAIM … LASTID` in a replica's stream.
+    /// Redis 7.0 does not propagate the group's entries-read counter with it, so the replica
+    /// (and the target) end up with none; the final fence copies the groups from the primary.
+    pub group_fixups: Mutex<HashSet<(u32, Vec<u8>)>>,
 }
 
 impl StitchShared {
@@ -164,14 +168,24 @@ impl Stitcher {
             reads(k.flags) && self.unsettled(key_hash(db, argv.get(k.pos).unwrap_or_default()))
         });
         let (out, dirty) = if self.cfg.exact_effects {
+            if argv.name().eq_ignore_ascii_case(b"XCLAIM")
+                && argv.iter().any(|a| a.eq_ignore_ascii_case(b"LASTID"))
+                && let (Some(key), Ok(mut fix)) = (argv.get(1), self.shared.group_fixups.lock())
+            {
+                fix.insert((db, key.to_vec()));
+            }
             (Some(argv.clone()), false)
         } else {
             let r = rewrite(&self.table, argv.clone(), ts_us);
             (r.argv, r.dirty)
         };
-        for k in keys.iter().filter(|k| writes(k.flags)) {
+        for k in &keys {
             let key = argv.get(k.pos).unwrap_or_default();
-            if dirty || reads_unsettled || self.unsettled(key_hash(db, key)) {
+            // A command that cannot be repeated exactly may change keys its spec calls
+            // read-only (XREADGROUP updates the group's pending list): re-copy them all.
+            let dirty_here = dirty
+                || (writes(k.flags) && (reads_unsettled || self.unsettled(key_hash(db, key))));
+            if dirty_here {
                 self.mark_dirty(db, key);
             }
         }
@@ -209,13 +223,13 @@ impl Stitcher {
                 EntryKind::KeyFence {
                     db,
                     key,
-                    addr,
+                    read_id,
                     ordinal,
                 } => {
                     let h = key_hash(db, &key);
                     match self
                         .store
-                        .take(&addr, ordinal, self.cfg.payload_timeout)
+                        .take(&read_id, ordinal, self.cfg.payload_timeout)
                         .await
                     {
                         Some(p) if p.db == db && p.key == key => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::capture::{PeerRegistry, Role};
+use crate::capture::{PeerRegistry, READ_PREFIX, Role};
 use crate::net::Endpoint;
 
 /// What one fenced read returned for one key.
@@ -27,7 +27,7 @@ pub struct Payload {
 /// Default bound on payload bytes held in memory; readers wait when it is reached.
 pub const DEFAULT_PAYLOAD_BUDGET: u64 = 64 << 20;
 
-/// Payloads by fence identity (connection address, ordinal), until replay reaches the fence.
+/// Payloads by fence identity (read id, index in the read), until replay reaches the fence.
 ///
 /// Readers insert without waiting (the fence is already in the stream, so the payload must be
 /// available); they wait for budget only before starting a new read. That keeps memory bounded
@@ -165,9 +165,21 @@ impl Recopier {
 /// A source connection registered as a fence peer, reading keys with fenced reads.
 pub(crate) struct FencedReader {
     con: redis::aio::MultiplexedConnection,
-    pub(crate) addr: String,
     db: Option<u32>,
-    pub(crate) ordinal: u64,
+}
+
+/// Ids of fenced reads: unique per process and run, so a restarted ferry never mistakes an old
+/// read's lines for a new one's.
+fn next_read_id() -> String {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id())
+    });
+    format!("{run:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl FencedReader {
@@ -187,12 +199,7 @@ impl FencedReader {
             .unwrap_or_default()
             .to_string();
         peers.register(&addr, Role::Fence);
-        Ok(FencedReader {
-            con,
-            addr,
-            db: None,
-            ordinal: 0,
-        })
+        Ok(FencedReader { con, db: None })
     }
 
     /// Reads `keys` (sorted by db) with one fenced read per db, storing every payload.
@@ -224,8 +231,12 @@ impl FencedReader {
                 .map_err(|e| e.to_string())?;
             self.db = Some(db);
         }
+        let id = next_read_id();
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut echo = READ_PREFIX.to_vec();
+        echo.extend_from_slice(id.as_bytes());
+        pipe.cmd("ECHO").arg(echo);
         for k in keys {
             pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
         }
@@ -233,7 +244,7 @@ impl FencedReader {
             .query_async(&mut self.con)
             .await
             .map_err(|e| e.to_string())?;
-        if replies.len() != 2 * keys.len() {
+        if replies.len() != 2 * keys.len() + 1 {
             return Err(format!(
                 "EXEC returned {} replies for {} reads",
                 replies.len(),
@@ -241,7 +252,7 @@ impl FencedReader {
             ));
         }
         let mut bytes = 0;
-        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
+        for (ordinal, (k, pair)) in keys.iter().zip(replies[1..].chunks(2)).enumerate() {
             let payload = match &pair[0] {
                 redis::Value::BulkString(p) => Some(p.clone()),
                 _ => None,
@@ -252,8 +263,8 @@ impl FencedReader {
                 _ => None,
             };
             store.insert(
-                &self.addr,
-                self.ordinal,
+                &id,
+                ordinal as u64,
                 Payload {
                     db,
                     key: k.to_vec(),
@@ -261,7 +272,6 @@ impl FencedReader {
                     expire_at_ms,
                 },
             );
-            self.ordinal += 1;
         }
         Ok(bytes)
     }
@@ -306,6 +316,7 @@ impl Seen {
 pub(super) async fn run_worker(
     sink: LiveSink,
     source: Endpoint,
+    limiter: Option<std::sync::Arc<super::RateLimiter>>,
     seen: std::sync::Arc<Seen>,
     batches: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<super::Batch>>>,
     events: mpsc::UnboundedSender<super::Event>,
@@ -333,6 +344,9 @@ pub(super) async fn run_worker(
             .collect();
         if !keys.is_empty() {
             sink.store.wait_for_space().await;
+            if let Some(l) = &limiter {
+                l.acquire(2 * keys.len() as u64 + 3).await;
+            }
             let mut attempt = 0;
             loop {
                 match reader.read(batch.db, &keys, &sink.store).await {

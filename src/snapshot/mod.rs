@@ -442,7 +442,7 @@ impl Snapshotter {
             scan_plan,
             self.cfg.scan_count,
             self.cfg.batch_keys,
-            limiter,
+            limiter.clone(),
             batch_tx,
             event_tx.clone(),
         ));
@@ -459,6 +459,7 @@ impl Snapshotter {
                 Some(sink) => tokio::spawn(live::run_worker(
                     sink.clone(),
                     self.source.clone(),
+                    limiter.clone(),
                     seen.clone(),
                     batch_rx.clone(),
                     event_tx.clone(),

@@ -60,11 +60,11 @@ fn every_kind() -> Vec<EntryKind> {
         EntryKind::KeyFence {
             db: 7,
             key: all_bytes.clone(),
-            addr: "127.0.0.1:51234".into(),
+            read_id: "127.0.0.1:51234".into(),
             ordinal: u64::MAX,
         },
         EntryKind::Payload {
-            addr: "127.0.0.1:51234".into(),
+            read_id: "127.0.0.1:51234".into(),
             ordinal: 9,
             db: 1,
             key: all_bytes.clone(),
@@ -72,7 +72,7 @@ fn every_kind() -> Vec<EntryKind> {
             expire_at_ms: Some(1_700_000_000_000),
         },
         EntryKind::Payload {
-            addr: "[::1]:6000".into(),
+            read_id: "[::1]:6000".into(),
             ordinal: 0,
             db: 0,
             key: vec![],

@@ -49,8 +49,23 @@ pub fn start_migrate(
     state: &std::path::Path,
     extra: &[&str],
 ) -> FerryProcess {
-    let stderr_path = state.join("ferry.stderr");
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    start_migrate_logging(
+        source,
+        target,
+        &state.join("state"),
+        &state.join("ferry.stderr"),
+        extra,
+    )
+}
+
+pub fn start_migrate_logging(
+    source: &str,
+    target: &str,
+    state_dir: &std::path::Path,
+    stderr_path: &std::path::Path,
+    extra: &[&str],
+) -> FerryProcess {
+    let stderr = std::fs::File::create(stderr_path).unwrap();
     let child = ferry()
         .args([
             "migrate",
@@ -60,14 +75,17 @@ pub fn start_migrate(
             target,
             "--state-dir",
         ])
-        .arg(state.join("state"))
+        .arg(state_dir)
         .args(extra)
         .env("FERRY_LOG", "ferry=info")
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
         .unwrap();
-    FerryProcess { child, stderr_path }
+    FerryProcess {
+        child,
+        stderr_path: stderr_path.to_path_buf(),
+    }
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -88,41 +106,205 @@ fn dataset() -> Dataset {
     }
 }
 
-/// Runs the workload for `secs` while ferry migrates, stops the workload, stops ferry at its
-/// final fence, and compares.
-fn migrate_under_load(source: &RedisServer, target: &RedisServer, secs: u64, extra: &[&str]) {
+/// What a test does while the workload and ferry run.
+pub struct Live<'a> {
+    pub source: &'a RedisServer,
+    pub target: &'a mut RedisServer,
+    pub ferry: FerryProcess,
+    pub state: &'a std::path::Path,
+    pub extra: Vec<String>,
+}
+
+impl Live<'_> {
+    /// Waits until ferry's log contains `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.ferry.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "ferry never logged {text:?}:\n{}",
+                self.ferry.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of ferry, then a restart with the same state dir.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.ferry.child.kill();
+        let _ = self.ferry.child.wait();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let log = self.state.join("ferry-restarted.stderr");
+        self.ferry = start_migrate_logging(
+            &self.source.url(),
+            &self.target.url(),
+            &self.state.join("state"),
+            &log,
+            &extra,
+        );
+    }
+}
+
+/// Runs the workload for `secs` while ferry migrates (calling `during` meanwhile), stops the
+/// workload, stops ferry at its final fence, and compares.
+fn migrate_under_load(
+    source: &RedisServer,
+    target: &mut RedisServer,
+    secs: u64,
+    extra: &[&str],
+    during: impl FnOnce(&mut Live),
+) -> String {
     fill(source, &dataset());
     let state = tempfile::tempdir().unwrap();
     let load = workload::start(&source.url(), WorkloadOptions::default());
     std::thread::sleep(Duration::from_millis(500));
-    let mut ferry = start_migrate(&source.url(), &target.url(), state.path(), extra);
-    std::thread::sleep(Duration::from_secs(secs));
+    let ferry = start_migrate(&source.url(), &target.url(), state.path(), extra);
+    let started = Instant::now();
+    let mut live = Live {
+        source,
+        target,
+        ferry,
+        state: state.path(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    during(&mut live);
+    if let Some(rest) = Duration::from_secs(secs).checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
     let report = load.stop();
     assert!(report.total() > secs * 1000, "workload too small: {report}");
-    let code = ferry.terminate(Duration::from_secs(60));
-    let stderr = ferry.stderr();
+    let code = live.ferry.terminate(Duration::from_secs(60));
+    let stderr = live.ferry.stderr();
     assert_eq!(code, Some(0), "ferry migrate failed:\n{stderr}");
     assert!(stderr.contains("final fence"), "{stderr}");
     let opts = OracleOptions {
         ttl_tolerance_ms: 1000,
         ..OracleOptions::default()
     };
-    let oracle = compare(&source.url(), &target.url(), &opts);
+    let oracle = compare(&source.url(), &live.target.url(), &opts);
     eprintln!(
         "{report}\n{oracle}\n--- ferry stderr (tail) ---\n{}",
         tail(&stderr, 15)
     );
     assert!(oracle.keys_compared > 9000, "{oracle}");
     oracle.assert_identical();
+    stderr
+}
+
+fn flagship_secs() -> u64 {
+    std::env::var("FERRY_FLAGSHIP_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
 }
 
 #[test]
 fn flagship_live_migration_from_an_elasticache_like_source_is_exact() {
     let source = RedisServer::elasticache_like();
-    let target = RedisServer::start();
-    let secs = std::env::var("FERRY_FLAGSHIP_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    migrate_under_load(&source, &target, secs, &["--capture", "primary"]);
+    let mut target = RedisServer::start();
+    migrate_under_load(
+        &source,
+        &mut target,
+        flagship_secs(),
+        &["--capture", "primary"],
+        |_| {},
+    );
+}
+
+#[test]
+fn live_migration_capturing_from_a_replica_is_exact() {
+    let source = RedisServer::start();
+    let _replica = RedisServer::replica_of(&source);
+    let mut target = RedisServer::start();
+    let stderr = migrate_under_load(&source, &mut target, 12, &["--capture", "replica"], |_| {});
+    assert!(stderr.contains("replica (effects stream)"), "{stderr}");
+}
+
+#[test]
+fn kill_9_mid_snapshot_then_restart_is_exact() {
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary", "--max-source-ops", "4000"],
+        |live| {
+            live.wait_log("Snapshot started", Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(700));
+            assert!(
+                !live.ferry.stderr().contains("Snapshot reads done"),
+                "too late to kill mid-snapshot"
+            );
+            live.kill_and_restart();
+        },
+    );
+}
+
+#[test]
+fn kill_9_mid_replay_then_restart_is_exact() {
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |live| {
+            live.wait_log("Snapshot reads done", Duration::from_secs(30));
+            std::thread::sleep(Duration::from_secs(2));
+            live.kill_and_restart();
+        },
+    );
+}
+
+#[test]
+fn killed_monitor_connection_is_a_gap_that_resyncs() {
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    let stderr = migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |live| {
+            live.wait_log("Snapshot reads done", Duration::from_secs(30));
+            std::thread::sleep(Duration::from_secs(2));
+            let mut con = live.source.conn();
+            let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+            let id = list
+                .lines()
+                .find(|l| l.contains("name=ferry-monitor"))
+                .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .expect("ferry's MONITOR connection")
+                .to_string();
+            let _: () = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(&id)
+                .query(&mut con)
+                .unwrap();
+            live.wait_log("resyncing every key", Duration::from_secs(20));
+        },
+    );
+    assert!(stderr.contains("Capture lost the stream"), "{stderr}");
+}
+
+#[test]
+fn target_restarted_mid_replay_is_resynced() {
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    let stderr = migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |live| {
+            live.wait_log("Snapshot reads done", Duration::from_secs(30));
+            std::thread::sleep(Duration::from_secs(2));
+            live.target.restart();
+            live.wait_log("resyncing every key", Duration::from_secs(30));
+        },
+    );
+    assert!(stderr.contains("target connection broke"), "{stderr}");
 }

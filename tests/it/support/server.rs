@@ -170,6 +170,31 @@ impl RedisServer {
         );
     }
 
+    /// Kills the server and starts it again on the same port and config. Nothing is persisted,
+    /// so it comes back empty, as after a crash of a cache without persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        let binary = redis_server_binary();
+        let conf_path = self.dir.path().join("redis.conf");
+        let stderr = fs::File::create(self.dir.path().join("stderr.log")).expect("stderr.log");
+        let child = Command::new(&binary)
+            .arg(&conf_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to spawn {}: {e}", binary.display()));
+        self.child = Some(child);
+        if let Err(e) = self.wait_until_ready() {
+            let why = match e {
+                StartError::PortTaken => "port taken".to_string(),
+                StartError::Fatal(why) => why,
+            };
+            panic!("redis-server on port {} did not restart: {why}", self.port);
+        }
+    }
+
     fn wait_until_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let pid = self.pid();
