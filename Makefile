@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps lint bench-parser fmt
+.PHONY: test demo deps lint bench-parser bench fmt
 
 ## Installs redis-server and redis-cli through apt when they are missing.
 deps:
@@ -19,6 +19,15 @@ deps:
 ## Runs every test: unit, integration (real Redis servers), CLI, doc tests.
 test: deps
 	$(CARGO) test --locked
+
+## A whole live migration between two local servers, checked by the oracle.
+demo: deps
+	bash scripts/demo.sh
+
+## End-to-end benchmarks against native replication; results go in docs/performance.md.
+bench: deps
+	bash scripts/bench/snapshot.sh
+	bash scripts/bench/replay.sh
 
 ## Formatting and clippy, as CI checks them.
 lint:

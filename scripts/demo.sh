@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make demo`: a whole live migration between two local Redis servers.
+#
+# - The source is ElastiCache-like (SYNC, PSYNC, REPLICAOF, SLAVEOF, CONFIG, BGSAVE, SAVE, DEBUG
+#   and MIGRATE renamed away), filled with a generated dataset in 3 dbs, with live writers.
+# - ferry migrates it to the target with the default embedded journal, while the writers run.
+# - The writers stop, ferry is stopped with SIGINT: it pauses source writes briefly, drains to a
+#   final fence and exits 0.
+# - The oracle then compares every key, type, value and TTL of both servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bench/common.sh
+
+SECS=${DEMO_SECS:-20}
+echo "== building ferry (release)"
+cargo build --release --quiet --bin ferry --example oracle
+FERRY=target/release/ferry
+ORACLE=target/release/examples/oracle
+
+ec=()
+for c in SYNC PSYNC REPLICAOF SLAVEOF CONFIG BGSAVE SAVE DEBUG MIGRATE; do ec+=(--rename-command "$c" ""); done
+start_server source "${ec[@]}"
+start_server target
+S=$PORT_source; T=$PORT_target
+echo "== source (ElastiCache-like) 127.0.0.1:$S, target 127.0.0.1:$T"
+redis-cli -p "$S" config get maxmemory 2>&1 | head -1 | sed 's/^/   CONFIG on the source: /'
+
+echo "== generating the dataset"
+for db in 0 1 2; do
+  redis-benchmark -p "$S" --dbnum $db -t set -n 50000 -r 1000000 -d 200 -P 64 -q >/dev/null 2>&1
+  redis-benchmark -p "$S" --dbnum $db -n 20000 -r 1000000 -P 64 -q set "ttl:__rand_int__" v EX 3600 >/dev/null 2>&1
+done
+redis-benchmark -p "$S" -n 200000 -r 100000000 -P 64 -q rpush big:list "element-__rand_int__" >/dev/null 2>&1
+redis-benchmark -p "$S" -n 100000 -r 100000000 -P 64 -q hset big:hash "f-__rand_int__" "v-__rand_int__" >/dev/null 2>&1
+redis-benchmark -p "$S" -n 50000 -r 100000000 -P 64 -q zadd big:zset "__rand_int__" "m-__rand_int__" >/dev/null 2>&1
+redis-benchmark -p "$S" -n 20000 -r 100000000 -P 64 -q xadd events "*" kind click n "__rand_int__" >/dev/null 2>&1
+redis-cli -p "$S" set "bin\x00key" "\xff\xfe" >/dev/null
+echo "   $(redis-cli -p "$S" info keyspace | grep ^db | tr -d '\r' | tr '\n' ' ')"
+
+echo "== starting live writers (counters, queues, TTLs, scripts, SPOP, XADD *)"
+writer() { redis-benchmark -p "$S" -c 1 -P 1 -n 100000000 -r 1000 -q "$@" >/dev/null 2>&1 & PIDS+=($!); }
+writer incr "counter:__rand_int__"
+writer --dbnum 1 hincrby stats "field:__rand_int__" 1
+writer lpush "queue:default" "job-__rand_int__"
+writer rpop "queue:default"
+writer set "session:__rand_int__" x EX 600
+writer eval "redis.call('incr', KEYS[1]); redis.call('sadd', KEYS[2], ARGV[1]); return redis.call('spop', KEYS[2])" 2 "script:ctr" "script:set" "m-__rand_int__"
+writer --dbnum 2 xadd "stream:__rand_int__" "*" f v
+WRITER_PIDS=("${PIDS[@]: -7}")
+
+echo "== ferry migrate (embedded journal in $BENCH_DIR/state); status every second"
+FERRY_LOG=ferry=info "$FERRY" migrate --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" \
+  --state-dir "$BENCH_DIR/state" --capture primary &
+FERRY_PID=$!
+PIDS+=($FERRY_PID)
+sleep "$SECS"
+
+echo "== stopping the writers, then ferry (SIGINT: final fence)"
+kill "${WRITER_PIDS[@]}" 2>/dev/null || true
+wait "${WRITER_PIDS[@]}" 2>/dev/null || true
+kill -INT "$FERRY_PID"
+wait "$FERRY_PID"
+
+echo "== the oracle's full comparison (every key, type, value, TTL within 1 s; both directions)"
+"$ORACLE" "redis://127.0.0.1:$S" "redis://127.0.0.1:$T" 1000
