@@ -27,7 +27,8 @@ use crate::command::CommandTable;
 use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
 use crate::net::{Endpoint, NetError};
 use crate::replay::{
-    Op, ReplayStats, Replayer, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
+    Mapper, Op, ReplayStats, Replayer, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared,
+    Stitcher,
 };
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
@@ -46,7 +47,7 @@ pub enum CaptureMode {
 }
 
 /// Migration settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct MigrateConfig {
     /// Journal and state.
@@ -61,6 +62,8 @@ pub struct MigrateConfig {
     pub max_pause: Duration,
     /// Status line interval; `None` for no status lines.
     pub status_every: Option<Duration>,
+    /// The plan's keyspace rules (filters, renames, db moves, hooks).
+    pub mapper: Option<Arc<dyn Mapper>>,
 }
 
 impl MigrateConfig {
@@ -73,6 +76,7 @@ impl MigrateConfig {
             fsync: FsyncPolicy::EveryMs(100),
             max_pause: Duration::from_secs(5),
             status_every: Some(Duration::from_secs(1)),
+            mapper: None,
         }
     }
 }
@@ -246,11 +250,29 @@ async fn find_replica(source: &Endpoint) -> Option<Endpoint> {
     None
 }
 
-/// A running migration.
+/// A migration, before it starts.
 pub struct Migration {
     source: Endpoint,
     target: Endpoint,
     cfg: MigrateConfig,
+}
+
+/// A started migration: capture, replay and the snapshot run in the background.
+pub struct Running {
+    source: Endpoint,
+    target: Endpoint,
+    node: Endpoint,
+    from_replica: bool,
+    cfg: MigrateConfig,
+    started: Instant,
+    journal: Journal,
+    shared: Arc<StitchShared>,
+    stats: Arc<ReplayStats>,
+    markers: Arc<tokio::sync::Mutex<Markers>>,
+    report: Arc<std::sync::Mutex<MigrationReport>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    coordinator: tokio::task::JoinHandle<Result<crate::capture::CaptureHandle, MigrateError>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Migration {
@@ -263,11 +285,21 @@ impl Migration {
         }
     }
 
-    /// Runs until `stop` completes, then drains to a final fence.
+    /// Runs until `stop` completes (or a stage fails), then drains to a final fence.
     pub async fn run(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<MigrationReport, MigrateError> {
+        let mut running = self.start().await?;
+        tokio::select! {
+            _ = stop => {}
+            failed = running.failed() => return Err(failed),
+        }
+        running.finish().await
+    }
+
+    /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
+    pub async fn start(self) -> Result<Running, MigrateError> {
         let started = Instant::now();
         let mut report = MigrationReport::default();
         let mut src = self.source.control().await?;
@@ -322,12 +354,15 @@ impl Migration {
         let peers = PeerRegistry::new();
         let store = Arc::new(PayloadStore::new(DEFAULT_PAYLOAD_BUDGET));
         let (recopier, recopy_rx) = Recopier::channel();
-        let recopy_task = tokio::spawn(Recopier::run(
-            node.clone(),
-            peers.clone(),
-            store.clone(),
-            recopy_rx,
-        ));
+        let recopy_node = node.clone();
+        let recopy_peers = peers.clone();
+        let recopy_store = store.clone();
+        let recopy_task = tokio::spawn(async move {
+            if let Err(e) = Recopier::run(recopy_node, recopy_peers, recopy_store, recopy_rx).await
+            {
+                tracing::error!(error = %e, "The re-copier stopped.");
+            }
+        });
 
         let mut capture = Capture::new(
             node.clone(),
@@ -345,7 +380,7 @@ impl Migration {
         let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(8192);
         let target = self.target.clone();
         let replay_stats = stats.clone();
-        let (replay_broken_tx, mut replay_broken) = mpsc::unbounded_channel::<String>();
+        let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let replay_task = tokio::spawn(async move {
             let replayer = Replayer::new(target);
             loop {
@@ -362,9 +397,10 @@ impl Migration {
         let shared = Arc::new(StitchShared::default());
         let stitch_cfg = StitchConfig {
             exact_effects: report.from_replica,
+            mapper: self.cfg.mapper.clone(),
             ..StitchConfig::default()
         };
-        let (stitch_tx, mut stitch_events) = mpsc::unbounded_channel();
+        let (stitch_tx, stitch_events) = mpsc::unbounded_channel();
         let stitcher = Stitcher::new(
             table.clone(),
             store.clone(),
@@ -375,79 +411,235 @@ impl Migration {
         let reader = journal
             .reader(journal.next_seq())
             .map_err(|e| MigrateError::Journal(e.to_string()))?;
-        let stitch_task = tokio::spawn(stitcher.run(reader, ops_tx, stitch_tx));
+        let (stitch_failed_tx, stitch_failed) = mpsc::unbounded_channel::<String>();
+        let stitch_task = tokio::spawn(async move {
+            if let Err(e) = stitcher.run(reader, ops_tx, stitch_tx).await {
+                let _ = stitch_failed_tx.send(e);
+            }
+        });
 
-        let mut markers = Markers::connect(&node, &peers).await?;
-        let snapshot = |epoch: u64| {
-            let snap =
-                Snapshotter::new(node.clone(), self.target.clone(), self.cfg.snapshot.clone());
-            let sink = LiveSink {
-                store: store.clone(),
-                peers: peers.clone(),
-            };
-            tokio::spawn(async move {
-                // After a gap the target may still be restarting: wait for it rather than fail.
-                let mut attempt = 0;
-                loop {
-                    match snap.run_live(sink.clone()).await {
-                        Err(crate::snapshot::SnapshotError::Net(e)) if attempt < 60 => {
-                            attempt += 1;
-                            tracing::warn!(error = %e, "Snapshot cannot start yet; retrying.");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        other => return (epoch, other),
-                    }
-                }
-            })
-        };
-        let mut snap_task = Some(snapshot(0));
-        let mut snapshot_started = Instant::now();
-        tracing::info!("Snapshot started.");
+        let markers = Arc::new(tokio::sync::Mutex::new(
+            Markers::connect(&node, &peers).await?,
+        ));
+        let report = Arc::new(std::sync::Mutex::new(report));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let coordinator = tokio::spawn(coordinate(Coordinator {
+            node: node.clone(),
+            target: self.target.clone(),
+            snapshot_cfg: self.cfg.snapshot.clone(),
+            mapper: self.cfg.mapper.clone(),
+            store,
+            peers,
+            capture,
+            journal: journal.clone(),
+            stats: stats.clone(),
+            shared: shared.clone(),
+            markers: markers.clone(),
+            report: report.clone(),
+            status_every: self.cfg.status_every,
+            stitch_events,
+            stitch_failed,
+            replay_broken,
+            stop: stop_rx,
+        }));
+        Ok(Running {
+            source: self.source,
+            target: self.target,
+            node,
+            from_replica: replica.is_some(),
+            cfg: self.cfg,
+            started,
+            journal,
+            shared,
+            stats,
+            markers,
+            report,
+            stop_tx,
+            coordinator,
+            tasks: vec![stitch_task, replay_task, recopy_task],
+        })
+    }
+}
 
-        let mut status = self.cfg.status_every.map(tokio::time::interval);
-        let mut stop = std::pin::pin!(stop);
+/// What the background coordinator owns.
+struct Coordinator {
+    node: Endpoint,
+    target: Endpoint,
+    snapshot_cfg: SnapshotConfig,
+    mapper: Option<Arc<dyn Mapper>>,
+    store: Arc<PayloadStore>,
+    peers: Arc<PeerRegistry>,
+    capture: crate::capture::CaptureHandle,
+    journal: Journal,
+    stats: Arc<ReplayStats>,
+    shared: Arc<StitchShared>,
+    markers: Arc<tokio::sync::Mutex<Markers>>,
+    report: Arc<std::sync::Mutex<MigrationReport>>,
+    status_every: Option<Duration>,
+    stitch_events: mpsc::UnboundedReceiver<StitchEvent>,
+    stitch_failed: mpsc::UnboundedReceiver<String>,
+    replay_broken: mpsc::UnboundedReceiver<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+type SnapshotTask = tokio::task::JoinHandle<(
+    u64,
+    Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError>,
+)>;
+
+fn spawn_snapshot(c: &Coordinator, epoch: u64) -> SnapshotTask {
+    let snap = Snapshotter::new(c.node.clone(), c.target.clone(), c.snapshot_cfg.clone());
+    let sink = LiveSink {
+        store: c.store.clone(),
+        peers: c.peers.clone(),
+        mapper: c.mapper.clone(),
+    };
+    tokio::spawn(async move {
+        // After a gap the target may still be restarting: wait for it rather than fail.
+        let mut attempt = 0;
         loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                Some(StitchEvent::Resync { epoch, reason }) = stitch_events.recv() => {
-                    tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
-                    report.resyncs += 1;
-                    if let Some(t) = snap_task.take() {
-                        t.abort();
-                    }
-                    capture.wait_live().await;
-                    snap_task = Some(snapshot(epoch));
-                    snapshot_started = Instant::now();
+            match snap.run_live(sink.clone()).await {
+                Err(crate::snapshot::SnapshotError::Net(e)) if attempt < 60 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "Snapshot cannot start yet; retrying.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Some(reason) = replay_broken.recv() => {
-                    tracing::warn!(%reason, "The target connection broke; a resync follows.");
-                    journal
-                        .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
-                        .map_err(|e| MigrateError::Journal(e.to_string()))?;
-                }
-                done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
-                    snap_task = None;
-                    match done {
-                        Ok((epoch, Ok(r))) => {
-                            report.snapshot_keys += r.keys;
-                            tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
-                            markers.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
-                        }
-                        Ok((_, Err(e))) => return Err(stage("snapshot", e)),
-                        Err(e) if e.is_cancelled() => {}
-                        Err(e) => return Err(stage("snapshot", e)),
-                    }
-                }
-                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
-                    print_status(&journal, &stats, &shared);
-                }
+                other => return (epoch, other),
             }
         }
+    })
+}
 
-        tracing::info!("Stopping: placing the final fence.");
-        if let Some(t) = snap_task.take() {
-            t.abort();
+/// Runs the snapshot, resyncs after gaps and prints status until told to stop; hands the
+/// capture back for the final fence.
+async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle, MigrateError> {
+    let mut snap_task = Some(spawn_snapshot(&c, 0));
+    let mut snapshot_started = Instant::now();
+    tracing::info!("Snapshot started.");
+    let mut status = c.status_every.map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = c.stop.changed() => break,
+            Some(e) = c.stitch_failed.recv() => return Err(stage("stitcher", e)),
+            Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
+                tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
+                if let Ok(mut r) = c.report.lock() {
+                    r.resyncs += 1;
+                }
+                if let Some(t) = snap_task.take() {
+                    t.abort();
+                }
+                c.capture.wait_live().await;
+                snap_task = Some(spawn_snapshot(&c, epoch));
+                snapshot_started = Instant::now();
+            }
+            Some(reason) = c.replay_broken.recv() => {
+                tracing::warn!(%reason, "The target connection broke; a resync follows.");
+                c.journal
+                    .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
+                    .map_err(|e| MigrateError::Journal(e.to_string()))?;
+            }
+            done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
+                snap_task = None;
+                match done {
+                    Ok((epoch, Ok(r))) => {
+                        if let Ok(mut rep) = c.report.lock() {
+                            rep.snapshot_keys += r.keys;
+                        }
+                        tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
+                        c.markers.lock().await.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
+                    }
+                    Ok((_, Err(e))) => return Err(stage("snapshot", e)),
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => return Err(stage("snapshot", e)),
+                }
+            }
+            _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
+                print_status(&c.journal, &c.stats, &c.shared);
+            }
         }
+    }
+    if let Some(t) = snap_task.take() {
+        t.abort();
+    }
+    Ok(c.capture)
+}
+
+impl Running {
+    /// Resolves when a background stage fails for good (never resolves otherwise).
+    pub async fn failed(&mut self) -> MigrateError {
+        match (&mut self.coordinator).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => stage("coordinator", "stopped unexpectedly"),
+            Err(e) => stage("coordinator", e),
+        }
+    }
+
+    /// True while a snapshot or resync is still reading keys.
+    pub fn in_snapshot(&self) -> bool {
+        self.shared.snapshot_mode.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the snapshot is complete in the stream (every later write replays exactly).
+    pub async fn wait_snapshot(&self, timeout: Duration) -> Result<(), MigrateError> {
+        let deadline = Instant::now() + timeout;
+        while self.in_snapshot() {
+            if self.coordinator.is_finished() {
+                return Err(stage("snapshot", "the migration stopped"));
+            }
+            if Instant::now() > deadline {
+                return Err(stage("snapshot", "did not finish in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// How far replay is behind the source: the time a marker takes from the source's stream to
+    /// the target.
+    pub async fn measure_lag(&self, timeout: Duration) -> Result<Duration, MigrateError> {
+        let placed = Instant::now();
+        let id = self.markers.lock().await.place("lag-").await?;
+        if self.shared.wait_marker(&id, timeout).await {
+            Ok(placed.elapsed())
+        } else {
+            Err(stage("catch up", "replay did not reach the marker in time"))
+        }
+    }
+
+    /// Waits until the measured lag is at most `max`.
+    pub async fn wait_lag(
+        &self,
+        max: Duration,
+        timeout: Duration,
+    ) -> Result<Duration, MigrateError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lag = self.measure_lag(timeout).await?;
+            if lag <= max && !self.in_snapshot() && self.shared.dirty.load(Ordering::Relaxed) == 0 {
+                return Ok(lag);
+            }
+            if Instant::now() > deadline {
+                return Err(stage(
+                    "catch up",
+                    format!("lag is still {} ms", lag.as_millis()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops at a final fence: the target then equals the source at that fence.
+    pub async fn finish(self) -> Result<MigrationReport, MigrateError> {
+        tracing::info!("Stopping: placing the final fence.");
+        let _ = self.stop_tx.send(true);
+        let capture = match self.coordinator.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(stage("coordinator", e)),
+        };
+        let shared = &self.shared;
+        let mut markers = self.markers.lock().await;
         let catchup = markers.place("catchup-").await?;
         if !shared
             .wait_marker(&catchup, Duration::from_secs(3600))
@@ -455,6 +647,7 @@ impl Migration {
         {
             return Err(stage("final fence", "replay did not catch up"));
         }
+        let mut src = self.source.control().await?;
         let pause_started = Instant::now();
         let paused = redis::cmd("CLIENT")
             .arg("PAUSE")
@@ -465,8 +658,8 @@ impl Migration {
         if let Err(e) = &paused {
             tracing::warn!(error = %e, "The source refuses CLIENT PAUSE; the final fence is taken without pausing writes.");
         }
-        if replica.is_some() && paused.is_ok() {
-            wait_replica_caught_up(&self.source, &node).await;
+        if self.from_replica && paused.is_ok() {
+            wait_replica_caught_up(&self.source, &self.node).await;
         }
         let result = async {
             let drain = markers.place("drain-").await?;
@@ -480,19 +673,19 @@ impl Migration {
             while shared.dirty.load(Ordering::Relaxed) > 0
                 || shared.snapshot_mode.load(Ordering::Relaxed)
             {
-                if Instant::now() > deadline {
-                    return Err(stage("final fence", "re-copies did not finish"));
-                }
                 if shared.snapshot_mode.load(Ordering::Relaxed) {
                     return Err(stage(
                         "final fence",
                         "stopped before the snapshot finished; rerun to resume",
                     ));
                 }
+                if Instant::now() > deadline {
+                    return Err(stage("final fence", "re-copies did not finish"));
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if replica.is_some() && paused.is_ok() {
-                fix_stream_groups(&shared, &self.source, &self.target).await?;
+            if self.from_replica && paused.is_ok() {
+                fix_stream_groups(shared, &self.source, &self.target).await?;
             }
             let last = markers.place("final-").await?;
             if !shared.wait_marker(&last, self.cfg.max_pause * 4).await {
@@ -504,6 +697,7 @@ impl Migration {
             Ok(())
         }
         .await;
+        let mut report = self.report.lock().map(|r| r.clone()).unwrap_or_default();
         if paused.is_ok() {
             let _ = redis::cmd("CLIENT")
                 .arg("UNPAUSE")
@@ -514,15 +708,20 @@ impl Migration {
         result?;
 
         let _ = capture.stop().await;
-        stitch_task.abort();
-        replay_task.abort();
-        recopy_task.abort();
-        let _ = journal.sync();
-        report.journal_entries = journal.next_seq();
-        report.commands = stats.commands.load(Ordering::Relaxed);
-        report.restores = stats.restores.load(Ordering::Relaxed);
-        report.errors = stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
-        report.elapsed_secs = started.elapsed().as_secs_f64();
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.journal.sync();
+        report.journal_entries = self.journal.next_seq();
+        report.commands = self.stats.commands.load(Ordering::Relaxed);
+        report.restores = self.stats.restores.load(Ordering::Relaxed);
+        report.errors = self
+            .stats
+            .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        report.elapsed_secs = self.started.elapsed().as_secs_f64();
         Ok(report)
     }
 }

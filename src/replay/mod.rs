@@ -5,10 +5,12 @@
 //! - [`Replayer`]: the pipelined executor on the target.
 
 mod exec;
+mod mapping;
 pub mod rewrite;
 mod stitch;
 
 pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};
+pub use mapping::Mapper;
 pub use stitch::{
     DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
 };

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::exec::Op;
+use super::mapping::Mapper;
 use super::rewrite::rewrite;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::journal::{EntryKind, JournalReader};
@@ -82,12 +83,14 @@ pub enum StitchEvent {
 }
 
 /// Stitcher settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StitchConfig {
     /// The stream holds effects (a replica's): nothing needs rewriting.
     pub exact_effects: bool,
     /// How long a fence waits for its payload.
     pub payload_timeout: Duration,
+    /// The plan's keyspace rules, if any.
+    pub mapper: Option<Arc<dyn Mapper>>,
 }
 
 impl Default for StitchConfig {
@@ -95,6 +98,7 @@ impl Default for StitchConfig {
         StitchConfig {
             exact_effects: false,
             payload_timeout: DEFAULT_PAYLOAD_TIMEOUT,
+            mapper: None,
         }
     }
 }
@@ -193,6 +197,17 @@ impl Stitcher {
         out
     }
 
+    /// Applies the plan's rules to one outgoing command.
+    fn map(&self, db: u32, argv: Argv, out: &mut Vec<(u32, Argv)>) -> Result<(), String> {
+        match &self.cfg.mapper {
+            None => {
+                out.push((db, argv));
+                Ok(())
+            }
+            Some(m) => m.map_command(db, argv, out),
+        }
+    }
+
     /// Runs until the journal reader fails or `ops` closes.
     pub async fn run(
         mut self,
@@ -208,17 +223,24 @@ impl Stitcher {
                     if argv.name().eq_ignore_ascii_case(b"SWAPDB") {
                         self.gap("SWAPDB swapped dbs under the migration", &events);
                     }
-                    self.command(db, argv, entry.ts_us)
-                        .map(|argv| Op::Cmd { seq, db, argv })
+                    let mut out = Vec::new();
+                    if let Some(argv) = self.command(db, argv, entry.ts_us) {
+                        self.map(db, argv, &mut out)?;
+                    }
+                    match out.len() {
+                        0 => None,
+                        1 => out.pop().map(|(db, argv)| Op::Cmd { seq, db, argv }),
+                        _ => Some(Op::Atomic { seq, cmds: out }),
+                    }
                 }
                 EntryKind::Atomic(cmds) => {
-                    let cmds: Vec<(u32, Argv)> = cmds
-                        .into_iter()
-                        .filter_map(|(db, argv)| {
-                            self.command(db, argv, entry.ts_us).map(|a| (db, a))
-                        })
-                        .collect();
-                    (!cmds.is_empty()).then_some(Op::Atomic { seq, cmds })
+                    let mut out = Vec::new();
+                    for (db, argv) in cmds {
+                        if let Some(argv) = self.command(db, argv, entry.ts_us) {
+                            self.map(db, argv, &mut out)?;
+                        }
+                    }
+                    (!out.is_empty()).then_some(Op::Atomic { seq, cmds: out })
                 }
                 EntryKind::KeyFence {
                     db,
@@ -237,7 +259,11 @@ impl Stitcher {
                             if self.dirty.remove(&h).is_some() {
                                 self.shared.dirty.store(self.dirty.len(), Ordering::Relaxed);
                             }
-                            Some(Op::Restore {
+                            let mapped = match &self.cfg.mapper {
+                                None => Some((db, key)),
+                                Some(m) => m.map_key(db, &key),
+                            };
+                            mapped.map(|(db, key)| Op::Restore {
                                 seq,
                                 db,
                                 key,

@@ -147,7 +147,7 @@ impl Recopier {
                 }
                 let r = reader.as_mut().ok_or("no reader")?;
                 match r.read_groups(&batch, &store).await {
-                    Ok(()) => break,
+                    Ok(_) => break,
                     Err(e) if attempt < 3 => {
                         tracing::warn!(error = %e, "Re-copy failed; reconnecting.");
                         reader = None;
@@ -207,13 +207,14 @@ impl FencedReader {
         &mut self,
         keys: &[(u32, Vec<u8>)],
         store: &PayloadStore,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
+        let mut bytes = 0;
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
             let db = group[0].0;
             let refs: Vec<&[u8]> = group.iter().map(|(_, k)| k.as_slice()).collect();
-            self.read(db, &refs, store).await?;
+            bytes += self.read(db, &refs, store).await?;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// One fenced read of `keys` in `db`; every key gets a payload (None when absent).
@@ -278,12 +279,14 @@ impl FencedReader {
 }
 
 /// Where a live snapshot's reads go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LiveSink {
     /// Payloads for the stitcher.
     pub store: std::sync::Arc<PayloadStore>,
     /// ferry's connections, so capture turns their reads into fences.
     pub peers: std::sync::Arc<PeerRegistry>,
+    /// The plan's keyspace rules: the target sweep reads the source key a target key maps from.
+    pub mapper: Option<std::sync::Arc<dyn crate::replay::Mapper>>,
 }
 
 /// Hashes of the keys a live snapshot has read, so the target sweep reads only the others.
@@ -336,12 +339,17 @@ pub(super) async fn run_worker(
         let batch = batches.lock().await.recv().await;
         let Some(batch) = batch else { break };
         let mut stats = super::BatchStats::default();
-        let keys: Vec<&[u8]> = batch
+        let mut keys: Vec<(u32, Vec<u8>)> = batch
             .keys
             .iter()
-            .map(Vec::as_slice)
-            .filter(|k| !(batch.sweep && seen.contains(batch.db, k)))
+            .filter_map(|k| match (&sink.mapper, batch.sweep) {
+                // A target key that no source key maps to is not the migration's: leave it.
+                (Some(m), true) => m.unmap_key(batch.db, k),
+                _ => Some((batch.db, k.clone())),
+            })
+            .filter(|(db, k)| !(batch.sweep && seen.contains(*db, k)))
             .collect();
+        keys.sort();
         if !keys.is_empty() {
             sink.store.wait_for_space().await;
             if let Some(l) = &limiter {
@@ -349,7 +357,7 @@ pub(super) async fn run_worker(
             }
             let mut attempt = 0;
             loop {
-                match reader.read(batch.db, &keys, &sink.store).await {
+                match reader.read_groups(&keys, &sink.store).await {
                     Ok(bytes) => {
                         stats.keys += keys.len() as u64;
                         stats.bytes += bytes;
@@ -374,8 +382,8 @@ pub(super) async fn run_worker(
                     }
                 }
             }
-            for k in &keys {
-                seen.insert(batch.db, k);
+            for (db, k) in &keys {
+                seen.insert(*db, k);
             }
         }
         let _ = events.send(super::Event::Done {
