@@ -15,4 +15,5 @@ pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{
     Capture, CaptureConfig, CaptureEvent, CaptureHandle, CaptureSink, DEFAULT_OMEM_LIMIT,
+    watch_output_buffer,
 };

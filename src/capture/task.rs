@@ -236,9 +236,21 @@ async fn guard(
     cfg: CaptureConfig,
     trip: watch::Sender<Option<String>>,
 ) {
-    let Ok(mut con) = source.control().await else {
-        return;
-    };
+    if let Some(reason) = watch_output_buffer(&source, &peers, id, &cfg).await {
+        let _ = trip.send(Some(reason));
+    }
+}
+
+/// Polls `CLIENT LIST ID <id>` on a second connection until the client's output buffer on the
+/// source (`omem`) passes `cfg.omem_limit`; returns why it tripped, or `None` when the guard
+/// cannot watch (no connection, `CLIENT LIST` refused, the client gone).
+pub async fn watch_output_buffer(
+    source: &Endpoint,
+    peers: &PeerRegistry,
+    id: i64,
+    cfg: &CaptureConfig,
+) -> Option<String> {
+    let mut con = source.control().await.ok()?;
     if let Ok(info) = redis::cmd("CLIENT")
         .arg("INFO")
         .query_async::<String>(&mut con)
@@ -261,20 +273,22 @@ async fn guard(
         else {
             // CLIENT LIST may be refused by ACLs; then the guard cannot help, and says so once.
             tracing::warn!("The source refuses CLIENT LIST; the MONITOR buffer guard is off.");
-            return;
+            return None;
         };
+        if list.trim().is_empty() {
+            return None;
+        }
         let omem: u64 = list
             .split_whitespace()
             .find_map(|f| f.strip_prefix("omem="))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if omem > cfg.omem_limit {
-            let _ = trip.send(Some(format!(
+            return Some(format!(
                 "the source buffered {} MB for MONITOR (limit {} MB); disconnected to protect it",
                 omem >> 20,
                 cfg.omem_limit >> 20
-            )));
-            return;
+            ));
         }
     }
 }

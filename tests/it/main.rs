@@ -2,6 +2,7 @@
 
 pub mod support;
 
+mod capture;
 mod chunked;
 mod cli;
 mod command_table;
