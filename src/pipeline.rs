@@ -27,8 +27,8 @@ use crate::command::CommandTable;
 use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
 use crate::net::{Endpoint, NetError};
 use crate::replay::{
-    Mapper, Op, ReplayStats, Replayer, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared,
-    Stitcher,
+    Mapper, Op, ReplayStats, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
+    run_sharded,
 };
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
@@ -64,6 +64,8 @@ pub struct MigrateConfig {
     pub status_every: Option<Duration>,
     /// The plan's keyspace rules (filters, renames, db moves, hooks).
     pub mapper: Option<Arc<dyn Mapper>>,
+    /// Replay connections; each key's writes stay on one.
+    pub replay_shards: usize,
 }
 
 impl MigrateConfig {
@@ -77,6 +79,7 @@ impl MigrateConfig {
             max_pause: Duration::from_secs(5),
             status_every: Some(Duration::from_secs(1)),
             mapper: None,
+            replay_shards: crate::replay::DEFAULT_SHARDS,
         }
     }
 }
@@ -377,22 +380,16 @@ impl Migration {
         }
 
         let stats = Arc::new(ReplayStats::default());
-        let (ops_tx, mut ops_rx) = mpsc::channel::<Op>(8192);
-        let target = self.target.clone();
-        let replay_stats = stats.clone();
+        let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
-        let replay_task = tokio::spawn(async move {
-            let replayer = Replayer::new(target);
-            loop {
-                match replayer.run(&mut ops_rx, replay_stats.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        let _ = replay_broken_tx.send(e.to_string());
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-        });
+        let replay_task = tokio::spawn(run_sharded(
+            self.target.clone(),
+            self.cfg.replay_shards,
+            table.clone(),
+            ops_rx,
+            stats.clone(),
+            replay_broken_tx,
+        ));
 
         let shared = Arc::new(StitchShared::default());
         let stitch_cfg = StitchConfig {

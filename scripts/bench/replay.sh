@@ -133,7 +133,10 @@ source_writes() {
 
 echo "ferry replay benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores"
 echo "   $(redis-server --version)"
-echo "   $("$FERRY" --version) ($FERRY, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ', src modified'))"
+echo "   $("$FERRY" --version) ($FERRY built $(date -u -r "$FERRY" +%Y-%m-%dT%H:%M:%SZ); HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ', src/ modified'))"
+if [ -n "$(find src -newer "$FERRY" -name '*.rs' 2>/dev/null | head -1)" ]; then
+  echo "   note: src/ has files newer than $FERRY; run 'cargo build --release' to measure them"
+fi
 echo "   N=$N TESTS=$TESTS VALUE_BYTES=$VALUE_BYTES LAG_SECS=$LAG_SECS LOAD_RATE=$LOAD_RATE SEED_N=$SEED_N P64_N=$P64_N"
 
 ###############################################################################################

@@ -7,10 +7,12 @@
 mod exec;
 mod mapping;
 pub mod rewrite;
+mod shard;
 mod stitch;
 
 pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};
 pub use mapping::Mapper;
+pub use shard::{DEFAULT_SHARDS, run_sharded};
 pub use stitch::{
     DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
 };

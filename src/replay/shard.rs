@@ -1,0 +1,158 @@
+//! Replay sharded by slot: one pipelined connection per shard, so that encoding and reply
+//! handling run in parallel while every key's writes stay in order on one connection.
+//!
+//! ## Behavior
+//! - An operation whose keys all hash to one shard goes to that shard.
+//! - An operation without keys (`FLUSHALL`, `SCRIPT LOAD`) or with keys on several shards
+//!   waits at a barrier: every shard drains, the operation runs alone, then replay goes on.
+//! - A marker's barrier is answered once every shard has applied what came before it, without
+//!   holding the other operations back.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::cluster_routing::Slot;
+use tokio::sync::{mpsc, oneshot};
+
+use super::exec::{Op, ReplayStats, Replayer};
+use crate::command::{Argv, CommandTable};
+use crate::net::Endpoint;
+
+/// Default number of replay connections.
+pub const DEFAULT_SHARDS: usize = 4;
+
+fn shard_of(key: &[u8], shards: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    Slot::for_key(key).hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// Which shard an operation belongs to; `None` when it needs the barrier.
+fn route(
+    table: &CommandTable,
+    op: &Op,
+    shards: usize,
+    keys: &mut Vec<crate::command::KeyRef>,
+) -> Option<usize> {
+    let mut shard = None;
+    let mut add = |s: usize| match shard {
+        None => {
+            shard = Some(s);
+            true
+        }
+        Some(t) => t == s,
+    };
+    let mut command = |argv: &Argv| -> bool {
+        keys.clear();
+        table.keys_into(argv, keys);
+        if keys.is_empty() {
+            return false;
+        }
+        keys.iter()
+            .all(|k| add(shard_of(argv.get(k.pos).unwrap_or_default(), shards)))
+    };
+    let ok = match op {
+        Op::Cmd { argv, .. } => command(argv),
+        Op::Atomic { cmds, .. } => cmds.iter().all(|(_, a)| command(a)),
+        Op::Restore { key, .. } => add(shard_of(key, shards)),
+        Op::Barrier { .. } => false,
+    };
+    if ok { shard } else { None }
+}
+
+/// Runs `shards` replay connections fed from `ops`; reports broken connections on `broken`.
+pub async fn run_sharded(
+    target: Endpoint,
+    shards: usize,
+    table: Arc<CommandTable>,
+    mut ops: mpsc::Receiver<Op>,
+    stats: Arc<ReplayStats>,
+    broken: mpsc::UnboundedSender<String>,
+) {
+    let shards = shards.max(1);
+    let mut senders = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, mut rx) = mpsc::channel::<Op>(4096);
+        senders.push(tx);
+        let target = target.clone();
+        let stats = stats.clone();
+        let broken = broken.clone();
+        tokio::spawn(async move {
+            let replayer = Replayer::new(target);
+            loop {
+                match replayer.run(&mut rx, stats.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let _ = broken.send(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+    }
+    let drain_all = |senders: &[mpsc::Sender<Op>], seq: u64| {
+        let mut waits = Vec::with_capacity(senders.len());
+        let sends: Vec<_> = senders
+            .iter()
+            .map(|s| {
+                let (done, wait) = oneshot::channel();
+                waits.push(wait);
+                let s = s.clone();
+                async move { s.send(Op::Barrier { seq, done }).await.is_ok() }
+            })
+            .collect();
+        (sends, waits)
+    };
+    let mut keys = Vec::new();
+    while let Some(op) = ops.recv().await {
+        match route(&table, &op, shards, &mut keys) {
+            Some(s) => {
+                if senders[s].send(op).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                if let Op::Barrier { seq, done } = op {
+                    let (sends, waits) = drain_all(&senders, seq);
+                    for s in sends {
+                        if !s.await {
+                            return;
+                        }
+                    }
+                    tokio::spawn(async move {
+                        for w in waits {
+                            let _ = w.await;
+                        }
+                        let _ = done.send(());
+                    });
+                    continue;
+                }
+                // Everything before must be applied before this op, and this op before anything
+                // after it.
+                let seq = match &op {
+                    Op::Cmd { seq, .. } | Op::Atomic { seq, .. } | Op::Restore { seq, .. } => *seq,
+                    Op::Barrier { seq, .. } => *seq,
+                };
+                let (sends, waits) = drain_all(&senders, seq);
+                for s in sends {
+                    if !s.await {
+                        return;
+                    }
+                }
+                for w in waits {
+                    let _ = w.await;
+                }
+                if senders[0].send(op).await.is_err() {
+                    return;
+                }
+                let (done, wait) = oneshot::channel();
+                if senders[0].send(Op::Barrier { seq, done }).await.is_err() {
+                    return;
+                }
+                let _ = wait.await;
+            }
+        }
+    }
+}
