@@ -3,7 +3,8 @@
 #
 # - The source is ElastiCache-like (SYNC, PSYNC, REPLICAOF, SLAVEOF, CONFIG, BGSAVE, SAVE, DEBUG
 #   and MIGRATE renamed away), filled with a generated dataset in 3 dbs, with live writers.
-# - ferry migrates it to the target with the default embedded journal, while the writers run.
+# - ferry runs the plan examples/demo.lua (snapshot, catch-up, the default embedded journal) while
+#   the writers run.
 # - The writers stop, ferry is stopped with SIGINT: it pauses source writes briefly, drains to a
 #   final fence and exits 0.
 # - The oracle then compares every key, type, value and TTL of both servers.
@@ -48,9 +49,10 @@ writer eval "redis.call('incr', KEYS[1]); redis.call('sadd', KEYS[2], ARGV[1]); 
 writer --dbnum 2 xadd "stream:__rand_int__" "*" f v
 WRITER_PIDS=("${PIDS[@]: -7}")
 
-echo "== ferry migrate (embedded journal in $BENCH_DIR/state); status every second"
-FERRY_LOG=ferry=info "$FERRY" migrate --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" \
-  --state-dir "$BENCH_DIR/state" --capture primary &
+echo "== ferry run examples/demo.lua (embedded journal in $BENCH_DIR/state); status every second"
+FERRY_LOG=ferry=info "$FERRY" run examples/demo.lua \
+  --set SOURCE_URL="redis://127.0.0.1:$S" --set TARGET_URL="redis://127.0.0.1:$T" \
+  --set FERRY_STATE_DIR="$BENCH_DIR/state" &
 FERRY_PID=$!
 PIDS+=($FERRY_PID)
 sleep "$SECS"

@@ -25,6 +25,8 @@
 //!   match `COMMAND GETKEYSANDFLAGS`.
 //! - [`escape`]: Redis's argument quoting, both ways.
 //! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail.
+//! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
+//!   with opaque hooks; key globs, rewrite rules ([`plan::apply_rules`]) and `ferry check`.
 //!
 //! # Units that flow
 //!
@@ -38,5 +40,6 @@ pub mod escape;
 pub mod journal;
 pub mod net;
 pub mod pipeline;
+pub mod plan;
 pub mod replay;
 pub mod snapshot;

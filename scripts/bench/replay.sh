@@ -131,7 +131,7 @@ source_writes() {
     awk -F'[_:,=]' -v re="^($WRITE_CMDS)\$" '$1 == "cmdstat" && $2 ~ re { n += $4 } END { print n + 0 }'
 }
 
-echo "ferry replay benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores"
+echo "ferry replay benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   $(redis-server --version)"
 echo "   $("$FERRY" --version) ($FERRY built $(date -u -r "$FERRY" +%Y-%m-%dT%H:%M:%SZ); HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ', src/ modified'))"
 if [ -n "$(find src -newer "$FERRY" -name '*.rs' 2>/dev/null | head -1)" ]; then

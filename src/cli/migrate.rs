@@ -48,7 +48,7 @@ pub struct MigrateArgs {
     json: Option<PathBuf>,
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

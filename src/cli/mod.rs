@@ -3,6 +3,7 @@
 
 mod migrate;
 mod monitor;
+mod plan;
 mod snapshot;
 
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Run(plan::RunArgs),
+    Check(plan::CheckArgs),
     Migrate(migrate::MigrateArgs),
     Monitor(monitor::MonitorArgs),
     Snapshot(snapshot::SnapshotArgs),
@@ -70,6 +73,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => plan::run(args).await,
+            Command::Check(args) => plan::check(args),
             Command::Migrate(args) => migrate::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
             Command::Snapshot(args) => snapshot::run(args).await,

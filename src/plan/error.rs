@@ -70,7 +70,7 @@ pub enum PlanError {
     #[error("{location}: syntax error: {message}")]
     Syntax { location: Location, message: String },
     /// Evaluating the plan raised an error.
-    #[error("{}: {message}{}", at(location), paren(frame))]
+    #[error("{}: {message}{}", at(location), hook_frame(location, frame))]
     Runtime {
         location: Option<Location>,
         message: String,
@@ -85,7 +85,10 @@ pub enum PlanError {
     },
     /// `ferry.env(NAME)` without a default, and `NAME` is neither set with `--set` nor in the
     /// environment.
-    #[error("{}: environment variable `{name}` is not set (set it, pass `--set {name}=…`, or give ferry.env a default)", at(location))]
+    #[error(
+        "{}: environment variable `{name}` is not set (set it, pass `--set {name}=…`, or give ferry.env a default)",
+        at(location)
+    )]
     MissingEnv {
         name: String,
         location: Option<Location>,
@@ -98,10 +101,7 @@ pub enum PlanError {
     },
     /// The plan file did not return a table.
     #[error("{location}: a plan must return a table (`return ferry.plan {{ … }}`), got {found}")]
-    NotAPlan {
-        location: Location,
-        found: String,
-    },
+    NotAPlan { location: Location, found: String },
     /// A field the plan API does not have.
     #[error("{location}: {field}: unknown field{}", did_you_mean(suggestion))]
     UnknownField {
@@ -193,7 +193,10 @@ fn at(location: &Option<Location>) -> String {
 }
 
 fn paren(frame: &Option<String>) -> String {
-    frame.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()
+    frame
+        .as_ref()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default()
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
@@ -211,16 +214,20 @@ fn supported() -> String {
     v.join(", ")
 }
 
-/// The traceback frame, unless it only repeats the location.
+/// The traceback frame, shown only when there is no location: a Lua error raised with a level
+/// already names the caller's line, and the frame would point into a helper instead.
 fn hook_frame(location: &Option<Location>, frame: &Option<String>) -> String {
-    match (location, frame) {
-        (Some(l), Some(f)) if f.starts_with(&format!("{l}:")) => String::new(),
-        _ => paren(frame),
+    match location {
+        Some(_) => String::new(),
+        None => paren(frame),
     }
 }
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
-pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (osa_distance(name, c), c))
@@ -269,6 +276,9 @@ mod tests {
         assert_eq!(suggest("db", fields), Some("dbs"));
         assert_eq!(suggest("zzzzzz", fields), None);
         assert_eq!(suggest("fsnyc", ["dir", "fsync"]), Some("fsync"));
-        assert_eq!(suggest("max_lag", ["max_lag_ms", "before", "after"]), Some("max_lag_ms"));
+        assert_eq!(
+            suggest("max_lag", ["max_lag_ms", "before", "after"]),
+            Some("max_lag_ms")
+        );
     }
 }

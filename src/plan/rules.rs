@@ -64,7 +64,13 @@ pub fn apply_rules(
     if !filter.allows_db(db) {
         return Applied::Excluded;
     }
-    let keys = table.keys(&argv);
+    // Key extraction is the costly part; plans without key patterns or renames skip it.
+    let renames = rules.iter().any(|r| matches!(r, Rule::RenamePrefix { .. }));
+    let keys = if renames || filter.filters_keys() {
+        table.keys(&argv)
+    } else {
+        Vec::new()
+    };
     if filter.filters_keys()
         && !keys.is_empty()
         && !keys
@@ -130,7 +136,9 @@ fn drops(rule: &Rule, argv: &Argv) -> bool {
         None => argv.name().eq_ignore_ascii_case(n.as_bytes()),
         Some((top, sub)) => {
             argv.name().eq_ignore_ascii_case(top.as_bytes())
-                && argv.get(1).is_some_and(|s| s.eq_ignore_ascii_case(sub.as_bytes()))
+                && argv
+                    .get(1)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(sub.as_bytes()))
         }
     })
 }
@@ -180,7 +188,13 @@ mod tests {
     }
 
     fn run(rules: &[Rule], filter: &KeyFilter, db: u32, args: &[&str]) -> Applied {
-        apply_rules(rules, filter, CommandTable::builtin(), db, Argv::from_args(args))
+        apply_rules(
+            rules,
+            filter,
+            CommandTable::builtin(),
+            db,
+            Argv::from_args(args),
+        )
     }
 
     fn rename(from: &str, to: &str) -> Rule {
@@ -199,11 +213,23 @@ mod tests {
             r#""RENAME" "freshservice:a" "freshservice:b""#
         );
         assert_eq!(
-            keep(run(&rules, &all, 0, &["MSET", "fs:a", "fs:x", "other", "fs:y"])).1,
+            keep(run(
+                &rules,
+                &all,
+                0,
+                &["MSET", "fs:a", "fs:x", "other", "fs:y"]
+            ))
+            .1,
             r#""MSET" "freshservice:a" "fs:x" "other" "fs:y""#
         );
         assert_eq!(
-            keep(run(&rules, &all, 0, &["EVAL", "return 1", "2", "fs:k", "x", "fs:arg"])).1,
+            keep(run(
+                &rules,
+                &all,
+                0,
+                &["EVAL", "return 1", "2", "fs:k", "x", "fs:arg"]
+            ))
+            .1,
             r#""EVAL" "return 1" "2" "freshservice:k" "x" "fs:arg""#
         );
     }
@@ -226,14 +252,23 @@ mod tests {
             (1, r#""MOVE" "k" "0""#.to_string())
         );
         assert_eq!(
-            keep(run(&rules, &all, 0, &["COPY", "k", "k2", "DB", "0", "REPLACE"])).1,
+            keep(run(
+                &rules,
+                &all,
+                0,
+                &["COPY", "k", "k2", "DB", "0", "REPLACE"]
+            ))
+            .1,
             r#""COPY" "k" "k2" "DB" "1" "REPLACE""#
         );
     }
 
     #[test]
     fn filter_and_drop() {
-        let rules = [Rule::DropCommands(vec!["PUBLISH".into(), "SCRIPT|FLUSH".into()])];
+        let rules = [Rule::DropCommands(vec![
+            "PUBLISH".into(),
+            "SCRIPT|FLUSH".into(),
+        ])];
         let f = KeyFilter::new(
             vec![Glob::new(b"fs:*")],
             vec![Glob::new(b"fs:tmp:*")],
@@ -242,18 +277,36 @@ mod tests {
         );
         assert_eq!(run(&rules, &f, 0, &["publish", "c", "m"]), Applied::Dropped);
         assert_eq!(run(&rules, &f, 0, &["SCRIPT", "flush"]), Applied::Dropped);
-        assert!(matches!(run(&rules, &f, 0, &["SCRIPT", "LOAD", "x"]), Applied::Keep { .. }));
+        assert!(matches!(
+            run(&rules, &f, 0, &["SCRIPT", "LOAD", "x"]),
+            Applied::Keep { .. }
+        ));
         assert_eq!(run(&rules, &f, 1, &["SET", "fs:1", "v"]), Applied::Excluded);
-        assert_eq!(run(&rules, &f, 0, &["SET", "other", "v"]), Applied::Excluded);
-        assert_eq!(run(&rules, &f, 0, &["SET", "fs:tmp:1", "v"]), Applied::Excluded);
-        assert_eq!(run(&rules, &f, 0, &["HSET", "fs:1", "f", "v"]), Applied::Excluded);
+        assert_eq!(
+            run(&rules, &f, 0, &["SET", "other", "v"]),
+            Applied::Excluded
+        );
+        assert_eq!(
+            run(&rules, &f, 0, &["SET", "fs:tmp:1", "v"]),
+            Applied::Excluded
+        );
+        assert_eq!(
+            run(&rules, &f, 0, &["HSET", "fs:1", "f", "v"]),
+            Applied::Excluded
+        );
         // Mixed: kept whole.
         assert!(matches!(
             run(&rules, &f, 0, &["RENAME", "fs:1", "other"]),
             Applied::Keep { .. }
         ));
-        assert!(matches!(run(&rules, &f, 0, &["DEL", "fs:1"]), Applied::Keep { .. }));
-        assert!(matches!(run(&rules, &f, 0, &["FLUSHDB"]), Applied::Keep { .. }));
+        assert!(matches!(
+            run(&rules, &f, 0, &["DEL", "fs:1"]),
+            Applied::Keep { .. }
+        ));
+        assert!(matches!(
+            run(&rules, &f, 0, &["FLUSHDB"]),
+            Applied::Keep { .. }
+        ));
         assert_eq!(run(&rules, &f, 0, &[]), Applied::Excluded);
     }
 }

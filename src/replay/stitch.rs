@@ -193,6 +193,26 @@ impl Stitcher {
                 self.mark_dirty(db, key);
             }
         }
+        // A command that mixes keys the plan migrates with keys it leaves out cannot run on
+        // the target as it ran on the source (the left-out keys are missing there). Send
+        // nothing, and re-copy the migrated keys it touched instead.
+        if keys.len() > 1
+            && let Some(m) = self.cfg.mapper.clone()
+        {
+            let included: Vec<bool> = keys
+                .iter()
+                .map(|k| m.map_key(db, argv.get(k.pos).unwrap_or_default()).is_some())
+                .collect();
+            if included.contains(&true) && included.contains(&false) {
+                for (k, inc) in keys.iter().zip(&included) {
+                    if *inc {
+                        self.mark_dirty(db, argv.get(k.pos).unwrap_or_default());
+                    }
+                }
+                self.keys = keys;
+                return None;
+            }
+        }
         self.keys = keys;
         out
     }

@@ -10,6 +10,8 @@ mod fixtures;
 mod journal;
 mod migrate;
 mod parser;
+mod plan;
 mod rewrite;
+mod run;
 mod snapshot;
 mod workload;

@@ -1,0 +1,14 @@
+-- The default plan: what `ferry migrate` runs without a plan file (snapshot, then catch up).
+--
+-- The CLI passes its flags in as overrides: --source → SOURCE_URL, --target → TARGET_URL,
+-- --capture → FERRY_CAPTURE, --state-dir → FERRY_STATE_DIR.
+local ferry = require "ferry"
+
+return ferry.plan {
+  api_version = 1,
+  name = "default",
+  source = { url = ferry.env "SOURCE_URL", capture = ferry.env("FERRY_CAPTURE", "auto") },
+  target = { url = ferry.env "TARGET_URL" },
+  journal = ferry.embedded { dir = ferry.env("FERRY_STATE_DIR", "ferry-state") },
+  phases = { "snapshot", "catch_up" },
+}

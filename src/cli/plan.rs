@@ -1,0 +1,366 @@
+//! `ferry run` and `ferry check`: Lua plans driving the migration pipeline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use ferry::command::{Argv, CommandTable};
+use ferry::journal::FsyncPolicy;
+use ferry::net::Endpoint;
+use ferry::pipeline::{CaptureMode, MigrateConfig, Migration, Running};
+use ferry::plan::{self, CaptureChoice, JournalSpec, Mapped, PhaseContext, PhaseKind, Plan, Rule};
+use ferry::replay::Mapper;
+
+/// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
+/// Without a cutover phase, replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plan file.
+    plan: PathBuf,
+    /// `key=value`, seen by `ferry.env(key)` before the environment; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+    /// Write the final report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Validate a plan without touching any server: load it, then dry-run its filters, rewrites
+/// and hook over sample commands. Exit 0 when the plan is valid, 2 otherwise.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plan file.
+    plan: PathBuf,
+    /// `key=value`, seen by `ferry.env(key)` before the environment; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan::load(&args.plan, &args.set)?;
+    let samples = if plan.check_samples.is_empty() {
+        plan::builtin_samples()
+    } else {
+        plan.check_samples.clone()
+    };
+    let report = plan::check(&plan, &samples);
+    print!("{report}");
+    Ok(if fatal_hook_errors(&report) == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_ERROR)
+    })
+}
+
+/// Hook failures that would stop a run (`on_hook_error = "fail"`).
+fn fatal_hook_errors(report: &plan::CheckReport) -> usize {
+    report
+        .lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.outcome,
+                plan::CheckOutcome::HookError { skipped: false, .. }
+            )
+        })
+        .count()
+}
+
+/// Dry-runs the plan's rules and hook before anything touches a server, so that a hook that
+/// fails on ordinary commands stops the run while the target is still untouched.
+fn preflight(plan: &Plan) -> anyhow::Result<()> {
+    let samples = if plan.check_samples.is_empty() {
+        plan::builtin_samples()
+    } else {
+        plan.check_samples.clone()
+    };
+    let report = plan::check(plan, &samples);
+    if fatal_hook_errors(&report) > 0 {
+        let failed: Vec<String> = report
+            .lines
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.outcome,
+                    plan::CheckOutcome::HookError { skipped: false, .. }
+                )
+            })
+            .take(3)
+            .map(|l| l.to_string())
+            .collect();
+        anyhow::bail!(
+            "{}: the plan fails its dry run (run `ferry check` for details): {}",
+            plan.path.display(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The plan's rules behind replay's mapper seam.
+struct PlanMapper {
+    plan: Plan,
+    table: &'static CommandTable,
+    hook_errors: AtomicU64,
+}
+
+impl PlanMapper {
+    fn map_key_inner(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        if !self.plan.keys.allows(db, key) {
+            return None;
+        }
+        let key = plan::rename_key(&self.plan.rewrite, key).unwrap_or_else(|| key.to_vec());
+        Some((plan::map_db(&self.plan.rewrite, db), key))
+    }
+}
+
+impl Mapper for PlanMapper {
+    fn map_command(&self, db: u32, argv: Argv, out: &mut Vec<(u32, Argv)>) -> Result<(), String> {
+        match self.plan.map_command(self.table, db, argv, out) {
+            Ok(Mapped::Skipped(e)) => {
+                if self.hook_errors.fetch_add(1, Ordering::Relaxed) < 10 {
+                    tracing::warn!(error = %e, "on_command failed; the command was skipped (on_hook_error = \"skip\").");
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn map_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        self.map_key_inner(db, key)
+    }
+
+    fn unmap_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        // Candidates are every source name that could map here; the first that maps back
+        // exactly (first-match rules, filter) is the one.
+        let rules = &self.plan.rewrite;
+        let mut keys = vec![key.to_vec()];
+        let mut dbs = vec![db];
+        for r in rules {
+            match r {
+                Rule::RenamePrefix { from, to } if key.starts_with(to) => {
+                    let mut k = from.clone();
+                    k.extend_from_slice(&key[to.len()..]);
+                    keys.push(k);
+                }
+                Rule::MoveDb { from, to } if *to == db => dbs.push(*from),
+                _ => {}
+            }
+        }
+        for sdb in &dbs {
+            for skey in &keys {
+                if self
+                    .map_key_inner(*sdb, skey)
+                    .as_ref()
+                    .is_some_and(|(d, k)| *d == db && k == key)
+                {
+                    return Some((*sdb, skey.clone()));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Phase primitives for Lua, over the running migration.
+struct Ctx<'a> {
+    running: &'a Running,
+    handle: tokio::runtime::Handle,
+}
+
+impl PhaseContext for Ctx<'_> {
+    fn log(&mut self, msg: &str) {
+        tracing::info!(plan = true, "{msg}");
+    }
+
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    fn snapshot(&mut self) -> Result<(), String> {
+        self.handle
+            .block_on(self.running.wait_snapshot(Duration::from_secs(24 * 3600)))
+            .map_err(|e| e.to_string())
+    }
+
+    fn wait_lag(&mut self, max_ms: u64) -> Result<(), String> {
+        self.handle
+            .block_on(
+                self.running
+                    .wait_lag(Duration::from_millis(max_ms), Duration::from_secs(3600)),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn verify(&mut self) -> Result<u64, String> {
+        Err("ctx.verify() needs the verifier, which is not part of this ferry build yet".into())
+    }
+
+    fn lag_ms(&mut self) -> u64 {
+        self.handle
+            .block_on(self.running.measure_lag(Duration::from_secs(60)))
+            .map_or(u64::MAX, |d| d.as_millis() as u64)
+    }
+}
+
+fn run_hook(hook: &Option<plan::PhaseHook>, running: &Running) -> anyhow::Result<()> {
+    if let Some(h) = hook {
+        let mut ctx = Ctx {
+            running,
+            handle: tokio::runtime::Handle::current(),
+        };
+        tokio::task::block_in_place(|| h.call(&mut ctx))?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan::load(&args.plan, &args.set)?;
+    preflight(&plan)?;
+    if let Some(p) = plan
+        .phases
+        .iter()
+        .find(|p| matches!(p.kind, PhaseKind::Verify))
+    {
+        anyhow::bail!(
+            "{}: phase '{}' needs the verifier, which is not part of this ferry build yet; remove it from phases",
+            plan.path.display(),
+            p.name()
+        );
+    }
+    let (state_dir, fsync) = match &plan.journal {
+        JournalSpec::Embedded { dir, fsync_ms } => (
+            dir.clone(),
+            match fsync_ms {
+                None => FsyncPolicy::EveryMs(100),
+                Some(0) => FsyncPolicy::Always,
+                Some(n) => FsyncPolicy::EveryMs(*n),
+            },
+        ),
+        JournalSpec::Sqs { .. } => anyhow::bail!(
+            "{}: journal = ferry.sqs {{ … }} needs the SQS journal, which is not part of this ferry build yet",
+            plan.path.display()
+        ),
+        other => anyhow::bail!("{}: unsupported journal {other:?}", plan.path.display()),
+    };
+    let source = Endpoint::parse(&plan.source.url)?;
+    let target = Endpoint::parse(&plan.target.url)?;
+    let mut cfg = MigrateConfig::new(state_dir);
+    cfg.fsync = fsync;
+    cfg.capture = match plan.source.capture {
+        CaptureChoice::Auto => CaptureMode::Auto,
+        CaptureChoice::Primary => CaptureMode::Primary,
+        CaptureChoice::Replica => CaptureMode::Replica,
+    };
+    if let Some(w) = plan.snapshot.workers {
+        cfg.snapshot.workers = w;
+    }
+    cfg.snapshot.max_source_ops = plan.snapshot.max_source_ops;
+    let cutover = plan.phases.iter().find_map(|p| match &p.kind {
+        PhaseKind::Cutover { max_pause_ms, .. } => Some(*max_pause_ms),
+        _ => None,
+    });
+    if let Some(ms) = cutover {
+        cfg.max_pause = Duration::from_millis(ms);
+    }
+    let mapper = PlanMapper {
+        plan: plan.clone(),
+        table: CommandTable::builtin(),
+        hook_errors: AtomicU64::new(0),
+    };
+    cfg.mapper = Some(Arc::new(mapper));
+
+    tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
+    let running = Migration::new(source, target, cfg).start().await?;
+    let mut finished = None;
+    let mut running = Some(running);
+    for phase in &plan.phases {
+        let Some(r) = running.as_ref() else { break };
+        tracing::info!(phase = phase.name(), "Phase started.");
+        run_hook(&phase.before, r)?;
+        match &phase.kind {
+            PhaseKind::Snapshot => r.wait_snapshot(Duration::from_secs(24 * 3600)).await?,
+            PhaseKind::CatchUp { max_lag_ms } => {
+                let lag = r
+                    .wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                    .await?;
+                tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
+            }
+            PhaseKind::Verify => unreachable!("rejected above"),
+            PhaseKind::Cutover { switch, .. } => {
+                let r = running.take().expect("checked above");
+                let report = r.finish().await?;
+                tracing::info!(
+                    pause_ms = report.pause_ms,
+                    "Final fence reached; switching."
+                );
+                finished = Some(report);
+                if let Some(h) = switch {
+                    struct Done;
+                    impl PhaseContext for Done {
+                        fn log(&mut self, msg: &str) {
+                            tracing::info!(plan = true, "{msg}");
+                        }
+                        fn sleep_ms(&mut self, ms: u64) {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        fn snapshot(&mut self) -> Result<(), String> {
+                            Err("the migration has stopped".into())
+                        }
+                        fn wait_lag(&mut self, _: u64) -> Result<(), String> {
+                            Ok(())
+                        }
+                        fn verify(&mut self) -> Result<u64, String> {
+                            Err("ctx.verify() needs the verifier, which is not part of this ferry build yet".into())
+                        }
+                        fn lag_ms(&mut self) -> u64 {
+                            0
+                        }
+                    }
+                    tokio::task::block_in_place(|| h.call(&mut Done))?;
+                }
+                continue;
+            }
+            PhaseKind::Custom { run, .. } => run_hook(&Some(run.clone()), r)?,
+            other => anyhow::bail!("{}: unsupported phase {other:?}", plan.path.display()),
+        }
+        run_hook(&phase.after, r)?;
+        tracing::info!(phase = phase.name(), "Phase done.");
+    }
+    let report = match (finished, running) {
+        (Some(report), _) => report,
+        (None, Some(mut r)) => {
+            tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
+            tokio::select! {
+                _ = super::migrate::shutdown_signal() => {}
+                e = r.failed() => return Err(e.into()),
+            }
+            r.finish().await?
+        }
+        (None, None) => unreachable!("a cutover always leaves a report"),
+    };
+    eprintln!(
+        "Plan {} done at the final fence: {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
+        plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
+    );
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,257 @@
+//! `ferry run` end to end: plans that filter, rename, move dbs and hook commands, applied to the
+//! snapshot and to live writes alike and checked with the oracle; and broken plans that stop
+//! with exit code 2 before the target is touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::run_ferry;
+use crate::support::{OracleOptions, RedisServer, compare};
+
+/// Plan phases used by these tests: the snapshot, catch-up, a soak while the test writes, and a
+/// cutover that ends the run at a final fence.
+const PHASES: &str = r#"phases = { "snapshot", ferry.catch_up { max_lag_ms = 500 },
+    ferry.phase("soak", function(ctx) ctx.sleep(3500) end),
+    ferry.cutover { max_pause_ms = 2000 } },"#;
+
+fn write_plan(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("plan.lua");
+    let text = format!(
+        "local ferry = require \"ferry\"\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = ferry.env \"SOURCE_URL\", capture = \"primary\" }},\n  target = {{ url = ferry.env \"TARGET_URL\" }},\n  journal = ferry.embedded {{ dir = \"state\" }},\n{body}\n  {PHASES}\n}}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cmd(con: &mut redis::Connection, args: &[&str]) {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    let _: redis::Value = c.query(con).unwrap();
+}
+
+/// Runs `plan` while `live` writes to the source during the soak phase.
+fn run_plan(
+    source: &RedisServer,
+    target: &RedisServer,
+    plan: &std::path::Path,
+    live: impl FnOnce(&mut redis::Connection, &mut redis::Connection) + Send,
+) {
+    let out = std::thread::scope(|s| {
+        let ferry = s.spawn(|| {
+            run_ferry(&[
+                "run",
+                plan.to_str().unwrap(),
+                "--set",
+                &format!("SOURCE_URL={}", source.url()),
+                "--set",
+                &format!("TARGET_URL={}", target.url()),
+            ])
+        });
+        // Writes land after the snapshot and before the cutover (the soak lasts 3.5 s).
+        std::thread::sleep(Duration::from_millis(1500));
+        let (mut c0, mut c1) = (source.conn_db(0), source.conn_db(1));
+        live(&mut c0, &mut c1);
+        ferry.join().unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "ferry run failed:\n{stderr}");
+    assert!(stderr.contains("done at the final fence"), "{stderr}");
+}
+
+fn seed(source: &RedisServer) {
+    for db in [0u32, 1] {
+        let mut c = source.conn_db(db);
+        for i in 0..200 {
+            cmd(&mut c, &["SET", &format!("fs:k{i}"), &format!("v{i}")]);
+            cmd(&mut c, &["SET", &format!("cache:k{i}"), "c"]);
+            cmd(&mut c, &["SET", &format!("other:k{i}"), "o", "EX", "3600"]);
+        }
+        cmd(&mut c, &["SADD", "fs:s1", "a", "b"]);
+        cmd(&mut c, &["SADD", "fs:s2", "b", "c"]);
+        cmd(&mut c, &["RPUSH", "fs:l1", "x", "y", "z"]);
+        cmd(&mut c, &["SET", "fs:a", "alpha"]);
+    }
+}
+
+fn live_writes(c0: &mut redis::Connection, c1: &mut redis::Connection) {
+    for c in [c0, c1] {
+        for i in 0..50 {
+            cmd(c, &["INCR", &format!("fs:ctr{}", i % 5)]);
+            cmd(c, &["SET", &format!("cache:new{i}"), "c"]);
+            cmd(c, &["SET", &format!("fs:new{i}"), "n", "EX", "600"]);
+        }
+        cmd(c, &["RENAME", "fs:a", "fs:b"]);
+        cmd(c, &["SUNIONSTORE", "fs:u", "fs:s1", "fs:s2"]);
+        cmd(c, &["LMOVE", "fs:l1", "fs:l2", "LEFT", "RIGHT"]);
+        cmd(c, &["DEL", "fs:k7", "cache:k7"]);
+        cmd(c, &["MSET", "fs:m1", "1", "cache:m1", "1"]);
+    }
+}
+
+#[test]
+fn exclude_filter_keeps_excluded_keys_off_the_target() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    seed(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), r#"  keys = { exclude = { "cache:*" } },"#);
+    run_plan(&source, &target, &plan, live_writes);
+    let opts = OracleOptions {
+        map: Some(Arc::new(|db, key: &[u8]| {
+            (!key.starts_with(b"cache:")).then(|| (db, key.to_vec()))
+        })),
+        ttl_tolerance_ms: 1000,
+        ..OracleOptions::default()
+    };
+    let report = compare(&source.url(), &target.url(), &opts);
+    report.assert_identical();
+    assert!(report.keys_compared > 800, "{report}");
+}
+
+#[test]
+fn prefix_rename_and_db_move_apply_to_snapshot_and_live_multi_key_writes() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    seed(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"  rewrite = { ferry.rename_prefix("fs:", "freshservice:"), ferry.move_db(1, 3) },"#,
+    );
+    run_plan(&source, &target, &plan, live_writes);
+    let opts = OracleOptions {
+        map: Some(Arc::new(|db, key: &[u8]| {
+            let key = match key.strip_prefix(b"fs:") {
+                Some(rest) => [b"freshservice:".as_slice(), rest].concat(),
+                None => key.to_vec(),
+            };
+            Some((if db == 1 { 3 } else { db }, key))
+        })),
+        ttl_tolerance_ms: 1000,
+        ..OracleOptions::default()
+    };
+    let report = compare(&source.url(), &target.url(), &opts);
+    report.assert_identical();
+    let mut t3 = target.conn_db(3);
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("freshservice:u")
+        .query(&mut t3)
+        .unwrap();
+    assert_eq!(
+        members.len(),
+        3,
+        "SUNIONSTORE was renamed in every key position"
+    );
+    let moved: Vec<String> = redis::cmd("LRANGE")
+        .arg("freshservice:l2")
+        .arg(0)
+        .arg(-1)
+        .query(&mut t3)
+        .unwrap();
+    assert_eq!(moved, vec!["x".to_string()]);
+}
+
+#[test]
+fn lua_hook_drops_and_rewrites_commands() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"  on_command = function(cmd)
+    if cmd.name == "SET" and string.sub(cmd:arg(1), 1, 4) == "tmp:" then cmd:drop() end
+    if cmd.name == "SET" and string.sub(cmd:arg(1), 1, 3) == "up:" then cmd:set_arg(2, string.upper(cmd:arg(2))) end
+  end,"#,
+    );
+    run_plan(&source, &target, &plan, |c0, _| {
+        for i in 0..20 {
+            cmd(c0, &["SET", &format!("tmp:{i}"), "x"]);
+            cmd(c0, &["SET", &format!("up:{i}"), "hello"]);
+            cmd(c0, &["SET", &format!("plain:{i}"), "as-is"]);
+        }
+    });
+    let mut t = target.conn();
+    for i in 0..20 {
+        let tmp: Option<String> = redis::cmd("GET")
+            .arg(format!("tmp:{i}"))
+            .query(&mut t)
+            .unwrap();
+        assert_eq!(tmp, None, "tmp:{i} should have been dropped");
+        let up: String = redis::cmd("GET")
+            .arg(format!("up:{i}"))
+            .query(&mut t)
+            .unwrap();
+        assert_eq!(up, "HELLO");
+        let plain: String = redis::cmd("GET")
+            .arg(format!("plain:{i}"))
+            .query(&mut t)
+            .unwrap();
+        assert_eq!(plain, "as-is");
+    }
+}
+
+/// A broken plan: exit code 2, one precise error naming the file, and nothing written.
+fn assert_broken(body: &str, expect: &[&str]) {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let mut s = source.conn();
+    cmd(&mut s, &["SET", "k", "v"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.lua");
+    std::fs::write(&path, body).unwrap();
+    for sub in ["check", "run"] {
+        let out = run_ferry(&[
+            sub,
+            path.to_str().unwrap(),
+            "--set",
+            &format!("SOURCE_URL={}", source.url()),
+            "--set",
+            &format!("TARGET_URL={}", target.url()),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "ferry {sub}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for e in expect {
+            assert!(
+                stderr.contains(e) || String::from_utf8_lossy(&out.stdout).contains(e),
+                "ferry {sub}: expected {e:?} in:\n{stderr}"
+            );
+        }
+    }
+    let mut t = target.conn();
+    let size: u64 = redis::cmd("DBSIZE").query(&mut t).unwrap();
+    assert_eq!(size, 0, "the target was touched");
+}
+
+const HEAD: &str = "local ferry = require \"ferry\"\nreturn ferry.plan {\n  api_version = 1,\n  source = { url = ferry.env \"SOURCE_URL\" },\n  target = { url = ferry.env \"TARGET_URL\" },\n";
+
+#[test]
+fn broken_plans_fail_with_exit_code_2_and_an_untouched_target() {
+    assert_broken(
+        &format!("{HEAD}  keys = {{ include = {{ \"a:*\" }}\n}}\n"),
+        &["plan.lua:"],
+    );
+    assert_broken(
+        &format!("{HEAD}  keyz = {{}},\n}}\n"),
+        &["plan.lua", "keyz", "did you mean"],
+    );
+    assert_broken(
+        &format!("{HEAD}  snapshot = {{ workers = \"many\" }},\n}}\n"),
+        &["plan.lua", "snapshot.workers"],
+    );
+    assert_broken(
+        "local ferry = require \"ferry\"\nreturn ferry.plan { api_version = 7, source = { url = \"redis://x\" }, target = { url = \"redis://y\" } }\n",
+        &["plan.lua", "api_version"],
+    );
+    assert_broken(
+        &format!("{HEAD}  on_command = function(cmd) error(\"boom\") end,\n}}\n"),
+        &["plan.lua:", "boom"],
+    );
+    assert_broken(
+        &format!("local f = io.open(\"/etc/passwd\")\n{HEAD}}}\n"),
+        &["plan.lua:1"],
+    );
+    assert_broken(
+        &format!("os.execute(\"touch /tmp/ferry-pwned\")\n{HEAD}}}\n"),
+        &["plan.lua:1"],
+    );
+    assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
+}
