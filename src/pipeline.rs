@@ -514,6 +514,7 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
     let mut snapshot_started = Instant::now();
     tracing::info!("Snapshot started.");
     let mut status = c.status_every.map(tokio::time::interval);
+    let mut trim = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = c.stop.changed() => break,
@@ -553,6 +554,17 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
             }
             _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
                 print_status(&c.journal, &c.stats, &c.shared);
+            }
+            _ = trim.tick() => {
+                // A marker per tick lets replay report how far it has applied; whole journal
+                // segments before that are deleted, so disk use follows the lag, not the run.
+                let through = c.shared.applied_through.load(Ordering::Relaxed);
+                if through > 0
+                    && let Err(e) = c.journal.remove_before(through)
+                {
+                    tracing::warn!(error = %e, "Could not trim the journal.");
+                }
+                c.markers.lock().await.place("tick-").await?;
             }
         }
     }

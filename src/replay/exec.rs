@@ -173,15 +173,37 @@ impl Replayer {
                     }
                     Op::Barrier { done: d, .. } => done = Some(d),
                 }
+                let mut pending = Some(Pending { seq, replies, done });
                 if replies > 0 {
                     // The window counts commands; a huge group takes what it needs.
                     let permits = replies.min(self.window) as u32;
-                    match window.clone().acquire_many_owned(permits).await {
+                    match window.clone().try_acquire_many_owned(permits) {
                         Ok(p) => p.forget(),
-                        Err(_) => break 'outer,
+                        Err(tokio::sync::TryAcquireError::Closed) => break 'outer,
+                        Err(tokio::sync::TryAcquireError::NoPermits) => {
+                            // The replies that free the window belong to commands still in the
+                            // buffer: hand over the expectations and send the buffer before
+                            // waiting, or the window never frees.
+                            if let Some(p) = pending.take()
+                                && pending_tx.send(p).is_err()
+                            {
+                                break 'outer;
+                            }
+                            if let Err(e) = writer.write_all(&buf).await {
+                                write_result = Err(e);
+                                break 'outer;
+                            }
+                            buf.clear();
+                            match window.clone().acquire_many_owned(permits).await {
+                                Ok(p) => p.forget(),
+                                Err(_) => break 'outer,
+                            }
+                        }
                     }
                 }
-                if pending_tx.send(Pending { seq, replies, done }).is_err() {
+                if let Some(p) = pending
+                    && pending_tx.send(p).is_err()
+                {
                     break 'outer;
                 }
                 next = if buf.len() < (1 << 20) {
@@ -234,7 +256,8 @@ async fn read_replies(
                 break;
             }
             let p = queue.pop_front().unwrap_or_else(|| unreachable!());
-            stats.applied.store(p.seq + 1, Ordering::Release);
+            // Shards share this counter: keep the furthest position for status reporting.
+            stats.applied.fetch_max(p.seq + 1, Ordering::Release);
             if let Some(d) = p.done {
                 let _ = d.send(());
             }

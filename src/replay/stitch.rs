@@ -50,6 +50,9 @@ pub struct StitchShared {
     /// Redis 7.0 does not propagate the group's entries-read counter with it, so the replica
     /// (and the target) end up with none; the final fence copies the groups from the primary.
     pub group_fixups: Mutex<HashSet<(u32, Vec<u8>)>>,
+    /// Journal position of the last marker replay has passed: everything before it is applied
+    /// on the target, so the journal may drop it.
+    pub applied_through: AtomicU64,
 }
 
 impl StitchShared {
@@ -67,7 +70,8 @@ impl StitchShared {
         }
     }
 
-    fn reach(&self, id: String) {
+    fn reach(&self, id: String, seq: u64) {
+        self.applied_through.fetch_max(seq, Ordering::Relaxed);
         if let Ok(mut r) = self.reached.lock() {
             r.insert(id);
         }
@@ -319,7 +323,7 @@ impl Stitcher {
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
                         if wait.await.is_ok() {
-                            shared.reach(id);
+                            shared.reach(id, seq);
                         }
                     });
                     Some(Op::Barrier { seq, done })

@@ -308,3 +308,45 @@ fn target_restarted_mid_replay_is_resynced() {
     );
     assert!(stderr.contains("target connection broke"), "{stderr}");
 }
+
+/// Found by the replay benchmark (issue 4): a backlog of small commands on one connection filled
+/// the window before the send buffer reached its flush size, and replay waited forever.
+#[test]
+fn issue4_small_command_backlog_does_not_stall_replay() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ferry.stderr().contains("Snapshot reads done") {
+        assert!(Instant::now() < deadline, "{}", ferry.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stall the target while 50k tiny writes to one key pile up in the journal.
+    let mut t = target.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .query(&mut t)
+        .unwrap();
+    let mut s = source.conn();
+    for chunk in 0..50 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.cmd("LPUSH").arg("q").arg(chunk * 1000 + i).ignore();
+        }
+        let _: () = pipe.query(&mut s).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let code = ferry.terminate(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", ferry.stderr());
+    let len: u64 = redis::cmd("LLEN").arg("q").query(&mut t).unwrap();
+    assert_eq!(len, 50_000);
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
