@@ -18,7 +18,9 @@
 #   -t list; N is split evenly), VALUE_BYTES=3 (redis-benchmark -d), LAG_SECS=20, LOAD_RATE=5000
 #   (writes/s during step 5), SEED_N=100000, P64_N=1000000, STALL_SECS=15 (replay with no progress
 #   for this long counts as stalled), STOP_SECS=30 (longest wait for ferry to exit after SIGTERM),
-#   FERRY=target/release/ferry, LOG_DIR (when set, ferry's logs and the lag samples are copied
+#   FERRY=target/release/ferry, PLAN (run this plan with `ferry run` instead of `ferry migrate`;
+#   it must take SOURCE_URL/TARGET_URL/FERRY_STATE_DIR from ferry.env), ONLY_REPLAY=1 (step 1
+#   only), LOG_DIR (when set, ferry's logs and the lag samples are copied
 #   there at exit).
 # Exit code: 0 when every step completed; 1 when ferry stalled or did not exit 0 (the figures
 # that could be measured are still printed); 2 when the benchmark itself could not run.
@@ -87,8 +89,14 @@ journaled() { # LOG: entries journaled (pending + applied) per the last status l
 start_ferry() {
   FERRY_STATE="$BENCH_DIR/$1-state"
   FERRY_LOG="$BENCH_DIR/$1-ferry.log"
-  "$FERRY" migrate --source "redis://127.0.0.1:$2" --target "redis://127.0.0.1:$3" \
-    --state-dir "$FERRY_STATE" --capture primary 2>"$FERRY_LOG" &
+  if [ -n "${PLAN:-}" ]; then
+    # A plan without a cutover phase replays until SIGTERM, like `ferry migrate`.
+    "$FERRY" run "$PLAN" --set SOURCE_URL="redis://127.0.0.1:$2" \
+      --set TARGET_URL="redis://127.0.0.1:$3" --set FERRY_STATE_DIR="$FERRY_STATE" 2>"$FERRY_LOG" &
+  else
+    "$FERRY" migrate --source "redis://127.0.0.1:$2" --target "redis://127.0.0.1:$3" \
+      --state-dir "$FERRY_STATE" --capture primary 2>"$FERRY_LOG" &
+  fi
   FERRY_PID=$!
   FERRY_PIDS+=("$FERRY_PID")
   ferry_ready() {
@@ -200,6 +208,13 @@ log "   stopping ferry (SIGTERM)"
 stop_ferry "$P1_PID"; P1_EXIT=$STOP_RC
 echo "   exit: $P1_EXIT; $(grep -o 'Migration stopped at the final fence.*' "$P1_LOG" || echo 'no final-fence line')"
 [ "$P1_EXIT" = 0 ] || FAILURES+=("ferry (replay run) after SIGTERM: exit $P1_EXIT (waited ${STOP_SECS}s)")
+
+if [ -n "${ONLY_REPLAY:-}" ]; then
+  echo
+  echo "RESULT writes=$W ferry_replay=$REPLAY_FIG plan=${PLAN:-none} peak_rss=$(mb "$AFTER_HWM_KB")MB exit=$P1_EXIT"
+  [ "${#FAILURES[@]}" -eq 0 ] || { for f in "${FAILURES[@]}"; do echo "FAIL: $f" >&2; done; exit 1; }
+  exit 0
+fi
 
 ###############################################################################################
 log "2. seed-style replayer: one SET per round trip (redis-benchmark -c 1 -P 1, $SEED_N)"
