@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ferry::net::Endpoint;
-use ferry::pipeline::{CaptureMode, MigrateConfig, Migration};
+use ferry::pipeline::{CaptureMode, MigrateConfig};
 use ferry::snapshot;
 
 /// Migrate a live source to a target: capture writes from MONITOR into the on-disk journal,
@@ -70,29 +70,33 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
-    let target = Endpoint::parse(&args.target)?;
+    // Bad URLs fail here with the URL named (redacted), before any Lua runs.
+    Endpoint::parse(&args.source)?;
+    Endpoint::parse(&args.target)?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
-    let mut cfg = MigrateConfig::new(args.state_dir);
-    cfg.capture = args.capture;
-    cfg.snapshot.workers = args.workers;
-    cfg.snapshot.max_source_ops = args.max_source_ops;
-    cfg.max_pause = std::time::Duration::from_millis(args.max_pause_ms);
-    let report = Migration::new(source, target, cfg)
-        .run(shutdown_signal())
-        .await?;
-    eprintln!(
-        "Migration stopped at the final fence: {} snapshot keys, {} commands replayed, {} restores, {} resyncs, source writes paused {} ms; errors {:?}",
-        report.snapshot_keys,
-        report.commands,
-        report.restores,
-        report.resyncs,
-        report.pause_ms,
-        report.errors
-    );
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let capture = match args.capture {
+        CaptureMode::Auto => "auto",
+        CaptureMode::Primary => "primary",
+        CaptureMode::Replica => "replica",
+    };
+    let overrides = vec![
+        ("SOURCE_URL".to_string(), args.source.clone()),
+        ("TARGET_URL".to_string(), args.target.clone()),
+        ("FERRY_CAPTURE".to_string(), capture.to_string()),
+        (
+            "FERRY_STATE_DIR".to_string(),
+            args.state_dir.display().to_string(),
+        ),
+    ];
+    // `ferry migrate` is the default plan of the embedded library, with the flags applied.
+    let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;
+    let workers = args.workers;
+    let max_source_ops = args.max_source_ops;
+    let max_pause = std::time::Duration::from_millis(args.max_pause_ms);
+    super::plan::run_plan(plan, args.json, move |cfg: &mut MigrateConfig| {
+        cfg.snapshot.workers = workers;
+        cfg.snapshot.max_source_ops = max_source_ops;
+        cfg.max_pause = max_pause;
+    })
+    .await
 }

@@ -228,6 +228,16 @@ fn run_hook(hook: &Option<plan::PhaseHook>, running: &Running) -> anyhow::Result
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan = plan::load(&args.plan, &args.set)?;
+    run_plan(plan, args.json, |_| {}).await
+}
+
+/// Runs a loaded plan; `tweak` adjusts the pipeline settings the plan produced (the flags of
+/// `ferry migrate`).
+pub async fn run_plan(
+    plan: Plan,
+    json: Option<PathBuf>,
+    tweak: impl FnOnce(&mut MigrateConfig),
+) -> anyhow::Result<ExitCode> {
     preflight(&plan)?;
     if let Some(p) = plan
         .phases
@@ -280,7 +290,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         table: CommandTable::builtin(),
         hook_errors: AtomicU64::new(0),
     };
-    cfg.mapper = Some(Arc::new(mapper));
+    if !plan.rewrite.is_empty() || !plan.keys.is_everything() || plan.on_command.is_some() {
+        cfg.mapper = Some(Arc::new(mapper));
+    }
+    tweak(&mut cfg);
 
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let running = Migration::new(source, target, cfg).start().await?;
@@ -355,10 +368,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("a cutover always leaves a report"),
     };
     eprintln!(
-        "Plan {} done at the final fence: {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
+        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
         plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
     );
-    if let Some(path) = args.json {
+    if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
     }

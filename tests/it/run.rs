@@ -57,7 +57,7 @@ fn run_plan(
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "ferry run failed:\n{stderr}");
-    assert!(stderr.contains("done at the final fence"), "{stderr}");
+    assert!(stderr.contains("stopped at the final fence"), "{stderr}");
 }
 
 fn seed(source: &RedisServer) {
