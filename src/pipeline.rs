@@ -186,16 +186,10 @@ struct Markers {
 impl Markers {
     async fn connect(node: &Endpoint, peers: &PeerRegistry) -> Result<Markers, MigrateError> {
         let mut con = node.control().await?;
-        let info: String = redis::cmd("CLIENT")
-            .arg("INFO")
-            .query_async(&mut con)
+        let addr = crate::net::client_addr(&mut con)
             .await
             .map_err(|e| stage("markers", e))?;
-        let addr = info
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
-            .unwrap_or_default();
-        peers.register(addr, Role::Control);
+        peers.register(&addr, Role::Control);
         Ok(Markers { con, n: 0 })
     }
 

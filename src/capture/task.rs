@@ -251,15 +251,8 @@ pub async fn watch_output_buffer(
     cfg: &CaptureConfig,
 ) -> Option<String> {
     let mut con = source.control().await.ok()?;
-    if let Ok(info) = redis::cmd("CLIENT")
-        .arg("INFO")
-        .query_async::<String>(&mut con)
-        .await
-        && let Some(addr) = info
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
-    {
-        peers.register(addr, Role::Control);
+    if let Ok(addr) = crate::net::client_addr(&mut con).await {
+        peers.register(&addr, Role::Control);
     }
     let mut tick = tokio::time::interval(cfg.guard_every);
     loop {

@@ -240,6 +240,19 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// This connection's address as the server sees it (`CLIENT INFO` `addr=`), which is also how
+/// `MONITOR` names it; ferry registers its own connections by it.
+pub async fn client_addr(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("CLIENT").arg("INFO").query_async(con).await?;
+    Ok(info
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("addr="))
+        .unwrap_or_default()
+        .to_string())
+}
+
 /// A redis-rs error as one line, without the redundant kind prefix where there is a detail.
 fn redis_reason(e: &redis::RedisError) -> String {
     e.to_string().replace('\n', " ")

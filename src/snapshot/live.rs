@@ -188,16 +188,9 @@ impl FencedReader {
         peers: &PeerRegistry,
     ) -> Result<FencedReader, String> {
         let mut con = source.control().await.map_err(|e| e.to_string())?;
-        let info: String = redis::cmd("CLIENT")
-            .arg("INFO")
-            .query_async(&mut con)
+        let addr = crate::net::client_addr(&mut con)
             .await
             .map_err(|e| e.to_string())?;
-        let addr = info
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
-            .unwrap_or_default()
-            .to_string();
         peers.register(&addr, Role::Fence);
         Ok(FencedReader { con, db: None })
     }

@@ -102,20 +102,13 @@ impl Worker {
     async fn connect(id: u32, shared: Arc<Shared>) -> Result<Worker, SnapshotError> {
         let mut src = shared.source.control().await?;
         let dst = shared.target.control().await?;
-        let info: String = redis::cmd("CLIENT")
-            .arg("INFO")
-            .query_async(&mut src)
+        let addr = crate::net::client_addr(&mut src)
             .await
             .map_err(|e| SnapshotError::Command {
                 endpoint: shared.source.redacted().to_string(),
                 command: "CLIENT INFO",
                 message: e.to_string(),
             })?;
-        let addr = info
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
-            .unwrap_or_default()
-            .to_string();
         Ok(Worker {
             id,
             shared,
