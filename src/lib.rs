@@ -27,6 +27,7 @@
 //! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail.
 //! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
 //!   with opaque hooks; key globs, rewrite rules ([`plan::apply_rules`]) and `ferry check`.
+//! - [`verify`]: both-direction key comparison (DUMP shortcut, type-aware digests, re-checks).
 //!
 //! # Units that flow
 //!
@@ -43,3 +44,4 @@ pub mod pipeline;
 pub mod plan;
 pub mod replay;
 pub mod snapshot;
+pub mod verify;

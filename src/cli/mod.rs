@@ -5,6 +5,7 @@ mod migrate;
 mod monitor;
 mod plan;
 mod snapshot;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     Monitor(monitor::MonitorArgs),
     Snapshot(snapshot::SnapshotArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// Exit code for an error (bad input, unreachable server, failed run).
@@ -78,6 +80,7 @@ pub fn main() -> ExitCode {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
             Command::Snapshot(args) => snapshot::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
         }
     });
     match result {

@@ -14,4 +14,5 @@ mod plan;
 mod rewrite;
 mod run;
 mod snapshot;
+mod verify;
 mod workload;

@@ -1,0 +1,92 @@
+//! `ferry verify`: compare the source and the target; exit 1 when they differ.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use ferry::net::Endpoint;
+use ferry::verify::{self, Verifier, VerifyConfig};
+
+/// Compare every key (or a sample) of the source with the target, in both directions. Keys
+/// that differ are re-checked so a target still catching up is not reported.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The server copied from, `redis://[user:pass@]host:port` (or `rediss://`).
+    #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
+    source: String,
+
+    /// The server copied to.
+    #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
+    target: String,
+
+    /// Compare this many randomly chosen keys (and a tenth as many target keys for extras).
+    #[arg(long, value_name = "N", conflicts_with = "full")]
+    sample: Option<u64>,
+
+    /// Compare every key (the default).
+    #[arg(long)]
+    full: bool,
+
+    /// A db to compare; repeat for several. Default: every db that has keys on either side.
+    #[arg(long = "db", value_name = "N")]
+    dbs: Vec<u32>,
+
+    /// Accepted difference between expiry times, in milliseconds.
+    #[arg(long, default_value_t = verify::DEFAULT_TTL_TOLERANCE_MS, value_name = "MS")]
+    ttl_tolerance_ms: i64,
+
+    /// Re-checks of a key that differs before it is reported.
+    #[arg(long, default_value_t = verify::DEFAULT_RECHECKS)]
+    rechecks: u32,
+
+    /// How long each re-check waits for the target to converge, in milliseconds.
+    #[arg(long, default_value_t = verify::DEFAULT_RECHECK_DELAY.as_millis() as u64, value_name = "MS")]
+    recheck_delay_ms: u64,
+
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Print nothing; the exit code tells.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let source = Endpoint::parse(&args.source)?;
+    let target = Endpoint::parse(&args.target)?;
+    anyhow::ensure!(
+        args.ttl_tolerance_ms >= 0,
+        "--ttl-tolerance-ms must not be negative"
+    );
+    anyhow::ensure!(args.sample != Some(0), "--sample must be at least 1");
+    let cfg = VerifyConfig {
+        dbs: (!args.dbs.is_empty()).then_some(args.dbs),
+        sample: if args.full { None } else { args.sample },
+        ttl_tolerance_ms: args.ttl_tolerance_ms,
+        rechecks: args.rechecks,
+        recheck_delay: Duration::from_millis(args.recheck_delay_ms),
+        ..VerifyConfig::default()
+    };
+    let report = Verifier::new(source, target, cfg).run().await?;
+    if !args.quiet {
+        for d in report.differences.iter().take(50) {
+            println!("db{} {}: {}: {}", d.db, d.key, d.kind, d.detail);
+        }
+        if report.differences.len() > 50 {
+            println!("… and {} more", report.differences.len() - 50);
+        }
+        eprintln!("{}", report.summary());
+    }
+    if let Some(path) = args.json {
+        let data = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(&path, data)
+            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+    }
+    Ok(if report.is_identical() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

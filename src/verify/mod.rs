@@ -1,0 +1,681 @@
+//! `ferry verify`: compares the source and the target key by key, in both directions, and
+//! reports only differences that persist.
+//!
+//! Every key gets `TYPE`, `DUMP`, `PEXPIRETIME` and `PTTL` on both sides, pipelined per batch.
+//! Equal DUMP payloads mean equal values (the common case); when they differ (encodings can
+//! differ for equal values) the values are compared type-aware through digests read in windows
+//! ([`digest`]). A key that differs is re-checked up to [`VerifyConfig::rechecks`] times: each
+//! re-check reads the source again and then polls the target for up to
+//! [`VerifyConfig::recheck_delay`], so a target that lags behind a busy source (replay catching
+//! up) is not reported. A key missing on one side whose TTL on the other is within the
+//! tolerance is about to expire and is not a difference.
+
+mod digest;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+
+use crate::escape::quote;
+use crate::net::{Endpoint, NetError};
+
+/// Default re-checks of a key that differs.
+pub const DEFAULT_RECHECKS: u32 = 3;
+/// Default time a re-check waits for the target to converge.
+pub const DEFAULT_RECHECK_DELAY: Duration = Duration::from_millis(200);
+/// Default keys per pipelined batch.
+pub const DEFAULT_BATCH: usize = 256;
+/// Default TTL tolerance in milliseconds.
+pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
+/// How often a re-check polls the target.
+const POLL: Duration = Duration::from_millis(15);
+
+/// What to compare and how tolerant to be.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// Dbs to compare; `None` for every db that has keys on either side.
+    pub dbs: Option<Vec<u32>>,
+    /// Keys to sample; `None` compares every key.
+    pub sample: Option<u64>,
+    /// Accepted difference between expiry times, in milliseconds.
+    pub ttl_tolerance_ms: i64,
+    /// Re-checks of a key that differs before it is reported.
+    pub rechecks: u32,
+    /// How long each re-check waits for the target to converge.
+    pub recheck_delay: Duration,
+    /// Keys per pipelined batch.
+    pub batch: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> VerifyConfig {
+        VerifyConfig {
+            dbs: None,
+            sample: None,
+            ttl_tolerance_ms: DEFAULT_TTL_TOLERANCE_MS,
+            rechecks: DEFAULT_RECHECKS,
+            recheck_delay: DEFAULT_RECHECK_DELAY,
+            batch: DEFAULT_BATCH,
+        }
+    }
+}
+
+/// Why a verification could not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A server could not be reached or rejected a command.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The configuration is unusable.
+    #[error("invalid verify configuration: {0}")]
+    Config(String),
+}
+
+/// One difference that persisted through every re-check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub db: u32,
+    /// The key quoted as Redis shows it ([`crate::escape::quote`]).
+    pub key: String,
+    /// `missing on target`, `extra on target`, `type`, `value` or `ttl`.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub keys_checked: u64,
+    pub differences: Vec<Difference>,
+    /// Differences per kind.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Key re-checks done (one per key per round).
+    pub rechecked: u64,
+    pub elapsed_secs: f64,
+}
+
+impl VerifyReport {
+    /// True when nothing differs.
+    pub fn is_identical(&self) -> bool {
+        self.differences.is_empty()
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let kinds: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        let kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        };
+        format!(
+            "verify: {} keys checked, {} differences{kinds}, {} re-checks, {:.1}s",
+            self.keys_checked,
+            self.differences.len(),
+            self.rechecked,
+            self.elapsed_secs
+        )
+    }
+}
+
+/// Which server a read goes to.
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// What one side holds for one key.
+#[derive(Debug, Clone)]
+struct Fp {
+    /// `TYPE`; "none" when the key does not exist.
+    ty: String,
+    /// A 64-bit hash and the length of the `DUMP` payload, so a batch of big keys is not held.
+    dump: Option<(u64, usize)>,
+    /// `PEXPIRETIME`: -1 no TTL, -2 missing.
+    expire_at: i64,
+    /// `PTTL`.
+    pttl: i64,
+    /// Type-aware digest, computed on demand.
+    digest: Option<Option<u64>>,
+}
+
+impl Fp {
+    fn exists(&self) -> bool {
+        self.ty != "none"
+    }
+}
+
+/// A key that differed, with the latest reason.
+struct Suspect {
+    db: u32,
+    key: Vec<u8>,
+    kind: &'static str,
+    detail: String,
+}
+
+/// Compares a source and a target.
+pub struct Verifier {
+    source: Endpoint,
+    target: Endpoint,
+    cfg: VerifyConfig,
+    conns: HashMap<u32, (MultiplexedConnection, MultiplexedConnection)>,
+    rechecked: u64,
+}
+
+impl Verifier {
+    pub fn new(source: Endpoint, target: Endpoint, cfg: VerifyConfig) -> Verifier {
+        Verifier {
+            source,
+            target,
+            cfg,
+            conns: HashMap::new(),
+            rechecked: 0,
+        }
+    }
+
+    /// Compares the selected keys in both directions and re-checks what differs.
+    pub async fn run(mut self) -> Result<VerifyReport, VerifyError> {
+        if self.cfg.batch == 0 {
+            return Err(VerifyError::Config("batch must be at least 1".into()));
+        }
+        let started = Instant::now();
+        let src_ks = self.keyspace(Side::Source).await?;
+        let tgt_ks = self.keyspace(Side::Target).await?;
+        let dbs: Vec<u32> = match &self.cfg.dbs {
+            Some(d) => d.clone(),
+            None => src_ks
+                .keys()
+                .chain(tgt_ks.keys())
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        let src_total: u64 = dbs.iter().filter_map(|d| src_ks.get(d)).sum();
+        let mut suspects = Vec::new();
+        let mut checked = 0u64;
+        match self.cfg.sample {
+            Some(n) if n < src_total => {
+                let tgt_total: u64 = dbs.iter().filter_map(|d| tgt_ks.get(d)).sum();
+                for (db, share) in shares(&dbs, &src_ks, src_total, n) {
+                    let keys = self.random_keys(Side::Source, db, share).await?;
+                    for chunk in keys.chunks(self.cfg.batch) {
+                        checked += chunk.len() as u64;
+                        suspects.extend(self.compare_batch(db, chunk).await?);
+                    }
+                }
+                let extra_n = (n / 10).max(1);
+                for (db, share) in shares(&dbs, &tgt_ks, tgt_total, extra_n) {
+                    let keys = self.random_keys(Side::Target, db, share).await?;
+                    for chunk in keys.chunks(self.cfg.batch) {
+                        let (c, s) = self.extras(db, chunk).await?;
+                        checked += c;
+                        suspects.extend(s);
+                    }
+                }
+            }
+            _ => {
+                for &db in &dbs {
+                    checked += self.scan_source(db, &mut suspects).await?;
+                    checked += self.scan_target(db, &mut suspects).await?;
+                }
+            }
+        }
+        // The same key can come twice from SCAN; keep one suspect per key.
+        let mut seen = HashSet::new();
+        suspects.retain(|s| seen.insert((s.db, s.key.clone())));
+        let persisting = self.recheck(suspects).await?;
+        let mut report = VerifyReport {
+            keys_checked: checked,
+            rechecked: self.rechecked,
+            ..VerifyReport::default()
+        };
+        for s in persisting {
+            *report.by_kind.entry(s.kind.to_string()).or_default() += 1;
+            report.differences.push(Difference {
+                db: s.db,
+                key: quote(&s.key),
+                kind: s.kind.to_string(),
+                detail: s.detail,
+            });
+        }
+        report
+            .differences
+            .sort_by(|a, b| (a.db, &a.key).cmp(&(b.db, &b.key)));
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn endpoint(&self, side: Side) -> &Endpoint {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+
+    fn net(&self, side: Side, e: &redis::RedisError) -> VerifyError {
+        VerifyError::Net(self.endpoint(side).classify(e))
+    }
+
+    /// The connection pair for a db, opened on first use.
+    async fn conns(
+        &mut self,
+        db: u32,
+    ) -> Result<(MultiplexedConnection, MultiplexedConnection), VerifyError> {
+        if let Some(c) = self.conns.get(&db) {
+            return Ok(c.clone());
+        }
+        let s = self.source.with_db(i64::from(db)).control().await?;
+        let t = self.target.with_db(i64::from(db)).control().await?;
+        self.conns.insert(db, (s.clone(), t.clone()));
+        Ok((s, t))
+    }
+
+    async fn conn(&mut self, side: Side, db: u32) -> Result<MultiplexedConnection, VerifyError> {
+        let (s, t) = self.conns(db).await?;
+        Ok(match side {
+            Side::Source => s,
+            Side::Target => t,
+        })
+    }
+
+    /// Keys per db from `INFO keyspace`.
+    async fn keyspace(&mut self, side: Side) -> Result<BTreeMap<u32, u64>, VerifyError> {
+        let mut con = self.endpoint(side).control().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("keyspace")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.net(side, &e))?;
+        Ok(parse_keyspace(&info))
+    }
+
+    /// `n` distinct keys from `RANDOMKEY`, with bounded attempts.
+    async fn random_keys(
+        &mut self,
+        side: Side,
+        db: u32,
+        n: u64,
+    ) -> Result<Vec<Vec<u8>>, VerifyError> {
+        let mut con = self.conn(side, db).await?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut attempts = n.saturating_mul(3) + 16;
+        while (out.len() as u64) < n && attempts > 0 {
+            let k = ((n - out.len() as u64).min(self.cfg.batch as u64)).min(attempts);
+            attempts -= k;
+            let mut pipe = redis::pipe();
+            for _ in 0..k {
+                pipe.cmd("RANDOMKEY");
+            }
+            let keys: Vec<Option<Vec<u8>>> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.net(side, &e))?;
+            if keys.iter().all(Option::is_none) {
+                break;
+            }
+            for key in keys.into_iter().flatten() {
+                if (out.len() as u64) < n && seen.insert(key.clone()) {
+                    out.push(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// SCANs the source db and compares every key; returns keys compared.
+    async fn scan_source(
+        &mut self,
+        db: u32,
+        suspects: &mut Vec<Suspect>,
+    ) -> Result<u64, VerifyError> {
+        let mut con = self.conn(Side::Source, db).await?;
+        let mut cursor = 0u64;
+        let mut checked = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.cfg.batch)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.net(Side::Source, &e))?;
+            for chunk in keys.chunks(self.cfg.batch) {
+                checked += chunk.len() as u64;
+                suspects.extend(self.compare_batch(db, chunk).await?);
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(checked);
+            }
+        }
+    }
+
+    /// SCANs the target db for keys the source lacks; returns keys compared.
+    async fn scan_target(
+        &mut self,
+        db: u32,
+        suspects: &mut Vec<Suspect>,
+    ) -> Result<u64, VerifyError> {
+        let mut con = self.conn(Side::Target, db).await?;
+        let mut cursor = 0u64;
+        let mut checked = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.cfg.batch)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.net(Side::Target, &e))?;
+            for chunk in keys.chunks(self.cfg.batch) {
+                let (c, s) = self.extras(db, chunk).await?;
+                checked += c;
+                suspects.extend(s);
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(checked);
+            }
+        }
+    }
+
+    /// Of these target keys, compares those the source does not have.
+    async fn extras(
+        &mut self,
+        db: u32,
+        keys: &[Vec<u8>],
+    ) -> Result<(u64, Vec<Suspect>), VerifyError> {
+        if keys.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let mut con = self.conn(Side::Source, db).await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("EXISTS").arg(k);
+        }
+        let exists: Vec<i64> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.net(Side::Source, &e))?;
+        let absent: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(exists)
+            .filter(|(_, e)| *e == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let n = absent.len() as u64;
+        Ok((n, self.compare_batch(db, &absent).await?))
+    }
+
+    /// `TYPE`, `DUMP`, `PEXPIRETIME`, `PTTL` of each key on one side, pipelined.
+    async fn fingerprints(
+        &mut self,
+        side: Side,
+        db: u32,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Fp>, VerifyError> {
+        let mut con = self.conn(side, db).await?;
+        fingerprints(&mut con, keys)
+            .await
+            .map_err(|e| self.net(side, &e))
+    }
+
+    /// Compares one batch; returns the keys that differ.
+    async fn compare_batch(
+        &mut self,
+        db: u32,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Suspect>, VerifyError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut s, mut t) = self.conns(db).await?;
+        let (src, tgt) = tokio::join!(fingerprints(&mut s, keys), fingerprints(&mut t, keys));
+        let mut src = src.map_err(|e| self.net(Side::Source, &e))?;
+        let mut tgt = tgt.map_err(|e| self.net(Side::Target, &e))?;
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some((kind, detail)) = self.compare(db, key, &mut src[i], &mut tgt[i]).await? {
+                out.push(Suspect {
+                    db,
+                    key: key.clone(),
+                    kind,
+                    detail,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-checks suspects: each round reads the source again, then polls the target until it
+    /// matches or the delay runs out. Returns what never matched.
+    async fn recheck(&mut self, mut remaining: Vec<Suspect>) -> Result<Vec<Suspect>, VerifyError> {
+        for _ in 0..self.cfg.rechecks {
+            if remaining.is_empty() {
+                break;
+            }
+            let mut by_db: BTreeMap<u32, Vec<Suspect>> = BTreeMap::new();
+            for s in remaining.drain(..) {
+                by_db.entry(s.db).or_default().push(s);
+            }
+            for (db, mut group) in by_db {
+                self.rechecked += group.len() as u64;
+                let keys: Vec<Vec<u8>> = group.iter().map(|s| s.key.clone()).collect();
+                let mut src = self.fingerprints(Side::Source, db, &keys).await?;
+                let mut pending: Vec<usize> = (0..keys.len()).collect();
+                let deadline = Instant::now() + self.cfg.recheck_delay;
+                loop {
+                    tokio::time::sleep(POLL.min(self.cfg.recheck_delay)).await;
+                    let ask: Vec<Vec<u8>> = pending.iter().map(|&i| keys[i].clone()).collect();
+                    let mut tgt = self.fingerprints(Side::Target, db, &ask).await?;
+                    let mut still = Vec::new();
+                    for (j, &i) in pending.iter().enumerate() {
+                        if let Some((kind, detail)) =
+                            self.compare(db, &keys[i], &mut src[i], &mut tgt[j]).await?
+                        {
+                            group[i].kind = kind;
+                            group[i].detail = detail;
+                            still.push(i);
+                        }
+                    }
+                    pending = still;
+                    if pending.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                let keep: HashSet<usize> = pending.into_iter().collect();
+                remaining.extend(
+                    group
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| keep.contains(i))
+                        .map(|(_, s)| s),
+                );
+            }
+        }
+        Ok(remaining)
+    }
+
+    /// Compares one key's two sides; `None` when they agree.
+    async fn compare(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        src: &mut Fp,
+        tgt: &mut Fp,
+    ) -> Result<Option<(&'static str, String)>, VerifyError> {
+        let tol = self.cfg.ttl_tolerance_ms;
+        let expiring = |fp: &Fp| fp.pttl >= 0 && fp.pttl <= tol;
+        match (src.exists(), tgt.exists()) {
+            (false, false) => return Ok(None),
+            (true, false) => {
+                return Ok((!expiring(src))
+                    .then(|| ("missing on target", format!("{} on the source", src.ty))));
+            }
+            (false, true) => {
+                return Ok((!expiring(tgt))
+                    .then(|| ("extra on target", format!("{} on the target", tgt.ty))));
+            }
+            (true, true) => {}
+        }
+        if src.ty != tgt.ty {
+            return Ok(Some((
+                "type",
+                format!("{} on the source, {} on the target", src.ty, tgt.ty),
+            )));
+        }
+        if src.dump != tgt.dump {
+            let (mut s, mut t) = self.conns(db).await?;
+            if src.digest.is_none() {
+                let d = digest::digest(&mut s, key, &src.ty)
+                    .await
+                    .map_err(|e| self.net(Side::Source, &e))?;
+                src.digest = Some(d);
+            }
+            if tgt.digest.is_none() {
+                let d = digest::digest(&mut t, key, &tgt.ty)
+                    .await
+                    .map_err(|e| self.net(Side::Target, &e))?;
+                tgt.digest = Some(d);
+            }
+            let same = matches!((src.digest, tgt.digest), (Some(Some(a)), Some(Some(b))) if a == b);
+            if !same {
+                return Ok(Some(("value", format!("{} values differ", src.ty))));
+            }
+        }
+        let ttl_differs = match (src.expire_at, tgt.expire_at) {
+            (a, b) if a < 0 && b < 0 => false,
+            (a, b) if a < 0 || b < 0 => true,
+            (a, b) => (a - b).abs() > tol,
+        };
+        if ttl_differs {
+            let show = |t: i64| {
+                if t < 0 {
+                    "no TTL".to_string()
+                } else {
+                    format!("expires at {t} ms")
+                }
+            };
+            return Ok(Some((
+                "ttl",
+                format!(
+                    "source {}, target {}",
+                    show(src.expire_at),
+                    show(tgt.expire_at)
+                ),
+            )));
+        }
+        Ok(None)
+    }
+}
+
+async fn fingerprints(
+    con: &mut MultiplexedConnection,
+    keys: &[Vec<u8>],
+) -> redis::RedisResult<Vec<Fp>> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("TYPE").arg(k);
+        pipe.cmd("DUMP").arg(k);
+        pipe.cmd("PEXPIRETIME").arg(k);
+        pipe.cmd("PTTL").arg(k);
+    }
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    let mut out = Vec::with_capacity(keys.len());
+    for r in replies.chunks(4) {
+        let int = |v: &Value| match v {
+            Value::Int(i) => *i,
+            _ => -2,
+        };
+        out.push(Fp {
+            ty: String::from_utf8_lossy(&digest::bytes(&r[0])).into_owned(),
+            dump: match &r[1] {
+                Value::Nil => None,
+                Value::BulkString(b) => Some((digest::hash_parts(&[b]), b.len())),
+                v => Some((digest::hash_parts(&[&digest::bytes(v)]), 0)),
+            },
+            expire_at: int(&r[2]),
+            pttl: int(&r[3]),
+            digest: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `db3:keys=10,expires=…` lines of `INFO keyspace` as db → keys.
+fn parse_keyspace(info: &str) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("db") else {
+            continue;
+        };
+        let Some((db, fields)) = rest.split_once(':') else {
+            continue;
+        };
+        let Ok(db) = db.parse::<u32>() else { continue };
+        let keys = fields
+            .split(',')
+            .find_map(|f| f.strip_prefix("keys="))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if keys > 0 {
+            out.insert(db, keys);
+        }
+    }
+    out
+}
+
+/// Splits `n` samples across dbs in proportion to their sizes.
+fn shares(dbs: &[u32], sizes: &BTreeMap<u32, u64>, total: u64, n: u64) -> Vec<(u32, u64)> {
+    if total == 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut out: Vec<(u32, u64)> = dbs
+        .iter()
+        .map(|d| {
+            let size = sizes.get(d).copied().unwrap_or(0);
+            (
+                *d,
+                (u128::from(n) * u128::from(size) / u128::from(total)) as u64,
+            )
+        })
+        .collect();
+    let mut left = n.saturating_sub(out.iter().map(|(_, s)| s).sum());
+    for (d, s) in out.iter_mut() {
+        let room = sizes.get(d).copied().unwrap_or(0).saturating_sub(*s);
+        let add = room.min(left);
+        *s += add;
+        left -= add;
+    }
+    out.retain(|(_, s)| *s > 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_lines_parse() {
+        let ks = parse_keyspace("# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=0\r\ndb3:keys=1\r\n");
+        assert_eq!(ks, BTreeMap::from([(0, 10), (3, 1)]));
+    }
+
+    #[test]
+    fn shares_add_up() {
+        let sizes = BTreeMap::from([(0, 100), (1, 50), (2, 1)]);
+        let s = shares(&[0, 1, 2], &sizes, 151, 10);
+        assert_eq!(s.iter().map(|(_, n)| n).sum::<u64>(), 10);
+    }
+}
