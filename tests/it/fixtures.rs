@@ -825,30 +825,3 @@ fn oracle_compares_a_cluster_with_a_standalone_copy() {
         [DiffKind::Value { .. }]
     ));
 }
-
-/// Scale check, ignored by default: run with `cargo test --test it -- --ignored scale`.
-#[test]
-#[ignore = "slow: loads 200k keys into two servers"]
-fn fill_and_oracle_scale_to_200k_keys() {
-    let dataset = Dataset {
-        keys_per_db: 66_000,
-        ..Dataset::default()
-    }
-    .with_fixed_ttl_base();
-    let source = RedisServer::start();
-    let target = RedisServer::start();
-    let filled = fill::fill(&source, &dataset);
-    let copy_started = Instant::now();
-    copy_keys(&source.url(), &target.url(), &dataset.dbs, &identity);
-    let copy_time = copy_started.elapsed();
-    let report = compare(&source.url(), &target.url(), &OracleOptions::default());
-    eprintln!(
-        "fill: {} keys in {:.2?}; DUMP/RESTORE copy {copy_time:.2?}; {report}",
-        filled.total_keys(),
-        filled.elapsed
-    );
-    report.assert_identical();
-    assert!(filled.total_keys() >= 198_000);
-    assert!(filled.elapsed < Duration::from_secs(20), "fill too slow");
-    assert!(report.elapsed < Duration::from_secs(30), "oracle too slow");
-}

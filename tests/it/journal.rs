@@ -559,13 +559,6 @@ fn journal_throughput_200k() {
     throughput(200_000);
 }
 
-/// `cargo test --release --test it journal_throughput_1m -- --ignored --nocapture`
-#[test]
-#[ignore = "a benchmark; run in release"]
-fn journal_throughput_1m() {
-    throughput(1_000_000);
-}
-
 #[test]
 fn journal_handles_are_send_and_sync() {
     fn send_sync<T: Send + Sync>(_: &T) {}
