@@ -19,6 +19,7 @@ const CHUNK: usize = 1000;
 const SCAN_COUNT: usize = 1000;
 /// Value-diff details list at most this many example elements.
 const EXAMPLES: usize = 3;
+const VANISHED: &str = "key vanished while being read";
 
 /// Source `(db, key)` to the `(db, key)` it should have on the target; `None` means the key
 /// is not migrated, so nothing on the target may claim to be its image.
@@ -351,6 +352,17 @@ fn compare_batch(
         (source, target)
     });
     let (src_now, tgt_now) = (src.now_ms(), tgt.now_ms());
+    // A key with a TTL can expire between its TYPE and its value read; it is then gone,
+    // exactly as if SCAN had missed it, not a value that differs.
+    for (states, now) in [(&mut src_states, src_now), (&mut tgt_states, tgt_now)] {
+        for st in states.iter_mut().flatten() {
+            if st.value.as_ref().is_err_and(|e| e == VANISHED)
+                && about_to_expire(st.expire_at, now, tolerance)
+            {
+                st.ty = "none".into();
+            }
+        }
+    }
 
     for (i, w) in batch.iter().enumerate() {
         let s = src_states[i].take().expect("every source key was fetched");
@@ -910,8 +922,8 @@ struct GroupVal {
 fn parse_value(ty: &str, reply: Value) -> Result<Val, String> {
     match ty {
         "string" => match reply {
-            // Expired between TYPE and GET; report as a changed value rather than guess.
-            Value::Nil => Err("key vanished while being read".into()),
+            // Gone between TYPE and GET; compare_batch decides whether that was an expiry.
+            Value::Nil => Err(VANISHED.into()),
             _ => Ok(Val::Str(into_bytes(reply)?)),
         },
         "list" => Ok(Val::List(bytes_list(reply)?)),
