@@ -266,6 +266,7 @@ pub struct Running {
     shared: Arc<StitchShared>,
     stats: Arc<ReplayStats>,
     markers: Arc<tokio::sync::Mutex<Markers>>,
+    peers: Arc<PeerRegistry>,
     report: Arc<std::sync::Mutex<MigrationReport>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     coordinator: tokio::task::JoinHandle<Result<crate::capture::CaptureHandle, MigrateError>>,
@@ -420,7 +421,7 @@ impl Migration {
             snapshot_cfg: self.cfg.snapshot.clone(),
             mapper: self.cfg.mapper.clone(),
             store,
-            peers,
+            peers: peers.clone(),
             capture,
             journal: journal.clone(),
             stats: stats.clone(),
@@ -444,6 +445,7 @@ impl Migration {
             shared,
             stats,
             markers,
+            peers,
             report,
             stop_tx,
             coordinator,
@@ -630,6 +632,31 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What a fenced verification of this migration needs: source reads go to the capture
+    /// node, so that their fences are in the replayed stream.
+    pub fn fence_link(&self) -> crate::verify::FenceLink {
+        crate::verify::FenceLink {
+            node: self.node.clone(),
+            target: self.target.clone(),
+            peers: self.peers.clone(),
+            shared: self.shared.clone(),
+            mapper: self.cfg.mapper.clone(),
+        }
+    }
+
+    /// Compares source and target at shared stream positions while writes go on.
+    pub async fn verify(
+        &self,
+        cfg: crate::verify::VerifyConfig,
+        rules: Option<Arc<dyn crate::verify::VerifyRules>>,
+    ) -> Result<crate::verify::VerifyReport, crate::verify::VerifyError> {
+        let mut v = crate::verify::FencedVerifier::new(self.fence_link(), cfg);
+        if let Some(r) = rules {
+            v = v.with_rules(r);
+        }
+        v.run().await
     }
 
     /// Stops at a final fence: the target then equals the source at that fence.

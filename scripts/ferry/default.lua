@@ -1,8 +1,15 @@
 -- The default plan: what `ferry migrate` runs without a plan file (snapshot, then catch up).
 --
 -- The CLI passes its flags in as overrides: --source → SOURCE_URL, --target → TARGET_URL,
--- --capture → FERRY_CAPTURE, --state-dir → FERRY_STATE_DIR.
+-- --capture → FERRY_CAPTURE, --state-dir → FERRY_STATE_DIR, --verify → FERRY_VERIFY ("full"
+-- or a sample size; empty for no verify phase).
 local ferry = require "ferry"
+
+local phases = { "snapshot", "catch_up" }
+local verify = ferry.env("FERRY_VERIFY", "")
+if verify ~= "" then
+  phases[#phases + 1] = "verify"
+end
 
 return ferry.plan {
   api_version = 1,
@@ -10,5 +17,6 @@ return ferry.plan {
   source = { url = ferry.env "SOURCE_URL", capture = ferry.env("FERRY_CAPTURE", "auto") },
   target = { url = ferry.env "TARGET_URL" },
   journal = ferry.embedded { dir = ferry.env("FERRY_STATE_DIR", "ferry-state") },
-  phases = { "snapshot", "catch_up" },
+  verify = (verify == "" or verify == "full") and { full = true } or { sample = tonumber(verify) },
+  phases = phases,
 }

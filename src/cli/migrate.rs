@@ -43,9 +43,24 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     max_pause_ms: u64,
 
+    /// After catching up, compare every key with fenced reads (`full`) or a sample of N keys,
+    /// while replay goes on; differences stop the run with exit code 1.
+    #[arg(long, value_name = "full|N", num_args = 0..=1, default_missing_value = "full", value_parser = parse_verify)]
+    verify: Option<String>,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+fn parse_verify(s: &str) -> Result<String, String> {
+    match s {
+        "full" => Ok(s.to_string()),
+        n => match n.parse::<u64>() {
+            Ok(v) if v > 0 => Ok(n.to_string()),
+            _ => Err(format!("expected `full` or a sample size ≥ 1, got {n:?}")),
+        },
+    }
 }
 
 pub async fn shutdown_signal() {
@@ -87,6 +102,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             "FERRY_STATE_DIR".to_string(),
             args.state_dir.display().to_string(),
         ),
+        ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),
     ];
     // `ferry migrate` is the default plan of the embedded library, with the flags applied.
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;

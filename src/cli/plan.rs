@@ -13,6 +13,7 @@ use ferry::net::Endpoint;
 use ferry::pipeline::{CaptureMode, MigrateConfig, Migration, Running};
 use ferry::plan::{self, CaptureChoice, JournalSpec, Mapped, PhaseContext, PhaseKind, Plan, Rule};
 use ferry::replay::Mapper;
+use ferry::verify::{KeyView, VerifyConfig, VerifyReport, VerifyRules};
 
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
 /// Without a cutover phase, replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
@@ -173,9 +174,76 @@ impl Mapper for PlanMapper {
     }
 }
 
+/// The plan's `verify.rules` behind the verifier's seam.
+struct PlanRules(plan::VerifySpec);
+
+impl VerifyRules for PlanRules {
+    fn ignored(&self, _db: u32, key: &[u8]) -> bool {
+        self.0.rule_for(key).is_some_and(|r| r.ignore)
+    }
+
+    fn ttl_tolerance_ms(&self, _db: u32, key: &[u8]) -> i64 {
+        self.0.ttl_tolerance_for(key)
+    }
+
+    fn has_compare(&self, _db: u32, key: &[u8]) -> bool {
+        self.0.rule_for(key).is_some_and(|r| r.compare.is_some())
+    }
+
+    fn compare(&self, _db: u32, source: &KeyView, target: &KeyView) -> Result<bool, String> {
+        let Some(hook) = self
+            .0
+            .rule_for(&source.key)
+            .and_then(|r| r.compare.as_ref())
+        else {
+            return Ok(source.value == target.value);
+        };
+        let view = |v: &KeyView| plan::CompareValue {
+            key: v.key.clone(),
+            type_name: v.type_name.clone(),
+            value: v.value.clone(),
+            ttl_ms: v.ttl_ms,
+        };
+        hook.call(&view(source), &view(target))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The verifier settings a plan asks for.
+fn verify_config(spec: &plan::VerifySpec) -> VerifyConfig {
+    VerifyConfig {
+        sample: if spec.full { None } else { spec.sample },
+        ttl_tolerance_ms: spec.ttl_tolerance_ms,
+        ..VerifyConfig::default()
+    }
+}
+
+/// Runs the plan's fenced verification on the running migration and logs the result.
+async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyReport> {
+    let rules: Arc<dyn VerifyRules> = Arc::new(PlanRules(plan.verify.clone()));
+    let report = running
+        .verify(verify_config(&plan.verify), Some(rules))
+        .await?;
+    for d in report.differences.iter().take(50) {
+        println!("db{} {}: {}: {}", d.db, d.key, d.kind, d.detail);
+    }
+    if report.differences.len() > 50 {
+        println!("… and {} more", report.differences.len() - 50);
+    }
+    tracing::info!(
+        keys = report.keys_checked,
+        differences = report.differences.len(),
+        secs = report.elapsed_secs,
+        "Fenced verification: {}",
+        report.summary()
+    );
+    Ok(report)
+}
+
 /// Phase primitives for Lua, over the running migration.
 struct Ctx<'a> {
     running: &'a Running,
+    plan: &'a Plan,
     handle: tokio::runtime::Handle,
 }
 
@@ -205,7 +273,10 @@ impl PhaseContext for Ctx<'_> {
     }
 
     fn verify(&mut self) -> Result<u64, String> {
-        Err("ctx.verify() needs the verifier, which is not part of this ferry build yet".into())
+        self.handle
+            .block_on(verify_phase(self.plan, self.running))
+            .map(|r| r.differences.len() as u64)
+            .map_err(|e| e.to_string())
     }
 
     fn lag_ms(&mut self) -> u64 {
@@ -215,10 +286,11 @@ impl PhaseContext for Ctx<'_> {
     }
 }
 
-fn run_hook(hook: &Option<plan::PhaseHook>, running: &Running) -> anyhow::Result<()> {
+fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> anyhow::Result<()> {
     if let Some(h) = hook {
         let mut ctx = Ctx {
             running,
+            plan,
             handle: tokio::runtime::Handle::current(),
         };
         tokio::task::block_in_place(|| h.call(&mut ctx))?;
@@ -239,17 +311,6 @@ pub async fn run_plan(
     tweak: impl FnOnce(&mut MigrateConfig),
 ) -> anyhow::Result<ExitCode> {
     preflight(&plan)?;
-    if let Some(p) = plan
-        .phases
-        .iter()
-        .find(|p| matches!(p.kind, PhaseKind::Verify))
-    {
-        anyhow::bail!(
-            "{}: phase '{}' needs the verifier, which is not part of this ferry build yet; remove it from phases",
-            plan.path.display(),
-            p.name()
-        );
-    }
     let (state_dir, fsync) = match &plan.journal {
         JournalSpec::Embedded { dir, fsync_ms } => (
             dir.clone(),
@@ -298,11 +359,12 @@ pub async fn run_plan(
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let running = Migration::new(source, target, cfg).start().await?;
     let mut finished = None;
+    let mut verified: Option<VerifyReport> = None;
     let mut running = Some(running);
     for phase in &plan.phases {
         let Some(r) = running.as_ref() else { break };
         tracing::info!(phase = phase.name(), "Phase started.");
-        run_hook(&phase.before, r)?;
+        run_hook(&phase.before, &plan, r)?;
         match &phase.kind {
             PhaseKind::Snapshot => r.wait_snapshot(Duration::from_secs(24 * 3600)).await?,
             PhaseKind::CatchUp { max_lag_ms } => {
@@ -314,7 +376,25 @@ pub async fn run_plan(
                     .await?;
                 tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
             }
-            PhaseKind::Verify => unreachable!("rejected above"),
+            PhaseKind::Verify => {
+                let report = verify_phase(&plan, r).await?;
+                if !report.is_identical() {
+                    // Later phases (a cutover above all) must not run on a target that
+                    // differs: stop cleanly at a final fence and say so.
+                    let r = running.take().expect("checked above");
+                    let migration = r.finish().await?;
+                    write_json(
+                        json.as_deref(),
+                        &serde_json::json!({ "migration": migration, "verify": report }),
+                    )?;
+                    eprintln!(
+                        "Verification found {} differences; stopped at the final fence without running later phases.",
+                        report.differences.len()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                verified = Some(report);
+            }
             PhaseKind::Cutover { switch, .. } => {
                 let r = running.take().expect("checked above");
                 let report = r.finish().await?;
@@ -339,7 +419,7 @@ pub async fn run_plan(
                             Ok(())
                         }
                         fn verify(&mut self) -> Result<u64, String> {
-                            Err("ctx.verify() needs the verifier, which is not part of this ferry build yet".into())
+                            Err("the migration has stopped; verify before the cutover".into())
                         }
                         fn lag_ms(&mut self) -> u64 {
                             0
@@ -349,10 +429,10 @@ pub async fn run_plan(
                 }
                 continue;
             }
-            PhaseKind::Custom { run, .. } => run_hook(&Some(run.clone()), r)?,
+            PhaseKind::Custom { run, .. } => run_hook(&Some(run.clone()), &plan, r)?,
             other => anyhow::bail!("{}: unsupported phase {other:?}", plan.path.display()),
         }
-        run_hook(&phase.after, r)?;
+        run_hook(&phase.after, &plan, r)?;
         tracing::info!(phase = phase.name(), "Phase done.");
     }
     let report = match (finished, running) {
@@ -371,9 +451,20 @@ pub async fn run_plan(
         "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
         plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
     );
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+    match verified {
+        Some(v) => write_json(
+            json.as_deref(),
+            &serde_json::json!({ "migration": report, "verify": v }),
+        )?,
+        None => write_json(json.as_deref(), &report)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .map_err(|e| anyhow::anyhow!("cannot write report {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -41,6 +41,16 @@ pub enum Op {
     },
     /// Answered once everything before it is applied.
     Barrier { seq: u64, done: oneshot::Sender<()> },
+    /// Read-only commands run at this position in the key's order; their replies go back to
+    /// the verifier, which compares them with the same reads fenced on the source.
+    Check {
+        seq: u64,
+        db: u32,
+        /// The key the reads are about (routes the check to the key's shard).
+        key: Vec<u8>,
+        cmds: Vec<Argv>,
+        reply: oneshot::Sender<Vec<redis::Value>>,
+    },
 }
 
 impl Op {
@@ -49,7 +59,8 @@ impl Op {
             Op::Cmd { seq, .. }
             | Op::Atomic { seq, .. }
             | Op::Restore { seq, .. }
-            | Op::Barrier { seq, .. } => *seq,
+            | Op::Barrier { seq, .. }
+            | Op::Check { seq, .. } => *seq,
         }
     }
 }
@@ -78,6 +89,14 @@ struct Pending {
     seq: u64,
     replies: usize,
     done: Option<oneshot::Sender<()>>,
+    collect: Option<Collect>,
+}
+
+/// Replies a check wants back: the last `want` replies of its pending entry.
+struct Collect {
+    want: usize,
+    values: Vec<redis::Value>,
+    reply: oneshot::Sender<Vec<redis::Value>>,
 }
 
 /// Applies operations to the target.
@@ -120,6 +139,7 @@ impl Replayer {
                 let seq = op.seq();
                 let mut replies = 0;
                 let mut done = None;
+                let mut collect = None;
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
                     if db != Some(want) {
                         encode_command(buf, &[b"SELECT", want.to_string().as_bytes()]);
@@ -172,8 +192,27 @@ impl Replayer {
                         stats.restores.fetch_add(1, Ordering::Relaxed);
                     }
                     Op::Barrier { done: d, .. } => done = Some(d),
+                    Op::Check {
+                        db: d, cmds, reply, ..
+                    } => {
+                        select(&mut buf, d, &mut replies);
+                        for argv in &cmds {
+                            encode_argv(&mut buf, argv);
+                        }
+                        replies += cmds.len();
+                        collect = Some(Collect {
+                            want: cmds.len(),
+                            values: Vec::with_capacity(cmds.len()),
+                            reply,
+                        });
+                    }
                 }
-                let mut pending = Some(Pending { seq, replies, done });
+                let mut pending = Some(Pending {
+                    seq,
+                    replies,
+                    done,
+                    collect,
+                });
                 if replies > 0 {
                     // The window counts commands; a huge group takes what it needs.
                     let permits = replies.min(self.window) as u32;
@@ -261,6 +300,9 @@ async fn read_replies(
             if let Some(d) = p.done {
                 let _ = d.send(());
             }
+            if let Some(c) = p.collect {
+                let _ = c.reply.send(c.values);
+            }
         }
         if queue.is_empty() {
             if closed {
@@ -283,6 +325,13 @@ async fn read_replies(
                 message: e.to_string(),
             })?;
             let Some(s) = summary else { break };
+            if let Some(c) = front.collect.as_mut()
+                && front.replies <= c.want
+            {
+                let value = redis::parse_redis_value(&reader.unconsumed()[..s.len])
+                    .unwrap_or_else(|e| redis::Value::SimpleString(format!("unparsable: {e}")));
+                c.values.push(value);
+            }
             reader.consume(s.len);
             front.replies -= 1;
             progressed = true;

@@ -14,5 +14,6 @@ pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};
 pub use mapping::Mapper;
 pub use shard::{DEFAULT_SHARDS, run_sharded};
 pub use stitch::{
-    DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
+    CHECK_ID_PREFIX, CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE,
+    StitchConfig, StitchEvent, StitchShared, Stitcher,
 };

@@ -56,7 +56,7 @@ fn route(
     let ok = match op {
         Op::Cmd { argv, .. } => command(argv),
         Op::Atomic { cmds, .. } => cmds.iter().all(|(_, a)| command(a)),
-        Op::Restore { key, .. } => add(shard_of(key, shards)),
+        Op::Restore { key, .. } | Op::Check { key, .. } => add(shard_of(key, shards)),
         Op::Barrier { .. } => false,
     };
     if ok { shard } else { None }
@@ -132,8 +132,11 @@ pub async fn run_sharded(
                 // Everything before must be applied before this op, and this op before anything
                 // after it.
                 let seq = match &op {
-                    Op::Cmd { seq, .. } | Op::Atomic { seq, .. } | Op::Restore { seq, .. } => *seq,
-                    Op::Barrier { seq, .. } => *seq,
+                    Op::Cmd { seq, .. }
+                    | Op::Atomic { seq, .. }
+                    | Op::Restore { seq, .. }
+                    | Op::Check { seq, .. }
+                    | Op::Barrier { seq, .. } => *seq,
                 };
                 let (sends, waits) = drain_all(&senders, seq);
                 for s in sends {

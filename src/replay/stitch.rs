@@ -28,6 +28,48 @@ use crate::snapshot::{PayloadStore, Recopier};
 /// Marker id prefix the coordinator uses when a snapshot's reads are all in the stream.
 pub const SNAPSHOT_DONE: &str = "snapshot-done-";
 
+/// Fenced reads whose id starts with this are verification probes, not copies: at their fence
+/// replay reads the target instead of restoring it.
+pub const CHECK_ID_PREFIX: &str = "v";
+
+/// What a verification probe reads on the target for one key, at the key's fence.
+#[derive(Debug)]
+pub struct CheckSlot {
+    /// Target db and key (after the plan's renames), for routing.
+    pub db: u32,
+    pub key: Vec<u8>,
+    /// Read-only commands to run there.
+    pub cmds: Vec<Argv>,
+    /// Gets the replies. Dropped unanswered when the key is not settled at the fence (a
+    /// re-copy is pending, or the snapshot has not read it) or replay broke: check again later.
+    pub reply: oneshot::Sender<Vec<redis::Value>>,
+}
+
+/// Verification probes waiting for their fences, by read id; one slot per key of the read.
+#[derive(Debug, Default)]
+pub struct CheckRegistry(Mutex<HashMap<String, Vec<Option<CheckSlot>>>>);
+
+impl CheckRegistry {
+    /// Registers a probe before its fenced read is sent, so the fence always finds it.
+    pub fn register(&self, read_id: String, slots: Vec<Option<CheckSlot>>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(read_id, slots);
+        }
+    }
+
+    /// Forgets a probe (answered, or given up).
+    pub fn remove(&self, read_id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(read_id);
+        }
+    }
+
+    fn take(&self, read_id: &str, ordinal: u64) -> Option<CheckSlot> {
+        let mut m = self.0.lock().ok()?;
+        m.get_mut(read_id)?.get_mut(ordinal as usize)?.take()
+    }
+}
+
 /// How long a fence waits for its payload before the key is re-read instead.
 pub const DEFAULT_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,6 +95,8 @@ pub struct StitchShared {
     /// Journal position of the last marker replay has passed: everything before it is applied
     /// on the target, so the journal may drop it.
     pub applied_through: AtomicU64,
+    /// Verification probes waiting for their fences.
+    pub checks: CheckRegistry,
 }
 
 impl StitchShared {
@@ -265,6 +309,24 @@ impl Stitcher {
                         }
                     }
                     (!out.is_empty()).then_some(Op::Atomic { seq, cmds: out })
+                }
+                EntryKind::KeyFence {
+                    db,
+                    key,
+                    read_id,
+                    ordinal,
+                } if read_id.starts_with(CHECK_ID_PREFIX) => {
+                    let h = key_hash(db, &key);
+                    match self.shared.checks.take(&read_id, ordinal) {
+                        Some(slot) if !self.unsettled(h) => Some(Op::Check {
+                            seq,
+                            db: slot.db,
+                            key: slot.key,
+                            cmds: slot.cmds,
+                            reply: slot.reply,
+                        }),
+                        _ => None,
+                    }
                 }
                 EntryKind::KeyFence {
                     db,

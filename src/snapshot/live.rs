@@ -170,7 +170,7 @@ pub(crate) struct FencedReader {
 
 /// Ids of fenced reads: unique per process and run, so a restarted ferry never mistakes an old
 /// read's lines for a new one's.
-fn next_read_id() -> String {
+pub(crate) fn next_read_id() -> String {
     static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let run = RUN.get_or_init(|| {
@@ -210,13 +210,49 @@ impl FencedReader {
         Ok(bytes)
     }
 
-    /// One fenced read of `keys` in `db`; every key gets a payload (None when absent).
-    pub(crate) async fn read(
+    /// One fenced read with id `id` in `db`: `per_key[i]` are the reads of the `i`-th key, the
+    /// first of them its `DUMP` (the line capture numbers as the key's fence). Returns every
+    /// key's replies, in order.
+    pub(crate) async fn probe(
         &mut self,
         db: u32,
-        keys: &[&[u8]],
-        store: &PayloadStore,
-    ) -> Result<u64, String> {
+        id: &str,
+        per_key: &[Vec<crate::command::Argv>],
+    ) -> Result<Vec<Vec<redis::Value>>, String> {
+        self.select(db).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut echo = READ_PREFIX.to_vec();
+        echo.extend_from_slice(id.as_bytes());
+        pipe.cmd("ECHO").arg(echo);
+        for cmds in per_key {
+            for argv in cmds {
+                let mut cmd = redis::Cmd::new();
+                for a in argv.iter() {
+                    cmd.arg(a);
+                }
+                pipe.add_command(cmd);
+            }
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut self.con)
+            .await
+            .map_err(|e| e.to_string())?;
+        let want: usize = per_key.iter().map(Vec::len).sum();
+        if replies.len() != want + 1 {
+            return Err(format!(
+                "EXEC returned {} replies for {want} reads",
+                replies.len()
+            ));
+        }
+        let mut it = replies.into_iter().skip(1);
+        Ok(per_key
+            .iter()
+            .map(|cmds| it.by_ref().take(cmds.len()).collect())
+            .collect())
+    }
+
+    async fn select(&mut self, db: u32) -> Result<(), String> {
         if self.db != Some(db) {
             redis::cmd("SELECT")
                 .arg(db)
@@ -225,6 +261,17 @@ impl FencedReader {
                 .map_err(|e| e.to_string())?;
             self.db = Some(db);
         }
+        Ok(())
+    }
+
+    /// One fenced read of `keys` in `db`; every key gets a payload (None when absent).
+    pub(crate) async fn read(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        store: &PayloadStore,
+    ) -> Result<u64, String> {
+        self.select(db).await?;
         let id = next_read_id();
         let mut pipe = redis::pipe();
         pipe.atomic();

@@ -35,6 +35,7 @@ use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
 pub use live::{DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier};
+pub(crate) use live::{FencedReader, next_read_id};
 
 /// Parallel workers, each with one source and one target connection.
 pub const DEFAULT_WORKERS: usize = 4;

@@ -11,6 +11,9 @@
 //! tolerance is about to expire and is not a difference.
 
 mod digest;
+mod fenced;
+
+pub use fenced::{FenceLink, FencedVerifier, KeyView, LOGICAL_MAX_BYTES, VerifyRules};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -15,4 +15,5 @@ mod rewrite;
 mod run;
 mod snapshot;
 mod verify;
+mod verify_live;
 mod workload;

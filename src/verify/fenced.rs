@@ -1,0 +1,809 @@
+//! Fenced verification inside a live migration: each key is read on the source inside a fenced
+//! read, and on the target when replay reaches that fence, so both sides are compared at the
+//! same position in the write stream and a hot key never raises a false alarm.
+//!
+//! ## Behavior
+//! - Round one reads `DUMP` and `PEXPIRETIME` on both sides. Equal payloads mean equal values.
+//! - Payloads that differ (encodings can differ for equal values; a stream's pending entries
+//!   carry delivery times) get a second fenced round with type-aware reads (`HGETALL`,
+//!   `ZRANGE … WITHSCORES`, `XRANGE` and the groups…), compared canonically. Keys above
+//!   [`LOGICAL_MAX_BYTES`] are compared through windowed digests instead, unfenced, with
+//!   re-checks: reading a huge value whole would stall both servers.
+//! - A key whose fence finds it unsettled (a re-copy pending) is checked again at a later fence.
+//! - Both directions: source keys (all, or a sample without duplicates), then target keys whose
+//!   source key (through the plan's renames) was not seen; for those the source side of the
+//!   fence says whether the key exists.
+//! - The plan's rules apply per source key: ignored keys are skipped, TTL tolerances differ
+//!   per pattern, and a `compare` function decides equality from canonical values.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use tokio::sync::oneshot;
+
+use super::{Difference, VerifyConfig, VerifyError, VerifyReport, digest};
+use crate::capture::PeerRegistry;
+use crate::command::Argv;
+use crate::escape::quote;
+use crate::net::Endpoint;
+use crate::replay::{CHECK_ID_PREFIX, CheckSlot, Mapper, StitchShared};
+use crate::snapshot::{FencedReader, next_read_id};
+
+/// Payloads larger than this are compared through digests rather than read whole.
+pub const LOGICAL_MAX_BYTES: usize = 8 << 20;
+/// Rounds for keys that were unsettled at their fence.
+const UNSETTLED_ROUNDS: u32 = 20;
+
+/// One side of a key, as a plan's `compare` function sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    /// The key on this side.
+    pub key: Vec<u8>,
+    /// `TYPE` name; `none` when missing.
+    pub type_name: String,
+    /// A canonical text form: equal values give equal text.
+    pub value: String,
+    /// Milliseconds left as `PTTL` reports them (`-1` no TTL, `-2` missing).
+    pub ttl_ms: i64,
+}
+
+/// The plan's verification rules, by source key.
+pub trait VerifyRules: Send + Sync {
+    /// Skip this key.
+    fn ignored(&self, db: u32, key: &[u8]) -> bool;
+    /// TTL tolerance for this key.
+    fn ttl_tolerance_ms(&self, db: u32, key: &[u8]) -> i64;
+    /// True when a custom comparison decides this key.
+    fn has_compare(&self, db: u32, key: &[u8]) -> bool;
+    /// The custom comparison: `Ok(true)` when equal; `Err` when the function failed.
+    fn compare(&self, db: u32, source: &KeyView, target: &KeyView) -> Result<bool, String>;
+}
+
+/// What a fenced verification needs from the running migration.
+#[derive(Clone)]
+pub struct FenceLink {
+    /// The capture node: fenced reads must be in its stream.
+    pub node: Endpoint,
+    /// The target.
+    pub target: Endpoint,
+    /// ferry's connections, so capture sees the reads as fences.
+    pub peers: Arc<PeerRegistry>,
+    /// Where probes wait for their fences.
+    pub shared: Arc<StitchShared>,
+    /// The plan's keyspace rules.
+    pub mapper: Option<Arc<dyn Mapper>>,
+}
+
+/// A fenced verification of a running migration.
+pub struct FencedVerifier {
+    link: FenceLink,
+    cfg: VerifyConfig,
+    rules: Option<Arc<dyn VerifyRules>>,
+    fence_timeout: Duration,
+}
+
+/// One key's reads on one side.
+#[derive(Debug, Clone, Default)]
+struct Side {
+    payload: Option<Vec<u8>>,
+    expire_at: i64,
+    /// Type-aware reads (round two).
+    logical: Vec<Value>,
+}
+
+/// A key under check.
+#[derive(Debug, Clone)]
+struct Probe {
+    db: u32,
+    key: Vec<u8>,
+    tdb: u32,
+    tkey: Vec<u8>,
+    /// The source type (round two), or `None` in round one.
+    logical_type: Option<&'static str>,
+}
+
+enum Outcome {
+    Same,
+    Differs(&'static str, String),
+    /// Round two wanted: payloads differ, or a compare function decides.
+    Logical(&'static str),
+    /// Too big to read whole: digests.
+    Digest(&'static str),
+}
+
+impl FencedVerifier {
+    /// A verifier on a running migration.
+    pub fn new(link: FenceLink, cfg: VerifyConfig) -> FencedVerifier {
+        FencedVerifier {
+            link,
+            cfg,
+            rules: None,
+            fence_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Applies the plan's rules.
+    pub fn with_rules(mut self, rules: Arc<dyn VerifyRules>) -> FencedVerifier {
+        self.rules = Some(rules);
+        self
+    }
+
+    fn tolerance(&self, db: u32, key: &[u8]) -> i64 {
+        self.rules
+            .as_ref()
+            .map_or(self.cfg.ttl_tolerance_ms, |r| r.ttl_tolerance_ms(db, key))
+    }
+
+    fn map(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        match &self.link.mapper {
+            None => Some((db, key.to_vec())),
+            Some(m) => m.map_key(db, key),
+        }
+    }
+
+    fn unmap(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        match &self.link.mapper {
+            None => Some((db, key.to_vec())),
+            Some(m) => m.unmap_key(db, key),
+        }
+    }
+
+    /// Compares the selected keys in both directions.
+    pub async fn run(self) -> Result<VerifyReport, VerifyError> {
+        if self.cfg.batch == 0 {
+            return Err(VerifyError::Config("batch must be at least 1".into()));
+        }
+        let started = Instant::now();
+        let mut reader = FencedReader::connect(&self.link.node, &self.link.peers)
+            .await
+            .map_err(VerifyError::Config)?;
+        let src_ks = keyspace(&self.link.node).await?;
+        let tgt_ks = keyspace(&self.link.target).await?;
+        let src_dbs: Vec<u32> = match &self.cfg.dbs {
+            Some(d) => d.clone(),
+            None => src_ks.keys().copied().collect(),
+        };
+        let mut run = Run::default();
+
+        // Source → target.
+        let src_total: u64 = src_dbs.iter().filter_map(|d| src_ks.get(d)).sum();
+        let sample = self.cfg.sample.filter(|n| *n < src_total);
+        for &db in &src_dbs {
+            let keys = match sample {
+                Some(n) => {
+                    let share = share_of(n, src_ks.get(&db).copied().unwrap_or(0), src_total);
+                    random_keys(&self.link.node, db, share, self.cfg.batch).await?
+                }
+                None => scan_keys(&self.link.node, db).await?,
+            };
+            self.check_keys(&mut reader, &mut run, db, keys).await?;
+        }
+
+        // Target → source: target keys whose source key was not compared above.
+        let tgt_dbs: Vec<u32> = tgt_ks.keys().copied().collect();
+        let tgt_total: u64 = tgt_ks.values().sum();
+        let mut by_src: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for &tdb in &tgt_dbs {
+            let keys = match sample {
+                Some(n) => {
+                    let n = (n / 10).max(1);
+                    let share = share_of(n, tgt_ks.get(&tdb).copied().unwrap_or(0), tgt_total);
+                    random_keys(&self.link.target, tdb, share, self.cfg.batch).await?
+                }
+                None => scan_keys(&self.link.target, tdb).await?,
+            };
+            for k in keys {
+                // A target key no source key maps to is not the migration's.
+                let Some((db, key)) = self.unmap(tdb, &k) else {
+                    continue;
+                };
+                if self.cfg.dbs.as_ref().is_some_and(|d| !d.contains(&db)) {
+                    continue;
+                }
+                if !run.seen.contains(&(db, key.clone())) {
+                    by_src.entry(db).or_default().push(key);
+                }
+            }
+        }
+        for (db, keys) in by_src {
+            self.check_keys(&mut reader, &mut run, db, keys).await?;
+        }
+
+        // Unsettled keys: later fences.
+        let mut round = 0;
+        while !run.unsettled.is_empty() && round < UNSETTLED_ROUNDS {
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = std::mem::take(&mut run.unsettled);
+            run.rechecked += again.len() as u64;
+            self.check_probes(&mut reader, &mut run, again).await?;
+        }
+        for p in std::mem::take(&mut run.unsettled) {
+            run.diffs.push(diff(
+                &p,
+                "unsettled",
+                "a re-copy was still pending at every fence".into(),
+            ));
+        }
+        // Round two: type-aware reads at a new fence.
+        let logical = std::mem::take(&mut run.logical);
+        run.rechecked += logical.len() as u64;
+        self.check_probes(&mut reader, &mut run, logical).await?;
+        // Keys too big to read whole.
+        for (p, ty) in std::mem::take(&mut run.digest) {
+            run.rechecked += 1;
+            if let Some(detail) = self.digest_compare(&p, ty).await? {
+                run.diffs.push(diff(&p, "value", detail));
+            }
+        }
+
+        let mut report = VerifyReport {
+            keys_checked: run.checked,
+            rechecked: run.rechecked,
+            ..VerifyReport::default()
+        };
+        run.diffs
+            .sort_by(|a, b| (a.db, &a.key).cmp(&(b.db, &b.key)));
+        run.diffs.dedup_by(|a, b| a.db == b.db && a.key == b.key);
+        for d in run.diffs {
+            *report.by_kind.entry(d.kind.clone()).or_default() += 1;
+            report.differences.push(d);
+        }
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Round one for source keys of `db`.
+    async fn check_keys(
+        &self,
+        reader: &mut FencedReader,
+        run: &mut Run,
+        db: u32,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<(), VerifyError> {
+        let mut probes = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !run.seen.insert((db, key.clone())) {
+                continue;
+            }
+            if self.rules.as_ref().is_some_and(|r| r.ignored(db, &key)) {
+                run.ignored += 1;
+                continue;
+            }
+            // A key the plan leaves out is not expected on the target.
+            let Some((tdb, tkey)) = self.map(db, &key) else {
+                continue;
+            };
+            run.checked += 1;
+            probes.push(Probe {
+                db,
+                key,
+                tdb,
+                tkey,
+                logical_type: None,
+            });
+        }
+        self.check_probes(reader, run, probes).await
+    }
+
+    /// Checks probes in fenced batches (one db per batch).
+    async fn check_probes(
+        &self,
+        reader: &mut FencedReader,
+        run: &mut Run,
+        mut probes: Vec<Probe>,
+    ) -> Result<(), VerifyError> {
+        probes.sort_by_key(|p| p.db);
+        for group in probes.chunk_by(|a, b| a.db == b.db) {
+            for batch in group.chunks(self.cfg.batch) {
+                self.check_batch(reader, run, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_batch(
+        &self,
+        reader: &mut FencedReader,
+        run: &mut Run,
+        batch: &[Probe],
+    ) -> Result<(), VerifyError> {
+        let db = batch[0].db;
+        let id = format!("{CHECK_ID_PREFIX}{}", next_read_id());
+        let mut source_cmds = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut waits = Vec::with_capacity(batch.len());
+        for p in batch {
+            source_cmds.push(reads(&p.key, p.logical_type));
+            let (reply, wait) = oneshot::channel();
+            slots.push(Some(CheckSlot {
+                db: p.tdb,
+                key: p.tkey.clone(),
+                cmds: reads(&p.tkey, p.logical_type),
+                reply,
+            }));
+            waits.push(wait);
+        }
+        let checks = &self.link.shared.checks;
+        checks.register(id.clone(), slots);
+        let source = reader.probe(db, &id, &source_cmds).await;
+        let source = match source {
+            Ok(s) => s,
+            Err(e) => {
+                checks.remove(&id);
+                return Err(VerifyError::Config(format!(
+                    "fenced read on {}: {e}",
+                    self.link.node.redacted()
+                )));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.fence_timeout;
+        let mut targets = Vec::with_capacity(waits.len());
+        for w in waits {
+            targets.push(match tokio::time::timeout_at(deadline, w).await {
+                Ok(Ok(v)) => Some(v),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    checks.remove(&id);
+                    return Err(VerifyError::Config(format!(
+                        "replay did not reach the verification fences within {} s",
+                        self.fence_timeout.as_secs()
+                    )));
+                }
+            });
+        }
+        checks.remove(&id);
+        let now = now_ms();
+        for ((p, s), t) in batch.iter().zip(source).zip(targets) {
+            let Some(t) = t else {
+                run.unsettled.push(p.clone());
+                continue;
+            };
+            let (s, t) = (side(s), side(t));
+            match self.judge(p, &s, &t, now) {
+                Outcome::Same => {}
+                Outcome::Differs(kind, detail) => run.diffs.push(diff(p, kind, detail)),
+                Outcome::Logical(ty) => {
+                    let mut q = p.clone();
+                    q.logical_type = Some(ty);
+                    run.logical.push(q);
+                }
+                Outcome::Digest(ty) => run.digest.push((p.clone(), ty)),
+            }
+        }
+        Ok(())
+    }
+
+    fn judge(&self, p: &Probe, s: &Side, t: &Side, now: i64) -> Outcome {
+        let tol = self.tolerance(p.db, &p.key);
+        let expiring = |side: &Side| side.expire_at >= 0 && side.expire_at - now <= tol;
+        let custom = self.rules.as_ref().filter(|r| r.has_compare(p.db, &p.key));
+        let (sp, tp) = match (&s.payload, &t.payload) {
+            (None, None) => return Outcome::Same,
+            (Some(sp), Some(tp)) => (sp, tp),
+            (Some(sp), None) => {
+                return if expiring(s) {
+                    Outcome::Same
+                } else {
+                    Outcome::Differs(
+                        "missing on target",
+                        format!("{} on the source", type_of(sp)),
+                    )
+                };
+            }
+            (None, Some(tp)) => {
+                return if expiring(t) {
+                    Outcome::Same
+                } else {
+                    Outcome::Differs("extra on target", format!("{} on the target", type_of(tp)))
+                };
+            }
+        };
+        let (sty, tty) = (type_of(sp), type_of(tp));
+        if sty != tty {
+            return Outcome::Differs("type", format!("{sty} on the source, {tty} on the target"));
+        }
+        match p.logical_type {
+            None if custom.is_some() || sp != tp => {
+                return if sp.len().max(tp.len()) > LOGICAL_MAX_BYTES && custom.is_none() {
+                    Outcome::Digest(sty)
+                } else {
+                    Outcome::Logical(sty)
+                };
+            }
+            None => {}
+            Some(ty) => {
+                let (a, b) = (canonical(ty, &s.logical), canonical(ty, &t.logical));
+                if let Some(rules) = custom {
+                    let view = |key: &[u8], side: &Side, value: String| KeyView {
+                        key: key.to_vec(),
+                        type_name: ty.to_string(),
+                        value,
+                        ttl_ms: if side.expire_at < 0 {
+                            -1
+                        } else {
+                            (side.expire_at - now).max(0)
+                        },
+                    };
+                    let sv = view(&p.key, s, a);
+                    let tv = view(&p.tkey, t, b);
+                    return match rules.compare(p.db, &sv, &tv) {
+                        Ok(true) => Outcome::Same,
+                        Ok(false) => Outcome::Differs("value", "the plan's compare said no".into()),
+                        Err(e) => Outcome::Differs("value", format!("compare failed: {e}")),
+                    };
+                }
+                if a != b {
+                    return Outcome::Differs("value", format!("{ty} values differ"));
+                }
+            }
+        }
+        let ttl_differs = match (s.expire_at, t.expire_at) {
+            (a, b) if a < 0 && b < 0 => false,
+            (a, b) if a < 0 || b < 0 => true,
+            (a, b) => (a - b).abs() > tol,
+        };
+        if ttl_differs {
+            let show = |t: i64| {
+                if t < 0 {
+                    "no TTL".to_string()
+                } else {
+                    format!("expires at {t} ms")
+                }
+            };
+            return Outcome::Differs(
+                "ttl",
+                format!("source {}, target {}", show(s.expire_at), show(t.expire_at)),
+            );
+        }
+        Outcome::Same
+    }
+
+    /// Compares a huge key through windowed digests, re-checking a few times: unfenced, so a
+    /// key still changing may need a moment to agree.
+    async fn digest_compare(&self, p: &Probe, ty: &str) -> Result<Option<String>, VerifyError> {
+        let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
+        let mut t = self.link.target.with_db(i64::from(p.tdb)).control().await?;
+        let mut last = None;
+        for attempt in 0..=self.cfg.rechecks {
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.recheck_delay).await;
+            }
+            let a = digest::digest(&mut s, &p.key, ty)
+                .await
+                .map_err(|e| VerifyError::Net(self.link.node.classify(&e)))?;
+            let b = digest::digest(&mut t, &p.tkey, ty)
+                .await
+                .map_err(|e| VerifyError::Net(self.link.target.classify(&e)))?;
+            if a.is_some() && a == b {
+                return Ok(None);
+            }
+            last = Some(format!("{ty} values differ (digests)"));
+        }
+        Ok(last)
+    }
+}
+
+#[derive(Default)]
+struct Run {
+    seen: HashSet<(u32, Vec<u8>)>,
+    checked: u64,
+    ignored: u64,
+    rechecked: u64,
+    unsettled: Vec<Probe>,
+    logical: Vec<Probe>,
+    digest: Vec<(Probe, &'static str)>,
+    diffs: Vec<Difference>,
+}
+
+fn diff(p: &Probe, kind: &str, detail: String) -> Difference {
+    Difference {
+        db: p.db,
+        key: quote(&p.key),
+        kind: kind.to_string(),
+        detail,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The reads for one key: `DUMP` first (capture numbers it as the key's fence), then
+/// `PEXPIRETIME`, then the type-aware reads in round two.
+fn reads(key: &[u8], logical: Option<&str>) -> Vec<Argv> {
+    let k = |name: &str| Argv::from_args([name.as_bytes(), key]);
+    let mut out = vec![k("DUMP"), k("PEXPIRETIME")];
+    match logical {
+        None => {}
+        Some("string") => out.push(k("GET")),
+        Some("list") => out.push(Argv::from_args([&b"LRANGE"[..], key, b"0", b"-1"])),
+        Some("set") => out.push(k("SMEMBERS")),
+        Some("zset") => out.push(Argv::from_args([
+            &b"ZRANGE"[..],
+            key,
+            b"0",
+            b"-1",
+            b"WITHSCORES",
+        ])),
+        Some("hash") => out.push(k("HGETALL")),
+        Some("stream") => {
+            out.push(Argv::from_args([&b"XRANGE"[..], key, b"-", b"+"]));
+            out.push(Argv::from_args([&b"XINFO"[..], b"STREAM", key]));
+            out.push(Argv::from_args([&b"XINFO"[..], b"GROUPS", key]));
+        }
+        // Module types: the payload comparison stands.
+        Some(_) => {}
+    }
+    out
+}
+
+fn side(values: Vec<Value>) -> Side {
+    let mut it = values.into_iter();
+    let payload = match it.next() {
+        Some(Value::BulkString(b)) => Some(b),
+        _ => None,
+    };
+    let expire_at = match it.next() {
+        Some(Value::Int(t)) => t,
+        _ => -2,
+    };
+    Side {
+        payload,
+        expire_at,
+        logical: it.collect(),
+    }
+}
+
+/// The type a `DUMP` payload holds, from its RDB object type byte.
+pub(crate) fn type_of(payload: &[u8]) -> &'static str {
+    match payload.first() {
+        Some(0) => "string",
+        Some(1 | 10 | 14 | 18) => "list",
+        Some(2 | 11 | 20) => "set",
+        Some(3 | 5 | 12 | 17) => "zset",
+        Some(4 | 9 | 13 | 16) => "hash",
+        Some(15 | 19 | 21) => "stream",
+        Some(6 | 7) => "module",
+        _ => "unknown",
+    }
+}
+
+/// A canonical text form of type-aware reads: equal values give equal text whatever the
+/// encoding or the order a server returns unordered members in.
+fn canonical(ty: &str, values: &[Value]) -> String {
+    let mut out = String::new();
+    match ty {
+        "set" => {
+            let mut items: Vec<String> = flat(values.first()).iter().map(|b| quote(b)).collect();
+            items.sort();
+            out = items.join("\n");
+        }
+        "hash" => {
+            let items = flat(values.first());
+            let mut pairs: Vec<String> = items
+                .chunks(2)
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        quote(&c[0]),
+                        c.get(1).map_or(String::new(), |v| quote(v))
+                    )
+                })
+                .collect();
+            pairs.sort();
+            out = pairs.join("\n");
+        }
+        "stream" => {
+            out.push_str(&render(values.first()));
+            if let Some(Value::Array(info)) = values.get(1) {
+                // Fields that describe the stream's identity; lengths and entry copies are in
+                // the XRANGE already, and radix-tree node counts depend on history.
+                for pair in info.chunks(2) {
+                    let name = String::from_utf8_lossy(&bytes_of(&pair[0])).into_owned();
+                    if matches!(
+                        name.as_str(),
+                        "last-generated-id" | "max-deleted-entry-id" | "entries-added"
+                    ) {
+                        out.push_str(&format!("\n{name}={}", render(pair.get(1))));
+                    }
+                }
+            }
+            if let Some(Value::Array(groups)) = values.get(2) {
+                let mut gs: Vec<String> = groups
+                    .iter()
+                    .map(|g| {
+                        let Value::Array(fields) = g else {
+                            return render(Some(g));
+                        };
+                        fields
+                            .chunks(2)
+                            .filter(|p| {
+                                let n = bytes_of(&p[0]);
+                                // Lag is derived and may be unknown on one side only.
+                                n != b"lag"
+                            })
+                            .map(|p| {
+                                format!(
+                                    "{}={}",
+                                    String::from_utf8_lossy(&bytes_of(&p[0])),
+                                    render(p.get(1))
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect();
+                gs.sort();
+                out.push_str("\ngroups:");
+                out.push_str(&gs.join(";"));
+            }
+        }
+        _ => {
+            for v in values {
+                out.push_str(&render(Some(v)));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn flat(v: Option<&Value>) -> Vec<Vec<u8>> {
+    match v {
+        Some(Value::Array(items)) | Some(Value::Set(items)) => items.iter().map(bytes_of).collect(),
+        Some(Value::Map(pairs)) => pairs
+            .iter()
+            .flat_map(|(a, b)| [bytes_of(a), bytes_of(b)])
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn bytes_of(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        Value::Double(d) => d.to_string().into_bytes(),
+        Value::Nil => b"(nil)".to_vec(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+fn render(v: Option<&Value>) -> String {
+    match v {
+        None => String::new(),
+        Some(Value::Array(items)) => {
+            let inner: Vec<String> = items.iter().map(|i| render(Some(i))).collect();
+            format!("[{}]", inner.join(","))
+        }
+        Some(other) => quote(&bytes_of(other)),
+    }
+}
+
+async fn keyspace(ep: &Endpoint) -> Result<BTreeMap<u32, u64>, VerifyError> {
+    let mut con = ep.control().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
+    Ok(super::parse_keyspace(&info))
+}
+
+async fn scan_keys(ep: &Endpoint, db: u32) -> Result<Vec<Vec<u8>>, VerifyError> {
+    let mut con = ep.with_db(i64::from(db)).control().await?;
+    let mut cursor = 0u64;
+    let mut out = BTreeSet::new();
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
+        out.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            return Ok(out.into_iter().collect());
+        }
+    }
+}
+
+async fn random_keys(
+    ep: &Endpoint,
+    db: u32,
+    n: u64,
+    batch: usize,
+) -> Result<Vec<Vec<u8>>, VerifyError> {
+    let mut con = ep.with_db(i64::from(db)).control().await?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut attempts = n.saturating_mul(3) + 16;
+    while (out.len() as u64) < n && attempts > 0 {
+        let k = ((n - out.len() as u64).min(batch as u64)).min(attempts);
+        attempts -= k;
+        let mut pipe = redis::pipe();
+        for _ in 0..k {
+            pipe.cmd("RANDOMKEY");
+        }
+        let keys: Vec<Option<Vec<u8>>> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
+        if keys.iter().all(Option::is_none) {
+            break;
+        }
+        for key in keys.into_iter().flatten() {
+            if (out.len() as u64) < n && seen.insert(key.clone()) {
+                out.push(key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn share_of(n: u64, size: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 0;
+    }
+    ((u128::from(n) * u128::from(size)).div_ceil(u128::from(total)) as u64).min(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_forms_ignore_member_order() {
+        let set = |items: &[&str]| {
+            vec![Value::Array(
+                items
+                    .iter()
+                    .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                    .collect(),
+            )]
+        };
+        assert_eq!(
+            canonical("set", &set(&["a", "b", "c"])),
+            canonical("set", &set(&["c", "a", "b"]))
+        );
+        assert_eq!(
+            canonical("hash", &set(&["f1", "v1", "f2", "v2"])),
+            canonical("hash", &set(&["f2", "v2", "f1", "v1"]))
+        );
+        assert_ne!(
+            canonical("hash", &set(&["f1", "v1", "f2", "v2"])),
+            canonical("hash", &set(&["f1", "v2", "f2", "v1"]))
+        );
+        assert_ne!(
+            canonical("list", &set(&["a", "b"])),
+            canonical("list", &set(&["b", "a"]))
+        );
+    }
+
+    #[test]
+    fn payload_type_bytes_name_the_type() {
+        assert_eq!(type_of(&[0, 1]), "string");
+        assert_eq!(type_of(&[18]), "list");
+        assert_eq!(type_of(&[11]), "set");
+        assert_eq!(type_of(&[17]), "zset");
+        assert_eq!(type_of(&[16]), "hash");
+        assert_eq!(type_of(&[19]), "stream");
+        assert_eq!(type_of(&[]), "unknown");
+    }
+
+    #[test]
+    fn shares_round_up_within_size() {
+        assert_eq!(share_of(10, 5, 10), 5);
+        assert_eq!(share_of(3, 1, 3), 1);
+        assert_eq!(share_of(10, 0, 10), 0);
+        assert_eq!(share_of(1, 1, 1000), 1);
+    }
+}
