@@ -28,6 +28,7 @@ demo: deps
 bench: deps
 	bash scripts/bench/snapshot.sh
 	bash scripts/bench/replay.sh
+	bash scripts/bench/verify.sh
 
 ## Formatting and clippy, as CI checks them.
 lint:

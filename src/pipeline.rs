@@ -66,6 +66,9 @@ pub struct MigrateConfig {
     pub mapper: Option<Arc<dyn Mapper>>,
     /// Replay connections; each key's writes stay on one.
     pub replay_shards: usize,
+    /// The target already equals the source (a reverse sync started at a cutover's final
+    /// fence): replay the stream from the start, with no snapshot.
+    pub skip_snapshot: bool,
 }
 
 impl MigrateConfig {
@@ -80,6 +83,7 @@ impl MigrateConfig {
             status_every: Some(Duration::from_secs(1)),
             mapper: None,
             replay_shards: crate::replay::DEFAULT_SHARDS,
+            skip_snapshot: false,
         }
     }
 }
@@ -103,8 +107,14 @@ pub struct MigrationReport {
     pub restores: u64,
     /// Error replies by code (commands that failed on the source fail the same way here).
     pub errors: std::collections::BTreeMap<String, u64>,
-    /// How long source writes were paused for the final fence, in ms.
+    /// How long source writes were paused (final fence and switch), in ms.
     pub pause_ms: u64,
+    /// Of the pause, the time to drain to the final fence, in ms.
+    pub fence_ms: u64,
+    /// Clients held by the pause (or blocked) that were disconnected at the release.
+    pub held_clients_disconnected: u64,
+    /// The pause ran out before the release.
+    pub pause_expired: bool,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -400,6 +410,9 @@ impl Migration {
             stitch_cfg,
             shared.clone(),
         );
+        if self.cfg.skip_snapshot {
+            shared.snapshot_mode.store(false, Ordering::Relaxed);
+        }
         let reader = journal
             .reader(journal.next_seq())
             .map_err(|e| MigrateError::Journal(e.to_string()))?;
@@ -429,6 +442,7 @@ impl Migration {
             markers: markers.clone(),
             report: report.clone(),
             status_every: self.cfg.status_every,
+            skip_snapshot: self.cfg.skip_snapshot,
             stitch_events,
             stitch_failed,
             replay_broken,
@@ -469,6 +483,7 @@ struct Coordinator {
     markers: Arc<tokio::sync::Mutex<Markers>>,
     report: Arc<std::sync::Mutex<MigrationReport>>,
     status_every: Option<Duration>,
+    skip_snapshot: bool,
     stitch_events: mpsc::UnboundedReceiver<StitchEvent>,
     stitch_failed: mpsc::UnboundedReceiver<String>,
     replay_broken: mpsc::UnboundedReceiver<String>,
@@ -506,9 +521,13 @@ fn spawn_snapshot(c: &Coordinator, epoch: u64) -> SnapshotTask {
 /// Runs the snapshot, resyncs after gaps and prints status until told to stop; hands the
 /// capture back for the final fence.
 async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle, MigrateError> {
-    let mut snap_task = Some(spawn_snapshot(&c, 0));
+    let mut snap_task = if c.skip_snapshot {
+        None
+    } else {
+        tracing::info!("Snapshot started.");
+        Some(spawn_snapshot(&c, 0))
+    };
     let mut snapshot_started = Instant::now();
-    tracing::info!("Snapshot started.");
     let mut status = c.status_every.map(tokio::time::interval);
     let mut trim = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -578,6 +597,11 @@ impl Running {
             Ok(Ok(_)) => stage("coordinator", "stopped unexpectedly"),
             Err(e) => stage("coordinator", e),
         }
+    }
+
+    /// The state directory (journal and checkpoints).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.cfg.state_dir
     }
 
     /// True while a snapshot or resync is still reading keys.
@@ -661,6 +685,12 @@ impl Running {
 
     /// Stops at a final fence: the target then equals the source at that fence.
     pub async fn finish(self) -> Result<MigrationReport, MigrateError> {
+        self.fence().await?.release(false).await
+    }
+
+    /// Pauses source writes, drains to a final fence and stops capture and replay; returns
+    /// with the source still paused, for a switch. The target then equals the source.
+    pub async fn fence(self) -> Result<Fenced, MigrateError> {
         tracing::info!("Stopping: placing the final fence.");
         let _ = self.stop_tx.send(true);
         let capture = match self.coordinator.await {
@@ -727,15 +757,17 @@ impl Running {
             Ok(())
         }
         .await;
+        let fenced_ms = pause_started.elapsed().as_millis() as u64;
         let mut report = self.report.lock().map(|r| r.clone()).unwrap_or_default();
-        if paused.is_ok() {
-            let _ = redis::cmd("CLIENT")
-                .arg("UNPAUSE")
-                .query_async::<()>(&mut src)
-                .await;
-            report.pause_ms = pause_started.elapsed().as_millis() as u64;
+        if let Err(e) = result {
+            if paused.is_ok() {
+                let _ = redis::cmd("CLIENT")
+                    .arg("UNPAUSE")
+                    .query_async::<()>(&mut src)
+                    .await;
+            }
+            return Err(e);
         }
-        result?;
 
         let _ = capture.stop().await;
         for t in &self.tasks {
@@ -751,9 +783,121 @@ impl Running {
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default();
-        report.elapsed_secs = self.started.elapsed().as_secs_f64();
-        Ok(report)
+        report.fence_ms = fenced_ms;
+        Ok(Fenced {
+            source: self.source,
+            target: self.target,
+            pauser: paused.is_ok().then_some(src),
+            pause_started,
+            max_pause: self.cfg.max_pause,
+            started: self.started,
+            report,
+        })
     }
+}
+
+/// A migration stopped at its final fence, with source writes (normally) still paused: the
+/// moment to switch clients to the target.
+pub struct Fenced {
+    source: Endpoint,
+    target: Endpoint,
+    pauser: Option<redis::aio::MultiplexedConnection>,
+    pause_started: Instant,
+    max_pause: Duration,
+    started: Instant,
+    report: MigrationReport,
+}
+
+impl Fenced {
+    /// True when source writes are paused.
+    pub fn paused(&self) -> bool {
+        self.pauser.is_some()
+    }
+
+    /// How long source writes have been paused.
+    pub fn paused_for(&self) -> Duration {
+        self.pause_started.elapsed()
+    }
+
+    /// The source.
+    pub fn source(&self) -> &Endpoint {
+        &self.source
+    }
+
+    /// The target.
+    pub fn target(&self) -> &Endpoint {
+        &self.target
+    }
+
+    /// Starts a reverse sync, target → source, from this fence: the two are equal here, so it
+    /// needs no snapshot. Capture on the target is live before this returns, so every write
+    /// the switched clients make is in its stream; replay to the source waits for the unpause.
+    pub async fn reverse(&self, mut cfg: MigrateConfig) -> Result<Running, MigrateError> {
+        cfg.capture = CaptureMode::Primary;
+        cfg.skip_snapshot = true;
+        cfg.mapper = None;
+        Migration::new(self.target.clone(), self.source.clone(), cfg)
+            .start()
+            .await
+    }
+
+    /// Ends the pause. With `disconnect_held`, first disconnects every client the pause holds
+    /// (and any other blocked client but ferry's own), so no held write runs on the old
+    /// source after the switch: their clients get an error and retry on the new server.
+    pub async fn release(mut self, disconnect_held: bool) -> Result<MigrationReport, MigrateError> {
+        if let Some(mut src) = self.pauser.take() {
+            if disconnect_held {
+                match disconnect_blocked(&mut src).await {
+                    Ok(n) => self.report.held_clients_disconnected = n,
+                    Err(e) => tracing::warn!(error = %e, "Could not disconnect held clients."),
+                }
+            }
+            let elapsed = self.pause_started.elapsed();
+            if elapsed > self.max_pause {
+                tracing::warn!(
+                    paused_ms = elapsed.as_millis() as u64,
+                    max_pause_ms = self.max_pause.as_millis() as u64,
+                    "The pause ran out before the release: writes held on the source may have run there after the final fence."
+                );
+                self.report.pause_expired = true;
+            }
+            let _ = redis::cmd("CLIENT")
+                .arg("UNPAUSE")
+                .query_async::<()>(&mut src)
+                .await;
+            self.report.pause_ms = elapsed.min(self.max_pause).as_millis() as u64;
+        }
+        self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
+        Ok(self.report)
+    }
+}
+
+/// Disconnects every blocked client except ferry's (named `ferry-…`) and this connection.
+async fn disconnect_blocked(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> Result<u64, redis::RedisError> {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(con).await?;
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for line in list.lines() {
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_default()
+        };
+        if field("flags=").contains('b') && !field("name=").starts_with("ferry") {
+            pipe.cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(field("id="))
+                .ignore();
+            n += 1;
+        }
+    }
+    if n > 0 {
+        pipe.query_async::<()>(con).await?;
+    }
+    Ok(n)
 }
 
 /// Copies consumer-group positions (last-delivered id and entries-read) of the streams a

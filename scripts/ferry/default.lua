@@ -10,6 +10,15 @@ local verify = ferry.env("FERRY_VERIFY", "")
 if verify ~= "" then
   phases[#phases + 1] = "verify"
 end
+-- --cutover → FERRY_CUTOVER=1 (--reverse-sync → FERRY_REVERSE_SYNC=1): pause, drain, switch.
+if ferry.env("FERRY_CUTOVER", "") == "1" then
+  phases[#phases + 1] = ferry.cutover {
+    reverse_sync = ferry.env("FERRY_REVERSE_SYNC", "") == "1",
+    switch = function(ctx)
+      ctx.log("Final fence reached: point your clients at the target now; held clients are disconnected so they reconnect.")
+    end,
+  }
+end
 
 return ferry.plan {
   api_version = 1,

@@ -48,6 +48,16 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "full|N", num_args = 0..=1, default_missing_value = "full", value_parser = parse_verify)]
     verify: Option<String>,
 
+    /// Cut over once caught up: pause source writes (at most --max-pause-ms), drain to a final
+    /// fence, disconnect the clients the pause held (they reconnect and retry), unpause, exit.
+    #[arg(long)]
+    cutover: bool,
+
+    /// With --cutover: keep replaying target → source after the switch until stopped, so a
+    /// rollback to the source loses nothing.
+    #[arg(long, requires = "cutover")]
+    reverse_sync: bool,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -103,6 +113,14 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             args.state_dir.display().to_string(),
         ),
         ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),
+        (
+            "FERRY_CUTOVER".to_string(),
+            if args.cutover { "1" } else { "" }.to_string(),
+        ),
+        (
+            "FERRY_REVERSE_SYNC".to_string(),
+            if args.reverse_sync { "1" } else { "" }.to_string(),
+        ),
     ];
     // `ferry migrate` is the default plan of the embedded library, with the flags applied.
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;

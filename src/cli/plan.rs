@@ -240,6 +240,129 @@ async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyRe
     Ok(report)
 }
 
+/// The switch hook's primitives: the migration has stopped at its final fence and source
+/// writes are paused.
+struct SwitchCtx {
+    source: Endpoint,
+    target: Endpoint,
+    commands: std::collections::BTreeMap<String, Vec<String>>,
+    handle: tokio::runtime::Handle,
+    conns: std::collections::HashMap<&'static str, redis::aio::MultiplexedConnection>,
+}
+
+impl PhaseContext for SwitchCtx {
+    fn log(&mut self, msg: &str) {
+        tracing::info!(plan = true, "{msg}");
+    }
+
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    fn snapshot(&mut self) -> Result<(), String> {
+        Err("the migration has stopped at its final fence".into())
+    }
+
+    fn wait_lag(&mut self, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn verify(&mut self) -> Result<u64, String> {
+        Err("the migration has stopped; verify before the cutover".into())
+    }
+
+    fn lag_ms(&mut self) -> u64 {
+        0
+    }
+
+    fn call(&mut self, server: &str, args: Vec<Vec<u8>>) -> Result<plan::Reply, String> {
+        let (name, ep) = match server {
+            "source" => ("source", self.source.clone()),
+            "target" => ("target", self.target.clone()),
+            other => {
+                return Err(format!(
+                    "unknown server {other:?}: use \"source\" or \"target\""
+                ));
+            }
+        };
+        let argv = Argv::from_args(args.iter().map(Vec::as_slice));
+        if name == "source"
+            && matches!(
+                CommandTable::builtin().classify(&argv),
+                ferry::command::Class::Write | ferry::command::Class::Script
+            )
+        {
+            // It would wait for the pause to end, which ends only after this hook.
+            return Err(format!(
+                "{} would wait: source writes are paused until the switch is done",
+                String::from_utf8_lossy(argv.name())
+            ));
+        }
+        let handle = self.handle.clone();
+        let con = match self.conns.get(name) {
+            Some(c) => c.clone(),
+            None => {
+                let c = handle.block_on(ep.control()).map_err(|e| e.to_string())?;
+                self.conns.insert(name, c.clone());
+                c
+            }
+        };
+        let mut con = con;
+        let mut cmd = redis::Cmd::new();
+        for a in &args {
+            cmd.arg(a.as_slice());
+        }
+        let value: redis::Value = handle
+            .block_on(cmd.query_async(&mut con))
+            .map_err(|e| ep.classify(&e).to_string())?;
+        to_reply(value)
+    }
+
+    fn run(&mut self, name: &str) -> Result<i64, String> {
+        let Some(argv) = self.commands.get(name) else {
+            let known: Vec<&str> = self.commands.keys().map(String::as_str).collect();
+            return Err(format!(
+                "{name:?} is not in the cutover's commands ({})",
+                if known.is_empty() {
+                    "none are configured".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", argv[0]))?;
+        let code = out.status.code().map_or(-1, i64::from);
+        tracing::info!(
+            command = name,
+            code,
+            stdout = %String::from_utf8_lossy(&out.stdout).trim(),
+            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            "Operator command ran."
+        );
+        Ok(code)
+    }
+}
+
+fn to_reply(v: redis::Value) -> Result<plan::Reply, String> {
+    use redis::Value as V;
+    Ok(match v {
+        V::Nil => plan::Reply::Nil,
+        V::Int(i) => plan::Reply::Int(i),
+        V::BulkString(b) => plan::Reply::Bytes(b),
+        V::SimpleString(s) => plan::Reply::Bytes(s.into_bytes()),
+        V::Okay => plan::Reply::Bytes(b"OK".to_vec()),
+        V::Array(items) | V::Set(items) => {
+            plan::Reply::Array(items.into_iter().map(to_reply).collect::<Result<_, _>>()?)
+        }
+        V::ServerError(e) => return Err(e.to_string()),
+        other => plan::Reply::Bytes(format!("{other:?}").into_bytes()),
+    })
+}
+
 /// Phase primitives for Lua, over the running migration.
 struct Ctx<'a> {
     running: &'a Running,
@@ -359,6 +482,7 @@ pub async fn run_plan(
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let running = Migration::new(source, target, cfg).start().await?;
     let mut finished = None;
+    let mut reverse: Option<Running> = None;
     let mut verified: Option<VerifyReport> = None;
     let mut running = Some(running);
     for phase in &plan.phases {
@@ -395,38 +519,72 @@ pub async fn run_plan(
                 }
                 verified = Some(report);
             }
-            PhaseKind::Cutover { switch, .. } => {
-                let r = running.take().expect("checked above");
-                let report = r.finish().await?;
+            PhaseKind::Cutover {
+                max_lag_ms,
+                switch,
+                reverse_sync,
+                commands,
+                ..
+            } => {
+                let lag = r
+                    .wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                    .await?;
                 tracing::info!(
-                    pause_ms = report.pause_ms,
-                    "Final fence reached; switching."
+                    lag_ms = lag.as_millis() as u64,
+                    "Lag is under the cutover's threshold; pausing source writes."
                 );
-                finished = Some(report);
-                if let Some(h) = switch {
-                    struct Done;
-                    impl PhaseContext for Done {
-                        fn log(&mut self, msg: &str) {
-                            tracing::info!(plan = true, "{msg}");
-                        }
-                        fn sleep_ms(&mut self, ms: u64) {
-                            std::thread::sleep(Duration::from_millis(ms));
-                        }
-                        fn snapshot(&mut self) -> Result<(), String> {
-                            Err("the migration has stopped".into())
-                        }
-                        fn wait_lag(&mut self, _: u64) -> Result<(), String> {
-                            Ok(())
-                        }
-                        fn verify(&mut self) -> Result<u64, String> {
-                            Err("the migration has stopped; verify before the cutover".into())
-                        }
-                        fn lag_ms(&mut self) -> u64 {
-                            0
+                let r = running.take().expect("checked above");
+                let state_dir = r.state_dir().to_path_buf();
+                let fenced = r.fence().await?;
+                tracing::info!(
+                    paused = fenced.paused(),
+                    fence_ms = fenced.paused_for().as_millis() as u64,
+                    "Final fence reached: the target equals the source. Switching."
+                );
+                if *reverse_sync {
+                    let mut rcfg = MigrateConfig::new(state_dir.join("reverse"));
+                    rcfg.status_every = Some(Duration::from_secs(5));
+                    match fenced.reverse(rcfg).await {
+                        Ok(rev) => reverse = Some(rev),
+                        Err(e) => {
+                            fenced.release(false).await?;
+                            return Err(anyhow::anyhow!(
+                                "reverse sync could not start: {e}; the switch was not made"
+                            ));
                         }
                     }
-                    tokio::task::block_in_place(|| h.call(&mut Done))?;
                 }
+                if let Some(h) = switch {
+                    let mut ctx = SwitchCtx {
+                        source: fenced.source().clone(),
+                        target: fenced.target().clone(),
+                        commands: commands.clone(),
+                        handle: tokio::runtime::Handle::current(),
+                        conns: Default::default(),
+                    };
+                    if let Err(e) = tokio::task::block_in_place(|| h.call(&mut ctx)) {
+                        // The clients may not have switched: the source stays the primary and
+                        // its held writes run there, as if the cutover had not started.
+                        fenced.release(false).await?;
+                        if let Some(rev) = reverse.take() {
+                            let _ = rev.finish().await;
+                        }
+                        return Err(anyhow::anyhow!(
+                            "{e}; the source was unpaused and stays the primary"
+                        ));
+                    }
+                }
+                let report = fenced.release(true).await?;
+                tracing::info!(
+                    pause_ms = report.pause_ms,
+                    fence_ms = report.fence_ms,
+                    held_clients_disconnected = report.held_clients_disconnected,
+                    "Switched; source writes resumed."
+                );
+                finished = Some(report);
                 continue;
             }
             PhaseKind::Custom { run, .. } => run_hook(&Some(run.clone()), &plan, r)?,
@@ -436,7 +594,21 @@ pub async fn run_plan(
         tracing::info!(phase = phase.name(), "Phase done.");
     }
     let report = match (finished, running) {
-        (Some(report), _) => report,
+        (Some(report), _) => {
+            if let Some(mut rev) = reverse.take() {
+                tracing::info!("Reverse sync running (target → source) until Ctrl-C or SIGTERM.");
+                tokio::select! {
+                    _ = super::migrate::shutdown_signal() => {}
+                    e = rev.failed() => return Err(anyhow::anyhow!("reverse sync: {e}")),
+                }
+                let back = rev.finish().await?;
+                eprintln!(
+                    "Reverse sync stopped at a final fence: {} commands replayed to the old source, target writes paused {} ms",
+                    back.commands, back.pause_ms
+                );
+            }
+            report
+        }
         (None, Some(mut r)) => {
             tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
             tokio::select! {

@@ -776,6 +776,43 @@ impl Decoder {
         ))
     }
 
+    /// `commands = { name = { "program", "arg", … } }`: the operator's allow-list.
+    fn commands(
+        &self,
+        v: &Value,
+        field: &str,
+    ) -> R<std::collections::BTreeMap<String, Vec<String>>> {
+        let mut out = std::collections::BTreeMap::new();
+        let t = match v {
+            Value::Nil => return Ok(out),
+            Value::Table(t) => t,
+            other => return Err(self.wrong(field, "a table of name = { program, args… }", other)),
+        };
+        for pair in t.pairs::<Value, Value>() {
+            let (k, v) = pair.map_err(|e| self.lua(field, e))?;
+            let Value::String(name) = &k else {
+                return Err(self.wrong(field, "names (strings) as keys", &k));
+            };
+            let name = name.to_string_lossy();
+            let f = join(field, &name);
+            let items = self
+                .list(&v, &f, "a list of strings: { program, args… }")?
+                .unwrap_or_default();
+            let argv = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    self.required(self.string(item, &index(&f, i + 1))?, &index(&f, i + 1))
+                })
+                .collect::<R<Vec<String>>>()?;
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                return Err(self.invalid(&f, "needs at least the program"));
+            }
+            out.insert(name, argv);
+        }
+        Ok(out)
+    }
+
     fn phase_hook(&self, v: &Value, field: &str, phase: &str, plan: &str) -> R<Option<PhaseHook>> {
         Ok(self.function(v, field)?.map(|f| {
             PhaseHook::new(
@@ -846,7 +883,10 @@ impl Decoder {
                     "verify" => Ok(plain(PhaseKind::Verify)),
                     "cutover" => Ok(plain(PhaseKind::Cutover {
                         max_pause_ms: DEFAULT_MAX_PAUSE_MS,
+                        max_lag_ms: DEFAULT_MAX_LAG_MS,
                         switch: None,
+                        reverse_sync: false,
+                        commands: Default::default(),
                     })),
                     other => {
                         let hint = suggest(other, BUILTIN_PHASES.iter().copied())
@@ -876,7 +916,16 @@ impl Decoder {
         let kind = self.required(kind, &kind_field)?;
         let known: &[&str] = match kind {
             "catch_up" => &["kind", "max_lag_ms", "before", "after"],
-            "cutover" => &["kind", "max_pause_ms", "switch", "before", "after"],
+            "cutover" => &[
+                "kind",
+                "max_pause_ms",
+                "max_lag_ms",
+                "switch",
+                "reverse_sync",
+                "commands",
+                "before",
+                "after",
+            ],
             "custom" => &["kind", "name", "run", "before", "after"],
             _ => &["kind", "before", "after"],
         };
@@ -926,7 +975,23 @@ impl Decoder {
                         3_600_000,
                     )?
                     .unwrap_or(DEFAULT_MAX_PAUSE_MS),
+                max_lag_ms: self
+                    .uint(
+                        &self.get(t, field, "max_lag_ms")?,
+                        &join(field, "max_lag_ms"),
+                        0,
+                        u64::MAX,
+                    )?
+                    .unwrap_or(DEFAULT_MAX_LAG_MS),
                 switch: hook("switch")?,
+                reverse_sync: self
+                    .boolean(
+                        &self.get(t, field, "reverse_sync")?,
+                        &join(field, "reverse_sync"),
+                    )?
+                    .unwrap_or(false),
+                commands: self
+                    .commands(&self.get(t, field, "commands")?, &join(field, "commands"))?,
             },
             _ => {
                 let run = self.required(hook("run")?, &join(field, "run"))?;

@@ -432,6 +432,45 @@ pub trait PhaseContext {
     fn verify(&mut self) -> Result<u64, String>;
     /// `ctx.lag_ms()`: how far replay trails the source now.
     fn lag_ms(&mut self) -> u64;
+    /// `ctx.call(server, command, args…)`: one command on `"source"` or `"target"`.
+    fn call(&mut self, server: &str, args: Vec<Vec<u8>>) -> Result<Reply, String> {
+        let _ = (server, args);
+        Err("not available in this phase".into())
+    }
+    /// `ctx.run(name)`: runs the operator command `name` from the cutover's `commands`;
+    /// returns its exit code.
+    fn run(&mut self, name: &str) -> Result<i64, String> {
+        let _ = name;
+        Err("not available in this phase".into())
+    }
+}
+
+/// A server's reply to `ctx.call`, as Lua receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `nil`.
+    Nil,
+    /// An integer.
+    Int(i64),
+    /// A string (bulk or status).
+    Bytes(Vec<u8>),
+    /// A list.
+    Array(Vec<Reply>),
+}
+
+fn reply_to_lua(lua: &Lua, r: Reply) -> mlua::Result<Value> {
+    Ok(match r {
+        Reply::Nil => Value::Nil,
+        Reply::Int(i) => Value::Integer(i),
+        Reply::Bytes(b) => Value::String(lua.create_string(&b)?),
+        Reply::Array(items) => {
+            let t = lua.create_table()?;
+            for (i, item) in items.into_iter().enumerate() {
+                t.raw_set(i + 1, reply_to_lua(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+    })
 }
 
 /// A phase hook: `before`/`after` of any phase, a cutover's `switch`, a custom phase's `run`.
@@ -527,6 +566,57 @@ impl PhaseHook {
                     t.raw_set(
                         "lag_ms",
                         scope.create_function(|_, ()| Ok(cell.borrow_mut().lag_ms()))?,
+                    )?;
+                    t.raw_set(
+                        "call",
+                        scope.create_function(|lua, args: Variadic<Value>| {
+                            let mut it = args.into_iter();
+                            let server = match it.next() {
+                                Some(Value::String(s)) => s.to_string_lossy(),
+                                _ => {
+                                    return Err(primitive(
+                                        "ctx.call",
+                                        "the first argument is the server: \"source\" or \"target\"".into(),
+                                    ));
+                                }
+                            };
+                            let mut argv = Vec::new();
+                            for v in it {
+                                match v {
+                                    Value::String(s) => argv.push(s.as_bytes().to_vec()),
+                                    Value::Integer(i) => argv.push(i.to_string().into_bytes()),
+                                    Value::Number(n) => argv.push(n.to_string().into_bytes()),
+                                    other => {
+                                        return Err(primitive(
+                                            "ctx.call",
+                                            format!("arguments must be strings or numbers, got {}", lua_type(&other)),
+                                        ));
+                                    }
+                                }
+                            }
+                            if argv.is_empty() {
+                                return Err(primitive("ctx.call", "no command given".into()));
+                            }
+                            let reply = cell
+                                .borrow_mut()
+                                .call(&server, argv)
+                                .map_err(|e| primitive("ctx.call", e))?;
+                            reply_to_lua(lua, reply)
+                        })?,
+                    )?;
+                    t.raw_set(
+                        "run",
+                        scope.create_function(|_, name: Value| {
+                            let Value::String(name) = name else {
+                                return Err(primitive(
+                                    "ctx.run",
+                                    "expects the name of a command from the cutover's `commands`".into(),
+                                ));
+                            };
+                            cell.borrow_mut()
+                                .run(&name.to_string_lossy())
+                                .map_err(|e| primitive("ctx.run", e))
+                        })?,
                     )?;
                     self.inner.func.call::<()>(t)
                 })

@@ -34,7 +34,7 @@ pub use filter::{KEY_TYPES, KeyFilter, type_of_group};
 pub use glob::Glob;
 pub use hooks::{
     CommandHook, CompareHook, CompareValue, HookOutcome, HookStats, MAX_EMITTED, MAX_EMITTED_BYTES,
-    PhaseContext, PhaseHook,
+    PhaseContext, PhaseHook, Reply,
 };
 pub use rules::{Applied, Rule, apply_rules, map_db, rename_key};
 pub use runtime::{
@@ -242,10 +242,17 @@ pub enum PhaseKind {
     CatchUp { max_lag_ms: u64 },
     /// Compare source and target per `verify`.
     Verify,
-    /// Pause source writes (at most `max_pause_ms`), drain, run `switch`, unpause.
+    /// Wait for lag ≤ `max_lag_ms`, pause source writes (at most `max_pause_ms`), drain to a
+    /// final fence, run `switch`; then disconnect the clients the pause held (they retry on
+    /// the new server) and unpause.
     Cutover {
         max_pause_ms: u64,
+        max_lag_ms: u64,
         switch: Option<PhaseHook>,
+        /// Keep replaying target → source after the switch, so a rollback loses nothing.
+        reverse_sync: bool,
+        /// Operator commands `switch` may run with `ctx.run(name)`: name → argv (no shell).
+        commands: std::collections::BTreeMap<String, Vec<String>>,
     },
     /// The plan's own phase.
     Custom { name: String, run: PhaseHook },

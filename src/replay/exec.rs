@@ -21,6 +21,9 @@ use crate::command::Argv;
 use crate::net::resp::summarize;
 use crate::net::{Endpoint, NetError, RawReader, encode_command};
 
+/// `CLIENT SETNAME` of replay connections.
+pub const REPLAY_CLIENT_NAME: &str = "ferry-replay";
+
 /// Unanswered commands allowed in flight.
 pub const DEFAULT_WINDOW: usize = 16_384;
 
@@ -132,6 +135,17 @@ impl Replayer {
         ));
         let mut db: Option<u32> = None;
         let mut buf = Vec::with_capacity(1 << 20);
+        // Named, so a cutover can tell ferry's connections from the application's.
+        encode_command(
+            &mut buf,
+            &[b"CLIENT", b"SETNAME", REPLAY_CLIENT_NAME.as_bytes()],
+        );
+        let _ = pending_tx.send(Pending {
+            seq: 0,
+            replies: 1,
+            done: None,
+            collect: None,
+        });
         let mut write_result = Ok(());
         'outer: while let Some(first) = ops.recv().await {
             let mut next = Some(first);

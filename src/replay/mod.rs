@@ -10,7 +10,7 @@ pub mod rewrite;
 mod shard;
 mod stitch;
 
-pub use exec::{DEFAULT_WINDOW, Op, ReplayStats, Replayer};
+pub use exec::{DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, ReplayStats, Replayer};
 pub use mapping::Mapper;
 pub use shard::{DEFAULT_SHARDS, run_sharded};
 pub use stitch::{

@@ -6,6 +6,7 @@ mod capture;
 mod chunked;
 mod cli;
 mod command_table;
+mod cutover;
 mod fixtures;
 mod journal;
 mod migrate;

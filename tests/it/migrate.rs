@@ -22,6 +22,22 @@ impl Drop for FerryProcess {
 }
 
 impl FerryProcess {
+    pub fn new(child: Child, stderr_path: std::path::PathBuf) -> FerryProcess {
+        FerryProcess { child, stderr_path }
+    }
+
+    /// Waits for the exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

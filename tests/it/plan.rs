@@ -154,7 +154,8 @@ fn examples_have_the_documented_shape() {
         production.phases[3].kind,
         PhaseKind::Cutover {
             max_pause_ms: 2000,
-            switch: Some(_)
+            switch: Some(_),
+            ..
         }
     ));
     let mut overrides = env();
@@ -713,6 +714,7 @@ fn phase_hooks_use_the_context() {
     let PhaseKind::Cutover {
         switch: Some(switch),
         max_pause_ms: 100,
+        ..
     } = &plan.phases[1].kind
     else {
         panic!()
