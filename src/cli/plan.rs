@@ -224,12 +224,7 @@ async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyRe
     let report = running
         .verify(verify_config(&plan.verify), Some(rules))
         .await?;
-    for d in report.differences.iter().take(50) {
-        println!("db{} {}: {}: {}", d.db, d.key, d.kind, d.detail);
-    }
-    if report.differences.len() > 50 {
-        println!("… and {} more", report.differences.len() - 50);
-    }
+    print!("{}", report.grouped(10));
     tracing::info!(
         keys = report.keys_checked,
         differences = report.differences.len(),

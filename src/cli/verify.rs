@@ -71,12 +71,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Verifier::new(source, target, cfg).run().await?;
     if !args.quiet {
-        for d in report.differences.iter().take(50) {
-            println!("db{} {}: {}: {}", d.db, d.key, d.kind, d.detail);
-        }
-        if report.differences.len() > 50 {
-            println!("… and {} more", report.differences.len() - 50);
-        }
+        print!("{}", report.grouped(10));
         eprintln!("{}", report.summary());
     }
     if let Some(path) = args.json {

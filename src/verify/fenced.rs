@@ -33,6 +33,8 @@ use crate::snapshot::{FencedReader, next_read_id};
 
 /// Payloads larger than this are compared through digests rather than read whole.
 pub const LOGICAL_MAX_BYTES: usize = 8 << 20;
+/// Fenced batches whose target side may be outstanding at once.
+const IN_FLIGHT: usize = 8;
 /// Rounds for keys that were unsettled at their fence.
 const UNSETTLED_ROUNDS: u32 = 20;
 
@@ -102,6 +104,14 @@ struct Probe {
     tkey: Vec<u8>,
     /// The source type (round two), or `None` in round one.
     logical_type: Option<&'static str>,
+}
+
+/// A batch whose source side is read and whose target side is on its way.
+struct Sent {
+    id: String,
+    batch: Vec<Probe>,
+    source: Vec<Vec<Value>>,
+    waits: Vec<oneshot::Receiver<Vec<Value>>>,
 }
 
 enum Outcome {
@@ -288,7 +298,9 @@ impl FencedVerifier {
         self.check_probes(reader, run, probes).await
     }
 
-    /// Checks probes in fenced batches (one db per batch).
+    /// Checks probes in fenced batches (one db per batch), several batches in flight: a
+    /// batch's target side waits for replay to reach its fence, which the next batches'
+    /// source reads need not wait for.
     async fn check_probes(
         &self,
         reader: &mut FencedReader,
@@ -296,26 +308,34 @@ impl FencedVerifier {
         mut probes: Vec<Probe>,
     ) -> Result<(), VerifyError> {
         probes.sort_by_key(|p| p.db);
+        let mut in_flight = std::collections::VecDeque::new();
         for group in probes.chunk_by(|a, b| a.db == b.db) {
             for batch in group.chunks(self.cfg.batch) {
-                self.check_batch(reader, run, batch).await?;
+                if in_flight.len() >= IN_FLIGHT {
+                    let sent = in_flight.pop_front().expect("not empty");
+                    self.collect(run, sent).await?;
+                }
+                in_flight.push_back(self.send(reader, batch.to_vec()).await?);
             }
+        }
+        while let Some(sent) = in_flight.pop_front() {
+            self.collect(run, sent).await?;
         }
         Ok(())
     }
 
-    async fn check_batch(
+    /// Registers a batch's target reads, then reads the source inside a fenced read.
+    async fn send(
         &self,
         reader: &mut FencedReader,
-        run: &mut Run,
-        batch: &[Probe],
-    ) -> Result<(), VerifyError> {
+        batch: Vec<Probe>,
+    ) -> Result<Sent, VerifyError> {
         let db = batch[0].db;
         let id = format!("{CHECK_ID_PREFIX}{}", next_read_id());
         let mut source_cmds = Vec::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         let mut waits = Vec::with_capacity(batch.len());
-        for p in batch {
+        for p in &batch {
             source_cmds.push(reads(&p.key, p.logical_type));
             let (reply, wait) = oneshot::channel();
             slots.push(Some(CheckSlot {
@@ -328,25 +348,34 @@ impl FencedVerifier {
         }
         let checks = &self.link.shared.checks;
         checks.register(id.clone(), slots);
-        let source = reader.probe(db, &id, &source_cmds).await;
-        let source = match source {
-            Ok(s) => s,
+        match reader.probe(db, &id, &source_cmds).await {
+            Ok(source) => Ok(Sent {
+                id,
+                batch,
+                source,
+                waits,
+            }),
             Err(e) => {
                 checks.remove(&id);
-                return Err(VerifyError::Config(format!(
+                Err(VerifyError::Config(format!(
                     "fenced read on {}: {e}",
                     self.link.node.redacted()
-                )));
+                )))
             }
-        };
+        }
+    }
+
+    /// Waits for a batch's target reads and judges each key.
+    async fn collect(&self, run: &mut Run, sent: Sent) -> Result<(), VerifyError> {
+        let checks = &self.link.shared.checks;
         let deadline = tokio::time::Instant::now() + self.fence_timeout;
-        let mut targets = Vec::with_capacity(waits.len());
-        for w in waits {
+        let mut targets = Vec::with_capacity(sent.waits.len());
+        for w in sent.waits {
             targets.push(match tokio::time::timeout_at(deadline, w).await {
                 Ok(Ok(v)) => Some(v),
                 Ok(Err(_)) => None,
                 Err(_) => {
-                    checks.remove(&id);
+                    checks.remove(&sent.id);
                     return Err(VerifyError::Config(format!(
                         "replay did not reach the verification fences within {} s",
                         self.fence_timeout.as_secs()
@@ -354,9 +383,9 @@ impl FencedVerifier {
                 }
             });
         }
-        checks.remove(&id);
+        checks.remove(&sent.id);
         let now = now_ms();
-        for ((p, s), t) in batch.iter().zip(source).zip(targets) {
+        for ((p, s), t) in sent.batch.iter().zip(sent.source).zip(targets) {
             let Some(t) = t else {
                 run.unsettled.push(p.clone());
                 continue;

@@ -107,6 +107,25 @@ impl VerifyReport {
         self.differences.is_empty()
     }
 
+    /// The differences grouped by kind, each kind with its count and up to `examples` keys
+    /// with their details; empty when nothing differs.
+    pub fn grouped(&self, examples: usize) -> String {
+        let mut out = String::new();
+        for (kind, n) in &self.by_kind {
+            out.push_str(&format!("{kind}: {n}\n"));
+            let mut shown = 0;
+            for d in self.differences.iter().filter(|d| &d.kind == kind) {
+                if shown == examples {
+                    out.push_str(&format!("  … and {} more\n", n - examples as u64));
+                    break;
+                }
+                out.push_str(&format!("  db{} {}: {}\n", d.db, d.key, d.detail));
+                shown += 1;
+            }
+        }
+        out
+    }
+
     /// One line for the log.
     pub fn summary(&self) -> String {
         let kinds: Vec<String> = self
@@ -680,5 +699,30 @@ mod tests {
         let sizes = BTreeMap::from([(0, 100), (1, 50), (2, 1)]);
         let s = shares(&[0, 1, 2], &sizes, 151, 10);
         assert_eq!(s.iter().map(|(_, n)| n).sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn grouped_report_lists_each_kind_with_examples() {
+        let d = |key: &str, kind: &str| Difference {
+            db: 0,
+            key: format!("{key:?}"),
+            kind: kind.into(),
+            detail: format!("detail of {key}"),
+        };
+        let report = VerifyReport {
+            differences: vec![
+                d("a", "value"),
+                d("b", "value"),
+                d("c", "value"),
+                d("m", "ttl"),
+            ],
+            by_kind: BTreeMap::from([("value".into(), 3), ("ttl".into(), 1)]),
+            ..VerifyReport::default()
+        };
+        assert_eq!(
+            report.grouped(2),
+            "ttl: 1\n  db0 \"m\": detail of m\nvalue: 3\n  db0 \"a\": detail of a\n  db0 \"b\": detail of b\n  … and 1 more\n"
+        );
+        assert_eq!(VerifyReport::default().grouped(2), "");
     }
 }
