@@ -113,14 +113,17 @@ impl VerifyReport {
         let mut out = String::new();
         for (kind, n) in &self.by_kind {
             out.push_str(&format!("{kind}: {n}\n"));
-            let mut shown = 0;
-            for d in self.differences.iter().filter(|d| &d.kind == kind) {
+            for (shown, d) in self
+                .differences
+                .iter()
+                .filter(|d| &d.kind == kind)
+                .enumerate()
+            {
                 if shown == examples {
                     out.push_str(&format!("  … and {} more\n", n - examples as u64));
                     break;
                 }
                 out.push_str(&format!("  db{} {}: {}\n", d.db, d.key, d.detail));
-                shown += 1;
             }
         }
         out
