@@ -27,6 +27,11 @@ pub const MARKER_PREFIX: &[u8] = b"ferry:";
 /// `(id, index)` whatever was lost around them.
 pub const READ_PREFIX: &[u8] = b"ferry-read:";
 
+/// Prefix of the `ECHO` a replay worker sends to the source to ask for a fenced re-copy of a
+/// key: `ferry-recopy:<db>:<hex key>`. Any client may send it (workers are other processes);
+/// it becomes a marker `recopy:<db>:<hex key>` at that position of the stream.
+pub const RECOPY_PREFIX: &[u8] = b"ferry-recopy:";
+
 /// A unit of captured stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
@@ -142,6 +147,14 @@ impl Grouper {
         }
         let class = self.table.classify(&line.argv);
         let name = line.argv.name();
+        if name == b"ECHO"
+            && let Some(rest) = line.argv.get(1).and_then(|a| a.strip_prefix(RECOPY_PREFIX))
+        {
+            out.push(Captured::Marker {
+                id: format!("recopy:{}", String::from_utf8_lossy(rest)),
+            });
+            return;
+        }
         if let Some(buf) = self.multi.get_mut(&line.peer) {
             match name {
                 b"EXEC" => {

@@ -23,14 +23,16 @@ use crate::net::Endpoint;
 /// Default number of replay connections.
 pub const DEFAULT_SHARDS: usize = 4;
 
-fn shard_of(key: &[u8], shards: usize) -> usize {
+/// The shard a key's operations go to: by hash slot, so a cluster's hash tags keep related keys
+/// together.
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     Slot::for_key(key).hash(&mut h);
     (h.finish() % shards as u64) as usize
 }
 
 /// Which shard an operation belongs to; `None` when it needs the barrier.
-fn route(
+pub fn route(
     table: &CommandTable,
     op: &Op,
     shards: usize,

@@ -139,6 +139,9 @@ pub struct StitchConfig {
     pub payload_timeout: Duration,
     /// The plan's keyspace rules, if any.
     pub mapper: Option<Arc<dyn Mapper>>,
+    /// Replay runs as separate processes, one per group of `n` shards, with no barrier between
+    /// them: a command whose keys span shards is not sent; its written keys are re-copied.
+    pub split_shards: Option<usize>,
 }
 
 impl Default for StitchConfig {
@@ -147,8 +150,31 @@ impl Default for StitchConfig {
             exact_effects: false,
             payload_timeout: DEFAULT_PAYLOAD_TIMEOUT,
             mapper: None,
+            split_shards: None,
         }
     }
+}
+
+/// The marker id a re-copy request becomes: `recopy:<db>:<hex key>`.
+pub fn recopy_request(db: u32, key: &[u8]) -> String {
+    let mut s = format!("{db}:");
+    for b in key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_recopy(id: &str) -> Option<(u32, Vec<u8>)> {
+    let (db, hex) = id.strip_prefix("recopy:")?.split_once(':')?;
+    let db = db.parse().ok()?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let key = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((db, key))
 }
 
 fn key_hash(db: u32, key: &[u8]) -> u64 {
@@ -241,6 +267,29 @@ impl Stitcher {
                 self.mark_dirty(db, key);
             }
         }
+        if let Some(n) = self.cfg.split_shards
+            && keys.len() > 1
+        {
+            let shard = |k: &KeyRef| {
+                let key = argv.get(k.pos).unwrap_or_default();
+                match &self.cfg.mapper {
+                    Some(m) => m
+                        .map_key(db, key)
+                        .map(|(_, t)| super::shard::shard_of(&t, n)),
+                    None => Some(super::shard::shard_of(key, n)),
+                }
+            };
+            let first = shard(&keys[0]);
+            if keys.iter().any(|k| shard(k) != first) {
+                for k in &keys {
+                    if writes(k.flags) {
+                        self.mark_dirty(db, argv.get(k.pos).unwrap_or_default());
+                    }
+                }
+                self.keys = keys;
+                return None;
+            }
+        }
         // A command that mixes keys the plan migrates with keys it leaves out cannot run on
         // the target as it ran on the source (the left-out keys are missing there). Send
         // nothing, and re-copy the migrated keys it touched instead.
@@ -290,6 +339,14 @@ impl Stitcher {
                 EntryKind::Write { db, argv } => {
                     if argv.name().eq_ignore_ascii_case(b"SWAPDB") {
                         self.gap("SWAPDB swapped dbs under the migration", &events);
+                    }
+                    if self.cfg.split_shards.is_some()
+                        && (argv.name().eq_ignore_ascii_case(b"FLUSHDB")
+                            || argv.name().eq_ignore_ascii_case(b"FLUSHALL"))
+                    {
+                        // Replay processes share no barrier to order a flush of every shard.
+                        self.gap("a flush under a split replay", &events);
+                        continue;
                     }
                     let mut out = Vec::new();
                     if let Some(argv) = self.command(db, argv, entry.ts_us) {
@@ -372,6 +429,15 @@ impl Stitcher {
                     }
                 }
                 EntryKind::Payload { .. } => None,
+                EntryKind::Marker { id } if id.starts_with("recopy:") => {
+                    // A replay worker could not tell whether it applied writes to this key (it
+                    // took over a batch in doubt): copy it again from here.
+                    match parse_recopy(&id) {
+                        Some((db, key)) => self.mark_dirty(db, &key),
+                        None => tracing::warn!(%id, "Ignoring a malformed re-copy request."),
+                    }
+                    None
+                }
                 EntryKind::Marker { id } => {
                     if let Some(epoch) = id.strip_prefix(SNAPSHOT_DONE)
                         && epoch.parse() == Ok(self.epoch)
