@@ -3,7 +3,7 @@
 # server's own fork-and-save, streamed over a replication link) and by `ferry backup` (SCAN,
 # DUMP, PEXPIRETIME); then ferry's file is loaded into a fresh redis-server and counted.
 #
-# Usage: scripts/bench/backup.sh [KEYS=200000] [VALUE_BYTES=1500]
+# Usage: [FERRY_ARGS="--workers 1"] scripts/bench/backup.sh [KEYS=200000] [VALUE_BYTES=1500]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/common.sh
@@ -37,7 +37,7 @@ echo "   native: ${NATIVE}s, ${NATIVE_MB} MB"
 echo "== ferry backup"
 t0=$(now)
 /usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" backup \
-  --source "redis://127.0.0.1:$S" --out "$BENCH_DIR/ferry.rdb" 2>"$BENCH_DIR/ferry.err"
+  --source "redis://127.0.0.1:$S" --out "$BENCH_DIR/ferry.rdb" ${FERRY_ARGS:-} 2>"$BENCH_DIR/ferry.err"
 t1=$(now)
 FERRY_S=$(elapsed "$t0" "$t1")
 tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
