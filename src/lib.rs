@@ -23,6 +23,8 @@
 //! - [`command`]: the command table from the server's own `COMMAND` (or the built-in Redis 7.0
 //!   table): classification ([`command::Class`]) and key extraction ([`command::KeyRef`]) that
 //!   match `COMMAND GETKEYSANDFLAGS`.
+//! - [`cutover`]: the end of a migration; [`cutover::Backup`] writes the source as an RDB file
+//!   from `DUMP` payloads, for sources that cannot `SAVE` (ElastiCache).
 //! - [`escape`]: Redis's argument quoting, both ways.
 //! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail.
 //! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
@@ -37,6 +39,7 @@
 
 pub mod capture;
 pub mod command;
+pub mod cutover;
 pub mod escape;
 pub mod journal;
 pub mod net;

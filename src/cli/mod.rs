@@ -1,6 +1,7 @@
 //! The command line: validated arguments, logging, and the exit-code contract
 //! (0 ok, 1 verification found differences, 2 error).
 
+mod backup;
 mod migrate;
 mod monitor;
 mod plan;
@@ -31,6 +32,7 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     Snapshot(snapshot::SnapshotArgs),
     Verify(verify::VerifyArgs),
+    Backup(backup::BackupArgs),
 }
 
 /// Exit code for an error (bad input, unreachable server, failed run).
@@ -81,6 +83,7 @@ pub fn main() -> ExitCode {
             Command::Monitor(args) => monitor::run(args).await,
             Command::Snapshot(args) => snapshot::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Backup(args) => backup::run(args).await,
         }
     });
     match result {

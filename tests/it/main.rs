@@ -2,6 +2,7 @@
 
 pub mod support;
 
+mod backup;
 mod capture;
 mod chunked;
 mod cli;

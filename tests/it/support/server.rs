@@ -32,6 +32,9 @@ pub const ELASTICACHE_DISABLED_COMMANDS: &[&str] = &[
     "SHUTDOWN",
 ];
 
+/// The name a server started with [`ServerOptions::rdb`] loads its copy of the file under.
+const RDB_FILE_NAME: &str = "restore.rdb";
+
 /// How to configure a [`RedisServer`]; `Default` is a plain password-less server.
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
@@ -48,6 +51,8 @@ pub struct ServerOptions {
     pub maxmemory: Option<u64>,
     /// Enables cluster mode with a separately chosen free `cluster-port`; see [`super::cluster`].
     pub cluster: bool,
+    /// An RDB file to load at startup: copied into the server's dir as its `dbfilename`.
+    pub rdb: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -87,6 +92,16 @@ impl RedisServer {
 
     pub fn start_with(options: ServerOptions) -> Self {
         Self::start_inner(options, &[])
+    }
+
+    /// A stock server that loaded `rdb` at startup, returned once loading has finished.
+    pub fn start_with_rdb(rdb: &Path) -> Self {
+        let server = Self::start_with(ServerOptions {
+            rdb: Some(rdb.to_path_buf()),
+            ..ServerOptions::default()
+        });
+        server.wait_for_loading();
+        server
     }
 
     /// A replica of `primary` with the primary's password (so one set of credentials works
@@ -134,6 +149,10 @@ impl RedisServer {
             let config = render_config(&options, dir.path(), port, cluster_port, role_lines);
             let conf_path = dir.path().join("redis.conf");
             fs::write(&conf_path, config).expect("write redis.conf");
+            if let Some(rdb) = &options.rdb {
+                fs::copy(rdb, dir.path().join(RDB_FILE_NAME))
+                    .unwrap_or_else(|e| panic!("copy {} into the server dir: {e}", rdb.display()));
+            }
             let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr.log");
             let child = Command::new(&binary)
                 .arg(&conf_path)
@@ -229,6 +248,25 @@ impl RedisServer {
                     "PING not answered within {STARTUP_TIMEOUT:?}"
                 )));
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `INFO` answers while an RDB is still loading; the data is complete at `loading:0`.
+    fn wait_for_loading(&self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut con = self.conn();
+        loop {
+            let info = self.info_with(&mut con, "persistence");
+            if info_field(&info, "loading").as_deref() == Some("0") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} still loading its RDB after {STARTUP_TIMEOUT:?}\n{}",
+                self.port,
+                self.log_tail(20)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -479,6 +517,9 @@ fn render_config(
     line("appendonly no".into());
     line(format!("dir {dir_str}"));
     line("logfile redis.log".into());
+    if options.rdb.is_some() {
+        line(format!("dbfilename {RDB_FILE_NAME}"));
+    }
     line("repl-diskless-sync-delay 0".into());
     if options.unix_socket {
         line(format!(

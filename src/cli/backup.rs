@@ -1,0 +1,52 @@
+//! `ferry backup`: the source written as an RDB file that a stock `redis-server` loads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ferry::cutover::{self, Backup, BackupConfig};
+use ferry::net::Endpoint;
+
+/// Write every key of the source (values and expiry times) to an RDB file, using only `SCAN`,
+/// `DUMP` and `PEXPIRETIME`, so it works where `SAVE`/`BGSAVE` do not (ElastiCache). The file
+/// appears under its name only once complete.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The server to back up, `redis://[user:pass@]host:port` (or `rediss://`).
+    #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
+    source: String,
+
+    /// The RDB file to write (replaced if it exists).
+    #[arg(long, value_name = "FILE.rdb")]
+    out: PathBuf,
+
+    /// A db to back up; repeat for several. Default: every db that has keys.
+    #[arg(long = "db", value_name = "N")]
+    dbs: Vec<u32>,
+
+    /// Parallel readers, each with its own source connection.
+    #[arg(long, default_value_t = cutover::DEFAULT_WORKERS)]
+    workers: usize,
+
+    /// Keys per pipelined read (one MULTI … EXEC on the source).
+    #[arg(long, default_value_t = cutover::DEFAULT_BATCH_KEYS)]
+    batch: usize,
+}
+
+pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let source = Endpoint::parse(&args.source)?;
+    anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let mut cfg = BackupConfig::default();
+    cfg.dbs = (!args.dbs.is_empty()).then_some(args.dbs);
+    cfg.workers = args.workers;
+    cfg.batch_keys = args.batch;
+    let backup = Backup::new(source, args.out, cfg);
+    // Dropping the run on Ctrl-C removes the unfinished `.tmp` file.
+    let stats = tokio::select! {
+        r = backup.run() => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; no file was written"),
+    };
+    eprintln!("{}", stats.summary());
+    Ok(ExitCode::SUCCESS)
+}
