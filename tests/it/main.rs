@@ -14,5 +14,7 @@ mod plan;
 mod rewrite;
 mod run;
 mod snapshot;
+#[cfg(feature = "sqs")]
+mod sqs;
 mod verify;
 mod workload;
