@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! moto_server -H 127.0.0.1 -p 5055 &
-//! cargo run --release --example sqs_probe -- http://127.0.0.1:5055 200000 [fifo|standard] [attr|base64]
+//! cargo run --release --example sqs_probe -- http://127.0.0.1:5055 200000 [fifo|standard] [attr|base64] [max message bytes]
 //! ```
+//!
+//! An endpoint of `env` leaves endpoint, region and credentials to the AWS default chain
+//! (`AWS_ENDPOINT_URL_SQS`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …).
 
 use std::time::Instant;
 
@@ -29,13 +32,18 @@ async fn main() -> anyhow::Result<()> {
         _ => PayloadEncoding::BinaryAttribute,
     };
     let mut cfg = SqsConfig::new("");
-    cfg.endpoint_url = Some(endpoint);
-    cfg.region = Some("us-east-1".into());
-    cfg.credentials = Some(StaticCredentials {
-        access_key_id: "test".into(),
-        secret_access_key: "test".into(),
-        session_token: None,
-    });
+    if endpoint != "env" {
+        cfg.endpoint_url = Some(endpoint);
+        cfg.region = Some("us-east-1".into());
+        cfg.credentials = Some(StaticCredentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: None,
+        });
+    }
+    if let Some(bytes) = args.get(4) {
+        cfg.max_message_bytes = bytes.parse()?;
+    }
     cfg.wait = std::time::Duration::ZERO;
     cfg.encoding = encoding;
     let name = format!(
