@@ -1,5 +1,5 @@
 # ferry: `make test` runs every test; it installs what the tests need first.
-# The integration tests spawn their own redis-server processes on free loopback ports.
+# The integration tests spawn their own redis-server and moto_server processes on free loopback ports.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo deps lint bench-parser bench fmt
 
-## Installs redis-server and redis-cli through apt when they are missing.
+## Installs redis-server and redis-cli through apt, and moto (local SQS) through pip, when missing.
 deps:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
 		echo "Installing redis-server and redis-tools through apt-get..."; \
@@ -15,6 +15,18 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	fi
 	@redis-server --version
+	@# moto is the local SQS of the SQS journal tests (feature `sqs`, on by default).
+	@if ! command -v moto_server >/dev/null && [ ! -x "$$(python3 -m site --user-base 2>/dev/null)/bin/moto_server" ]; then \
+		echo "Installing moto[server] through pip..."; \
+		if ! python3 -m pip --version >/dev/null 2>&1; then \
+			$(SUDO) apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pip >/dev/null; \
+		fi; \
+		python3 -m pip install -q 'moto[server]' 2>/dev/null || \
+		python3 -m pip install -q --user 'moto[server]' 2>/dev/null || \
+		python3 -m pip install -q --user --break-system-packages 'moto[server]'; \
+		command -v pyenv >/dev/null && pyenv rehash || true; \
+	fi
 
 ## Runs every test: unit, integration (real Redis servers), CLI, doc tests.
 test: deps

@@ -26,7 +26,9 @@
 //! - [`cutover`]: the end of a migration; [`cutover::Backup`] writes the source as an RDB file
 //!   from `DUMP` payloads, for sources that cannot `SAVE` (ElastiCache).
 //! - [`escape`]: Redis's argument quoting, both ways.
-//! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail.
+//! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail;
+//!   and, behind the default `sqs` feature, `journal::sqs`: the SQS transport between separate
+//!   capture and replay processes (per-shard ordered, exactly-once delivery on top of SQS).
 //! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
 //!   with opaque hooks; key globs, rewrite rules ([`plan::apply_rules`]) and `ferry check`.
 //! - [`verify`]: both-direction key comparison (DUMP shortcut, type-aware digests, re-checks).

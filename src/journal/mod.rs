@@ -24,6 +24,8 @@
 mod codec;
 mod reader;
 mod segment;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 mod writer;
 
 use std::collections::BTreeSet;

@@ -16,6 +16,8 @@ mod plan;
 mod rewrite;
 mod run;
 mod snapshot;
+#[cfg(feature = "sqs")]
+mod sqs;
 mod verify;
 mod verify_live;
 mod workload;

@@ -1,15 +1,19 @@
-//! Shared integration-test fixtures: real redis-server processes, clusters, a dataset filler
-//! and the oracle that compares two datasets.
+//! Shared integration-test fixtures: real redis-server processes, clusters, a dataset filler,
+//! the oracle that compares two datasets, and moto (a local SQS).
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod fill;
+#[cfg(feature = "sqs")]
+pub mod moto;
 pub mod oracle;
 pub mod server;
 pub mod workload;
 
 pub use cluster::Cluster;
 pub use fill::{Dataset, FillReport, fill, fill_cluster};
+#[cfg(feature = "sqs")]
+pub use moto::Moto;
 pub use oracle::{Diff, DiffKind, OracleOptions, OracleReport, compare, compare_nodes};
 pub use server::{RedisServer, ServerOptions};
 pub use workload::{Workload, WorkloadOptions, WorkloadReport};
