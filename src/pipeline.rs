@@ -70,6 +70,10 @@ pub struct MigrateConfig {
     /// The target already equals the source (a reverse sync started at a cutover's final
     /// fence): replay the stream from the start, with no snapshot.
     pub skip_snapshot: bool,
+    /// Publish replay operations to SQS for `ferry replay` processes instead of applying them
+    /// here (`ferry capture`); the flag creates the queues when missing.
+    #[cfg(feature = "sqs")]
+    pub publish: Option<(crate::replay::remote::QueueSpec, bool)>,
 }
 
 impl MigrateConfig {
@@ -85,6 +89,8 @@ impl MigrateConfig {
             mapper: None,
             replay_shards: crate::replay::DEFAULT_SHARDS,
             skip_snapshot: false,
+            #[cfg(feature = "sqs")]
+            publish: None,
         }
     }
 }
@@ -307,6 +313,30 @@ impl Migration {
         running.finish().await
     }
 
+    #[cfg(feature = "sqs")]
+    async fn split_publisher(
+        &self,
+        table: &Arc<CommandTable>,
+    ) -> Result<Option<crate::replay::remote::Publisher>, MigrateError> {
+        let Some((spec, create)) = &self.cfg.publish else {
+            return Ok(None);
+        };
+        crate::replay::remote::Publisher::connect(
+            spec.clone(),
+            table.clone(),
+            &self.cfg.state_dir,
+            *create,
+        )
+        .await
+        .map(Some)
+        .map_err(|e| stage("publish", e))
+    }
+
+    #[cfg(not(feature = "sqs"))]
+    async fn split_publisher(&self, _: &Arc<CommandTable>) -> Result<Option<()>, MigrateError> {
+        Ok(None)
+    }
+
     /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
     pub async fn start(self) -> Result<Running, MigrateError> {
         let started = Instant::now();
@@ -388,19 +418,28 @@ impl Migration {
         let stats = Arc::new(ReplayStats::default());
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
-        let replay_task = tokio::spawn(run_sharded(
-            self.target.clone(),
-            self.cfg.replay_shards,
-            table.clone(),
-            ops_rx,
-            stats.clone(),
-            replay_broken_tx,
-        ));
+        #[cfg(feature = "sqs")]
+        let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
+        #[cfg(not(feature = "sqs"))]
+        let split_shards = None;
+        let replay_task = match self.split_publisher(&table).await? {
+            #[cfg(feature = "sqs")]
+            Some(publisher) => tokio::spawn(publisher.run(ops_rx, stats.clone(), replay_broken_tx)),
+            _ => tokio::spawn(run_sharded(
+                self.target.clone(),
+                self.cfg.replay_shards,
+                table.clone(),
+                ops_rx,
+                stats.clone(),
+                replay_broken_tx,
+            )),
+        };
 
         let shared = Arc::new(StitchShared::default());
         let stitch_cfg = StitchConfig {
             exact_effects: report.from_replica,
             mapper: self.cfg.mapper.clone(),
+            split_shards,
             ..StitchConfig::default()
         };
         let (stitch_tx, stitch_events) = mpsc::unbounded_channel();

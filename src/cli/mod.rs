@@ -6,6 +6,8 @@ mod migrate;
 mod monitor;
 mod plan;
 mod snapshot;
+#[cfg(feature = "sqs")]
+mod split;
 mod verify;
 
 use std::process::ExitCode;
@@ -33,6 +35,10 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     Verify(verify::VerifyArgs),
     Backup(backup::BackupArgs),
+    #[cfg(feature = "sqs")]
+    Capture(split::CaptureArgs),
+    #[cfg(feature = "sqs")]
+    Replay(split::ReplayArgs),
 }
 
 /// Exit code for an error (bad input, unreachable server, failed run).
@@ -84,6 +90,10 @@ pub fn main() -> ExitCode {
             Command::Snapshot(args) => snapshot::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            #[cfg(feature = "sqs")]
+            Command::Capture(args) => split::capture(args).await,
+            #[cfg(feature = "sqs")]
+            Command::Replay(args) => split::replay(args).await,
         }
     });
     match result {

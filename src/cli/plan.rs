@@ -438,8 +438,11 @@ pub async fn run_plan(
                 Some(n) => FsyncPolicy::EveryMs(*n),
             },
         ),
+        #[cfg(feature = "sqs")]
+        JournalSpec::Sqs { .. } => (PathBuf::from("ferry-state"), FsyncPolicy::EveryMs(100)),
+        #[cfg(not(feature = "sqs"))]
         JournalSpec::Sqs { .. } => anyhow::bail!(
-            "{}: journal = ferry.sqs {{ … }} needs the SQS journal, which is not part of this ferry build yet",
+            "{}: journal = ferry.sqs {{ … }} needs a ferry built with the `sqs` feature",
             plan.path.display()
         ),
         other => anyhow::bail!("{}: unsupported journal {other:?}", plan.path.display()),
@@ -453,6 +456,20 @@ pub async fn run_plan(
         CaptureChoice::Primary => CaptureMode::Primary,
         CaptureChoice::Replica => CaptureMode::Replica,
     };
+    #[cfg(feature = "sqs")]
+    if let JournalSpec::Sqs { queue_url, fifo } = &plan.journal {
+        // This process captures and publishes; `ferry replay` processes write the target.
+        let mut base = ferry::journal::sqs::SqsConfig::new(queue_url.clone());
+        base.fifo = Some(*fifo);
+        cfg.publish = Some((
+            ferry::replay::remote::QueueSpec {
+                url: queue_url.clone(),
+                base,
+                shards: ferry::replay::DEFAULT_SHARDS,
+            },
+            false,
+        ));
+    }
     if let Some(w) = plan.snapshot.workers {
         cfg.snapshot.workers = w;
     }

@@ -146,8 +146,13 @@ impl Replayer {
             done: None,
             collect: None,
         });
-        let mut write_result = Ok(());
-        'outer: while let Some(first) = ops.recv().await {
+        // Sent now: a connection that never gets an operation must still see its reply, or
+        // closing it would wait for that reply forever.
+        let mut write_result = writer.write_all(&buf).await;
+        buf.clear();
+        'outer: while write_result.is_ok()
+            && let Some(first) = ops.recv().await
+        {
             let mut next = Some(first);
             while let Some(op) = next {
                 let seq = op.seq();

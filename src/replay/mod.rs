@@ -6,13 +6,15 @@
 
 mod exec;
 mod mapping;
+#[cfg(feature = "sqs")]
+pub mod remote;
 pub mod rewrite;
 mod shard;
 mod stitch;
 
 pub use exec::{DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, ReplayStats, Replayer};
 pub use mapping::Mapper;
-pub use shard::{DEFAULT_SHARDS, run_sharded};
+pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
 pub use stitch::{
     CHECK_ID_PREFIX, CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE,
     StitchConfig, StitchEvent, StitchShared, Stitcher,

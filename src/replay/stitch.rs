@@ -155,7 +155,8 @@ impl Default for StitchConfig {
     }
 }
 
-/// The marker id a re-copy request becomes: `recopy:<db>:<hex key>`.
+/// What follows `ferry-recopy:` in a worker's request for `key` (a target key) in `db`:
+/// `<db>:<hex key>`; capture turns it into the marker `recopy:<db>:<hex key>`.
 pub fn recopy_request(db: u32, key: &[u8]) -> String {
     let mut s = format!("{db}:");
     for b in key {
@@ -429,12 +430,24 @@ impl Stitcher {
                     }
                 }
                 EntryKind::Payload { .. } => None,
+                EntryKind::Marker { id } if id == "recopy:*" => {
+                    // A replay worker lost entries it cannot name: everything is re-copied.
+                    self.gap("a replay worker lost queue entries", &events);
+                    None
+                }
                 EntryKind::Marker { id } if id.starts_with("recopy:") => {
-                    // A replay worker could not tell whether it applied writes to this key (it
-                    // took over a batch in doubt): copy it again from here.
-                    match parse_recopy(&id) {
+                    // A replay worker could not tell whether it applied writes to this target
+                    // key (it took over a batch in doubt): copy its source key again from here.
+                    let source_key =
+                        parse_recopy(&id).and_then(|(db, key)| match &self.cfg.mapper {
+                            Some(m) => m.unmap_key(db, &key),
+                            None => Some((db, key)),
+                        });
+                    match source_key {
                         Some((db, key)) => self.mark_dirty(db, &key),
-                        None => tracing::warn!(%id, "Ignoring a malformed re-copy request."),
+                        None => {
+                            tracing::warn!(%id, "Ignoring a re-copy request for no migrated key.")
+                        }
                     }
                     None
                 }

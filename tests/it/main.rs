@@ -17,6 +17,8 @@ mod rewrite;
 mod run;
 mod snapshot;
 #[cfg(feature = "sqs")]
+mod split;
+#[cfg(feature = "sqs")]
 mod sqs;
 mod verify;
 mod verify_live;

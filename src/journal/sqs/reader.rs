@@ -117,7 +117,9 @@ struct Group {
 ///   [`super::SqsConfig::wait`]) and returns the first resulting event, or `None` when nothing
 ///   came.
 /// - Per group it yields gseqs in order, each once: a message wholly below the next expected
-///   gseq is a duplicate and dropped, one that overlaps is trimmed, one ahead is buffered.
+///   gseq is a duplicate and dropped, one that overlaps is trimmed, one ahead is buffered on a
+///   standard queue; on a FIFO queue, whose order SQS keeps, one ahead is taken as the group's
+///   new position (other readers of the queue applied the gseqs between).
 /// - Messages are deleted only when [`ack`](Self::ack) covers all their entries, and
 ///   [`commit`](Self::commit) (or the next `next`) runs. Dropping the reader deletes nothing:
 ///   unacknowledged messages come back after their visibility timeout, flagged redelivered.
@@ -392,10 +394,17 @@ impl SqsReader {
             redelivered,
             message_id,
         };
+        let fifo = self.queue.cfg.is_fifo();
         let g = self.groups.entry(header.group).or_default();
         if header.end_gseq() <= g.next {
             self.stats.duplicates += 1;
-        } else if header.first_gseq <= g.next {
+        } else if header.first_gseq <= g.next || (fifo && g.early.is_empty()) {
+            // FIFO delivers a group in order and never two of its messages at once, so a jump
+            // ahead means other readers sharing the queue applied (and deleted) what is between.
+            if header.first_gseq > g.next {
+                g.next = header.first_gseq;
+                g.acked = g.acked.max(header.first_gseq);
+            }
             self.yield_early(early);
             self.drain(header.group);
         } else {

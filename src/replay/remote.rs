@@ -1,0 +1,857 @@
+//! Replay across processes over SQS: [`Publisher`] sends the stitcher's operations to the queue,
+//! one group per shard (`ferry capture`); [`Worker`] applies them to the target (`ferry replay`).
+//!
+//! ## Behavior
+//! - The stitcher runs in the capture process with split shards: a command whose keys span
+//!   shards is never sent; its written keys are re-copied through fences, and the `RESTORE`s land
+//!   in each key's own group. So every operation belongs to one shard, and each group is an
+//!   ordered stream that one worker at a time applies.
+//! - Groups are numbered `run << 8 | shard`. Each capture start is a new run (its journal starts
+//!   over with a full fenced resync), so gseqs never restart inside a group, and a worker drops
+//!   the messages of a run older than the newest it has seen: the new run's resync supersedes
+//!   them.
+//! - Payloads too big for a message travel as consecutive parts in their group.
+//! - A worker acknowledges a batch once the target has answered all of it. A batch received
+//!   again (a worker crashed with it in flight) is in doubt: its writes may or may not have been
+//!   applied, so they are not applied again; the worker asks the capture process, through an
+//!   `ECHO ferry-recopy:<db>:<hex key>` on the source, to re-copy each key they touch, and
+//!   re-requests the keys later writes derive from those keys until their `RESTORE` arrives.
+//! - A gap (a standard queue lost messages past the reorder wait) asks for a full resync.
+//! - Queue URLs may contain `{shard}`: one queue per shard, so worker processes can own shards
+//!   (`--worker K/N`) on standard queues, where SQS keeps no order a shared queue could use.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::exec::{Op, ReplayStats, Replayer};
+use super::shard::{route, shard_of};
+use super::stitch::recopy_request;
+use crate::command::{Argv, CommandTable, KeyRef};
+use crate::journal::sqs::{SqsConfig, SqsError, SqsEvent, SqsQueue, SqsWriter};
+use crate::journal::{Entry, EntryKind};
+use crate::net::Endpoint;
+
+/// Bits of a group id that hold the shard.
+const SHARD_BITS: u32 = 8;
+/// Most shards a split replay supports.
+pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
+/// Payload bytes per part of a split `RESTORE`.
+const PART_BYTES: usize = 192 * 1024;
+/// Entries buffered per flush to the writer.
+const PUBLISH_BATCH: usize = 20_000;
+
+/// Where the operations go: one queue, or one per shard.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// The queue URL; `{shard}` in it makes one queue per shard.
+    pub url: String,
+    /// Settings for every queue (its `queue_url` is replaced).
+    pub base: SqsConfig,
+    /// Shards (groups per run).
+    pub shards: usize,
+}
+
+impl QueueSpec {
+    fn per_shard(&self) -> bool {
+        self.url.contains("{shard}")
+    }
+
+    fn url_of(&self, shard: usize) -> String {
+        self.url.replace("{shard}", &shard.to_string())
+    }
+
+    /// The queues, by the shards they carry.
+    fn queues(&self) -> Vec<(Vec<usize>, String)> {
+        if self.per_shard() {
+            (0..self.shards)
+                .map(|s| (vec![s], self.url_of(s)))
+                .collect()
+        } else {
+            vec![((0..self.shards).collect(), self.url.clone())]
+        }
+    }
+
+    fn config(&self, url: String) -> SqsConfig {
+        let mut c = self.base.clone();
+        c.queue_url = url;
+        c
+    }
+
+    fn check(&self) -> Result<(), RemoteError> {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(RemoteError::Config(format!(
+                "shards must be 1..={MAX_SHARDS}, got {}",
+                self.shards
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a split replay stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    #[error("invalid split replay setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Sqs(#[from] SqsError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("{0}")]
+    Replay(String),
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+fn group_id(run: u32, shard: usize) -> u32 {
+    (run << SHARD_BITS) | shard as u32
+}
+
+fn shard_of_group(group: u32) -> usize {
+    (group & ((1 << SHARD_BITS) - 1)) as usize
+}
+
+fn run_of_group(group: u32) -> u32 {
+    group >> SHARD_BITS
+}
+
+/// Sends operations to the queue(s); the capture side of a split replay.
+pub struct Publisher {
+    spec: QueueSpec,
+    run: u32,
+    writers: Vec<SqsWriter>,
+    /// Writer index by shard.
+    writer_of: Vec<usize>,
+    table: Arc<CommandTable>,
+}
+
+impl Publisher {
+    /// Connects to the queues (creating them when `create`), empties them (a new run's resync
+    /// supersedes whatever an earlier run left) and takes the next run number from `state_dir`.
+    pub async fn connect(
+        spec: QueueSpec,
+        table: Arc<CommandTable>,
+        state_dir: &std::path::Path,
+        create: bool,
+    ) -> Result<Publisher, RemoteError> {
+        spec.check()?;
+        let run = next_run(state_dir)?;
+        let mut writers = Vec::new();
+        let mut writer_of = vec![0; spec.shards];
+        for (shards, url) in spec.queues() {
+            let cfg = spec.config(url.clone());
+            let queue = if create {
+                let name = url.rsplit('/').next().unwrap_or_default().to_string();
+                SqsQueue::create(cfg, &name).await?
+            } else {
+                SqsQueue::connect(cfg).await?
+            };
+            purge(&queue).await;
+            for s in shards {
+                writer_of[s] = writers.len();
+            }
+            writers.push(queue.writer());
+        }
+        tracing::info!(
+            run,
+            shards = spec.shards,
+            queues = writers.len(),
+            "Publishing replay operations to SQS."
+        );
+        Ok(Publisher {
+            spec,
+            run,
+            writers,
+            writer_of,
+            table,
+        })
+    }
+
+    /// Publishes operations until `ops` closes. A marker's barrier is answered once SQS has
+    /// acknowledged everything before it: "reached" means durable in the queue.
+    pub async fn run(
+        mut self,
+        mut ops: mpsc::Receiver<Op>,
+        stats: Arc<ReplayStats>,
+        broken: mpsc::UnboundedSender<String>,
+    ) {
+        let mut pending: BTreeMap<usize, Vec<Entry>> = BTreeMap::new();
+        let mut count = 0usize;
+        let mut keys = Vec::new();
+        while let Some(first) = ops.recv().await {
+            let mut next = Some(first);
+            while let Some(op) = next {
+                match op {
+                    Op::Barrier { seq, done } => {
+                        if let Err(e) = self.flush(&mut pending, true).await {
+                            let _ = broken.send(format!("SQS: {e}"));
+                            return;
+                        }
+                        count = 0;
+                        stats.applied.fetch_max(seq + 1, Ordering::Release);
+                        let _ = done.send(());
+                    }
+                    Op::Check { .. } => {
+                        // Fenced verification needs the target in this process; dropping the
+                        // reply makes the verifier report the key unsettled.
+                    }
+                    op => {
+                        count += self.route(op, &mut pending, &mut keys);
+                        stats.commands.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                next = if count < PUBLISH_BATCH {
+                    ops.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if let Err(e) = self.flush(&mut pending, false).await {
+                let _ = broken.send(format!("SQS: {e}"));
+                return;
+            }
+            count = 0;
+        }
+        let _ = self.flush(&mut pending, true).await;
+    }
+
+    /// Splits one operation into its shard's entries; returns how many.
+    fn route(
+        &self,
+        op: Op,
+        pending: &mut BTreeMap<usize, Vec<Entry>>,
+        keys: &mut Vec<KeyRef>,
+    ) -> usize {
+        let shards = self.spec.shards;
+        let shard_of_op = |op: &Op, keys: &mut Vec<KeyRef>| route(&self.table, op, shards, keys);
+        match op {
+            Op::Cmd { seq, db, argv } => {
+                let op = Op::Cmd { seq, db, argv };
+                // Keyless commands (SCRIPT LOAD) go anywhere; cross-shard ones never get here.
+                let s = shard_of_op(&op, keys).unwrap_or(0);
+                let Op::Cmd { seq, db, argv } = op else {
+                    unreachable!()
+                };
+                push(pending, s, seq, EntryKind::Write { db, argv });
+                1
+            }
+            Op::Atomic { seq, cmds } => {
+                // One group per shard: each shard applies its part atomically, in order.
+                let mut by_shard: BTreeMap<usize, Vec<(u32, Argv)>> = BTreeMap::new();
+                for (db, argv) in cmds {
+                    keys.clear();
+                    self.table.keys_into(&argv, keys);
+                    let s = keys
+                        .first()
+                        .map_or(0, |k| shard_of(argv.get(k.pos).unwrap_or_default(), shards));
+                    by_shard.entry(s).or_default().push((db, argv));
+                }
+                let n = by_shard.len();
+                for (s, mut part) in by_shard {
+                    let kind = if part.len() == 1 {
+                        let (db, argv) = part.pop().unwrap_or_default();
+                        EntryKind::Write { db, argv }
+                    } else {
+                        EntryKind::Atomic(part)
+                    };
+                    push(pending, s, seq, kind);
+                }
+                n
+            }
+            Op::Restore {
+                seq,
+                db,
+                key,
+                payload,
+                expire_at_ms,
+            } => {
+                let s = shard_of(&key, shards);
+                let parts = payload
+                    .as_ref()
+                    .map_or(1, |p| p.len().div_ceil(PART_BYTES).max(1));
+                if parts == 1 {
+                    push(
+                        pending,
+                        s,
+                        seq,
+                        EntryKind::Payload {
+                            read_id: String::new(),
+                            ordinal: 0,
+                            db,
+                            key,
+                            payload,
+                            expire_at_ms,
+                        },
+                    );
+                    return 1;
+                }
+                let payload = payload.unwrap_or_default();
+                for (i, chunk) in payload.chunks(PART_BYTES).enumerate() {
+                    push(
+                        pending,
+                        s,
+                        seq,
+                        EntryKind::Payload {
+                            read_id: format!("part:{i}:{parts}"),
+                            ordinal: i as u64,
+                            db,
+                            key: key.clone(),
+                            payload: Some(chunk.to_vec()),
+                            expire_at_ms,
+                        },
+                    );
+                }
+                parts
+            }
+            Op::Barrier { .. } | Op::Check { .. } => 0,
+        }
+    }
+
+    /// Hands buffered entries to the writers; with `wait`, also waits for SQS's acknowledgement.
+    async fn flush(
+        &mut self,
+        pending: &mut BTreeMap<usize, Vec<Entry>>,
+        wait: bool,
+    ) -> Result<(), SqsError> {
+        for (s, entries) in std::mem::take(pending) {
+            let w = self.writer_of[s];
+            self.writers[w]
+                .send(group_id(self.run, s), &entries)
+                .await?;
+        }
+        if wait {
+            for w in &mut self.writers {
+                w.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This capture's run number (the high bits of its group ids).
+    pub fn run_number(&self) -> u32 {
+        self.run
+    }
+}
+
+fn push(pending: &mut BTreeMap<usize, Vec<Entry>>, shard: usize, seq: u64, kind: EntryKind) {
+    pending.entry(shard).or_default().push(Entry {
+        seq,
+        ts_us: 0,
+        kind,
+    });
+}
+
+async fn purge(queue: &SqsQueue) {
+    let url = queue.config().queue_url.clone();
+    match queue.client().purge_queue().queue_url(&url).send().await {
+        Ok(_) => tracing::info!(queue = %url, "Emptied the queue for this run."),
+        // A purge within 60 s of another is refused; the run number keeps old groups apart.
+        Err(e) => {
+            tracing::debug!(queue = %url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "Queue not purged.")
+        }
+    }
+}
+
+/// The next run number, persisted in `state_dir/sqs-run`.
+fn next_run(state_dir: &std::path::Path) -> Result<u32, RemoteError> {
+    let path = state_dir.join("sqs-run");
+    let err = |e: std::io::Error| RemoteError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(state_dir).map_err(err)?;
+    let last: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let run = (last + 1) & ((1 << (32 - SHARD_BITS)) - 1);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, run.to_string()).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(run)
+}
+
+/// A replay process's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub queue: QueueSpec,
+    /// This process is worker `index` of `count`: with one queue per shard it reads the shards
+    /// `s` with `s % count == index`; on one shared FIFO queue SQS spreads the groups.
+    pub index: usize,
+    pub count: usize,
+    /// Replay connections to the target.
+    pub connections: usize,
+    /// Where a standard queue's checkpoint is kept.
+    pub state_dir: PathBuf,
+}
+
+/// What a replay process did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerReport {
+    pub entries: u64,
+    pub batches: u64,
+    pub in_doubt_batches: u64,
+    pub recopy_requests: u64,
+    pub stale_batches: u64,
+    pub gaps: u64,
+    pub commands: u64,
+    pub restores: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// `ferry replay`: applies a split replay's operations to the target.
+pub struct Worker {
+    cfg: WorkerConfig,
+    source: Endpoint,
+    target: Endpoint,
+    table: Arc<CommandTable>,
+}
+
+/// Counters the reader tasks share.
+#[derive(Default)]
+struct Counters {
+    entries: AtomicU64,
+    batches: AtomicU64,
+    in_doubt: AtomicU64,
+    recopies: AtomicU64,
+    stale: AtomicU64,
+    gaps: AtomicU64,
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig, source: Endpoint, target: Endpoint) -> Worker {
+        Worker {
+            cfg,
+            source,
+            target,
+            table: Arc::new(CommandTable::from_specs(
+                CommandTable::builtin().iter().cloned().collect(),
+                crate::command::TableOrigin::Builtin,
+            )),
+        }
+    }
+
+    /// Applies until `stop` resolves, then finishes what it received and exits.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<WorkerReport, RemoteError> {
+        let spec = &self.cfg.queue;
+        spec.check()?;
+        if self.cfg.count == 0 || self.cfg.index >= self.cfg.count {
+            return Err(RemoteError::Config(format!(
+                "worker {}/{} does not exist",
+                self.cfg.index, self.cfg.count
+            )));
+        }
+        // Fail early, with the URL named, when a server is unreachable.
+        self.source.control().await?;
+        self.target.control().await?;
+        let stats = Arc::new(ReplayStats::default());
+        let (broken_tx, mut broken) = mpsc::unbounded_channel::<String>();
+        let mut conns = Vec::new();
+        let mut replayers = Vec::new();
+        for _ in 0..self.cfg.connections.max(1) {
+            let (tx, mut rx) = mpsc::channel::<Op>(4096);
+            conns.push(tx);
+            let replayer = Replayer::new(self.target.clone());
+            let stats = stats.clone();
+            let broken = broken_tx.clone();
+            replayers.push(tokio::spawn(async move {
+                if let Err(e) = replayer.run(&mut rx, stats).await {
+                    let _ = broken.send(e.to_string());
+                }
+            }));
+        }
+        let counters = Arc::new(Counters::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut readers = tokio::task::JoinSet::new();
+        for (shards, url) in spec.queues() {
+            if spec.per_shard() && shards[0] % self.cfg.count != self.cfg.index {
+                continue;
+            }
+            let mut qcfg = spec.config(url.clone());
+            qcfg.wait = qcfg.wait.min(Duration::from_secs(1));
+            let queue = SqsQueue::connect(qcfg).await?;
+            let state = self
+                .cfg
+                .state_dir
+                .join(format!("checkpoint-{}.json", sanitize(&url)));
+            let task = ReaderTask {
+                fifo: queue.config().is_fifo(),
+                queue,
+                state,
+                conns: conns.clone(),
+                table: self.table.clone(),
+                source: self.source.control().await?,
+                counters: counters.clone(),
+                pending: HashMap::new(),
+                parts: HashMap::new(),
+                newest_run: 0,
+            };
+            let stop = stop_rx.clone();
+            readers.spawn(task.run(stop));
+        }
+        drop(conns);
+        if readers.is_empty() {
+            return Err(RemoteError::Config(format!(
+                "worker {}/{} owns none of the {} shard queues",
+                self.cfg.index, self.cfg.count, spec.shards
+            )));
+        }
+        let mut failure = None;
+        tokio::select! {
+            _ = stop => {}
+            Some(e) = broken.recv() => failure = Some(RemoteError::Replay(format!("target: {e}"))),
+            Some(done) = readers.join_next() => {
+                failure = Some(match done {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => RemoteError::Replay("a queue reader stopped".into()),
+                    Err(e) => RemoteError::Replay(e.to_string()),
+                });
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(done) = readers.join_next().await {
+            if let Ok(Err(e)) = done
+                && failure.is_none()
+            {
+                failure = Some(e);
+            }
+        }
+        for r in replayers {
+            let _ = r.await;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(WorkerReport {
+            entries: counters.entries.load(Ordering::Relaxed),
+            batches: counters.batches.load(Ordering::Relaxed),
+            in_doubt_batches: counters.in_doubt.load(Ordering::Relaxed),
+            recopy_requests: counters.recopies.load(Ordering::Relaxed),
+            stale_batches: counters.stale.load(Ordering::Relaxed),
+            gaps: counters.gaps.load(Ordering::Relaxed),
+            commands: stats.commands.load(Ordering::Relaxed),
+            restores: stats.restores.load(Ordering::Relaxed),
+            errors: stats.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+fn sanitize(url: &str) -> String {
+    url.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .chars()
+        .rev()
+        .take(80)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect()
+}
+
+/// One queue's reader and what it knows about its groups.
+struct ReaderTask {
+    fifo: bool,
+    queue: SqsQueue,
+    /// Checkpoint file (standard queues).
+    state: PathBuf,
+    conns: Vec<mpsc::Sender<Op>>,
+    table: Arc<CommandTable>,
+    source: redis::aio::MultiplexedConnection,
+    counters: Arc<Counters>,
+    /// Per group, target keys whose re-copy was requested and whose `RESTORE` has not come.
+    pending: HashMap<u32, HashSet<(u32, Vec<u8>)>>,
+    /// Per group, the parts of a split payload so far.
+    parts: HashMap<u32, Vec<u8>>,
+    newest_run: u32,
+}
+
+impl ReaderTask {
+    async fn run(
+        mut self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), RemoteError> {
+        let checkpoint = if self.fifo {
+            BTreeMap::new()
+        } else {
+            load_checkpoint(&self.state)?
+        };
+        let mut reader = self.queue.reader(checkpoint);
+        let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u32, u64)>();
+        let mut outstanding = 0usize;
+        loop {
+            while let Ok((g, gseq)) = acks.try_recv() {
+                reader.ack(g, gseq);
+                outstanding -= 1;
+            }
+            if !self.fifo {
+                save_checkpoint(&self.state, &reader.checkpoint())?;
+            }
+            if *stop.borrow() {
+                // Finish what was handed to replay, then delete it.
+                while outstanding > 0 {
+                    match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
+                        Ok(Some((g, gseq))) => {
+                            reader.ack(g, gseq);
+                            outstanding -= 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if !self.fifo {
+                    save_checkpoint(&self.state, &reader.checkpoint())?;
+                }
+                reader.commit().await?;
+                return Ok(());
+            }
+            let event = tokio::select! {
+                e = reader.next() => e?,
+                _ = stop.changed() => continue,
+            };
+            match event {
+                None => {}
+                Some(SqsEvent::Batch(batch)) => {
+                    let run = run_of_group(batch.group);
+                    self.newest_run = self.newest_run.max(run);
+                    let last = batch.end_gseq().saturating_sub(1);
+                    if run < self.newest_run {
+                        // Superseded by a newer run's full resync.
+                        self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                        reader.ack(batch.group, last);
+                        continue;
+                    }
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .entries
+                        .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
+                    if batch.redelivered {
+                        self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let group = batch.group;
+                    let conn = self.conns[shard_of_group(group) % self.conns.len()].clone();
+                    for entry in batch.entries {
+                        if let Some(op) = self.op(group, entry, batch.redelivered).await?
+                            && conn.send(op).await.is_err()
+                        {
+                            return Err(RemoteError::Replay("replay connection closed".into()));
+                        }
+                    }
+                    let (done, wait) = oneshot::channel();
+                    if conn.send(Op::Barrier { seq: 0, done }).await.is_err() {
+                        return Err(RemoteError::Replay("replay connection closed".into()));
+                    }
+                    outstanding += 1;
+                    let ack = ack_tx.clone();
+                    tokio::spawn(async move {
+                        // Acknowledged only once the target answered every command before it.
+                        if wait.await.is_ok() {
+                            let _ = ack.send((group, last));
+                        }
+                    });
+                }
+                Some(SqsEvent::Gap {
+                    group,
+                    expected_gseq,
+                    got_gseq,
+                }) => {
+                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        group,
+                        expected_gseq,
+                        got_gseq,
+                        "Entries never arrived; asking for a full resync."
+                    );
+                    self.echo(b"ferry-recopy:*".to_vec()).await?;
+                }
+                Some(SqsEvent::Malformed { message_id, .. }) => {
+                    tracing::warn!(%message_id, "Skipping a message that is not ferry's.");
+                }
+            }
+        }
+    }
+
+    /// The operation for one entry, or `None` when it must not be applied.
+    async fn op(
+        &mut self,
+        group: u32,
+        entry: Entry,
+        in_doubt: bool,
+    ) -> Result<Option<Op>, RemoteError> {
+        let seq = entry.seq;
+        match entry.kind {
+            EntryKind::Write { db, argv } => {
+                let touched = self.touched(group, db, &argv);
+                if in_doubt || touched {
+                    self.recopy_keys(group, db, &argv).await?;
+                }
+                Ok((!in_doubt).then_some(Op::Cmd { seq, db, argv }))
+            }
+            EntryKind::Atomic(cmds) => {
+                let mut any = in_doubt;
+                for (db, argv) in &cmds {
+                    any |= self.touched(group, *db, argv);
+                }
+                if any {
+                    for (db, argv) in &cmds {
+                        self.recopy_keys(group, *db, argv).await?;
+                    }
+                }
+                Ok((!in_doubt).then_some(Op::Atomic { seq, cmds }))
+            }
+            EntryKind::Payload {
+                read_id,
+                db,
+                key,
+                payload,
+                expire_at_ms,
+                ..
+            } => {
+                let payload = if let Some(rest) = read_id.strip_prefix("part:") {
+                    let (i, n) = rest.split_once(':').unwrap_or(("0", "1"));
+                    let (i, n): (usize, usize) = (i.parse().unwrap_or(0), n.parse().unwrap_or(1));
+                    let buf = self.parts.entry(group).or_default();
+                    if i == 0 {
+                        buf.clear();
+                    }
+                    buf.extend_from_slice(payload.as_deref().unwrap_or_default());
+                    if i + 1 < n {
+                        return Ok(None);
+                    }
+                    self.parts.remove(&group)
+                } else {
+                    payload
+                };
+                // A full copy: whatever this key had (in doubt or derived from such) is now exact.
+                if let Some(p) = self.pending.get_mut(&group) {
+                    p.remove(&(db, key.clone()));
+                }
+                Ok(Some(Op::Restore {
+                    seq,
+                    db,
+                    key,
+                    payload,
+                    expire_at_ms,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn touched(&self, group: u32, db: u32, argv: &Argv) -> bool {
+        let Some(p) = self.pending.get(&group).filter(|p| !p.is_empty()) else {
+            return false;
+        };
+        self.table
+            .keys(argv)
+            .iter()
+            .any(|k| p.contains(&(db, argv.get(k.pos).unwrap_or_default().to_vec())))
+    }
+
+    /// Asks for a re-copy of every key of `argv`, once per key until its `RESTORE` arrives.
+    async fn recopy_keys(&mut self, group: u32, db: u32, argv: &Argv) -> Result<(), RemoteError> {
+        let keys: Vec<Vec<u8>> = self
+            .table
+            .keys(argv)
+            .iter()
+            .map(|k| argv.get(k.pos).unwrap_or_default().to_vec())
+            .collect();
+        for key in keys {
+            if self
+                .pending
+                .entry(group)
+                .or_default()
+                .insert((db, key.clone()))
+            {
+                let mut echo = b"ferry-recopy:".to_vec();
+                echo.extend_from_slice(recopy_request(db, &key).as_bytes());
+                self.echo(echo).await?;
+                self.counters.recopies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn echo(&mut self, arg: Vec<u8>) -> Result<(), RemoteError> {
+        redis::cmd("ECHO")
+            .arg(arg)
+            .query_async::<()>(&mut self.source)
+            .await
+            .map_err(|e| RemoteError::Replay(format!("re-copy request to the source: {e}")))
+    }
+}
+
+fn load_checkpoint(path: &std::path::Path) -> Result<BTreeMap<u32, u64>, RemoteError> {
+    match std::fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data).map_err(|e| RemoteError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(RemoteError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn save_checkpoint(path: &std::path::Path, cp: &BTreeMap<u32, u64>) -> Result<(), RemoteError> {
+    let err = |e: std::io::Error| RemoteError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec(cp).map_err(|e| RemoteError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&tmp, data).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_carry_run_and_shard() {
+        let g = group_id(7, 3);
+        assert_eq!(run_of_group(g), 7);
+        assert_eq!(shard_of_group(g), 3);
+        assert!(group_id(8, 0) > group_id(7, 255));
+    }
+
+    #[test]
+    fn runs_count_up_in_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_run(dir.path()).unwrap(), 1);
+        assert_eq!(next_run(dir.path()).unwrap(), 2);
+    }
+
+    #[test]
+    fn per_shard_queue_urls() {
+        let spec = QueueSpec {
+            url: "http://q/ferry-{shard}.fifo".into(),
+            base: SqsConfig::new(""),
+            shards: 2,
+        };
+        assert_eq!(
+            spec.queues(),
+            vec![
+                (vec![0], "http://q/ferry-0.fifo".to_string()),
+                (vec![1], "http://q/ferry-1.fifo".to_string())
+            ]
+        );
+    }
+}
