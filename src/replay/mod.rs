@@ -17,5 +17,5 @@ pub use mapping::Mapper;
 pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
 pub use stitch::{
     CHECK_ID_PREFIX, CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE,
-    StitchConfig, StitchEvent, StitchShared, Stitcher,
+    StitchConfig, StitchEvent, StitchShared, Stitcher, recopy_request,
 };
