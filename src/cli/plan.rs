@@ -458,6 +458,19 @@ pub async fn run_plan(
     };
     #[cfg(feature = "sqs")]
     if let JournalSpec::Sqs { queue_url, fifo } = &plan.journal {
+        // This process only publishes: it cannot read the target at a fence, and its final
+        // fence means "in the queue", not "applied".
+        if let Some(p) = plan
+            .phases
+            .iter()
+            .find(|p| matches!(p.kind, PhaseKind::Verify | PhaseKind::Cutover { .. }))
+        {
+            anyhow::bail!(
+                "{}: phase '{}' needs replay in this process, but journal = ferry.sqs {{ … }} replays in `ferry replay` processes; stop this capture, let the replay processes drain the queue, then run `ferry verify` and switch",
+                plan.path.display(),
+                p.name()
+            );
+        }
         // This process captures and publishes; `ferry replay` processes write the target.
         let mut base = ferry::journal::sqs::SqsConfig::new(queue_url.clone());
         base.fifo = Some(*fifo);
