@@ -41,6 +41,8 @@ bench: deps
 	bash scripts/bench/snapshot.sh
 	bash scripts/bench/replay.sh
 	bash scripts/bench/verify.sh
+	bash scripts/bench/backup.sh
+	bash scripts/bench/sqs.sh
 
 ## Formatting and clippy, as CI checks them.
 lint:

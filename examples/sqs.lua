@@ -1,4 +1,6 @@
--- SQS journal: capture and replay run as separate processes that share a FIFO queue.
+-- SQS journal: `ferry run examples/sqs.lua` is the capture process; it publishes the ordered
+-- replay operations to a FIFO queue (one message group per shard). Run `ferry replay --queue URL
+-- --source URL --target URL` on one or more machines to apply them.
 local ferry = require "ferry"
 
 return ferry.plan {
