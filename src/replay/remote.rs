@@ -588,6 +588,10 @@ impl ReaderTask {
         let mut reader = self.queue.reader(checkpoint);
         let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u32, u64)>();
         let mut outstanding = 0usize;
+        let mut keep_alive = tokio::time::interval(
+            (self.queue.config().visibility_timeout / 4).max(Duration::from_millis(500)),
+        );
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Ok((g, gseq)) = acks.try_recv() {
                 reader.ack(g, gseq);
@@ -599,12 +603,15 @@ impl ReaderTask {
             if *stop.borrow() {
                 // Finish what was handed to replay, then delete it.
                 while outstanding > 0 {
-                    match tokio::time::timeout(Duration::from_secs(30), acks.recv()).await {
-                        Ok(Some((g, gseq))) => {
-                            reader.ack(g, gseq);
-                            outstanding -= 1;
-                        }
-                        _ => break,
+                    tokio::select! {
+                        got = tokio::time::timeout(Duration::from_secs(30), acks.recv()) => match got {
+                            Ok(Some((g, gseq))) => {
+                                reader.ack(g, gseq);
+                                outstanding -= 1;
+                            }
+                            _ => break,
+                        },
+                        _ = keep_alive.tick() => reader.keep_alive().await,
                     }
                 }
                 if !self.fifo {
@@ -639,10 +646,23 @@ impl ReaderTask {
                     let group = batch.group;
                     let conn = self.conns[shard_of_group(group) % self.conns.len()].clone();
                     for entry in batch.entries {
-                        if let Some(op) = self.op(group, entry, batch.redelivered).await?
-                            && conn.send(op).await.is_err()
-                        {
-                            return Err(RemoteError::Replay("replay connection closed".into()));
+                        let Some(op) = self.op(group, entry, batch.redelivered).await? else {
+                            continue;
+                        };
+                        // While replay pushes back, keep the received messages invisible to
+                        // other processes: an expired one would be applied twice at once.
+                        let send = conn.send(op);
+                        tokio::pin!(send);
+                        loop {
+                            tokio::select! {
+                                sent = &mut send => {
+                                    if sent.is_err() {
+                                        return Err(RemoteError::Replay("replay connection closed".into()));
+                                    }
+                                    break;
+                                }
+                                _ = keep_alive.tick() => reader.keep_alive().await,
+                            }
                         }
                     }
                     let (done, wait) = oneshot::channel();

@@ -248,6 +248,14 @@ impl SqsReader {
     }
 
     /// Keeps held messages hidden while they wait in the reorder buffer or for the caller's ack.
+    /// Extends the visibility of every message received and not yet deleted whose visibility
+    /// is half gone. [`next`](Self::next) does this too; a caller busy applying a batch for
+    /// longer calls it meanwhile, or SQS hands the batch to another reader while it is still
+    /// being applied.
+    pub async fn keep_alive(&mut self) {
+        self.extend_visibility().await;
+    }
+
     async fn extend_visibility(&mut self) {
         let vt = self.queue.cfg.visibility_timeout;
         let now = Instant::now();
