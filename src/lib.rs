@@ -23,7 +23,9 @@
 //! - [`command`]: the command table from the server's own `COMMAND` (or the built-in Redis 7.0
 //!   table): classification ([`command::Class`]) and key extraction ([`command::KeyRef`]) that
 //!   match `COMMAND GETKEYSANDFLAGS`.
-//! - [`cutover`]: the end of a migration; [`cutover::Backup`] writes the source as an RDB file
+//! - [`cutover`]: the end of a migration: [`cutover::Fenced`] holds the source paused at the
+//!   final fence for the switch, starts the reverse sync and releases the pause without letting
+//!   held writes run on the old source; [`cutover::Backup`] writes the source as an RDB file
 //!   from `DUMP` payloads, for sources that cannot `SAVE` (ElastiCache).
 //! - [`escape`]: Redis's argument quoting, both ways.
 //! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail;
@@ -31,7 +33,15 @@
 //!   capture and replay processes (per-shard ordered, exactly-once delivery on top of SQS).
 //! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
 //!   with opaque hooks; key globs, rewrite rules ([`plan::apply_rules`]) and `ferry check`.
-//! - [`verify`]: both-direction key comparison (DUMP shortcut, type-aware digests, re-checks).
+//! - [`pipeline`]: [`pipeline::Migration`] wires capture → journal → stitcher → replay with the
+//!   live snapshot, the re-copier, the fenced verifier and the final fence.
+//! - [`replay`]: the stitcher (fences, dirty keys, rewrites for exact replay), the pipelined
+//!   sharded replayer, and `replay::remote`: publishing to SQS (`ferry capture`) and applying
+//!   from it in other processes (`ferry replay`).
+//! - [`snapshot`]: parallel fenced `SCAN` + `DUMP` → `RESTORE`, type-aware chunks for big keys.
+//! - [`verify`]: both-direction key comparison (DUMP shortcut, type-aware digests, re-checks),
+//!   and [`verify::FencedVerifier`]: source and target read at the same stream position inside
+//!   a running migration.
 //!
 //! # Units that flow
 //!
