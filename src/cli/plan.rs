@@ -40,7 +40,7 @@ pub struct CheckArgs {
     set: Vec<(String, String)>,
 }
 
-fn parse_set(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_set(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
@@ -143,10 +143,14 @@ impl Mapper for PlanMapper {
     }
 
     fn unmap_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
-        // Candidates are every source name that could map here; the first that maps back
-        // exactly (first-match rules, filter) is the one.
+        self.unmap_candidates(db, key).into_iter().next()
+    }
+
+    fn unmap_candidates(&self, db: u32, key: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        // Candidates are every source name that could map here and does, exactly (first-match
+        // rules, filter): renamed names first, the unchanged name last.
         let rules = &self.plan.rewrite;
-        let mut keys = vec![key.to_vec()];
+        let mut keys = Vec::new();
         let mut dbs = vec![db];
         for r in rules {
             match r {
@@ -159,23 +163,37 @@ impl Mapper for PlanMapper {
                 _ => {}
             }
         }
-        for sdb in &dbs {
-            for skey in &keys {
+        keys.push(key.to_vec());
+        let mut out = Vec::new();
+        for skey in &keys {
+            for sdb in &dbs {
                 if self
                     .map_key_inner(*sdb, skey)
                     .as_ref()
                     .is_some_and(|(d, k)| *d == db && k == key)
+                    && !out.contains(&(*sdb, skey.clone()))
                 {
-                    return Some((*sdb, skey.clone()));
+                    out.push((*sdb, skey.clone()));
                 }
             }
         }
-        None
+        out
     }
 }
 
 /// The plan's `verify.rules` behind the verifier's seam.
-struct PlanRules(plan::VerifySpec);
+pub(super) struct PlanRules(pub(super) plan::VerifySpec);
+
+/// The plan's key filter, renames and db moves for a verifier; `None` when it has none.
+pub(super) fn key_mapper(plan: &Plan) -> Option<Arc<dyn Mapper>> {
+    (!plan.rewrite.is_empty() || !plan.keys.is_everything()).then(|| {
+        Arc::new(PlanMapper {
+            plan: plan.clone(),
+            table: CommandTable::builtin(),
+            hook_errors: AtomicU64::new(0),
+        }) as Arc<dyn Mapper>
+    })
+}
 
 impl VerifyRules for PlanRules {
     fn ignored(&self, _db: u32, key: &[u8]) -> bool {

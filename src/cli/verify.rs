@@ -9,16 +9,36 @@ use ferry::net::Endpoint;
 use ferry::verify::{self, Verifier, VerifyConfig};
 
 /// Compare every key (or a sample) of the source with the target, in both directions. Keys
-/// that differ are re-checked so a target still catching up is not reported.
+/// that differ are re-checked so a target still catching up is not reported. With `--plan`,
+/// the plan's key filter, renames, db moves and verify rules apply, and its servers are the
+/// defaults.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The server copied from, `redis://[user:pass@]host:port` (or `rediss://`).
-    #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
-    source: String,
+    #[arg(
+        long,
+        env = "FERRY_SOURCE",
+        value_name = "URL",
+        required_unless_present = "plan"
+    )]
+    source: Option<String>,
 
     /// The server copied to.
-    #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
-    target: String,
+    #[arg(
+        long,
+        env = "FERRY_TARGET",
+        value_name = "URL",
+        required_unless_present = "plan"
+    )]
+    target: Option<String>,
+
+    /// A migration plan whose keyspace rules and verify rules apply.
+    #[arg(long, value_name = "PLAN.lua")]
+    plan: Option<PathBuf>,
+
+    /// `key=value` for the plan's `ferry.env`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::plan::parse_set, requires = "plan")]
+    set: Vec<(String, String)>,
 
     /// Compare this many randomly chosen keys (and a tenth as many target keys for extras).
     #[arg(long, value_name = "N", conflicts_with = "full")]
@@ -54,8 +74,17 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
-    let target = Endpoint::parse(&args.target)?;
+    let plan = match &args.plan {
+        Some(p) => Some(ferry::plan::load(p, &args.set)?),
+        None => None,
+    };
+    let url = |flag: &Option<String>, from_plan: fn(&ferry::plan::Plan) -> &str| {
+        flag.clone()
+            .or_else(|| plan.as_ref().map(|p| from_plan(p).to_string()))
+            .unwrap_or_default()
+    };
+    let source = Endpoint::parse(&url(&args.source, |p| &p.source.url))?;
+    let target = Endpoint::parse(&url(&args.target, |p| &p.target.url))?;
     anyhow::ensure!(
         args.ttl_tolerance_ms >= 0,
         "--ttl-tolerance-ms must not be negative"
@@ -69,7 +98,16 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         recheck_delay: Duration::from_millis(args.recheck_delay_ms),
         ..VerifyConfig::default()
     };
-    let report = Verifier::new(source, target, cfg).run().await?;
+    let mut verifier = Verifier::new(source, target, cfg);
+    if let Some(plan) = &plan {
+        if let Some(m) = super::plan::key_mapper(plan) {
+            verifier = verifier.with_mapper(m);
+        }
+        verifier = verifier.with_rules(std::sync::Arc::new(super::plan::PlanRules(
+            plan.verify.clone(),
+        )));
+    }
+    let report = verifier.run().await?;
     if !args.quiet {
         print!("{}", report.grouped(10));
         eprintln!("{}", report.summary());

@@ -18,4 +18,10 @@ pub trait Mapper: Send + Sync {
     /// The source key a target key comes from, when the target key belongs to the migration
     /// (the sweep deletes only those when their source key is gone).
     fn unmap_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)>;
+
+    /// Every source key that maps to this target key (a rename can make two source names
+    /// land on one target name); empty when none does. The default is [`Self::unmap_key`]'s.
+    fn unmap_candidates(&self, db: u32, key: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        self.unmap_key(db, key).into_iter().collect()
+    }
 }

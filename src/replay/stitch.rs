@@ -438,16 +438,18 @@ impl Stitcher {
                 EntryKind::Marker { id } if id.starts_with("recopy:") => {
                     // A replay worker could not tell whether it applied writes to this target
                     // key (it took over a batch in doubt): copy its source key again from here.
-                    let source_key =
-                        parse_recopy(&id).and_then(|(db, key)| match &self.cfg.mapper {
-                            Some(m) => m.unmap_key(db, &key),
-                            None => Some((db, key)),
-                        });
-                    match source_key {
-                        Some((db, key)) => self.mark_dirty(db, &key),
-                        None => {
-                            tracing::warn!(%id, "Ignoring a re-copy request for no migrated key.")
-                        }
+                    let sources = parse_recopy(&id).map_or_else(Vec::new, |(db, key)| match &self
+                        .cfg
+                        .mapper
+                    {
+                        Some(m) => m.unmap_candidates(db, &key),
+                        None => vec![(db, key)],
+                    });
+                    if sources.is_empty() {
+                        tracing::warn!(%id, "Ignoring a re-copy request for no migrated key.");
+                    }
+                    for (db, key) in sources {
+                        self.mark_dirty(db, &key);
                     }
                     None
                 }

@@ -379,16 +379,19 @@ pub(super) async fn run_worker(
         let batch = batches.lock().await.recv().await;
         let Some(batch) = batch else { break };
         let mut stats = super::BatchStats::default();
-        let mut keys: Vec<(u32, Vec<u8>)> = batch
-            .keys
-            .iter()
-            .filter_map(|k| match (&sink.mapper, batch.sweep) {
-                // A target key that no source key maps to is not the migration's: leave it.
-                (Some(m), true) => m.unmap_key(batch.db, k),
-                _ => Some((batch.db, k.clone())),
-            })
-            .filter(|(db, k)| !(batch.sweep && seen.contains(*db, k)))
-            .collect();
+        let mut keys: Vec<(u32, Vec<u8>)> = Vec::with_capacity(batch.keys.len());
+        for k in &batch.keys {
+            let candidates = match (&sink.mapper, batch.sweep) {
+                (Some(m), true) => m.unmap_candidates(batch.db, k),
+                _ => vec![(batch.db, k.clone())],
+            };
+            // A target key that no source key maps to is not the migration's: leave it. One
+            // whose source key (any of them) was read is already in place.
+            if batch.sweep && candidates.iter().any(|(db, k)| seen.contains(*db, k)) {
+                continue;
+            }
+            keys.extend(candidates);
+        }
         keys.sort();
         if !keys.is_empty() {
             sink.store.wait_for_space().await;

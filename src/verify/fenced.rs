@@ -153,10 +153,10 @@ impl FencedVerifier {
         }
     }
 
-    fn unmap(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+    fn unmap(&self, db: u32, key: &[u8]) -> Vec<(u32, Vec<u8>)> {
         match &self.link.mapper {
-            None => Some((db, key.to_vec())),
-            Some(m) => m.unmap_key(db, key),
+            None => vec![(db, key.to_vec())],
+            Some(m) => m.unmap_candidates(db, key),
         }
     }
 
@@ -205,16 +205,19 @@ impl FencedVerifier {
                 None => scan_keys(&self.link.target, tdb).await?,
             };
             for k in keys {
-                // A target key no source key maps to is not the migration's.
-                let Some((db, key)) = self.unmap(tdb, &k) else {
+                // A target key no source key maps to is not the migration's; one whose source
+                // key was compared above is done.
+                let candidates = self.unmap(tdb, &k);
+                if candidates.iter().any(|c| run.seen.contains(c)) {
+                    continue;
+                }
+                let Some((db, key)) = candidates.into_iter().next() else {
                     continue;
                 };
                 if self.cfg.dbs.as_ref().is_some_and(|d| !d.contains(&db)) {
                     continue;
                 }
-                if !run.seen.contains(&(db, key.clone())) {
-                    by_src.entry(db).or_default().push(key);
-                }
+                by_src.entry(db).or_default().push(key);
             }
         }
         for (db, keys) in by_src {
@@ -569,6 +572,50 @@ fn reads(key: &[u8], logical: Option<&str>) -> Vec<Argv> {
         Some(_) => {}
     }
     out
+}
+
+/// A key's canonical view read unfenced on one connection (the standalone verifier's input to a
+/// plan's `compare`).
+pub(super) async fn read_view(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &[u8],
+    ty: &str,
+) -> redis::RedisResult<KeyView> {
+    let ty = match ty {
+        "string" => "string",
+        "list" => "list",
+        "set" => "set",
+        "zset" => "zset",
+        "hash" => "hash",
+        "stream" => "stream",
+        "none" => "none",
+        _ => "module",
+    };
+    let mut pipe = redis::pipe();
+    for argv in reads(key, Some(ty)) {
+        let mut cmd = redis::Cmd::new();
+        for a in argv.iter() {
+            cmd.arg(a);
+        }
+        pipe.add_command(cmd);
+    }
+    pipe.cmd("PTTL").arg(key);
+    let mut values: Vec<Value> = pipe.query_async(con).await?;
+    let ttl_ms = match values.pop() {
+        Some(Value::Int(t)) => t,
+        _ => -2,
+    };
+    let s = side(values);
+    Ok(KeyView {
+        key: key.to_vec(),
+        type_name: ty.to_string(),
+        value: if ty == "none" {
+            String::new()
+        } else {
+            canonical(ty, &s.logical)
+        },
+        ttl_ms,
+    })
 }
 
 fn side(values: Vec<Value>) -> Side {

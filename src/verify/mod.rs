@@ -177,12 +177,26 @@ impl Fp {
     fn exists(&self) -> bool {
         self.ty != "none"
     }
+
+    fn missing() -> Fp {
+        Fp {
+            ty: "none".into(),
+            dump: None,
+            expire_at: -2,
+            pttl: -2,
+            digest: None,
+        }
+    }
 }
 
 /// A key that differed, with the latest reason.
+#[derive(Clone)]
 struct Suspect {
     db: u32,
     key: Vec<u8>,
+    /// Where the key lives on the target (the plan's renames and db moves applied).
+    tdb: u32,
+    tkey: Vec<u8>,
     kind: &'static str,
     detail: String,
 }
@@ -194,6 +208,8 @@ pub struct Verifier {
     cfg: VerifyConfig,
     conns: HashMap<u32, (MultiplexedConnection, MultiplexedConnection)>,
     rechecked: u64,
+    mapper: Option<std::sync::Arc<dyn crate::replay::Mapper>>,
+    rules: Option<std::sync::Arc<dyn VerifyRules>>,
 }
 
 impl Verifier {
@@ -204,7 +220,35 @@ impl Verifier {
             cfg,
             conns: HashMap::new(),
             rechecked: 0,
+            mapper: None,
+            rules: None,
         }
+    }
+
+    /// Compares through a plan's keyspace rules: keys it leaves out are not expected on the
+    /// target, renamed and moved keys are compared with their target names.
+    pub fn with_mapper(mut self, mapper: std::sync::Arc<dyn crate::replay::Mapper>) -> Verifier {
+        self.mapper = Some(mapper);
+        self
+    }
+
+    /// Applies a plan's verification rules (ignore, TTL tolerance, compare).
+    pub fn with_rules(mut self, rules: std::sync::Arc<dyn VerifyRules>) -> Verifier {
+        self.rules = Some(rules);
+        self
+    }
+
+    fn target_of(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+        match &self.mapper {
+            None => Some((db, key.to_vec())),
+            Some(m) => m.map_key(db, key),
+        }
+    }
+
+    fn tolerance(&self, db: u32, key: &[u8]) -> i64 {
+        self.rules
+            .as_ref()
+            .map_or(self.cfg.ttl_tolerance_ms, |r| r.ttl_tolerance_ms(db, key))
     }
 
     /// Compares the selected keys in both directions and re-checks what differs.
@@ -266,11 +310,16 @@ impl Verifier {
         };
         for s in persisting {
             *report.by_kind.entry(s.kind.to_string()).or_default() += 1;
+            let detail = if (s.tdb, &s.tkey) == (s.db, &s.key) {
+                s.detail
+            } else {
+                format!("{} (target db{} {})", s.detail, s.tdb, quote(&s.tkey))
+            };
             report.differences.push(Difference {
                 db: s.db,
                 key: quote(&s.key),
                 kind: s.kind.to_string(),
-                detail: s.detail,
+                detail,
             });
         }
         report
@@ -418,29 +467,52 @@ impl Verifier {
     /// Of these target keys, compares those the source does not have.
     async fn extras(
         &mut self,
-        db: u32,
+        tdb: u32,
         keys: &[Vec<u8>],
     ) -> Result<(u64, Vec<Suspect>), VerifyError> {
-        if keys.is_empty() {
-            return Ok((0, Vec::new()));
-        }
-        let mut con = self.conn(Side::Source, db).await?;
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("EXISTS").arg(k);
-        }
-        let exists: Vec<i64> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| self.net(Side::Source, &e))?;
-        let absent: Vec<Vec<u8>> = keys
+        // The source keys each target key can come from; a target key no source key maps to
+        // is not the migration's, and one whose source key exists is compared from the source.
+        let candidates: Vec<Vec<(u32, Vec<u8>)>> = keys
             .iter()
-            .zip(exists)
-            .filter(|(_, e)| *e == 0)
-            .map(|(k, _)| k.clone())
+            .map(|k| match &self.mapper {
+                None => vec![(tdb, k.clone())],
+                Some(m) => m.unmap_candidates(tdb, k),
+            })
             .collect();
-        let n = absent.len() as u64;
-        Ok((n, self.compare_batch(db, &absent).await?))
+        let mut by_db: BTreeMap<u32, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        for (i, cands) in candidates.iter().enumerate() {
+            for (db, key) in cands {
+                by_db.entry(*db).or_default().push((i, key.clone()));
+            }
+        }
+        let mut exists = vec![false; keys.len()];
+        for (db, asks) in by_db {
+            let mut con = self.conn(Side::Source, db).await?;
+            let mut pipe = redis::pipe();
+            for (_, k) in &asks {
+                pipe.cmd("EXISTS").arg(k);
+            }
+            let found: Vec<i64> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.net(Side::Source, &e))?;
+            for ((i, _), f) in asks.iter().zip(found) {
+                exists[*i] |= f > 0;
+            }
+        }
+        let mut absent: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for (cands, found) in candidates.into_iter().zip(exists) {
+            if let (false, Some((db, key))) = (found, cands.into_iter().next()) {
+                absent.entry(db).or_default().push(key);
+            }
+        }
+        let mut n = 0;
+        let mut out = Vec::new();
+        for (db, keys) in absent {
+            n += keys.len() as u64;
+            out.extend(self.compare_batch(db, &keys).await?);
+        }
+        Ok((n, out))
     }
 
     /// `TYPE`, `DUMP`, `PEXPIRETIME`, `PTTL` of each key on one side, pipelined.
@@ -456,31 +528,67 @@ impl Verifier {
             .map_err(|e| self.net(side, &e))
     }
 
-    /// Compares one batch; returns the keys that differ.
+    /// Compares one batch of source keys; returns the keys that differ.
     async fn compare_batch(
         &mut self,
         db: u32,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Suspect>, VerifyError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (mut s, mut t) = self.conns(db).await?;
-        let (src, tgt) = tokio::join!(fingerprints(&mut s, keys), fingerprints(&mut t, keys));
-        let mut src = src.map_err(|e| self.net(Side::Source, &e))?;
-        let mut tgt = tgt.map_err(|e| self.net(Side::Target, &e))?;
-        let mut out = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            if let Some((kind, detail)) = self.compare(db, key, &mut src[i], &mut tgt[i]).await? {
-                out.push(Suspect {
+        let mut probes = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.rules.as_ref().is_some_and(|r| r.ignored(db, key)) {
+                continue;
+            }
+            // A key the plan leaves out is not expected on the target.
+            if let Some((tdb, tkey)) = self.target_of(db, key) {
+                probes.push(Suspect {
                     db,
                     key: key.clone(),
-                    kind,
-                    detail,
+                    tdb,
+                    tkey,
+                    kind: "",
+                    detail: String::new(),
                 });
             }
         }
+        if probes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut src, mut tgt) = self.read_pairs(&probes).await?;
+        let mut out = Vec::new();
+        for (i, mut p) in probes.into_iter().enumerate() {
+            if let Some((kind, detail)) = self.compare(&p, &mut src[i], &mut tgt[i]).await? {
+                p.kind = kind;
+                p.detail = detail;
+                out.push(p);
+            }
+        }
         Ok(out)
+    }
+
+    /// Fingerprints of the probes' source keys and target keys (all of one source db).
+    async fn read_pairs(&mut self, probes: &[Suspect]) -> Result<(Vec<Fp>, Vec<Fp>), VerifyError> {
+        let db = probes[0].db;
+        let skeys: Vec<Vec<u8>> = probes.iter().map(|p| p.key.clone()).collect();
+        let src = self.fingerprints(Side::Source, db, &skeys).await?;
+        let mut tgt: Vec<Option<Fp>> = vec![None; probes.len()];
+        let mut by_tdb: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, p) in probes.iter().enumerate() {
+            by_tdb.entry(p.tdb).or_default().push(i);
+        }
+        for (tdb, idx) in by_tdb {
+            let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
+            let fps = self.fingerprints(Side::Target, tdb, &tkeys).await?;
+            for (i, fp) in idx.into_iter().zip(fps) {
+                tgt[i] = Some(fp);
+            }
+        }
+        Ok((
+            src,
+            tgt.into_iter()
+                .map(|f| f.unwrap_or_else(Fp::missing))
+                .collect(),
+        ))
     }
 
     /// Re-checks suspects: each round reads the source again, then polls the target until it
@@ -494,20 +602,20 @@ impl Verifier {
             for s in remaining.drain(..) {
                 by_db.entry(s.db).or_default().push(s);
             }
-            for (db, mut group) in by_db {
+            for (_, mut group) in by_db {
                 self.rechecked += group.len() as u64;
-                let keys: Vec<Vec<u8>> = group.iter().map(|s| s.key.clone()).collect();
-                let mut src = self.fingerprints(Side::Source, db, &keys).await?;
-                let mut pending: Vec<usize> = (0..keys.len()).collect();
+                let (mut src, _) = self.read_pairs(&group).await?;
+                let mut pending: Vec<usize> = (0..group.len()).collect();
                 let deadline = Instant::now() + self.cfg.recheck_delay;
                 loop {
                     tokio::time::sleep(POLL.min(self.cfg.recheck_delay)).await;
-                    let ask: Vec<Vec<u8>> = pending.iter().map(|&i| keys[i].clone()).collect();
-                    let mut tgt = self.fingerprints(Side::Target, db, &ask).await?;
+                    let ask: Vec<Suspect> = pending.iter().map(|&i| group[i].clone()).collect();
+                    let (_, mut tgt) = self.read_pairs(&ask).await?;
                     let mut still = Vec::new();
                     for (j, &i) in pending.iter().enumerate() {
+                        let probe = group[i].clone();
                         if let Some((kind, detail)) =
-                            self.compare(db, &keys[i], &mut src[i], &mut tgt[j]).await?
+                            self.compare(&probe, &mut src[i], &mut tgt[j]).await?
                         {
                             group[i].kind = kind;
                             group[i].detail = detail;
@@ -535,12 +643,12 @@ impl Verifier {
     /// Compares one key's two sides; `None` when they agree.
     async fn compare(
         &mut self,
-        db: u32,
-        key: &[u8],
+        p: &Suspect,
         src: &mut Fp,
         tgt: &mut Fp,
     ) -> Result<Option<(&'static str, String)>, VerifyError> {
-        let tol = self.cfg.ttl_tolerance_ms;
+        let (db, key) = (p.db, p.key.as_slice());
+        let tol = self.tolerance(db, key);
         let expiring = |fp: &Fp| fp.pttl >= 0 && fp.pttl <= tol;
         match (src.exists(), tgt.exists()) {
             (false, false) => return Ok(None),
@@ -560,8 +668,25 @@ impl Verifier {
                 format!("{} on the source, {} on the target", src.ty, tgt.ty),
             )));
         }
+        if let Some(rules) = self.rules.clone().filter(|r| r.has_compare(db, key)) {
+            // The plan decides, from canonical values read on both sides.
+            let mut s = self.conn(Side::Source, db).await?;
+            let mut t = self.conn(Side::Target, p.tdb).await?;
+            let a = fenced::read_view(&mut s, key, &src.ty)
+                .await
+                .map_err(|e| self.net(Side::Source, &e))?;
+            let b = fenced::read_view(&mut t, &p.tkey, &tgt.ty)
+                .await
+                .map_err(|e| self.net(Side::Target, &e))?;
+            return Ok(match rules.compare(db, &a, &b) {
+                Ok(true) => None,
+                Ok(false) => Some(("value", "the plan's compare said no".to_string())),
+                Err(e) => Some(("value", format!("compare failed: {e}"))),
+            });
+        }
         if src.dump != tgt.dump {
-            let (mut s, mut t) = self.conns(db).await?;
+            let mut s = self.conn(Side::Source, db).await?;
+            let mut t = self.conn(Side::Target, p.tdb).await?;
             if src.digest.is_none() {
                 let d = digest::digest(&mut s, key, &src.ty)
                     .await
@@ -569,7 +694,7 @@ impl Verifier {
                 src.digest = Some(d);
             }
             if tgt.digest.is_none() {
-                let d = digest::digest(&mut t, key, &tgt.ty)
+                let d = digest::digest(&mut t, &p.tkey, &tgt.ty)
                     .await
                     .map_err(|e| self.net(Side::Target, &e))?;
                 tgt.digest = Some(d);

@@ -118,6 +118,19 @@ fn prefix_rename_and_db_move_apply_to_snapshot_and_live_multi_key_writes() {
         dir.path(),
         r#"  rewrite = { ferry.rename_prefix("fs:", "freshservice:"), ferry.move_db(1, 3) },"#,
     );
+    // The target holds an earlier run's copy (renamed keys with old values) and a stale key:
+    // the target sweep must delete only the stale one, although `freshservice:k1` is also a
+    // name a source key of its own would keep.
+    {
+        let mut t0 = target.conn_db(0);
+        for i in 0..200 {
+            cmd(&mut t0, &["SET", &format!("freshservice:k{i}"), "old"]);
+        }
+        cmd(
+            &mut t0,
+            &["SET", "freshservice:stale", "gone on the source"],
+        );
+    }
     run_plan(&source, &target, &plan, live_writes);
     let opts = OracleOptions {
         map: Some(Arc::new(|db, key: &[u8]| {

@@ -235,3 +235,112 @@ fn bad_url_is_a_one_line_error_without_the_password() {
     assert!(err.starts_with("ferry: error: "), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn plan_renames_filters_and_rules_apply_to_a_standalone_verify() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    {
+        let (mut s, mut t) = (source.conn(), target.conn());
+        for i in 0..50 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("a:{i}"))
+                .arg(i)
+                .query(&mut s)
+                .unwrap();
+            let _: () = redis::cmd("SET")
+                .arg(format!("b:{i}"))
+                .arg(i)
+                .query(&mut t)
+                .unwrap();
+        }
+        // Left out by the plan: absent on the target is right.
+        let _: () = redis::cmd("SET")
+            .arg("skip:1")
+            .arg("x")
+            .query(&mut s)
+            .unwrap();
+        // Ignored by a verify rule: differs, not reported.
+        let _: () = redis::cmd("SET")
+            .arg("noisy:1")
+            .arg("x")
+            .query(&mut s)
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("noisy:1")
+            .arg("y")
+            .query(&mut t)
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.lua");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"local ferry = require "ferry"
+return ferry.plan {{
+  api_version = 1,
+  source = {{ url = "{}" }},
+  target = {{ url = "{}" }},
+  keys = {{ exclude = {{ "skip:*" }} }},
+  rewrite = {{ ferry.rename_prefix("a:", "b:") }},
+  verify = {{ rules = {{ {{ pattern = "noisy:*", ignore = true }} }} }},
+}}
+"#,
+            source.url(),
+            target.url()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let json = dir.path().join("v.json");
+        let out = run_ferry(&[
+            "verify",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--full",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (out, report)
+    };
+    let (out, report) = run();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert!(report["keys_checked"].as_u64().unwrap() >= 50, "{report:#}");
+
+    // Without the plan, the renamed keys would all differ.
+    let (bare, _) = verify(&source, &target, &["--full"]);
+    assert_eq!(bare.status.code(), Some(1));
+
+    let _: () = redis::cmd("SET")
+        .arg("b:7")
+        .arg("wrong")
+        .query(&mut target.conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("b:99")
+        .arg("extra")
+        .query(&mut target.conn())
+        .unwrap();
+    let (out, report) = run();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let got = differences(&report);
+    let want: BTreeSet<(u64, String, String)> = [
+        (0, "\"a:7\"".to_string(), "value".to_string()),
+        (0, "\"a:99\"".to_string(), "extra on target".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want, "{report:#}");
+    let details: Vec<&str> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains("target db0 \"b:7\"")),
+        "{details:?}"
+    );
+}
