@@ -324,3 +324,50 @@ fn reverse_sync_carries_post_switch_writes_back_for_a_rollback() {
     );
     compare(&target.url(), &source.url(), &OracleOptions::default()).assert_identical();
 }
+
+#[test]
+fn migrate_cutover_flag_switches_and_exits() {
+    let (source, target) = (seeded_source(), RedisServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("ferry.stderr");
+    let child = ferry()
+        .args([
+            "migrate",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .args([
+            "--capture",
+            "primary",
+            "--cutover",
+            "--max-pause-ms",
+            "2000",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--json")
+        .arg(dir.path().join("report.json"))
+        .env("FERRY_LOG", "ferry=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut run = FerryProcess::new(child, stderr_path);
+    assert_eq!(
+        run.wait(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("Switched; source writes resumed."),
+        "{}",
+        run.stderr()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert!(report["pause_ms"].as_u64().unwrap() < 2000, "{report:#}");
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
