@@ -288,6 +288,9 @@ pub struct Running {
     stop_tx: tokio::sync::watch::Sender<bool>,
     coordinator: tokio::task::JoinHandle<Result<crate::capture::CaptureHandle, MigrateError>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// With a split replay: the queues whose emptiness means "applied".
+    #[cfg(feature = "sqs")]
+    split_queues: Option<Vec<crate::journal::sqs::SqsQueue>>,
 }
 
 impl Migration {
@@ -422,9 +425,14 @@ impl Migration {
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
         let split_shards = None;
+        #[cfg(feature = "sqs")]
+        let mut split_queues = None;
         let replay_task = match self.split_publisher(&table).await? {
             #[cfg(feature = "sqs")]
-            Some(publisher) => tokio::spawn(publisher.run(ops_rx, stats.clone(), replay_broken_tx)),
+            Some(publisher) => {
+                split_queues = Some(publisher.queues());
+                tokio::spawn(publisher.run(ops_rx, stats.clone(), replay_broken_tx))
+            }
             _ => tokio::spawn(run_sharded(
                 self.target.clone(),
                 self.cfg.replay_shards,
@@ -504,6 +512,8 @@ impl Migration {
             stop_tx,
             coordinator,
             tasks: vec![stitch_task, replay_task, recopy_task],
+            #[cfg(feature = "sqs")]
+            split_queues,
         })
     }
 }
@@ -698,6 +708,25 @@ impl Running {
         }
     }
 
+    /// With a split replay, waits until the replay processes have applied and deleted
+    /// everything published (every queue empty, three readings in a row); at once otherwise.
+    pub async fn wait_applied(&self, timeout: Duration) -> Result<(), MigrateError> {
+        #[cfg(feature = "sqs")]
+        if let Some(queues) = &self.split_queues {
+            return wait_drained(queues, timeout).await;
+        }
+        let _ = timeout;
+        Ok(())
+    }
+
+    /// True when `ferry replay` processes apply this migration's operations.
+    pub fn split(&self) -> bool {
+        #[cfg(feature = "sqs")]
+        return self.split_queues.is_some();
+        #[cfg(not(feature = "sqs"))]
+        false
+    }
+
     /// What a fenced verification of this migration needs: source reads go to the capture
     /// node, so that their fences are in the replayed stream.
     pub fn fence_link(&self) -> crate::verify::FenceLink {
@@ -794,6 +823,11 @@ impl Running {
                     "replay did not reach the final marker",
                 ));
             }
+            // Published is not applied: with a split replay, wait for the replay processes.
+            #[cfg(feature = "sqs")]
+            if let Some(queues) = &self.split_queues {
+                wait_drained(queues, self.cfg.max_pause * 4).await?;
+            }
             Ok(())
         }
         .await;
@@ -833,6 +867,35 @@ impl Running {
             self.started,
             report,
         ))
+    }
+}
+
+#[cfg(feature = "sqs")]
+async fn wait_drained(
+    queues: &[crate::journal::sqs::SqsQueue],
+    timeout: Duration,
+) -> Result<(), MigrateError> {
+    let deadline = Instant::now() + timeout;
+    let mut quiet = 0;
+    loop {
+        let mut held = 0;
+        for q in queues {
+            let s = q.stats().await.map_err(|e| stage("split replay", e))?;
+            held += s.visible + s.in_flight + s.delayed;
+        }
+        quiet = if held == 0 { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(stage(
+                "split replay",
+                format!(
+                    "the queues still hold {held} messages: are `ferry replay` processes running?"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

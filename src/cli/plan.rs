@@ -481,10 +481,10 @@ pub async fn run_plan(
         if let Some(p) = plan
             .phases
             .iter()
-            .find(|p| matches!(p.kind, PhaseKind::Verify | PhaseKind::Cutover { .. }))
+            .find(|p| matches!(p.kind, PhaseKind::Verify))
         {
             anyhow::bail!(
-                "{}: phase '{}' needs replay in this process, but journal = ferry.sqs {{ … }} replays in `ferry replay` processes; stop this capture, let the replay processes drain the queue, then run `ferry verify` and switch",
+                "{}: phase '{}' reads the target where replay runs, but journal = ferry.sqs {{ … }} replays in `ferry replay` processes; run `ferry verify` once they have drained the queue (or cut over: its final fence waits for them)",
                 plan.path.display(),
                 p.name()
             );
@@ -575,6 +575,11 @@ pub async fn run_plan(
                         Duration::from_secs(24 * 3600),
                     )
                     .await?;
+                if r.split() {
+                    // The lag gate measured publishing; let the replay processes catch up
+                    // before pausing, so the pause only covers the last few operations.
+                    r.wait_applied(Duration::from_secs(24 * 3600)).await?;
+                }
                 tracing::info!(
                     lag_ms = lag.as_millis() as u64,
                     "Lag is under the cutover's threshold; pausing source writes."

@@ -125,6 +125,7 @@ fn run_of_group(group: u32) -> u32 {
 pub struct Publisher {
     spec: QueueSpec,
     run: u32,
+    queues: Vec<SqsQueue>,
     writers: Vec<SqsWriter>,
     /// Writer index by shard.
     writer_of: Vec<usize>,
@@ -143,6 +144,7 @@ impl Publisher {
         spec.check()?;
         let run = next_run(state_dir)?;
         let mut writers = Vec::new();
+        let mut queues = Vec::new();
         let mut writer_of = vec![0; spec.shards];
         for (shards, url) in spec.queues() {
             let cfg = spec.config(url.clone());
@@ -157,6 +159,7 @@ impl Publisher {
                 writer_of[s] = writers.len();
             }
             writers.push(queue.writer());
+            queues.push(queue);
         }
         tracing::info!(
             run,
@@ -167,6 +170,7 @@ impl Publisher {
         Ok(Publisher {
             spec,
             run,
+            queues,
             writers,
             writer_of,
             table,
@@ -331,6 +335,11 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// The queues published to: empty means applied.
+    pub fn queues(&self) -> Vec<SqsQueue> {
+        self.queues.clone()
     }
 
     /// This capture's run number (the high bits of its group ids).

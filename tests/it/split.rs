@@ -234,3 +234,90 @@ fn split_replay_through_standard_queues_with_two_processes_is_exact() {
 fn split_replay_survives_a_replay_process_killed_with_sigkill() {
     run_split("ferry-kill.fifo", ["0/1", "0/1"], true);
 }
+
+#[test]
+fn split_cutover_waits_until_the_replay_processes_applied_everything() {
+    let moto = Moto::start();
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0, 1],
+            keys_per_db: 3000,
+            big_list: 20_000,
+            ..Dataset::tiny()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("{}/123456789012/ferry-cut.fifo", moto.endpoint());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(ferry::journal::sqs::SqsQueue::create(
+            moto.config(&queue),
+            "ferry-cut.fifo",
+        ))
+        .unwrap();
+    let split = Split {
+        moto: &moto,
+        source: &source,
+        target: &target,
+        dir: dir.path(),
+        queue: queue.clone(),
+        shards: 4,
+    };
+    let mut worker = split.replay("0/1", "w");
+    let flag = dir.path().join("switched");
+    let plan = dir.path().join("plan.lua");
+    std::fs::write(
+        &plan,
+        r#"local ferry = require "ferry"
+return ferry.plan {
+  api_version = 1,
+  source = { url = ferry.env "SRC", capture = "primary" },
+  target = { url = ferry.env "DST" },
+  journal = ferry.sqs { queue_url = ferry.env "QUEUE" },
+  phases = { "snapshot", "catch_up", ferry.cutover {
+    commands = { flag = { "touch", ferry.env "FLAG" } },
+    switch = function(ctx) ctx.run("flag") end,
+  } },
+}
+"#,
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "run",
+        plan.to_str().unwrap(),
+        "--set",
+        &format!("SRC={}", source.url()),
+        "--set",
+        &format!("DST={}", target.url()),
+        "--set",
+        &format!("QUEUE={queue}"),
+        "--set",
+        &format!("FLAG={}", flag.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut run = spawn(&moto, &args, &dir.path().join("run.stderr"));
+    assert_eq!(
+        run.wait(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        run.stderr()
+    );
+    assert!(flag.exists(), "{}", run.stderr());
+    // The switch ran only once the replay process had applied everything: no waiting here.
+    let oracle = compare(&source.url(), &target.url(), &OracleOptions::default());
+    assert!(oracle.keys_compared > 5000, "{oracle}");
+    oracle.assert_identical();
+    assert_eq!(
+        worker.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        worker.stderr()
+    );
+}
