@@ -35,6 +35,8 @@ use crate::snapshot::{FencedReader, next_read_id};
 pub const LOGICAL_MAX_BYTES: usize = 8 << 20;
 /// Fenced batches whose target side may be outstanding at once.
 const IN_FLIGHT: usize = 8;
+/// Source connections reading fenced batches at once.
+const READERS: usize = 4;
 /// Rounds for keys that were unsettled at their fence.
 const UNSETTLED_ROUNDS: u32 = 20;
 
@@ -106,6 +108,46 @@ struct Probe {
     logical_type: Option<&'static str>,
 }
 
+/// Registers a batch's target reads, then reads the source inside a fenced read; hands the
+/// reader back with the outcome.
+async fn send(
+    mut reader: FencedReader,
+    shared: Arc<StitchShared>,
+    node: String,
+    batch: Vec<Probe>,
+) -> (FencedReader, Result<Sent, VerifyError>) {
+    let db = batch[0].db;
+    let id = format!("{CHECK_ID_PREFIX}{}", next_read_id());
+    let mut source_cmds = Vec::with_capacity(batch.len());
+    let mut slots = Vec::with_capacity(batch.len());
+    let mut waits = Vec::with_capacity(batch.len());
+    for p in &batch {
+        source_cmds.push(reads(&p.key, p.logical_type));
+        let (reply, wait) = oneshot::channel();
+        slots.push(Some(CheckSlot {
+            db: p.tdb,
+            key: p.tkey.clone(),
+            cmds: reads(&p.tkey, p.logical_type),
+            reply,
+        }));
+        waits.push(wait);
+    }
+    shared.checks.register(id.clone(), slots);
+    let out = match reader.probe(db, &id, &source_cmds).await {
+        Ok(source) => Ok(Sent {
+            id,
+            batch,
+            source,
+            waits,
+        }),
+        Err(e) => {
+            shared.checks.remove(&id);
+            Err(VerifyError::Config(format!("fenced read on {node}: {e}")))
+        }
+    };
+    (reader, out)
+}
+
 /// A batch whose source side is read and whose target side is on its way.
 struct Sent {
     id: String,
@@ -166,9 +208,14 @@ impl FencedVerifier {
             return Err(VerifyError::Config("batch must be at least 1".into()));
         }
         let started = Instant::now();
-        let mut reader = FencedReader::connect(&self.link.node, &self.link.peers)
-            .await
-            .map_err(VerifyError::Config)?;
+        let mut reader = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            reader.push(
+                FencedReader::connect(&self.link.node, &self.link.peers)
+                    .await
+                    .map_err(VerifyError::Config)?,
+            );
+        }
         let src_ks = keyspace(&self.link.node).await?;
         let tgt_ks = keyspace(&self.link.target).await?;
         let src_dbs: Vec<u32> = match &self.cfg.dbs {
@@ -271,7 +318,7 @@ impl FencedVerifier {
     /// Round one for source keys of `db`.
     async fn check_keys(
         &self,
-        reader: &mut FencedReader,
+        reader: &mut Vec<FencedReader>,
         run: &mut Run,
         db: u32,
         keys: Vec<Vec<u8>>,
@@ -301,71 +348,79 @@ impl FencedVerifier {
         self.check_probes(reader, run, probes).await
     }
 
-    /// Checks probes in fenced batches (one db per batch), several batches in flight: a
-    /// batch's target side waits for replay to reach its fence, which the next batches'
-    /// source reads need not wait for.
+    /// Checks probes in fenced batches (one db per batch): the source reads run on several
+    /// connections at once, and several batches' target sides may be outstanding, since a
+    /// batch's target reads wait for replay to reach its fence.
     async fn check_probes(
         &self,
-        reader: &mut FencedReader,
+        readers: &mut Vec<FencedReader>,
         run: &mut Run,
         mut probes: Vec<Probe>,
     ) -> Result<(), VerifyError> {
         probes.sort_by_key(|p| p.db);
+        let mut idle = std::mem::take(readers);
+        let mut sending = tokio::task::JoinSet::new();
         let mut in_flight = std::collections::VecDeque::new();
-        for group in probes.chunk_by(|a, b| a.db == b.db) {
-            for batch in group.chunks(self.cfg.batch) {
-                if in_flight.len() >= IN_FLIGHT {
-                    let sent = in_flight.pop_front().expect("not empty");
-                    self.collect(run, sent).await?;
-                }
-                in_flight.push_back(self.send(reader, batch.to_vec()).await?);
+        let mut failure = None;
+        let batches: Vec<Vec<Probe>> = probes
+            .chunk_by(|a, b| a.db == b.db)
+            .flat_map(|g| g.chunks(self.cfg.batch).map(<[Probe]>::to_vec))
+            .collect();
+        for batch in batches {
+            while in_flight.len() >= IN_FLIGHT {
+                let sent = in_flight.pop_front().expect("not empty");
+                self.collect(run, sent).await?;
             }
+            let reader = loop {
+                if let Some(r) = idle.pop() {
+                    break r;
+                }
+                match sending.join_next().await {
+                    Some(Ok((r, sent))) => {
+                        idle.push(r);
+                        match sent {
+                            Ok(sent) => in_flight.push_back(sent),
+                            Err(e) => failure = Some(e),
+                        }
+                    }
+                    Some(Err(e)) => return Err(VerifyError::Config(format!("fenced read: {e}"))),
+                    None => return Err(VerifyError::Config("no fenced reader left".into())),
+                }
+            };
+            if failure.is_some() {
+                idle.push(reader);
+                break;
+            }
+            sending.spawn(send(
+                reader,
+                self.link.shared.clone(),
+                self.link.node.redacted().to_string(),
+                batch,
+            ));
+        }
+        while let Some(done) = sending.join_next().await {
+            match done {
+                Ok((r, sent)) => {
+                    idle.push(r);
+                    match sent {
+                        Ok(sent) => in_flight.push_back(sent),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                Err(e) => failure = Some(VerifyError::Config(format!("fenced read: {e}"))),
+            }
+        }
+        *readers = idle;
+        if let Some(e) = failure {
+            for sent in in_flight {
+                self.link.shared.checks.remove(&sent.id);
+            }
+            return Err(e);
         }
         while let Some(sent) = in_flight.pop_front() {
             self.collect(run, sent).await?;
         }
         Ok(())
-    }
-
-    /// Registers a batch's target reads, then reads the source inside a fenced read.
-    async fn send(
-        &self,
-        reader: &mut FencedReader,
-        batch: Vec<Probe>,
-    ) -> Result<Sent, VerifyError> {
-        let db = batch[0].db;
-        let id = format!("{CHECK_ID_PREFIX}{}", next_read_id());
-        let mut source_cmds = Vec::with_capacity(batch.len());
-        let mut slots = Vec::with_capacity(batch.len());
-        let mut waits = Vec::with_capacity(batch.len());
-        for p in &batch {
-            source_cmds.push(reads(&p.key, p.logical_type));
-            let (reply, wait) = oneshot::channel();
-            slots.push(Some(CheckSlot {
-                db: p.tdb,
-                key: p.tkey.clone(),
-                cmds: reads(&p.tkey, p.logical_type),
-                reply,
-            }));
-            waits.push(wait);
-        }
-        let checks = &self.link.shared.checks;
-        checks.register(id.clone(), slots);
-        match reader.probe(db, &id, &source_cmds).await {
-            Ok(source) => Ok(Sent {
-                id,
-                batch,
-                source,
-                waits,
-            }),
-            Err(e) => {
-                checks.remove(&id);
-                Err(VerifyError::Config(format!(
-                    "fenced read on {}: {e}",
-                    self.link.node.redacted()
-                )))
-            }
-        }
     }
 
     /// Waits for a batch's target reads and judges each key.
