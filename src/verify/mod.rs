@@ -515,19 +515,6 @@ impl Verifier {
         Ok((n, out))
     }
 
-    /// `TYPE`, `DUMP`, `PEXPIRETIME`, `PTTL` of each key on one side, pipelined.
-    async fn fingerprints(
-        &mut self,
-        side: Side,
-        db: u32,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Fp>, VerifyError> {
-        let mut con = self.conn(side, db).await?;
-        fingerprints(&mut con, keys)
-            .await
-            .map_err(|e| self.net(side, &e))
-    }
-
     /// Compares one batch of source keys; returns the keys that differ.
     async fn compare_batch(
         &mut self,
@@ -566,19 +553,33 @@ impl Verifier {
         Ok(out)
     }
 
-    /// Fingerprints of the probes' source keys and target keys (all of one source db).
+    /// Fingerprints of the probes' source keys and target keys (all of one source db), both
+    /// sides read concurrently.
     async fn read_pairs(&mut self, probes: &[Suspect]) -> Result<(Vec<Fp>, Vec<Fp>), VerifyError> {
         let db = probes[0].db;
         let skeys: Vec<Vec<u8>> = probes.iter().map(|p| p.key.clone()).collect();
-        let src = self.fingerprints(Side::Source, db, &skeys).await?;
-        let mut tgt: Vec<Option<Fp>> = vec![None; probes.len()];
         let mut by_tdb: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, p) in probes.iter().enumerate() {
             by_tdb.entry(p.tdb).or_default().push(i);
         }
+        let mut scon = self.conn(Side::Source, db).await?;
+        let mut groups = Vec::with_capacity(by_tdb.len());
         for (tdb, idx) in by_tdb {
             let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
-            let fps = self.fingerprints(Side::Target, tdb, &tkeys).await?;
+            groups.push((self.conn(Side::Target, tdb).await?, idx, tkeys));
+        }
+        let target_side = async {
+            let mut out = Vec::with_capacity(groups.len());
+            for (mut con, idx, tkeys) in groups {
+                out.push((idx, fingerprints(&mut con, &tkeys).await));
+            }
+            out
+        };
+        let (src, tgt_groups) = tokio::join!(fingerprints(&mut scon, &skeys), target_side);
+        let src = src.map_err(|e| self.net(Side::Source, &e))?;
+        let mut tgt: Vec<Option<Fp>> = vec![None; probes.len()];
+        for (idx, fps) in tgt_groups {
+            let fps = fps.map_err(|e| self.net(Side::Target, &e))?;
             for (i, fp) in idx.into_iter().zip(fps) {
                 tgt[i] = Some(fp);
             }
