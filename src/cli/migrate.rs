@@ -73,25 +73,78 @@ fn parse_verify(s: &str) -> Result<String, String> {
     }
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+/// SIGINT/SIGTERM, listened for from the moment it is made: a signal that arrives while a
+/// plan's phases run is not lost (a background job's inherited SIGINT disposition is "ignore",
+/// so an unhandled one would vanish), and stops the run at a final fence.
+#[derive(Clone)]
+pub struct Stop {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Stop {
+    /// Installs the handlers now.
+    pub fn install() -> Stop {
+        let stop = Stop {
+            flag: Default::default(),
+            notify: Default::default(),
+        };
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            );
+            let s = stop.clone();
+            tokio::spawn(async move {
+                match signals {
+                    (Ok(mut int), Ok(mut term)) => {
+                        tokio::select! {
+                            _ = int.recv() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    _ => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                s.set();
+            });
+        }
+        #[cfg(not(unix))]
+        {
+            let s = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                s.set();
+            });
+        }
+        stop
+    }
+
+    fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once a signal came.
+    pub fn requested(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once a signal came (at once if one already did).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.requested() {
+                return;
+            }
+            notified.await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {

@@ -523,28 +523,42 @@ pub async fn run_plan(
     tweak(&mut cfg);
 
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
+    let stop = super::migrate::Stop::install();
     let running = Migration::new(source, target, cfg).start().await?;
+    // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence.
+    macro_rules! interruptible {
+        ($fut:expr) => {
+            tokio::select! {
+                r = $fut => r,
+                _ = stop.wait() => {
+                    tracing::info!("Stop requested: skipping the remaining phases.");
+                    break;
+                }
+            }
+        };
+    }
     let mut finished = None;
     let mut reverse: Option<Running> = None;
     let mut verified: Option<VerifyReport> = None;
     let mut running = Some(running);
     for phase in &plan.phases {
         let Some(r) = running.as_ref() else { break };
+        if stop.requested() {
+            break;
+        }
         tracing::info!(phase = phase.name(), "Phase started.");
         run_hook(&phase.before, &plan, r)?;
         match &phase.kind {
-            PhaseKind::Snapshot => r.wait_snapshot(Duration::from_secs(24 * 3600)).await?,
+            PhaseKind::Snapshot => interruptible!(r.wait_snapshot(Duration::from_secs(24 * 3600)))?,
             PhaseKind::CatchUp { max_lag_ms } => {
-                let lag = r
-                    .wait_lag(
-                        Duration::from_millis(*max_lag_ms),
-                        Duration::from_secs(24 * 3600),
-                    )
-                    .await?;
+                let lag = interruptible!(r.wait_lag(
+                    Duration::from_millis(*max_lag_ms),
+                    Duration::from_secs(24 * 3600),
+                ))?;
                 tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
             }
             PhaseKind::Verify => {
-                let report = verify_phase(&plan, r).await?;
+                let report = interruptible!(verify_phase(&plan, r))?;
                 if !report.is_identical() {
                     // Later phases (a cutover above all) must not run on a target that
                     // differs: stop cleanly at a final fence and say so.
@@ -569,16 +583,14 @@ pub async fn run_plan(
                 commands,
                 ..
             } => {
-                let lag = r
-                    .wait_lag(
-                        Duration::from_millis(*max_lag_ms),
-                        Duration::from_secs(24 * 3600),
-                    )
-                    .await?;
+                let lag = interruptible!(r.wait_lag(
+                    Duration::from_millis(*max_lag_ms),
+                    Duration::from_secs(24 * 3600),
+                ))?;
                 if r.split() {
                     // The lag gate measured publishing; let the replay processes catch up
                     // before pausing, so the pause only covers the last few operations.
-                    r.wait_applied(Duration::from_secs(24 * 3600)).await?;
+                    interruptible!(r.wait_applied(Duration::from_secs(24 * 3600)))?;
                 }
                 tracing::info!(
                     lag_ms = lag.as_millis() as u64,
@@ -646,7 +658,7 @@ pub async fn run_plan(
             if let Some(mut rev) = reverse.take() {
                 tracing::info!("Reverse sync running (target → source) until Ctrl-C or SIGTERM.");
                 tokio::select! {
-                    _ = super::migrate::shutdown_signal() => {}
+                    _ = stop.wait() => {}
                     e = rev.failed() => return Err(anyhow::anyhow!("reverse sync: {e}")),
                 }
                 let back = rev.finish().await?;
@@ -658,9 +670,11 @@ pub async fn run_plan(
             report
         }
         (None, Some(mut r)) => {
-            tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
+            if !stop.requested() {
+                tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
+            }
             tokio::select! {
-                _ = super::migrate::shutdown_signal() => {}
+                _ = stop.wait() => {}
                 e = r.failed() => return Err(e.into()),
             }
             r.finish().await?

@@ -175,8 +175,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         target = %target,
         "Replaying from SQS until Ctrl-C or SIGTERM."
     );
+    let stop = super::migrate::Stop::install();
     let report = Worker::new(cfg, source, target)
-        .run(super::migrate::shutdown_signal())
+        .run(async move { stop.wait().await })
         .await?;
     eprintln!(
         "Replay stopped: {} entries in {} batches, {} in doubt ({} re-copies requested), {} stale, {} gaps; {} commands, {} restores",
