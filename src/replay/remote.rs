@@ -10,7 +10,10 @@
 //!   over with a full fenced resync), so gseqs never restart inside a group, and a worker drops
 //!   the messages of a run older than the newest it has seen: the new run's resync supersedes
 //!   them.
-//! - Payloads too big for a message travel as consecutive parts in their group.
+//! - Payloads too big for a message travel as consecutive parts in their group. Workers
+//!   assemble them on the target (`SET`/`SETRANGE` of a scratch key at fixed offsets, then a
+//!   script that restores from it and deletes it), since the parts may span messages that
+//!   different processes apply, and a part applied twice must change nothing.
 //! - A worker acknowledges a batch once the target has answered all of it. A batch received
 //!   again (a worker crashed with it in flight) is in doubt: its writes may or may not have been
 //!   applied, so they are not applied again; the worker asks the capture process, through an
@@ -42,6 +45,16 @@ const SHARD_BITS: u32 = 8;
 pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// Payload bytes per part of a split `RESTORE`.
 const PART_BYTES: usize = 192 * 1024;
+/// Where the parts of a big payload are assembled on the target, before the key's name.
+const PART_SCRATCH: &[u8] = b"ferry:parts:";
+/// Restores `KEYS[1]` from the payload assembled in `KEYS[2]` (then deleted); a second run finds
+/// no scratch key and does nothing, so a batch applied twice stays exact.
+const RESTORE_PARTS_SCRIPT: &str = "local p = redis.call('GET', KEYS[2]) \
+if not p then return 0 end \
+redis.call('DEL', KEYS[2]) \
+if ARGV[2] == '1' then redis.call('RESTORE', KEYS[1], ARGV[1], p, 'REPLACE', 'ABSTTL') \
+else redis.call('RESTORE', KEYS[1], ARGV[1], p, 'REPLACE') end \
+return 1";
 /// Entries buffered per flush to the writer.
 const PUBLISH_BATCH: usize = 20_000;
 
@@ -501,7 +514,6 @@ impl Worker {
                 source: self.source.control().await?,
                 counters: counters.clone(),
                 pending: HashMap::new(),
-                parts: HashMap::new(),
                 newest_run: 0,
             };
             let stop = stop_rx.clone();
@@ -579,8 +591,6 @@ struct ReaderTask {
     counters: Arc<Counters>,
     /// Per group, target keys whose re-copy was requested and whose `RESTORE` has not come.
     pending: HashMap<u32, HashSet<(u32, Vec<u8>)>>,
-    /// Per group, the parts of a split payload so far.
-    parts: HashMap<u32, Vec<u8>>,
     newest_run: u32,
 }
 
@@ -744,21 +754,48 @@ impl ReaderTask {
                 expire_at_ms,
                 ..
             } => {
-                let payload = if let Some(rest) = read_id.strip_prefix("part:") {
+                if let Some(rest) = read_id.strip_prefix("part:") {
+                    // The parts of a big payload may reach different processes (a FIFO group
+                    // moves between them, or one crashes): they are assembled on the target, in
+                    // a scratch key written at fixed offsets, so re-applying a part is harmless.
                     let (i, n) = rest.split_once(':').unwrap_or(("0", "1"));
                     let (i, n): (usize, usize) = (i.parse().unwrap_or(0), n.parse().unwrap_or(1));
-                    let buf = self.parts.entry(group).or_default();
-                    if i == 0 {
-                        buf.clear();
-                    }
-                    buf.extend_from_slice(payload.as_deref().unwrap_or_default());
+                    let data = payload.unwrap_or_default();
+                    let scratch = [PART_SCRATCH, key.as_slice()].concat();
+                    let write = if i == 0 {
+                        Argv::from_args([&b"SET"[..], &scratch, &data])
+                    } else {
+                        let offset = (i * PART_BYTES).to_string();
+                        Argv::from_args([&b"SETRANGE"[..], &scratch, offset.as_bytes(), &data])
+                    };
                     if i + 1 < n {
-                        return Ok(None);
+                        return Ok(Some(Op::Cmd {
+                            seq,
+                            db,
+                            argv: write,
+                        }));
                     }
-                    self.parts.remove(&group)
-                } else {
-                    payload
-                };
+                    if let Some(p) = self.pending.get_mut(&group) {
+                        p.remove(&(db, key.clone()));
+                    }
+                    let (ttl, abs) = match expire_at_ms {
+                        Some(t) => (t.to_string(), "1"),
+                        None => ("0".to_string(), "0"),
+                    };
+                    let restore = Argv::from_args([
+                        &b"EVAL"[..],
+                        RESTORE_PARTS_SCRIPT.as_bytes(),
+                        b"2",
+                        &key,
+                        &scratch,
+                        ttl.as_bytes(),
+                        abs.as_bytes(),
+                    ]);
+                    return Ok(Some(Op::Atomic {
+                        seq,
+                        cmds: vec![(db, write), (db, restore)],
+                    }));
+                }
                 // A full copy: whatever this key had (in doubt or derived from such) is now exact.
                 if let Some(p) = self.pending.get_mut(&group) {
                     p.remove(&(db, key.clone()));
