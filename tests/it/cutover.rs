@@ -34,7 +34,7 @@ struct AppLog {
     on_target: u64,
 }
 
-/// Writes SET + INCR pairs every 2 ms to the server `switched` points at; a write that fails
+/// Writes SET + INCR pairs every millisecond to the server `switched` points at; a write that fails
 /// (its connection was closed while the pause held it) is retried after reconnecting.
 fn app(
     source: String,
@@ -107,7 +107,7 @@ fn app(
                     log.incrs += 1;
                 }
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
         log
     })
@@ -162,6 +162,8 @@ return ferry.plan {{
         ctx.call("target", "SET", "app:config:primary", "target")
         local code = ctx.run("notify")
         if code ~= 0 then error("notify exited with " .. code) end
+        -- A real switch takes a moment (a config push); the app's writes meanwhile are held.
+        ctx.sleep(50)
       end,
     }},
   }},
