@@ -147,24 +147,37 @@ impl Stop {
     }
 }
 
+/// The default plan's inputs from command-line flags (`ferry.env` overrides).
+pub(super) fn default_plan_overrides(
+    source: &str,
+    target: &str,
+    capture: CaptureMode,
+    state_dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    let capture = match capture {
+        CaptureMode::Auto => "auto",
+        CaptureMode::Primary => "primary",
+        CaptureMode::Replica => "replica",
+    };
+    vec![
+        ("SOURCE_URL".to_string(), source.to_string()),
+        ("TARGET_URL".to_string(), target.to_string()),
+        ("FERRY_CAPTURE".to_string(), capture.to_string()),
+        (
+            "FERRY_STATE_DIR".to_string(),
+            state_dir.display().to_string(),
+        ),
+    ]
+}
+
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     // Bad URLs fail here with the URL named (redacted), before any Lua runs.
     Endpoint::parse(&args.source)?;
     Endpoint::parse(&args.target)?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
-    let capture = match args.capture {
-        CaptureMode::Auto => "auto",
-        CaptureMode::Primary => "primary",
-        CaptureMode::Replica => "replica",
-    };
-    let overrides = vec![
-        ("SOURCE_URL".to_string(), args.source.clone()),
-        ("TARGET_URL".to_string(), args.target.clone()),
-        ("FERRY_CAPTURE".to_string(), capture.to_string()),
-        (
-            "FERRY_STATE_DIR".to_string(),
-            args.state_dir.display().to_string(),
-        ),
+    let mut overrides =
+        default_plan_overrides(&args.source, &args.target, args.capture, &args.state_dir);
+    overrides.extend([
         ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),
         (
             "FERRY_CUTOVER".to_string(),
@@ -174,7 +187,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             "FERRY_REVERSE_SYNC".to_string(),
             if args.reverse_sync { "1" } else { "" }.to_string(),
         ),
-    ];
+    ]);
     // `ferry migrate` is the default plan of the embedded library, with the flags applied.
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;
     let workers = args.workers;

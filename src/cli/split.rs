@@ -59,20 +59,12 @@ pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     Endpoint::parse(&args.source)?;
     Endpoint::parse(&args.target)?;
     let spec = queue_spec(&args.queue, args.shards)?;
-    let capture = match args.capture {
-        CaptureMode::Auto => "auto",
-        CaptureMode::Primary => "primary",
-        CaptureMode::Replica => "replica",
-    };
-    let overrides = vec![
-        ("SOURCE_URL".to_string(), args.source.clone()),
-        ("TARGET_URL".to_string(), args.target.clone()),
-        ("FERRY_CAPTURE".to_string(), capture.to_string()),
-        (
-            "FERRY_STATE_DIR".to_string(),
-            args.state_dir.display().to_string(),
-        ),
-    ];
+    let overrides = super::migrate::default_plan_overrides(
+        &args.source,
+        &args.target,
+        args.capture,
+        &args.state_dir,
+    );
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;
     let create = args.create_queue;
     let max_pause = Duration::from_millis(args.max_pause_ms);

@@ -527,23 +527,8 @@ impl FencedVerifier {
                 }
             }
         }
-        let ttl_differs = match (s.expire_at, t.expire_at) {
-            (a, b) if a < 0 && b < 0 => false,
-            (a, b) if a < 0 || b < 0 => true,
-            (a, b) => (a - b).abs() > tol,
-        };
-        if ttl_differs {
-            let show = |t: i64| {
-                if t < 0 {
-                    "no TTL".to_string()
-                } else {
-                    format!("expires at {t} ms")
-                }
-            };
-            return Outcome::Differs(
-                "ttl",
-                format!("source {}, target {}", show(s.expire_at), show(t.expire_at)),
-            );
+        if let Some(detail) = super::ttl_difference(s.expire_at, t.expire_at, tol) {
+            return Outcome::Differs("ttl", detail);
         }
         Outcome::Same
     }

@@ -705,30 +705,26 @@ impl Verifier {
                 return Ok(Some(("value", format!("{} values differ", src.ty))));
             }
         }
-        let ttl_differs = match (src.expire_at, tgt.expire_at) {
-            (a, b) if a < 0 && b < 0 => false,
-            (a, b) if a < 0 || b < 0 => true,
-            (a, b) => (a - b).abs() > tol,
-        };
-        if ttl_differs {
-            let show = |t: i64| {
-                if t < 0 {
-                    "no TTL".to_string()
-                } else {
-                    format!("expires at {t} ms")
-                }
-            };
-            return Ok(Some((
-                "ttl",
-                format!(
-                    "source {}, target {}",
-                    show(src.expire_at),
-                    show(tgt.expire_at)
-                ),
-            )));
-        }
-        Ok(None)
+        Ok(ttl_difference(src.expire_at, tgt.expire_at, tol).map(|d| ("ttl", d)))
     }
+}
+
+/// How two absolute expiry times (`PEXPIRETIME`; negative for none) differ beyond `tol`
+/// milliseconds, described; `None` when they agree.
+pub(crate) fn ttl_difference(source: i64, target: i64, tol: i64) -> Option<String> {
+    let differs = match (source, target) {
+        (a, b) if a < 0 && b < 0 => false,
+        (a, b) if a < 0 || b < 0 => true,
+        (a, b) => (a - b).abs() > tol,
+    };
+    let show = |t: i64| {
+        if t < 0 {
+            "no TTL".to_string()
+        } else {
+            format!("expires at {t} ms")
+        }
+    };
+    differs.then(|| format!("source {}, target {}", show(source), show(target)))
 }
 
 async fn fingerprints(
