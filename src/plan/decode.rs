@@ -953,36 +953,18 @@ impl Decoder {
         };
         let before = hook("before")?;
         let after = hook("after")?;
+        let ms = |name: &str, min: u64, max: u64| -> R<Option<u64>> {
+            self.uint(&self.get(t, field, name)?, &join(field, name), min, max)
+        };
         let kind = match kind {
             "snapshot" => PhaseKind::Snapshot,
             "verify" => PhaseKind::Verify,
             "catch_up" => PhaseKind::CatchUp {
-                max_lag_ms: self
-                    .uint(
-                        &self.get(t, field, "max_lag_ms")?,
-                        &join(field, "max_lag_ms"),
-                        0,
-                        u64::MAX,
-                    )?
-                    .unwrap_or(DEFAULT_MAX_LAG_MS),
+                max_lag_ms: ms("max_lag_ms", 0, u64::MAX)?.unwrap_or(DEFAULT_MAX_LAG_MS),
             },
             "cutover" => PhaseKind::Cutover {
-                max_pause_ms: self
-                    .uint(
-                        &self.get(t, field, "max_pause_ms")?,
-                        &join(field, "max_pause_ms"),
-                        1,
-                        3_600_000,
-                    )?
-                    .unwrap_or(DEFAULT_MAX_PAUSE_MS),
-                max_lag_ms: self
-                    .uint(
-                        &self.get(t, field, "max_lag_ms")?,
-                        &join(field, "max_lag_ms"),
-                        0,
-                        u64::MAX,
-                    )?
-                    .unwrap_or(DEFAULT_MAX_LAG_MS),
+                max_pause_ms: ms("max_pause_ms", 1, 3_600_000)?.unwrap_or(DEFAULT_MAX_PAUSE_MS),
+                max_lag_ms: ms("max_lag_ms", 0, u64::MAX)?.unwrap_or(DEFAULT_MAX_LAG_MS),
                 switch: hook("switch")?,
                 reverse_sync: self
                     .boolean(

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::exec::{Op, ReplayStats, Replayer};
-use super::shard::{route, shard_of};
+use super::shard::shard_of;
 use super::stitch::recopy_request;
 use crate::command::{Argv, CommandTable, KeyRef};
 use crate::journal::sqs::{SqsConfig, SqsError, SqsEvent, SqsQueue, SqsWriter};
@@ -246,15 +246,17 @@ impl Publisher {
         keys: &mut Vec<KeyRef>,
     ) -> usize {
         let shards = self.spec.shards;
-        let shard_of_op = |op: &Op, keys: &mut Vec<KeyRef>| route(&self.table, op, shards, keys);
+        // The stitcher sends no command whose keys span shards, so a command's first key names
+        // its shard; keyless ones (SCRIPT LOAD) may go anywhere.
+        let mut shard_of_cmd = |argv: &Argv| {
+            keys.clear();
+            self.table.keys_into(argv, keys);
+            keys.first()
+                .map_or(0, |k| shard_of(argv.get(k.pos).unwrap_or_default(), shards))
+        };
         match op {
             Op::Cmd { seq, db, argv } => {
-                let op = Op::Cmd { seq, db, argv };
-                // Keyless commands (SCRIPT LOAD) go anywhere; cross-shard ones never get here.
-                let s = shard_of_op(&op, keys).unwrap_or(0);
-                let Op::Cmd { seq, db, argv } = op else {
-                    unreachable!()
-                };
+                let s = shard_of_cmd(&argv);
                 push(pending, s, seq, EntryKind::Write { db, argv });
                 1
             }
@@ -262,12 +264,10 @@ impl Publisher {
                 // One group per shard: each shard applies its part atomically, in order.
                 let mut by_shard: BTreeMap<usize, Vec<(u32, Argv)>> = BTreeMap::new();
                 for (db, argv) in cmds {
-                    keys.clear();
-                    self.table.keys_into(&argv, keys);
-                    let s = keys
-                        .first()
-                        .map_or(0, |k| shard_of(argv.get(k.pos).unwrap_or_default(), shards));
-                    by_shard.entry(s).or_default().push((db, argv));
+                    by_shard
+                        .entry(shard_of_cmd(&argv))
+                        .or_default()
+                        .push((db, argv));
                 }
                 let n = by_shard.len();
                 for (s, mut part) in by_shard {
@@ -353,11 +353,6 @@ impl Publisher {
     /// The queues published to: empty means applied.
     pub fn queues(&self) -> Vec<SqsQueue> {
         self.queues.clone()
-    }
-
-    /// This capture's run number (the high bits of its group ids).
-    pub fn run_number(&self) -> u32 {
-        self.run
     }
 }
 

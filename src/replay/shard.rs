@@ -32,7 +32,7 @@ pub fn shard_of(key: &[u8], shards: usize) -> usize {
 }
 
 /// Which shard an operation belongs to; `None` when it needs the barrier.
-pub fn route(
+fn route(
     table: &CommandTable,
     op: &Op,
     shards: usize,

@@ -10,13 +10,13 @@
 //!   [`LOGICAL_MAX_BYTES`] are compared through windowed digests instead, unfenced, with
 //!   re-checks: reading a huge value whole would stall both servers.
 //! - A key whose fence finds it unsettled (a re-copy pending) is checked again at a later fence.
-//! - Both directions: source keys (all, or a sample without duplicates), then target keys whose
-//!   source key (through the plan's renames) was not seen; for those the source side of the
-//!   fence says whether the key exists.
+//! - Both directions, a `SCAN` page at a time: source keys (all, or a sample without
+//!   duplicates), then target keys for which no source key (through the plan's renames) exists;
+//!   for those the source side of the fence says whether that is still so.
 //! - The plan's rules apply per source key: ignored keys are skipped, TTL tolerances differ
 //!   per pattern, and a `compare` function decides equality from canonical values.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,11 @@ use crate::snapshot::{FencedReader, next_read_id};
 
 /// Payloads larger than this are compared through digests rather than read whole.
 pub const LOGICAL_MAX_BYTES: usize = 8 << 20;
+/// Keys per `SCAN` step.
+const SCAN_COUNT: usize = 1000;
+/// Keys gathered before they are checked: enough batches for every reader and the in-flight
+/// window, few enough that memory stays bounded whatever the keyspace.
+const CHECK_KEYS: usize = 16_384;
 /// Fenced batches whose target side may be outstanding at once.
 const IN_FLIGHT: usize = 8;
 /// Source connections reading fenced batches at once.
@@ -195,13 +200,6 @@ impl FencedVerifier {
         }
     }
 
-    fn unmap(&self, db: u32, key: &[u8]) -> Vec<(u32, Vec<u8>)> {
-        match &self.link.mapper {
-            None => vec![(db, key.to_vec())],
-            Some(m) => m.unmap_candidates(db, key),
-        }
-    }
-
     /// Compares the selected keys in both directions.
     pub async fn run(self) -> Result<VerifyReport, VerifyError> {
         if self.cfg.batch == 0 {
@@ -224,51 +222,83 @@ impl FencedVerifier {
         };
         let mut run = Run::default();
 
-        // Source → target.
+        // Source → target, a SCAN page (or a sample) at a time, so memory follows the batch.
         let src_total: u64 = src_dbs.iter().filter_map(|d| src_ks.get(d)).sum();
         let sample = self.cfg.sample.filter(|n| *n < src_total);
         for &db in &src_dbs {
-            let keys = match sample {
-                Some(n) => {
-                    let share = share_of(n, src_ks.get(&db).copied().unwrap_or(0), src_total);
-                    random_keys(&self.link.node, db, share, self.cfg.batch).await?
+            let mut con = self.link.node.with_db(i64::from(db)).control().await?;
+            let net = |e: redis::RedisError| VerifyError::Net(self.link.node.classify(&e));
+            if let Some(n) = sample {
+                let share = share_of(n, src_ks.get(&db).copied().unwrap_or(0), src_total);
+                let keys = super::random_keys(&mut con, share, self.cfg.batch)
+                    .await
+                    .map_err(net)?;
+                self.check_keys(&mut reader, &mut run, db, keys).await?;
+                continue;
+            }
+            // Several SCAN steps per check, so the readers' pipeline stays full between them.
+            let (mut cursor, mut keys) = (0, Vec::new());
+            loop {
+                let (next, page) = super::scan_page(&mut con, cursor, SCAN_COUNT)
+                    .await
+                    .map_err(net)?;
+                keys.extend(page);
+                cursor = next;
+                if cursor == 0 || keys.len() >= CHECK_KEYS {
+                    let keys = std::mem::take(&mut keys);
+                    self.check_keys(&mut reader, &mut run, db, keys).await?;
                 }
-                None => scan_keys(&self.link.node, db).await?,
-            };
-            self.check_keys(&mut reader, &mut run, db, keys).await?;
-        }
-
-        // Target → source: target keys whose source key was not compared above.
-        let tgt_dbs: Vec<u32> = tgt_ks.keys().copied().collect();
-        let tgt_total: u64 = tgt_ks.values().sum();
-        let mut by_src: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for &tdb in &tgt_dbs {
-            let keys = match sample {
-                Some(n) => {
-                    let n = (n / 10).max(1);
-                    let share = share_of(n, tgt_ks.get(&tdb).copied().unwrap_or(0), tgt_total);
-                    random_keys(&self.link.target, tdb, share, self.cfg.batch).await?
+                if cursor == 0 {
+                    break;
                 }
-                None => scan_keys(&self.link.target, tdb).await?,
-            };
-            for k in keys {
-                // A target key no source key maps to is not the migration's; one whose source
-                // key was compared above is done.
-                let candidates = self.unmap(tdb, &k);
-                if candidates.iter().any(|c| run.seen.contains(c)) {
-                    continue;
-                }
-                let Some((db, key)) = candidates.into_iter().next() else {
-                    continue;
-                };
-                if self.cfg.dbs.as_ref().is_some_and(|d| !d.contains(&db)) {
-                    continue;
-                }
-                by_src.entry(db).or_default().push(key);
             }
         }
-        for (db, keys) in by_src {
-            self.check_keys(&mut reader, &mut run, db, keys).await?;
+
+        // Target → source: target keys whose source key does not exist, checked at a fence
+        // (the source side of the read then says whether it still does not).
+        let tgt_total: u64 = tgt_ks.values().sum();
+        let mut source_conns = HashMap::new();
+        for (&tdb, &size) in &tgt_ks {
+            let mut con = self.link.target.with_db(i64::from(tdb)).control().await?;
+            let net = |e: redis::RedisError| VerifyError::Net(self.link.target.classify(&e));
+            let mut cursor = 0;
+            loop {
+                let keys = if let Some(n) = sample {
+                    let share = share_of((n / 10).max(1), size, tgt_total);
+                    super::random_keys(&mut con, share, self.cfg.batch)
+                        .await
+                        .map_err(net)?
+                } else {
+                    let mut keys = Vec::new();
+                    while keys.len() < CHECK_KEYS {
+                        let (next, page) = super::scan_page(&mut con, cursor, SCAN_COUNT)
+                            .await
+                            .map_err(net)?;
+                        keys.extend(page);
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                    keys
+                };
+                let absent = super::orphans(
+                    &self.link.node,
+                    &mut source_conns,
+                    self.link.mapper.as_ref(),
+                    tdb,
+                    &keys,
+                )
+                .await?;
+                for (db, keys) in absent {
+                    if self.cfg.dbs.as_ref().is_none_or(|d| d.contains(&db)) {
+                        self.check_keys(&mut reader, &mut run, db, keys).await?;
+                    }
+                }
+                if sample.is_some() || cursor == 0 {
+                    break;
+                }
+            }
         }
 
         // Unsettled keys: later fences.
@@ -325,9 +355,6 @@ impl FencedVerifier {
     ) -> Result<(), VerifyError> {
         let mut probes = Vec::with_capacity(keys.len());
         for key in keys {
-            if !run.seen.insert((db, key.clone())) {
-                continue;
-            }
             if self.rules.as_ref().is_some_and(|r| r.ignored(db, &key)) {
                 run.ignored += 1;
                 continue;
@@ -560,7 +587,6 @@ impl FencedVerifier {
 
 #[derive(Default)]
 struct Run {
-    seen: HashSet<(u32, Vec<u8>)>,
     checked: u64,
     ignored: u64,
     rechecked: u64,
@@ -810,59 +836,6 @@ async fn keyspace(ep: &Endpoint) -> Result<BTreeMap<u32, u64>, VerifyError> {
         .await
         .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
     Ok(super::parse_keyspace(&info))
-}
-
-async fn scan_keys(ep: &Endpoint, db: u32) -> Result<Vec<Vec<u8>>, VerifyError> {
-    let mut con = ep.with_db(i64::from(db)).control().await?;
-    let mut cursor = 0u64;
-    let mut out = BTreeSet::new();
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut con)
-            .await
-            .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
-        out.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            return Ok(out.into_iter().collect());
-        }
-    }
-}
-
-async fn random_keys(
-    ep: &Endpoint,
-    db: u32,
-    n: u64,
-    batch: usize,
-) -> Result<Vec<Vec<u8>>, VerifyError> {
-    let mut con = ep.with_db(i64::from(db)).control().await?;
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let mut attempts = n.saturating_mul(3) + 16;
-    while (out.len() as u64) < n && attempts > 0 {
-        let k = ((n - out.len() as u64).min(batch as u64)).min(attempts);
-        attempts -= k;
-        let mut pipe = redis::pipe();
-        for _ in 0..k {
-            pipe.cmd("RANDOMKEY");
-        }
-        let keys: Vec<Option<Vec<u8>>> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| VerifyError::Net(ep.classify(&e)))?;
-        if keys.iter().all(Option::is_none) {
-            break;
-        }
-        for key in keys.into_iter().flatten() {
-            if (out.len() as u64) < n && seen.insert(key.clone()) {
-                out.push(key);
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn share_of(n: u64, size: u64, total: u64) -> u64 {

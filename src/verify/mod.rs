@@ -210,6 +210,8 @@ pub struct Verifier {
     rechecked: u64,
     mapper: Option<std::sync::Arc<dyn crate::replay::Mapper>>,
     rules: Option<std::sync::Arc<dyn VerifyRules>>,
+    /// Source connections by db for [`orphans`].
+    orphan_conns: HashMap<u32, MultiplexedConnection>,
 }
 
 impl Verifier {
@@ -222,6 +224,7 @@ impl Verifier {
             rechecked: 0,
             mapper: None,
             rules: None,
+            orphan_conns: HashMap::new(),
         }
     }
 
@@ -381,30 +384,9 @@ impl Verifier {
         n: u64,
     ) -> Result<Vec<Vec<u8>>, VerifyError> {
         let mut con = self.conn(side, db).await?;
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        let mut attempts = n.saturating_mul(3) + 16;
-        while (out.len() as u64) < n && attempts > 0 {
-            let k = ((n - out.len() as u64).min(self.cfg.batch as u64)).min(attempts);
-            attempts -= k;
-            let mut pipe = redis::pipe();
-            for _ in 0..k {
-                pipe.cmd("RANDOMKEY");
-            }
-            let keys: Vec<Option<Vec<u8>>> = pipe
-                .query_async(&mut con)
-                .await
-                .map_err(|e| self.net(side, &e))?;
-            if keys.iter().all(Option::is_none) {
-                break;
-            }
-            for key in keys.into_iter().flatten() {
-                if (out.len() as u64) < n && seen.insert(key.clone()) {
-                    out.push(key);
-                }
-            }
-        }
-        Ok(out)
+        random_keys(&mut con, n, self.cfg.batch)
+            .await
+            .map_err(|e| self.net(side, &e))
     }
 
     /// SCANs the source db and compares every key; returns keys compared.
@@ -414,20 +396,13 @@ impl Verifier {
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
         let mut con = self.conn(Side::Source, db).await?;
-        let mut cursor = 0u64;
-        let mut checked = 0;
+        let (mut cursor, mut checked) = (0, 0);
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(self.cfg.batch)
-                .query_async(&mut con)
+            let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
                 .await
                 .map_err(|e| self.net(Side::Source, &e))?;
-            for chunk in keys.chunks(self.cfg.batch) {
-                checked += chunk.len() as u64;
-                suspects.extend(self.compare_batch(db, chunk).await?);
-            }
+            checked += keys.len() as u64;
+            suspects.extend(self.compare_batch(db, &keys).await?);
             cursor = next;
             if cursor == 0 {
                 return Ok(checked);
@@ -442,21 +417,14 @@ impl Verifier {
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
         let mut con = self.conn(Side::Target, db).await?;
-        let mut cursor = 0u64;
-        let mut checked = 0;
+        let (mut cursor, mut checked) = (0, 0);
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(self.cfg.batch)
-                .query_async(&mut con)
+            let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
                 .await
                 .map_err(|e| self.net(Side::Target, &e))?;
-            for chunk in keys.chunks(self.cfg.batch) {
-                let (c, s) = self.extras(db, chunk).await?;
-                checked += c;
-                suspects.extend(s);
-            }
+            let (c, s) = self.extras(db, &keys).await?;
+            checked += c;
+            suspects.extend(s);
             cursor = next;
             if cursor == 0 {
                 return Ok(checked);
@@ -470,42 +438,15 @@ impl Verifier {
         tdb: u32,
         keys: &[Vec<u8>],
     ) -> Result<(u64, Vec<Suspect>), VerifyError> {
-        // The source keys each target key can come from; a target key no source key maps to
-        // is not the migration's, and one whose source key exists is compared from the source.
-        let candidates: Vec<Vec<(u32, Vec<u8>)>> = keys
-            .iter()
-            .map(|k| match &self.mapper {
-                None => vec![(tdb, k.clone())],
-                Some(m) => m.unmap_candidates(tdb, k),
-            })
-            .collect();
-        let mut by_db: BTreeMap<u32, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
-        for (i, cands) in candidates.iter().enumerate() {
-            for (db, key) in cands {
-                by_db.entry(*db).or_default().push((i, key.clone()));
-            }
-        }
-        let mut exists = vec![false; keys.len()];
-        for (db, asks) in by_db {
-            let mut con = self.conn(Side::Source, db).await?;
-            let mut pipe = redis::pipe();
-            for (_, k) in &asks {
-                pipe.cmd("EXISTS").arg(k);
-            }
-            let found: Vec<i64> = pipe
-                .query_async(&mut con)
-                .await
-                .map_err(|e| self.net(Side::Source, &e))?;
-            for ((i, _), f) in asks.iter().zip(found) {
-                exists[*i] |= f > 0;
-            }
-        }
-        let mut absent: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        for (cands, found) in candidates.into_iter().zip(exists) {
-            if let (false, Some((db, key))) = (found, cands.into_iter().next()) {
-                absent.entry(db).or_default().push(key);
-            }
-        }
+        let mapper = self.mapper.clone();
+        let absent = orphans(
+            &self.source,
+            &mut self.orphan_conns,
+            mapper.as_ref(),
+            tdb,
+            keys,
+        )
+        .await?;
         let mut n = 0;
         let mut out = Vec::new();
         for (db, keys) in absent {
@@ -725,6 +666,103 @@ pub(crate) fn ttl_difference(source: i64, target: i64, tol: i64) -> Option<Strin
         }
     };
     differs.then(|| format!("source {}, target {}", show(source), show(target)))
+}
+
+/// `n` distinct keys of the connection's db from `RANDOMKEY`, `batch` per round trip, with
+/// bounded attempts (a small db may not have `n`).
+pub(crate) async fn random_keys(
+    con: &mut MultiplexedConnection,
+    n: u64,
+    batch: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut attempts = n.saturating_mul(3) + 16;
+    while (out.len() as u64) < n && attempts > 0 {
+        let k = ((n - out.len() as u64).min(batch as u64)).min(attempts);
+        attempts -= k;
+        let mut pipe = redis::pipe();
+        for _ in 0..k {
+            pipe.cmd("RANDOMKEY");
+        }
+        let keys: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
+        if keys.iter().all(Option::is_none) {
+            break;
+        }
+        for key in keys.into_iter().flatten() {
+            if (out.len() as u64) < n && seen.insert(key.clone()) {
+                out.push(key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One `SCAN` step: the next cursor (0 at the end) and the keys.
+pub(crate) async fn scan_page(
+    con: &mut MultiplexedConnection,
+    cursor: u64,
+    count: usize,
+) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(con)
+        .await
+}
+
+/// Of these target keys in `tdb`, those no source key exists for, each named by the first
+/// source key it can come from (the plan's renames may give several), grouped by source db.
+/// Target keys no source key maps to are not the migration's and are left out. A comparison
+/// from the source side cannot have seen these: they are the extras to check.
+pub(crate) async fn orphans(
+    source: &Endpoint,
+    conns: &mut HashMap<u32, MultiplexedConnection>,
+    mapper: Option<&std::sync::Arc<dyn crate::replay::Mapper>>,
+    tdb: u32,
+    keys: &[Vec<u8>],
+) -> Result<BTreeMap<u32, Vec<Vec<u8>>>, VerifyError> {
+    let candidates: Vec<Vec<(u32, Vec<u8>)>> = keys
+        .iter()
+        .map(|k| match mapper {
+            None => vec![(tdb, k.clone())],
+            Some(m) => m.unmap_candidates(tdb, k),
+        })
+        .collect();
+    let mut by_db: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
+    for (i, cands) in candidates.iter().enumerate() {
+        for (db, key) in cands {
+            by_db.entry(*db).or_default().push((i, key));
+        }
+    }
+    let mut exists = vec![false; keys.len()];
+    for (db, asks) in by_db {
+        let con = match conns.entry(db) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(source.with_db(i64::from(db)).control().await?)
+            }
+        };
+        let mut pipe = redis::pipe();
+        for (_, k) in &asks {
+            pipe.cmd("EXISTS").arg(*k);
+        }
+        let found: Vec<i64> = pipe
+            .query_async(con)
+            .await
+            .map_err(|e| VerifyError::Net(source.classify(&e)))?;
+        for ((i, _), f) in asks.iter().zip(found) {
+            exists[*i] |= f > 0;
+        }
+    }
+    let mut absent: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    for (cands, found) in candidates.into_iter().zip(exists) {
+        if let (false, Some((db, key))) = (found, cands.into_iter().next()) {
+            absent.entry(db).or_default().push(key);
+        }
+    }
+    Ok(absent)
 }
 
 async fn fingerprints(
