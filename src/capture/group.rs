@@ -11,11 +11,14 @@
 //! - Lines from a registered fence connection: inside a fenced read (opened by
 //!   `ECHO ferry-read:<id>`), `DUMP k` / `TYPE k` are key reads numbered within the read;
 //!   `ECHO ferry:<id>` is a marker.
+//! - A write that may have served a blocked client (see [`super::blocked`]) is followed by a
+//!   marker `served:<db>:<hex key>` for each key the invisible pop changed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use super::blocked::BlockedLedger;
 use super::parse::{MonitorLine, Peer};
 use crate::command::{Argv, Class, CommandTable};
 
@@ -31,6 +34,34 @@ pub const READ_PREFIX: &[u8] = b"ferry-read:";
 /// key: `ferry-recopy:<db>:<hex key>`. Any client may send it (workers are other processes);
 /// it becomes a marker `recopy:<db>:<hex key>` at that position of the stream.
 pub const RECOPY_PREFIX: &[u8] = b"ferry-recopy:";
+
+/// Prefix of the marker that follows a write which may have served a blocked client:
+/// `served:<db>:<hex key>` names a key the invisible pop changed, to be re-copied from here.
+pub const SERVED_PREFIX: &str = "served:";
+
+/// `<db>:<hex key>`: a key named inside a marker id.
+pub fn key_id(db: u32, key: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = format!("{db}:");
+    for b in key {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The inverse of [`key_id`].
+pub fn parse_key_id(id: &str) -> Option<(u32, Vec<u8>)> {
+    let (db, hex) = id.split_once(':')?;
+    let db = db.parse().ok()?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let key = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((db, key))
+}
 
 /// A unit of captured stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +127,11 @@ pub struct Grouper {
     script: Option<Vec<(u32, Argv)>>,
     /// The open fenced read per fence connection, and how many keys it has read.
     reads: HashMap<SocketAddr, (String, u64)>,
+    /// Clients that may be blocked on keys. It describes the server, not the stream, so it
+    /// survives [`Grouper::reset`].
+    blocked: BlockedLedger,
+    /// Stream time of the last line.
+    ts_us: u64,
 }
 
 impl Grouper {
@@ -108,6 +144,8 @@ impl Grouper {
             last: None,
             script: None,
             reads: HashMap::new(),
+            blocked: BlockedLedger::default(),
+            ts_us: 0,
         }
     }
 
@@ -120,8 +158,37 @@ impl Grouper {
     /// Ends the current script's group, if any.
     pub fn flush_script(&mut self, out: &mut Vec<Captured>) {
         if let Some(writes) = self.script.take() {
+            let start = out.len();
             emit_group(writes, out);
+            self.mark_served(start, out);
         }
+    }
+
+    /// Follows each write in `out[start..]` that may have served a blocked client with markers
+    /// for the keys the invisible pops changed.
+    fn mark_served(&mut self, start: usize, out: &mut Vec<Captured>) {
+        if self.blocked.is_empty() || out.len() == start {
+            return;
+        }
+        let mut keys = Vec::new();
+        for unit in &out[start..] {
+            match unit {
+                Captured::Write { db, argv } => {
+                    self.blocked
+                        .served(&self.table, *db, argv, self.ts_us, &mut keys)
+                }
+                Captured::Atomic(writes) => {
+                    for (db, argv) in writes {
+                        self.blocked
+                            .served(&self.table, *db, argv, self.ts_us, &mut keys);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.extend(keys.into_iter().map(|(db, key)| Captured::Marker {
+            id: format!("{SERVED_PREFIX}{}", key_id(db, &key)),
+        }));
     }
 
     /// Forgets open transactions and scripts, after the stream broke.
@@ -134,17 +201,34 @@ impl Grouper {
 
     /// Consumes one line, appending what it produces to `out`.
     pub fn push(&mut self, line: &MonitorLine, out: &mut Vec<Captured>) {
+        self.ts_us = line.ts_us;
+        if line.peer != Peer::Lua {
+            // A script's effects end at the next line that is not one of them.
+            self.flush_script(out);
+        }
+        let start = out.len();
+        let top_level_write = self.push_line(line, out);
+        self.mark_served(start, out);
+        if top_level_write {
+            // Entered after its own write was checked: a pop does not serve itself.
+            self.blocked
+                .block(&self.table, &line.peer, line.db, &line.argv, line.ts_us);
+        }
+    }
+
+    /// True when the line was a write outside any transaction or script (one that may block).
+    fn push_line(&mut self, line: &MonitorLine, out: &mut Vec<Captured>) -> bool {
         if line.peer == Peer::Lua {
             self.push_lua(line);
-            return;
+            return false;
         }
-        self.flush_script(out);
         if let Peer::Tcp(addr) = &line.peer
             && let Some(role) = self.peers.role(addr)
         {
             self.push_own(*addr, role, line, out);
-            return;
+            return false;
         }
+        self.blocked.active(&line.peer);
         let class = self.table.classify(&line.argv);
         let name = line.argv.name();
         if name == b"ECHO"
@@ -153,7 +237,7 @@ impl Grouper {
             out.push(Captured::Marker {
                 id: format!("recopy:{}", String::from_utf8_lossy(rest)),
             });
-            return;
+            return false;
         }
         if let Some(buf) = self.multi.get_mut(&line.peer) {
             match name {
@@ -169,20 +253,25 @@ impl Grouper {
                 _ => {}
             }
             self.last = Some(line.peer.clone());
-            return;
+            return false;
         }
         match class {
             _ if name == b"MULTI" => {
                 self.multi.insert(line.peer.clone(), Vec::new());
             }
             Class::Script => self.script = Some(Vec::new()),
-            c if is_replayed(c) => out.push(Captured::Write {
-                db: line.db,
-                argv: line.argv.clone(),
-            }),
+            c if is_replayed(c) => {
+                out.push(Captured::Write {
+                    db: line.db,
+                    argv: line.argv.clone(),
+                });
+                self.last = Some(line.peer.clone());
+                return true;
+            }
             _ => {}
         }
         self.last = Some(line.peer.clone());
+        false
     }
 
     fn push_lua(&mut self, line: &MonitorLine) {
@@ -322,6 +411,64 @@ mod tests {
                     argv: Argv::from_args(["DEL", "only"])
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn pushes_that_may_serve_a_blocked_client_are_followed_by_served_markers() {
+        let out = run(
+            &[
+                // Client 1 blocks on q (or pops at once: the stream cannot tell).
+                r#"+1.000001 [0 127.0.0.1:1] "BRPOP" "q" "5""#,
+                r#"+1.000002 [0 127.0.0.1:2] "LPUSH" "other" "x""#,
+                r#"+1.000003 [0 127.0.0.1:2] "LPUSH" "q" "j1""#,
+                // Client 3 blocks with BLMOVE; a transaction and a script push to its source.
+                r#"+1.000004 [0 127.0.0.1:3] "BLMOVE" "src" "dst" "RIGHT" "LEFT" "0""#,
+                r#"+1.000005 [0 127.0.0.1:2] "MULTI""#,
+                r#"+1.000006 [0 127.0.0.1:2] "RPUSH" "src" "j2""#,
+                r#"+1.000007 [0 127.0.0.1:2] "EXEC""#,
+                r#"+1.000008 [0 127.0.0.1:4] "EVAL" "..." "0""#,
+                r#"+1.000009 [0 lua] "RPUSH" "src" "j3""#,
+                // Client 1 speaks again: it is not blocked any more.
+                r#"+1.000010 [0 127.0.0.1:1] "GET" "q""#,
+                r#"+1.000011 [0 127.0.0.1:2] "LPUSH" "q" "j4""#,
+                // Client 3's next command ends its entry too.
+                r#"+1.000012 [0 127.0.0.1:3] "PING""#,
+                r#"+1.000013 [0 127.0.0.1:2] "RPUSH" "src" "j5""#,
+            ],
+            &[],
+        );
+        let served = |key: &str| Captured::Marker {
+            id: format!(
+                "served:0:{}",
+                key_id(0, key.as_bytes()).split_once(':').unwrap().1
+            ),
+        };
+        let write = |args: &[&str]| Captured::Write {
+            db: 0,
+            argv: Argv::from_args(args),
+        };
+        assert_eq!(
+            out,
+            vec![
+                write(&["BRPOP", "q", "5"]),
+                write(&["LPUSH", "other", "x"]),
+                write(&["LPUSH", "q", "j1"]),
+                served("q"),
+                write(&["BLMOVE", "src", "dst", "RIGHT", "LEFT", "0"]),
+                write(&["RPUSH", "src", "j2"]),
+                served("src"),
+                served("dst"),
+                write(&["RPUSH", "src", "j3"]),
+                served("src"),
+                served("dst"),
+                write(&["LPUSH", "q", "j4"]),
+                write(&["RPUSH", "src", "j5"]),
+            ]
+        );
+        assert_eq!(
+            parse_key_id(&key_id(7, b"\x00\xffk")),
+            Some((7, b"\x00\xffk".to_vec()))
         );
     }
 

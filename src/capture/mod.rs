@@ -4,13 +4,17 @@
 //! Neighbours: [`crate::net`] opens the raw connection; [`crate::command`] classifies what is
 //! parsed here. The journal (later stages) receives what capture produces.
 
+mod blocked;
 pub mod framing;
 mod group;
 mod monitor;
 pub mod parse;
 mod task;
 
-pub use group::{Captured, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role};
+pub use group::{
+    Captured, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role, SERVED_PREFIX, key_id,
+    parse_key_id,
+};
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{

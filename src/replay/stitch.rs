@@ -6,6 +6,8 @@
 //!   dirty. A write that writes an unsettled key, reads one, or cannot be replayed exactly
 //!   (see [`super::rewrite`]) makes its written keys dirty; each dirty key is re-read through
 //!   the same fenced path, once, and its new fence settles it.
+//! - A `served:` marker (capture's blocked-client ledger) makes its key dirty at that position:
+//!   a blocked pop the push just served changed the key without a line of its own.
 //! - Everything is applied in stream order, fences included, so a payload overwrites exactly the
 //!   writes it already contains and nothing is applied twice.
 //! - A gap (lost lines) unsettles everything and asks the coordinator for a resync.
@@ -21,6 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::exec::Op;
 use super::mapping::Mapper;
 use super::rewrite::rewrite;
+use crate::capture::{SERVED_PREFIX, parse_key_id};
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::journal::{EntryKind, JournalReader};
 use crate::snapshot::{PayloadStore, Recopier};
@@ -158,24 +161,11 @@ impl Default for StitchConfig {
 /// What follows `ferry-recopy:` in a worker's request for `key` (a target key) in `db`:
 /// `<db>:<hex key>`; capture turns it into the marker `recopy:<db>:<hex key>`.
 pub fn recopy_request(db: u32, key: &[u8]) -> String {
-    let mut s = format!("{db}:");
-    for b in key {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    crate::capture::key_id(db, key)
 }
 
 fn parse_recopy(id: &str) -> Option<(u32, Vec<u8>)> {
-    let (db, hex) = id.strip_prefix("recopy:")?.split_once(':')?;
-    let db = db.parse().ok()?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let key = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((db, key))
+    crate::capture::parse_key_id(id.strip_prefix("recopy:")?)
 }
 
 fn key_hash(db: u32, key: &[u8]) -> u64 {
@@ -430,6 +420,15 @@ impl Stitcher {
                     }
                 }
                 EntryKind::Payload { .. } => None,
+                EntryKind::Marker { id } if id.starts_with(SERVED_PREFIX) => {
+                    // A write here may have served a blocked client, whose pop the stream does
+                    // not show: copy the keys it changed again from this position.
+                    match parse_key_id(&id[SERVED_PREFIX.len()..]) {
+                        Some((db, key)) => self.mark_dirty(db, &key),
+                        None => tracing::warn!(%id, "Ignoring a malformed served marker."),
+                    }
+                    None
+                }
                 EntryKind::Marker { id } if id == "recopy:*" => {
                     // A replay worker lost entries it cannot name: everything is re-copied.
                     self.gap("a replay worker lost queue entries", &events);

@@ -3,6 +3,7 @@
 pub mod support;
 
 mod backup;
+mod blocked;
 mod capture;
 mod chunked;
 mod cli;
