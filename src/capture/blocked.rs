@@ -197,7 +197,7 @@ fn timeout_us(argv: &Argv) -> Option<u64> {
     let name = argv.name();
     let secs = |arg: Option<&[u8]>| -> Option<u64> {
         let s: f64 = std::str::from_utf8(arg?).ok()?.trim().parse().ok()?;
-        (s.is_finite() && s >= 0.0).then(|| (s * 1e6) as u64)
+        (s.is_finite() && s >= 0.0).then_some((s * 1e6) as u64)
     };
     if name.eq_ignore_ascii_case(b"BLMPOP") || name.eq_ignore_ascii_case(b"BZMPOP") {
         return secs(argv.get(1));
