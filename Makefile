@@ -40,6 +40,7 @@ demo: deps
 bench: deps
 	bash scripts/bench/snapshot.sh
 	bash scripts/bench/replay.sh
+	bash scripts/bench/plans.sh
 	bash scripts/bench/verify.sh
 	bash scripts/bench/backup.sh
 	bash scripts/bench/sqs.sh

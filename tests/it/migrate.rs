@@ -189,6 +189,21 @@ fn migrate_under_load(
     }
     let report = load.stop();
     assert!(report.total() > secs * 1000, "workload too small: {report}");
+    // The run really contained every behaviour it is meant to test, served blocked pops
+    // included, and nothing failed that should not have.
+    assert!(
+        report.errors.is_empty(),
+        "unexpected workload errors: {report}"
+    );
+    let missing: Vec<&str> = workload::KINDS
+        .iter()
+        .copied()
+        .filter(|k| report.count(k) == 0)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "kinds never produced: {missing:?}\n{report}"
+    );
     let code = live.ferry.terminate(Duration::from_secs(60));
     let stderr = live.ferry.stderr();
     assert_eq!(code, Some(0), "ferry migrate failed:\n{stderr}");
