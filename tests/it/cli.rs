@@ -65,6 +65,60 @@ fn bad_url_is_a_one_line_error() {
     );
     let out = run_ferry(&["monitor", "--source", "redis://:hunter2@127.0.0.1:notaport"]);
     assert_one_line_error(&out, "invalid Redis URL", Some("hunter2"));
+
+    // Malformed URLs that used to be echoed in clear, and odd but valid ones that fail later
+    // (nothing listens on port 1; `h.invalid` never resolves). `ter2` also catches a password
+    // that was cut at an `@`, `/`, `?` or `#` and shown in part.
+    for (url, contains) in [
+        ("redis//:hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        ("redis:/:hunter2@x", "invalid Redis URL"),
+        ("hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        (":hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        ("rediss:hunter2@h", "invalid Redis URL"),
+        ("redis://:hunter2@[::1", "invalid Redis URL"),
+        ("redis://:hun/ter2@127.0.0.1:1", "invalid Redis URL"),
+        ("redis://:hun?ter2@127.0.0.1:1", "invalid Redis URL"),
+        (
+            "redis+unix:///nonexistent/s?db=x&pass=hunter2",
+            "invalid Redis URL",
+        ),
+        ("redis://user:hun@ter2@h.invalid", "cannot connect to"),
+        ("redis://:hunter2@[::1]:1", "cannot connect to"),
+        ("redis://:hunter2@127.0.0.1:1", "cannot connect to"),
+    ] {
+        let out = run_ferry(&["monitor", "--source", url]);
+        assert_one_line_error(&out, contains, Some("ter2"));
+        let out = ferry()
+            .args(["monitor"])
+            .env("FERRY_SOURCE", url)
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, contains, Some("ter2"));
+    }
+}
+
+/// clap's own errors quote what was typed; a URL in the wrong place must not come back in clear.
+#[test]
+fn usage_errors_do_not_echo_passwords() {
+    for args in [
+        &["monitor", "redis://:hunter2@127.0.0.1:7400"][..],
+        &[
+            "monitor",
+            "--source",
+            "redis://h",
+            "--count",
+            "redis://:hunter2@h",
+        ],
+        &["monitor", "--source", "redis://h", "--count=u:hunter2@h"],
+        &["run", "--set", "redis://:hunter2@h", "plan.lua"],
+    ] {
+        let out = run_ferry(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("***@"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+    }
 }
 
 #[test]
