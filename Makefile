@@ -15,6 +15,13 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	fi
 	@redis-server --version
+	@# The built-in command table (and its test) is Redis 7.0's; other majors differ in commands.
+	@# The tests run FERRY_REDIS_SERVER when set, so that is the binary to check.
+	@bin="$${FERRY_REDIS_SERVER:-redis-server}"; \
+	major=$$("$$bin" --version 2>/dev/null | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'); \
+	if [ "$$major" != 7 ]; then \
+		echo "WARNING: $$bin is Redis $${major:-?}.x, not 7.x: the built-in command table tests expect Redis 7.0 and will fail. Install Redis 7, or point FERRY_REDIS_SERVER at a 7.x redis-server." >&2; \
+	fi
 	@# moto is the local SQS of the SQS journal tests (feature `sqs`, on by default).
 	@if ! command -v moto_server >/dev/null && [ ! -x "$$(python3 -m site --user-base 2>/dev/null)/bin/moto_server" ]; then \
 		echo "Installing moto[server] through pip..."; \

@@ -64,10 +64,23 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: nothing the user typed is echoed.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let text = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            eprint!("{}", redact_args(&text, &args));
+            return ExitCode::from(EXIT_ERROR);
         }
     };
     init_logging(cli.verbose);
@@ -105,6 +118,34 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `text` with every argument that holds a password replaced by its redacted form.
+///
+/// clap echoes what the user typed in its errors (`unexpected argument 'redis://:pw@h'`,
+/// `invalid value … for '--count'`), and a URL given in the wrong place is still a secret. Both
+/// a whole argument and the value of `--flag=value` are looked for, because clap quotes the
+/// value alone.
+fn redact_args(text: &str, args: &[String]) -> String {
+    let mut secrets: Vec<&str> = Vec::new();
+    for arg in args {
+        secrets.push(arg);
+        if let Some((flag, value)) = arg.split_once('=')
+            && flag.starts_with('-')
+        {
+            secrets.push(value);
+        }
+    }
+    // Longest first, so a value is not replaced inside a longer argument that holds it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for secret in secrets {
+        let redacted = ferry::net::redact_url(secret);
+        if redacted != secret {
+            out = out.replace(secret, &redacted);
+        }
+    }
+    out
+}
+
 /// An error and its causes on one line, without repeating text a cause already carries.
 fn one_line(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
@@ -116,4 +157,22 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_do_not_echo_passwords() {
+        let args = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+        let text = "error: unexpected argument 'redis://:hunter2@h' found";
+        let out = redact_args(text, &args(&["monitor", "redis://:hunter2@h"]));
+        assert_eq!(out, "error: unexpected argument 'redis://:***@h' found");
+        let text = "error: invalid value 'u:hunter2@h' for '--count <N>'";
+        let out = redact_args(text, &args(&["monitor", "--count=u:hunter2@h"]));
+        assert_eq!(out, "error: invalid value 'u:***@h' for '--count <N>'");
+        let text = "error: unexpected argument '--sourc' found";
+        assert_eq!(redact_args(text, &args(&["--sourc", "x"])), text);
+    }
 }

@@ -72,7 +72,12 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         match CommandTable::load(&mut con).await {
             Ok(t) => Some(t),
             Err(e) => {
-                tracing::warn!(error = %e, "Using the built-in Redis 7.0 command table.");
+                // ElastiCache-like sources may rename or disable COMMAND; classifying by the
+                // built-in table is still right for every command Redis 7.0 knows.
+                tracing::warn!(
+                    error = %e,
+                    "Cannot load the source's command table; falling back to the built-in Redis 7.0 command table."
+                );
                 None
             }
         }
@@ -86,7 +91,10 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
                 "Loaded the source's command table."
             )
         }
-        TableOrigin::Builtin => tracing::info!("Using the built-in Redis 7.0 command table."),
+        TableOrigin::Builtin if args.builtin_table => {
+            tracing::info!("Using the built-in Redis 7.0 command table.")
+        }
+        TableOrigin::Builtin => {}
     }
     let mut stream = MonitorStream::start(&ep).await?;
     tracing::info!(source = %ep, "Monitoring; press Ctrl-C to stop.");

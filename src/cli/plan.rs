@@ -43,7 +43,8 @@ pub struct CheckArgs {
 pub(super) fn parse_set(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
+        // A URL typed without its `KEY=` may hold a password.
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{}'", ferry::net::redact_url(s)))
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

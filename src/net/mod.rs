@@ -125,10 +125,14 @@ impl Endpoint {
             },
             _ => ConnectionAddr::Tcp(host.to_string(), port),
         };
-        let scheme_end = self.redacted.find("://").map_or(0, |i| i + 3);
-        let rest = &self.redacted[scheme_end..];
-        let auth = rest.rfind('@').map_or("", |at| &rest[..=at]);
-        let redacted = format!("{}{auth}{host}:{port}", &self.redacted[..scheme_end]);
+        // The redacted text keeps scheme and masked userinfo; only host and port change.
+        let (auth_start, at) = split_userinfo(&self.redacted);
+        let prefix = &self.redacted[..at.map_or(auth_start, |at| at + 1)];
+        let redacted = if host.contains(':') {
+            format!("{prefix}[{host}]:{port}")
+        } else {
+            format!("{prefix}{host}:{port}")
+        };
         Endpoint {
             info: self.info.clone().set_addr(addr),
             redacted,
@@ -268,37 +272,96 @@ fn redact_text(text: &str, ep: &Endpoint) -> String {
 
 /// The URL with the password (userinfo or `pass=`/`password=` query) replaced by `***`.
 ///
-/// Works on text that does not parse as a URL too, so that even a malformed URL in an error
-/// message does not leak its password.
+/// ## Behavior
+/// Works on any text, not only URLs that parse, because the text it protects most is the one in
+/// an "invalid Redis URL" message:
+/// - Userinfo is everything from the authority start (after an optional `scheme:` and any
+///   slashes) to the *last* `@` of the text. A strict URL reader would stop the authority at the
+///   first `/`, `?` or `#`, but users paste base64 and ElastiCache passwords unencoded, and those
+///   contain `/`, `?` and `#`; masking a little too much is harmless, showing a password is not.
+///   The part before the first `:` is the user name and stays; without a `:`, redis-rs reads a
+///   lone userinfo as the password, so all of it goes.
+/// - Unix-socket URLs (`redis+unix:///path`) have a path after `//`, which may hold an `@`; there
+///   only an `@` before the path's first `/` ends a userinfo.
+/// - Every `pass=` or `password=` query value is masked up to the next `&`, `#` included.
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            let redacted = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                // redis-rs reads a lone userinfo as the password.
-                None => "***".to_string(),
-            };
-            out.replace_range(auth_start..auth_start + at, &redacted);
+    let (auth_start, at) = split_userinfo(url);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..auth_start]);
+    let rest = match at {
+        Some(at) => {
+            let userinfo = &url[auth_start..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str("***"),
+            }
+            &url[at..]
         }
-    }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out = format!("{head}{}", query.join("&"));
+        None => &url[auth_start..],
+    };
+    match rest.split_once('?') {
+        Some((head, query)) => {
+            out.push_str(head);
+            out.push('?');
+            for (i, kv) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match kv.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        out.push_str(k);
+                        out.push_str("=***");
+                    }
+                    _ => out.push_str(kv),
+                }
+            }
+        }
+        None => out.push_str(rest),
     }
     out
+}
+
+/// Where the authority of `url` starts, and the `@` that ends its userinfo, if any (see
+/// [`redact_url`] for the rules).
+fn split_userinfo(url: &str) -> (usize, Option<usize>) {
+    let scheme = scheme_len(url);
+    let unix = url[..scheme].to_ascii_lowercase().contains("unix");
+    if unix {
+        // `redis+unix:///tmp/s`: an authority only sits between `//` and the path's `/`.
+        let Some(start) = url[scheme..].starts_with("//").then_some(scheme + 2) else {
+            return (scheme, None);
+        };
+        let end = url[start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| start + i);
+        return (start, url[start..end].rfind('@').map(|at| start + at));
+    }
+    // Malformed URLs (`redis:/…`, `redis:///…`) keep whatever slashes they have.
+    let start = scheme + url[scheme..].bytes().take_while(|&b| b == b'/').count();
+    (start, url[start..].rfind('@').map(|at| start + at))
+}
+
+/// The length of a leading `scheme:` (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`),
+/// or 0. `user:pass@host` reads as scheme `user`, which redacts the same way.
+fn scheme_len(url: &str) -> usize {
+    let bytes = url.as_bytes();
+    if !bytes.first().is_some_and(u8::is_ascii_alphabetic) {
+        return 0;
+    }
+    let n = bytes
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        .count();
+    if bytes.get(n) == Some(&b':') {
+        n + 1
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +379,94 @@ mod tests {
             "redis+unix:///tmp/s?db=1&pass=***"
         );
         assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
+        assert_eq!(
+            redact_url("rediss://h:1/0?db=2#insecure"),
+            "rediss://h:1/0?db=2#insecure"
+        );
+        assert_eq!(redact_url("127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis+unix:///tmp/a@b/s?db=1"),
+            "redis+unix:///tmp/a@b/s?db=1"
+        );
+    }
+
+    /// Text that does not parse as a URL, or parses differently from what the user meant, where
+    /// the password used to show in error messages.
+    #[test]
+    fn redacts_passwords_in_malformed_urls() {
+        let cases = [
+            (
+                "redis//:hunter2@127.0.0.1:7400",
+                "redis//:***@127.0.0.1:7400",
+            ),
+            ("redis:/:hunter2@x", "redis:/:***@x"),
+            ("redis:///:hunter2@x", "redis:///:***@x"),
+            ("hunter2@127.0.0.1:7400", "***@127.0.0.1:7400"),
+            (":hunter2@127.0.0.1:7400", ":***@127.0.0.1:7400"),
+            ("rediss:hunter2@h", "rediss:***@h"),
+            ("redis://user:hun@ter2@h", "redis://user:***@h"),
+            ("redis://:hunter2@[::1]:6379", "redis://:***@[::1]:6379"),
+            ("redis://:hunter2@[::1", "redis://:***@[::1"),
+            ("redis://:hunter2@", "redis://:***@"),
+            // Unencoded `/`, `?` and `#` in a password (base64, ElastiCache tokens).
+            ("redis://:hun/ter2@h:1/0", "redis://:***@h:1/0"),
+            ("redis://:hun?ter2@h:1", "redis://:***@h:1"),
+            ("redis://:hun#ter2@h:1", "redis://:***@h:1"),
+            ("redis+unix://:hunter2@/tmp/s", "redis+unix://:***@/tmp/s"),
+            (
+                "redis+unix:///tmp/s?PASSWORD=hunter2",
+                "redis+unix:///tmp/s?PASSWORD=***",
+            ),
+            (
+                "redis+unix:///tmp/s?pass=hun#ter2",
+                "redis+unix:///tmp/s?pass=***",
+            ),
+            (
+                "redis://h/?password=hunter2&db=1",
+                "redis://h/?password=***&db=1",
+            ),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("hunter2") && !got.contains("ter2"), "{url}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_show_the_password() {
+        for url in [
+            "redis//:hunter2@127.0.0.1:7400",
+            "redis:/:hunter2@x",
+            "hunter2@127.0.0.1:7400",
+            "rediss:hunter2@h",
+            "redis://:hunter2@[::1",
+            "redis://:hun/ter2@h:1/0",
+            "redis+unix:///tmp/s?db=x&pass=hunter2",
+        ] {
+            let e = Endpoint::parse(url).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, NetError::InvalidUrl { .. }), "{url}: {msg}");
+            assert!(!msg.contains("hunter2") && !msg.contains("ter2"), "{msg}");
+        }
+        // These parse; their display must not show the password either.
+        for url in ["redis://user:hun@ter2@h", "redis://:hunter2@[::1]:6379"] {
+            let ep = Endpoint::parse(url).unwrap();
+            assert!(!ep.to_string().contains("ter2"), "{ep}");
+            assert!(!format!("{ep:?}").contains("ter2"), "{ep:?}");
+        }
+    }
+
+    #[test]
+    fn other_host_keeps_the_redacted_credentials() {
+        let ep = Endpoint::parse("redis://u:hunter2@h:1/2").unwrap();
+        assert_eq!(ep.with_host_port("r", 7).to_string(), "redis://u:***@r:7");
+        assert_eq!(
+            ep.with_host_port("::1", 7).to_string(),
+            "redis://u:***@[::1]:7"
+        );
+        let ep = Endpoint::parse("redis://h:1").unwrap();
+        assert_eq!(ep.with_host_port("r", 7).to_string(), "redis://r:7");
     }
 
     #[test]

@@ -65,6 +65,60 @@ fn bad_url_is_a_one_line_error() {
     );
     let out = run_ferry(&["monitor", "--source", "redis://:hunter2@127.0.0.1:notaport"]);
     assert_one_line_error(&out, "invalid Redis URL", Some("hunter2"));
+
+    // Malformed URLs that used to be echoed in clear, and odd but valid ones that fail later
+    // (nothing listens on port 1; `h.invalid` never resolves). `ter2` also catches a password
+    // that was cut at an `@`, `/`, `?` or `#` and shown in part.
+    for (url, contains) in [
+        ("redis//:hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        ("redis:/:hunter2@x", "invalid Redis URL"),
+        ("hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        (":hunter2@127.0.0.1:7400", "invalid Redis URL"),
+        ("rediss:hunter2@h", "invalid Redis URL"),
+        ("redis://:hunter2@[::1", "invalid Redis URL"),
+        ("redis://:hun/ter2@127.0.0.1:1", "invalid Redis URL"),
+        ("redis://:hun?ter2@127.0.0.1:1", "invalid Redis URL"),
+        (
+            "redis+unix:///nonexistent/s?db=x&pass=hunter2",
+            "invalid Redis URL",
+        ),
+        ("redis://user:hun@ter2@h.invalid", "cannot connect to"),
+        ("redis://:hunter2@[::1]:1", "cannot connect to"),
+        ("redis://:hunter2@127.0.0.1:1", "cannot connect to"),
+    ] {
+        let out = run_ferry(&["monitor", "--source", url]);
+        assert_one_line_error(&out, contains, Some("ter2"));
+        let out = ferry()
+            .args(["monitor"])
+            .env("FERRY_SOURCE", url)
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, contains, Some("ter2"));
+    }
+}
+
+/// clap's own errors quote what was typed; a URL in the wrong place must not come back in clear.
+#[test]
+fn usage_errors_do_not_echo_passwords() {
+    for args in [
+        &["monitor", "redis://:hunter2@127.0.0.1:7400"][..],
+        &[
+            "monitor",
+            "--source",
+            "redis://h",
+            "--count",
+            "redis://:hunter2@h",
+        ],
+        &["monitor", "--source", "redis://h", "--count=u:hunter2@h"],
+        &["run", "--set", "redis://:hunter2@h", "plan.lua"],
+    ] {
+        let out = run_ferry(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("***@"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+    }
 }
 
 #[test]
@@ -90,42 +144,88 @@ fn wrong_password_is_a_one_line_error() {
     assert_one_line_error(&out, "authentication failed", None);
 }
 
-#[test]
-fn monitor_shows_writes_and_not_reads_on_an_elasticache_like_source() {
-    let server = RedisServer::elasticache_like();
-    let mut child = Running(
-        ferry()
-            .args(["monitor", "--source", &server.url()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
+/// A running `ferry monitor`: its stdout lines arrive on `lines`, its stderr is collected
+/// until it exits.
+struct Monitor {
+    child: Running,
+    lines: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Monitor {
+    fn start(url: &str) -> Monitor {
+        let mut child = Running(
+            ferry()
+                .args(["monitor", "--source", url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.0.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            text
+        });
+        Monitor {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Writes before ferry's MONITOR starts are not shown; repeats a marker until one is, then
+    /// drains what is left of the marker writes.
+    fn wait_until_shown(&self, con: &mut redis::Connection) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "ferry monitor showed nothing");
+            let _: () = redis::cmd("SET").arg("ready").arg("1").query(con).unwrap();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                assert!(line.contains("\"SET\" \"ready\""), "{line}");
                 break;
             }
         }
-    });
-    let mut con = server.conn();
-    // Writes before ferry's MONITOR starts are not shown; repeat a marker until one is.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "ferry monitor showed nothing");
-        let _: () = redis::cmd("SET")
-            .arg("ready")
-            .arg("1")
-            .query(&mut con)
-            .unwrap();
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            assert!(line.contains("\"SET\" \"ready\""), "{line}");
-            break;
-        }
+        while self.lines.recv_timeout(Duration::from_millis(300)).is_ok() {}
     }
-    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    /// The lines shown up to and including the first that contains `last`.
+    fn lines_until(&self, last: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            let done = line.contains(last);
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    }
+
+    /// Stops ferry and returns everything it wrote to stderr.
+    fn stop(mut self) -> String {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        self.stderr.join().unwrap()
+    }
+}
+
+#[test]
+fn monitor_shows_writes_and_not_reads_on_an_elasticache_like_source() {
+    let server = RedisServer::elasticache_like();
+    let monitor = Monitor::start(&server.url());
+    let mut con = server.conn();
+    monitor.wait_until_shown(&mut con);
 
     let _: () = redis::cmd("SET")
         .arg(b"bin\x00key\xff")
@@ -169,14 +269,7 @@ fn monitor_shows_writes_and_not_reads_on_an_elasticache_like_source() {
         .query(&mut con)
         .unwrap();
 
-    let mut lines = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
-        let done = line.contains("\"SET\" \"done\"");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
+    let lines = monitor.lines_until("\"SET\" \"done\"");
     let text = lines.join("\n");
     let has = |s: &str| lines.iter().any(|l| l.contains(s));
     assert!(
@@ -206,4 +299,72 @@ fn monitor_shows_writes_and_not_reads_on_an_elasticache_like_source() {
     ] {
         assert!(!has(read), "a read ({read}) was shown:\n{text}");
     }
+}
+
+/// A source whose COMMAND is renamed away (as managed services may do): ferry says it fell back
+/// to the built-in Redis 7.0 table and still finds the keys of a command whose second key comes
+/// from a keyword (`SORT … STORE`).
+#[test]
+fn monitor_falls_back_to_the_builtin_table_without_command() {
+    let server = RedisServer::start_with(ServerOptions {
+        extra_config: vec!["rename-command COMMAND \"\"".into()],
+        ..ServerOptions::default()
+    });
+    let mut con = server.conn();
+    assert!(
+        redis::cmd("COMMAND")
+            .arg("COUNT")
+            .query::<i64>(&mut con)
+            .is_err(),
+        "COMMAND should be renamed away"
+    );
+    let monitor = Monitor::start(&server.url());
+    monitor.wait_until_shown(&mut con);
+
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("a")
+        .arg(&[3, 1, 2])
+        .query(&mut con)
+        .unwrap();
+    let _: i64 = redis::cmd("SORT")
+        .arg("a")
+        .arg("STORE")
+        .arg("b")
+        .query(&mut con)
+        .unwrap();
+    let _: Vec<String> = redis::cmd("LRANGE")
+        .arg("b")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    let _: Option<String> = redis::cmd("GET").arg("a-get").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("done")
+        .arg("1")
+        .query(&mut con)
+        .unwrap();
+    let lines = monitor.lines_until("\"SET\" \"done\"");
+    let stderr = monitor.stop();
+
+    let text = lines.join("\n");
+    let has = |s: &str| lines.iter().any(|l| l.contains(s));
+    assert!(has(r#"Write keys="a" | "RPUSH" "a" "3" "1" "2""#), "{text}");
+    assert!(
+        has(r#"Write keys="a","b" | "SORT" "a" "STORE" "b""#),
+        "{text}"
+    );
+    assert!(has(r#"Write keys="done" | "SET" "done" "1""#), "{text}");
+    for read in ["\"GET\"", "\"LRANGE\""] {
+        assert!(!has(read), "a read ({read}) was shown:\n{text}");
+    }
+    assert!(
+        stderr.contains("falling back to the built-in Redis 7.0 command table"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused COMMAND"), "{stderr}");
+    assert!(
+        !stderr.contains("Loaded the source's command table"),
+        "{stderr}"
+    );
 }

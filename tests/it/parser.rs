@@ -1,6 +1,8 @@
 //! The MONITOR parser against a real server: whatever bytes a client sends come back out of
-//! ferry's parser byte for byte; and no input, however broken, makes the parser panic.
+//! ferry's parser byte for byte, and IPv6 and unix-socket clients come out as the right peers;
+//! and no input, however broken, makes the parser panic or point past the line in its error.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry::capture::{MonitorStream, Peer, parse_line};
@@ -8,7 +10,7 @@ use ferry::net::Endpoint;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 
-use crate::support::RedisServer;
+use crate::support::{RedisServer, ServerOptions};
 
 /// Sends `commands` from one client while ferry monitors, and returns what ferry parsed from
 /// that client's lines (the name upper-cased by the parser).
@@ -67,6 +69,91 @@ fn roundtrip(server: &RedisServer, commands: &[Vec<Vec<u8>>]) -> Vec<(u32, Vec<V
         }
         got
     })
+}
+
+/// Whether this machine can listen on IPv6 loopback (containers often have no `::1`).
+fn ipv6_loopback_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// Peers as real MONITOR output names them, not as hand-written lines do: an IPv6 client shows
+/// as `[::1]:port`, a unix-socket client as `unix:<the server's socket path>`.
+#[test]
+fn ipv6_and_unix_socket_peers_from_a_real_server() {
+    if !ipv6_loopback_available() {
+        eprintln!("skipped: ::1 cannot be bound on this machine");
+        return;
+    }
+    let server = RedisServer::start_with(ServerOptions {
+        unix_socket: true,
+        // Appended last, so it replaces the fixture's `bind 127.0.0.1`.
+        extra_config: vec!["bind 127.0.0.1 ::1".into()],
+        ..ServerOptions::default()
+    });
+    let socket = server.unix_socket_path().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = Endpoint::parse(&server.url()).unwrap();
+        let mut stream = MonitorStream::start(&ep).await.unwrap();
+
+        let v6_url = format!("redis://[::1]:{}", server.port());
+        let v6 = redis::Client::open(v6_url.as_str()).unwrap();
+        let mut v6 = v6.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut v6)
+            .await
+            .unwrap();
+        let v6_addr: SocketAddr = info
+            .split(' ')
+            .find_map(|f| f.strip_prefix("addr="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(v6_addr.is_ipv6() && v6_addr.ip().is_loopback(), "{v6_addr}");
+        redis::cmd("SET")
+            .arg("over-v6")
+            .arg("1")
+            .query_async::<()>(&mut v6)
+            .await
+            .unwrap();
+
+        let unix = redis::Client::open(server.unix_url().unwrap()).unwrap();
+        let mut unix = unix.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SET")
+            .arg("over-unix")
+            .arg("1")
+            .query_async::<()>(&mut unix)
+            .await
+            .unwrap();
+        // The unix client sends the end marker too: its lines follow its SET on the stream.
+        redis::cmd("ECHO")
+            .arg("ferry-test-end")
+            .query_async::<()>(&mut unix)
+            .await
+            .unwrap();
+
+        let (mut v6_peer, mut unix_peer) = (None, None);
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("MONITOR went quiet")
+                .unwrap()
+                .expect("MONITOR closed");
+            match line.argv.iter().collect::<Vec<_>>()[..] {
+                [b"SET", b"over-v6", _] => v6_peer = Some(line.peer.clone()),
+                [b"SET", b"over-unix", _] => unix_peer = Some(line.peer.clone()),
+                [b"ECHO", b"ferry-test-end"] => break,
+                _ => {}
+            }
+        }
+        assert_eq!(v6_peer, Some(Peer::Tcp(v6_addr)));
+        let path = socket.as_os_str().as_encoded_bytes();
+        assert_eq!(unix_peer, Some(Peer::Unix(path.into())));
+    });
 }
 
 fn upper_name(mut c: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
@@ -130,7 +217,18 @@ proptest! {
 
     #[test]
     fn parser_never_panics_on_arbitrary_bytes(line in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = parse_line(&line);
+        check_error_offset(&line)?;
+    }
+
+    /// Quoting is exactly invertible, and the decoder consumes exactly the quoted text.
+    #[test]
+    fn unquote_inverts_quote(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let quoted = ferry::escape::quote(&bytes);
+        prop_assert_eq!(ferry::escape::unquote(quoted.as_bytes()), Ok(bytes.clone()));
+        let mut out = Vec::new();
+        let used = ferry::escape::unquote_into(quoted.as_bytes(), &mut out);
+        prop_assert_eq!(used, Ok(quoted.len()));
+        prop_assert_eq!(out, bytes);
     }
 
     #[test]
@@ -153,7 +251,22 @@ proptest! {
         let mut damaged = line.clone();
         let at = flip.0 % damaged.len();
         damaged[at] = flip.1;
-        let _ = parse_line(&damaged);
-        let _ = parse_line(&line[..cut.min(line.len())]);
+        check_error_offset(&damaged)?;
+        check_error_offset(&line[..cut.min(line.len())])?;
     }
+}
+
+/// Parses `line` (which must not panic) and, when it is rejected, checks that the error points
+/// inside the line or just past its end.
+fn check_error_offset(line: &[u8]) -> Result<(), TestCaseError> {
+    if let Err(e) = parse_line(line) {
+        prop_assert!(
+            e.offset <= line.len(),
+            "offset {} past the end of a {}-byte line ({e}): {:?}",
+            e.offset,
+            line.len(),
+            String::from_utf8_lossy(line)
+        );
+    }
+    Ok(())
 }
