@@ -236,8 +236,14 @@ async fn find_replica(source: &Endpoint) -> Option<Endpoint> {
         .await
         .ok()?;
     for line in info.lines().filter(|l| l.starts_with("slave")) {
+        // `slave0:ip=::1,port=6380,state=online,…`: only the first colon ends the name (an IPv6
+        // address has more).
+        let Some((_, fields)) = line.split_once(':') else {
+            continue;
+        };
         let field = |k: &str| {
-            line.split([':', ','])
+            fields
+                .split(',')
                 .find_map(|f| f.strip_prefix(k))
                 .map(str::to_string)
         };
