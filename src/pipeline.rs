@@ -14,14 +14,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::capture::{
-    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, Role,
+    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, DIRTY_PREFIX, PeerRegistry, Role,
 };
 use crate::command::CommandTable;
 pub use crate::cutover::Fenced;
@@ -34,6 +34,7 @@ use crate::replay::{
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
 };
+use crate::verify::evictions::{EvictionWatch, subscribe, sweep};
 
 /// Where to capture from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -122,6 +123,14 @@ pub struct MigrationReport {
     pub held_clients_disconnected: u64,
     /// The pause ran out before the release.
     pub pause_expired: bool,
+    /// Keys the source evicted during the run (invisible in `MONITOR`; see
+    /// [`crate::verify::evictions`]).
+    pub evicted_keys: u64,
+    /// Target keys the eviction sweeps found without a source key, re-copied through fences.
+    pub eviction_recopies: u64,
+    /// Keys the source evicted while the final fence was being drained, after its last sweep:
+    /// the target may still hold them.
+    pub evicted_during_fence: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -225,6 +234,188 @@ impl Markers {
             .await
             .map_err(|e| stage("markers", e))
     }
+
+    /// Asks for a fenced re-copy of each source key, from here in the stream.
+    async fn place_dirty(&mut self, keys: &[(u32, Vec<u8>)]) -> Result<(), MigrateError> {
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (db, key) in chunk {
+                pipe.cmd("ECHO").arg(format!(
+                    "ferry:{DIRTY_PREFIX}{}",
+                    crate::capture::key_id(*db, key)
+                ));
+            }
+            pipe.query_async::<()>(&mut self.con)
+                .await
+                .map_err(|e| stage("markers", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Evicted keys named by the source's keyspace events, with their dbs.
+type EvictedRx = mpsc::Receiver<(u32, Vec<u8>)>;
+
+/// The source's evictions, which `MONITOR` does not show, and how far they are handled: by
+/// keyspace events naming each evicted key (exact), or else by sweeps of the target.
+struct Evictions {
+    /// `None` when capture reads a replica (its stream shows evictions as `DEL`) or the source's
+    /// counters cannot be read.
+    watch: tokio::sync::Mutex<Option<EvictionWatch>>,
+    /// `evicted_keys` when the migration started.
+    baseline: u64,
+    /// Evicted keys named by keyspace events, each re-copied through a `dirty:` marker.
+    notified: AtomicU64,
+    /// The events do not name every eviction (off, or the subscription broke): sweep instead.
+    sweeping: AtomicBool,
+    /// `evicted_keys` when the last finished sweep started: evictions up to there are handled.
+    swept_from: AtomicU64,
+    /// The events, while the coordinator is not holding them.
+    events: tokio::sync::Mutex<Option<EvictedRx>>,
+    subscriber: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Evictions {
+    async fn connect(node: &Endpoint, peers: &PeerRegistry, from_replica: bool) -> Evictions {
+        let mut ev = Evictions {
+            watch: tokio::sync::Mutex::new(None),
+            baseline: 0,
+            notified: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
+            swept_from: AtomicU64::new(0),
+            events: tokio::sync::Mutex::new(None),
+            subscriber: None,
+        };
+        if from_replica {
+            return ev;
+        }
+        let Ok(mut con) = node.control().await else {
+            return ev;
+        };
+        if let Ok(addr) = crate::net::client_addr(&mut con).await {
+            peers.register(&addr, Role::Control);
+        }
+        let mut watch = EvictionWatch::new(node.clone(), con);
+        let Some(baseline) = watch.evicted_keys().await else {
+            return ev;
+        };
+        if let Some(policy) = watch.evicting_policy().await {
+            tracing::warn!(
+                %policy,
+                "The source may evict keys, and evictions leave no trace in MONITOR: ferry \
+                 re-copies the keys its keyspace events name (notify-keyspace-events with E and \
+                 e), or else sweeps the target whenever the eviction counter grows."
+            );
+        }
+        let (tx, rx) = mpsc::channel(1 << 16);
+        let source = node.clone();
+        ev.subscriber = Some(tokio::spawn(async move {
+            if let Err(e) = subscribe(&source, tx).await {
+                tracing::debug!(error = %e, "The keyspace event subscription ended.");
+            }
+        }));
+        ev.watch = tokio::sync::Mutex::new(Some(watch));
+        ev.baseline = baseline;
+        ev.swept_from = AtomicU64::new(baseline);
+        ev.events = tokio::sync::Mutex::new(Some(rx));
+        ev
+    }
+
+    /// The source's eviction counter now, when it is watched.
+    async fn count(&self) -> Option<u64> {
+        self.watch.lock().await.as_mut()?.evicted_keys().await
+    }
+
+    /// Stops relying on keyspace events, saying why once.
+    fn start_sweeping(&self, why: &str) {
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{why}: ferry sweeps the target for evicted keys instead. A key evicted and then \
+                 written again can still differ; enable notify-keyspace-events with E and e on \
+                 the source (an ElastiCache parameter group) to make evictions exact."
+            );
+        }
+    }
+
+    /// Places a `dirty:` marker for `first` and each event queued behind it.
+    async fn place(
+        &self,
+        first: (u32, Vec<u8>),
+        rx: &mut EvictedRx,
+        markers: &mut Markers,
+        report: &std::sync::Mutex<MigrationReport>,
+    ) -> Result<(), MigrateError> {
+        let mut batch = vec![first];
+        while batch.len() < 4096
+            && let Ok(next) = rx.try_recv()
+        {
+            batch.push(next);
+        }
+        markers.place_dirty(&batch).await?;
+        self.notified
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if let Ok(mut r) = report.lock() {
+            r.eviction_recopies += batch.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Inside the final fence's pause: makes sure every eviction counted so far is handled before
+/// the fence drains, by its keyspace event or else by one more sweep of the target.
+async fn final_evictions(
+    ev: &Evictions,
+    (source, target): (&Endpoint, &Endpoint),
+    mapper: Option<&Arc<dyn Mapper>>,
+    report: &std::sync::Mutex<MigrationReport>,
+    markers: &mut Markers,
+) -> Result<(), MigrateError> {
+    let Some(now) = ev.count().await else {
+        return Ok(());
+    };
+    if !ev.sweeping.load(Ordering::Relaxed) {
+        // The events of evictions already counted are on their way.
+        let mut events = ev.events.lock().await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while ev.notified.load(Ordering::Relaxed) < now - ev.baseline {
+            let Some(rx) = events.as_mut() else { break };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some(first)) => ev.place(first, rx, markers, report).await?,
+                _ => break,
+            }
+        }
+        if ev.notified.load(Ordering::Relaxed) >= now - ev.baseline {
+            return Ok(());
+        }
+        ev.start_sweeping("Keyspace events did not name every eviction");
+    }
+    if now <= ev.swept_from.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let keys = sweep(source, target, mapper)
+        .await
+        .map_err(|e| stage("eviction sweep", e))?;
+    markers.place_dirty(&keys).await?;
+    ev.swept_from.store(now, Ordering::Relaxed);
+    if let Ok(mut r) = report.lock() {
+        r.eviction_recopies += keys.len() as u64;
+    }
+    tracing::info!(
+        keys = keys.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "Final eviction sweep inside the pause."
+    );
+    Ok(())
+}
+
+type SweepTask =
+    tokio::task::JoinHandle<(u64, Result<Vec<(u32, Vec<u8>)>, crate::verify::VerifyError>)>;
+
+fn spawn_sweep(c: &Coordinator, from: u64) -> SweepTask {
+    let (source, target, mapper) = (c.node.clone(), c.target.clone(), c.mapper.clone());
+    tokio::spawn(async move { (from, sweep(&source, &target, mapper.as_ref()).await) })
 }
 
 /// Finds a healthy replica of `source` from `INFO replication`.
@@ -290,6 +481,7 @@ pub struct Running {
     stats: Arc<ReplayStats>,
     markers: Arc<tokio::sync::Mutex<Markers>>,
     peers: Arc<PeerRegistry>,
+    evictions: Arc<Evictions>,
     report: Arc<std::sync::Mutex<MigrationReport>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     coordinator: tokio::task::JoinHandle<Result<crate::capture::CaptureHandle, MigrateError>>,
@@ -480,6 +672,7 @@ impl Migration {
         let markers = Arc::new(tokio::sync::Mutex::new(
             Markers::connect(&node, &peers).await?,
         ));
+        let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
         let report = Arc::new(std::sync::Mutex::new(report));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let coordinator = tokio::spawn(coordinate(Coordinator {
@@ -494,6 +687,7 @@ impl Migration {
             stats: stats.clone(),
             shared: shared.clone(),
             markers: markers.clone(),
+            evictions: evictions.clone(),
             report: report.clone(),
             status_every: self.cfg.status_every,
             skip_snapshot: self.cfg.skip_snapshot,
@@ -514,6 +708,7 @@ impl Migration {
             stats,
             markers,
             peers,
+            evictions,
             report,
             stop_tx,
             coordinator,
@@ -537,6 +732,7 @@ struct Coordinator {
     stats: Arc<ReplayStats>,
     shared: Arc<StitchShared>,
     markers: Arc<tokio::sync::Mutex<Markers>>,
+    evictions: Arc<Evictions>,
     report: Arc<std::sync::Mutex<MigrationReport>>,
     status_every: Option<Duration>,
     skip_snapshot: bool,
@@ -586,10 +782,13 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
     let mut snapshot_started = Instant::now();
     let mut status = c.status_every.map(tokio::time::interval);
     let mut trim = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let mut sweep_task: Option<SweepTask> = None;
+    let mut evicted_seen = c.evictions.baseline;
+    let mut events = c.evictions.events.lock().await.take();
+    let result = loop {
         tokio::select! {
-            _ = c.stop.changed() => break,
-            Some(e) = c.stitch_failed.recv() => return Err(stage("stitcher", e)),
+            _ = c.stop.changed() => break Ok(()),
+            Some(e) = c.stitch_failed.recv() => break Err(stage("stitcher", e)),
             Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
                 tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
                 if let Ok(mut r) = c.report.lock() {
@@ -636,13 +835,64 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                     tracing::warn!(error = %e, "Could not trim the journal.");
                 }
                 c.markers.lock().await.place("tick-").await?;
+                if let Some(n) = c.evictions.count().await {
+                    let ev = &c.evictions;
+                    // A second is plenty for the events of the evictions counted a tick ago.
+                    if !ev.sweeping.load(Ordering::Relaxed)
+                        && ev.notified.load(Ordering::Relaxed) < evicted_seen - ev.baseline
+                    {
+                        ev.start_sweeping("The source evicts keys its keyspace events do not name");
+                    }
+                    evicted_seen = evicted_seen.max(n);
+                    if ev.sweeping.load(Ordering::Relaxed)
+                        && n > ev.swept_from.load(Ordering::Relaxed)
+                        && sweep_task.is_none()
+                    {
+                        sweep_task = Some(spawn_sweep(&c, n));
+                    }
+                }
+            }
+            msg = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => {
+                match (msg, events.as_mut()) {
+                    (Some(first), Some(rx)) => {
+                        let mut markers = c.markers.lock().await;
+                        c.evictions.place(first, rx, &mut markers, &c.report).await?;
+                    }
+                    _ => events = None,
+                }
+            }
+            done = async { sweep_task.as_mut().expect("guarded").await }, if sweep_task.is_some() => {
+                sweep_task = None;
+                match done {
+                    Ok((from, Ok(keys))) => {
+                        tracing::info!(keys = keys.len(), "Eviction sweep: target keys without a source key are re-copied.");
+                        c.markers.lock().await.place_dirty(&keys).await?;
+                        c.evictions.swept_from.store(from, Ordering::Relaxed);
+                        if let Ok(mut r) = c.report.lock() {
+                            r.eviction_recopies += keys.len() as u64;
+                        }
+                    }
+                    Ok((_, Err(e))) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
+                    Err(e) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
+                }
+                // Evictions while it ran may be behind it: sweep again.
+                if c.evictions.sweeping.load(Ordering::Relaxed)
+                    && evicted_seen > c.evictions.swept_from.load(Ordering::Relaxed)
+                {
+                    sweep_task = Some(spawn_sweep(&c, evicted_seen));
+                }
             }
         }
-    }
+    };
     if let Some(t) = snap_task.take() {
         t.abort();
     }
-    Ok(c.capture)
+    if let Some(t) = sweep_task.take() {
+        // The final fence sweeps whatever it had not finished.
+        t.abort();
+    }
+    *c.evictions.events.lock().await = events;
+    result.map(|()| c.capture)
 }
 
 impl Running {
@@ -797,6 +1047,14 @@ impl Running {
             wait_replica_caught_up(&self.source, &self.node).await;
         }
         let result = async {
+            final_evictions(
+                &self.evictions,
+                (&self.node, &self.target),
+                self.cfg.mapper.as_ref(),
+                &self.report,
+                &mut markers,
+            )
+            .await?;
             let drain = markers.place("drain-").await?;
             if !shared.wait_marker(&drain, self.cfg.max_pause * 4).await {
                 return Err(stage(
@@ -829,6 +1087,19 @@ impl Running {
                     "replay did not reach the final marker",
                 ));
             }
+            if let Some(n) = self.evictions.count().await {
+                let handled = self.evictions.swept_from.load(Ordering::Relaxed);
+                if let Ok(mut r) = self.report.lock() {
+                    r.evicted_keys = n.saturating_sub(self.evictions.baseline);
+                    r.evicted_during_fence = n.saturating_sub(handled);
+                }
+                if n > handled {
+                    tracing::warn!(
+                        evicted = n - handled,
+                        "The source evicted keys during the final fence; the target may still hold them (ferry verify lists them)."
+                    );
+                }
+            }
             // Published is not applied: with a split replay, wait for the replay processes.
             #[cfg(feature = "sqs")]
             if let Some(queues) = &self.split_queues {
@@ -850,7 +1121,7 @@ impl Running {
         }
 
         let _ = capture.stop().await;
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.evictions.subscriber) {
             t.abort();
         }
         let _ = self.journal.sync();

@@ -12,7 +12,7 @@
 //!   `ECHO ferry-read:<id>`), `DUMP k` / `TYPE k` are key reads numbered within the read;
 //!   `ECHO ferry:<id>` is a marker.
 //! - A write that may have served a blocked client (see [`super::blocked`]) is followed by a
-//!   marker `served:<db>:<hex key>` for each key the invisible pop changed.
+//!   marker `dirty:<db>:<hex key>` for each key the invisible pop changed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,9 +35,10 @@ pub const READ_PREFIX: &[u8] = b"ferry-read:";
 /// it becomes a marker `recopy:<db>:<hex key>` at that position of the stream.
 pub const RECOPY_PREFIX: &[u8] = b"ferry-recopy:";
 
-/// Prefix of the marker that follows a write which may have served a blocked client:
-/// `served:<db>:<hex key>` names a key the invisible pop changed, to be re-copied from here.
-pub const SERVED_PREFIX: &str = "served:";
+/// Prefix of a marker that names a source key to re-copy from its position in the stream:
+/// `dirty:<db>:<hex key>`. Capture places one after a write that may have served a blocked
+/// client, for each key the invisible pop changed; ferry's eviction sweep, for evicted keys.
+pub const DIRTY_PREFIX: &str = "dirty:";
 
 /// `<db>:<hex key>`: a key named inside a marker id.
 pub fn key_id(db: u32, key: &[u8]) -> String {
@@ -187,7 +188,7 @@ impl Grouper {
             }
         }
         out.extend(keys.into_iter().map(|(db, key)| Captured::Marker {
-            id: format!("{SERVED_PREFIX}{}", key_id(db, &key)),
+            id: format!("{DIRTY_PREFIX}{}", key_id(db, &key)),
         }));
     }
 
@@ -440,7 +441,7 @@ mod tests {
         );
         let served = |key: &str| Captured::Marker {
             id: format!(
-                "served:0:{}",
+                "dirty:0:{}",
                 key_id(0, key.as_bytes()).split_once(':').unwrap().1
             ),
         };

@@ -12,7 +12,7 @@ pub mod parse;
 mod task;
 
 pub use group::{
-    Captured, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role, SERVED_PREFIX, key_id,
+    Captured, DIRTY_PREFIX, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role, key_id,
     parse_key_id,
 };
 pub use monitor::{CaptureError, MonitorStream};

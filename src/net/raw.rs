@@ -134,6 +134,40 @@ impl RawConn {
         self.read_reply().await
     }
 
+    /// Sends one command without reading its reply (a subscription's replies are messages).
+    pub async fn send(&mut self, args: &[&[u8]]) -> Result<(), NetError> {
+        let mut out = Vec::new();
+        encode_command(&mut out, args);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// Reads one array reply of simple elements, such as a pub/sub message; an error reply
+    /// becomes [`NetError::Server`] naming `command`.
+    pub async fn read_array(&mut self, command: &str) -> Result<Vec<Reply>, NetError> {
+        let line = self.read_line().await?;
+        match line.first() {
+            Some(b'*') => {
+                let n: i64 = String::from_utf8_lossy(&line[1..])
+                    .parse()
+                    .map_err(|_| self.io_err("bad array length"))?;
+                let mut out = Vec::with_capacity(n.clamp(0, 16) as usize);
+                for _ in 0..n.max(0) {
+                    out.push(self.read_reply().await?);
+                }
+                Ok(out)
+            }
+            Some(b'-') => Err(NetError::Server {
+                endpoint: self.endpoint.clone(),
+                command: command.to_string(),
+                message: String::from_utf8_lossy(&line[1..]).into_owned(),
+            }),
+            _ => Err(self.io_err(format!("unexpected reply {}", crate::escape::Quoted(&line)))),
+        }
+    }
+
     /// Sends a command and fails unless the reply is `+OK`-like, naming the command on failure.
     pub async fn expect_ok(&mut self, args: &[&[u8]]) -> Result<(), NetError> {
         match self.request(args).await? {

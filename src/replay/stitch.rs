@@ -6,8 +6,9 @@
 //!   dirty. A write that writes an unsettled key, reads one, or cannot be replayed exactly
 //!   (see [`super::rewrite`]) makes its written keys dirty; each dirty key is re-read through
 //!   the same fenced path, once, and its new fence settles it.
-//! - A `served:` marker (capture's blocked-client ledger) makes its key dirty at that position:
-//!   a blocked pop the push just served changed the key without a line of its own.
+//! - A `dirty:` marker makes its source key dirty at that position: capture's blocked-client
+//!   ledger places one after a push that may have served a blocked pop (which changed the key
+//!   without a line of its own), the eviction sweep one for a target key the source evicted.
 //! - Everything is applied in stream order, fences included, so a payload overwrites exactly the
 //!   writes it already contains and nothing is applied twice.
 //! - A gap (lost lines) unsettles everything and asks the coordinator for a resync.
@@ -23,7 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::exec::Op;
 use super::mapping::Mapper;
 use super::rewrite::rewrite;
-use crate::capture::{SERVED_PREFIX, parse_key_id};
+use crate::capture::{DIRTY_PREFIX, parse_key_id};
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::journal::{EntryKind, JournalReader};
 use crate::snapshot::{PayloadStore, Recopier};
@@ -420,12 +421,12 @@ impl Stitcher {
                     }
                 }
                 EntryKind::Payload { .. } => None,
-                EntryKind::Marker { id } if id.starts_with(SERVED_PREFIX) => {
-                    // A write here may have served a blocked client, whose pop the stream does
-                    // not show: copy the keys it changed again from this position.
-                    match parse_key_id(&id[SERVED_PREFIX.len()..]) {
+                EntryKind::Marker { id } if id.starts_with(DIRTY_PREFIX) => {
+                    // A change the stream does not show (a served blocked pop, an eviction):
+                    // copy the key again from this position.
+                    match parse_key_id(&id[DIRTY_PREFIX.len()..]) {
                         Some((db, key)) => self.mark_dirty(db, &key),
-                        None => tracing::warn!(%id, "Ignoring a malformed served marker."),
+                        None => tracing::warn!(%id, "Ignoring a malformed dirty marker."),
                     }
                     None
                 }

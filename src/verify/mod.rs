@@ -11,6 +11,7 @@
 //! tolerance is about to expire and is not a difference.
 
 mod digest;
+pub mod evictions;
 mod fenced;
 
 pub use fenced::{FenceLink, FencedVerifier, KeyView, LOGICAL_MAX_BYTES, VerifyRules};

@@ -9,6 +9,7 @@ mod chunked;
 mod cli;
 mod command_table;
 mod cutover;
+mod evictions;
 mod fixtures;
 mod journal;
 mod migrate;
