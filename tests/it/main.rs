@@ -10,6 +10,7 @@ mod cli;
 mod command_table;
 mod cutover;
 mod evictions;
+mod expiry;
 mod fixtures;
 mod journal;
 mod migrate;
