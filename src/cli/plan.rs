@@ -239,9 +239,10 @@ fn verify_config(spec: &plan::VerifySpec) -> VerifyConfig {
 /// Runs the plan's fenced verification on the running migration and logs the result.
 async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyReport> {
     let rules: Arc<dyn VerifyRules> = Arc::new(PlanRules(plan.verify.clone()));
-    let report = running
-        .verify(verify_config(&plan.verify), Some(rules))
-        .await?;
+    let report = tokio::select! {
+        r = running.verify(verify_config(&plan.verify), Some(rules)) => r?,
+        e = running.failure() => return Err(e.into()),
+    };
     print!("{}", report.grouped(10));
     tracing::info!(
         keys = report.keys_checked,
@@ -268,8 +269,9 @@ impl PhaseContext for SwitchCtx {
         tracing::info!(plan = true, "{msg}");
     }
 
-    fn sleep_ms(&mut self, ms: u64) {
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(ms));
+        Ok(())
     }
 
     fn snapshot(&mut self) -> Result<(), String> {
@@ -284,8 +286,8 @@ impl PhaseContext for SwitchCtx {
         Err("the migration has stopped; verify before the cutover".into())
     }
 
-    fn lag_ms(&mut self) -> u64 {
-        0
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Ok(0)
     }
 
     fn call(&mut self, server: &str, args: Vec<Vec<u8>>) -> Result<plan::Reply, String> {
@@ -388,8 +390,10 @@ impl PhaseContext for Ctx<'_> {
         tracing::info!(plan = true, "{msg}");
     }
 
-    fn sleep_ms(&mut self, ms: u64) {
-        std::thread::sleep(Duration::from_millis(ms));
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
+        self.handle
+            .block_on(self.running.sleep(Duration::from_millis(ms)))
+            .map_err(|e| e.to_string())
     }
 
     fn snapshot(&mut self) -> Result<(), String> {
@@ -415,10 +419,16 @@ impl PhaseContext for Ctx<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn lag_ms(&mut self) -> u64 {
-        self.handle
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        match self
+            .handle
             .block_on(self.running.measure_lag(Duration::from_secs(60)))
-            .map_or(u64::MAX, |d| d.as_millis() as u64)
+        {
+            Ok(d) => Ok(d.as_millis() as u64),
+            Err(e) if self.running.failure_now().is_some() => Err(e.to_string()),
+            // Slow, not broken: "very far behind" is the honest answer for a polling loop.
+            Err(_) => Ok(u64::MAX),
+        }
     }
 }
 
@@ -429,7 +439,13 @@ fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> a
             plan,
             handle: tokio::runtime::Handle::current(),
         };
-        tokio::task::block_in_place(|| h.call(&mut ctx))?;
+        let result = tokio::task::block_in_place(|| h.call(&mut ctx));
+        // A primitive cut short by a failed migration fails the hook too (or the hook caught
+        // it): the migration's own error is the cause to report either way.
+        if let Some(e) = running.failure_now() {
+            return Err(e.into());
+        }
+        result?;
     }
     Ok(())
 }
@@ -525,11 +541,13 @@ pub async fn run_plan(
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let stop = super::migrate::Stop::install();
     let running = Migration::new(source, target, cfg).start().await?;
-    // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence.
+    // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence;
+    // a failed migration (a hook under `on_hook_error = "fail"`) ends the run with its error.
     macro_rules! interruptible {
-        ($fut:expr) => {
+        ($running:expr, $fut:expr) => {
             tokio::select! {
                 r = $fut => r,
+                e = $running.failure() => return Err(e.into()),
                 _ = stop.wait() => {
                     tracing::info!("Stop requested: skipping the remaining phases.");
                     break;
@@ -546,19 +564,22 @@ pub async fn run_plan(
         if stop.requested() {
             break;
         }
+        if let Some(e) = r.failure_now() {
+            return Err(e.into());
+        }
         tracing::info!(phase = phase.name(), "Phase started.");
         run_hook(&phase.before, &plan, r)?;
         match &phase.kind {
-            PhaseKind::Snapshot => interruptible!(r.wait_snapshot(Duration::from_secs(24 * 3600)))?,
+            PhaseKind::Snapshot => interruptible!(r, r.wait_snapshot(Duration::from_secs(24 * 3600)))?,
             PhaseKind::CatchUp { max_lag_ms } => {
-                let lag = interruptible!(r.wait_lag(
+                let lag = interruptible!(r, r.wait_lag(
                     Duration::from_millis(*max_lag_ms),
                     Duration::from_secs(24 * 3600),
                 ))?;
                 tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
             }
             PhaseKind::Verify => {
-                let report = interruptible!(verify_phase(&plan, r))?;
+                let report = interruptible!(r, verify_phase(&plan, r))?;
                 if !report.is_identical() {
                     // Later phases (a cutover above all) must not run on a target that
                     // differs: stop cleanly at a final fence and say so.
@@ -583,14 +604,14 @@ pub async fn run_plan(
                 commands,
                 ..
             } => {
-                let lag = interruptible!(r.wait_lag(
+                let lag = interruptible!(r, r.wait_lag(
                     Duration::from_millis(*max_lag_ms),
                     Duration::from_secs(24 * 3600),
                 ))?;
                 if r.split() {
                     // The lag gate measured publishing; let the replay processes catch up
                     // before pausing, so the pause only covers the last few operations.
-                    interruptible!(r.wait_applied(Duration::from_secs(24 * 3600)))?;
+                    interruptible!(r, r.wait_applied(Duration::from_secs(24 * 3600)))?;
                 }
                 tracing::info!(
                     lag_ms = lag.as_millis() as u64,

@@ -661,8 +661,9 @@ impl PhaseContext for Ctx {
     fn log(&mut self, msg: &str) {
         self.log.push(msg.to_string());
     }
-    fn sleep_ms(&mut self, ms: u64) {
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
         self.slept += ms;
+        Ok(())
     }
     fn snapshot(&mut self) -> Result<(), String> {
         self.log.push("<snapshot>".into());
@@ -679,8 +680,8 @@ impl PhaseContext for Ctx {
             Ok(3)
         }
     }
-    fn lag_ms(&mut self) -> u64 {
-        42
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Ok(42)
     }
 }
 

@@ -3,7 +3,7 @@
 //! with exit code 2 before the target is touched.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cli::run_ferry;
 use crate::support::{OracleOptions, RedisServer, compare};
@@ -14,11 +14,19 @@ const PHASES: &str = r#"phases = { "snapshot", ferry.catch_up { max_lag_ms = 500
     ferry.phase("soak", function(ctx) ctx.sleep(3500) end),
     ferry.cutover { max_pause_ms = 2000 } },"#;
 
+/// Lines of the plan before `body`: the body's first line is line 7 of `plan.lua`.
+const BODY_LINE: usize = 7;
+
 fn write_plan(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    write_plan_phases(dir, body, PHASES)
+}
+
+fn write_plan_phases(dir: &std::path::Path, body: &str, phases: &str) -> std::path::PathBuf {
     let path = dir.join("plan.lua");
     let text = format!(
-        "local ferry = require \"ferry\"\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = ferry.env \"SOURCE_URL\", capture = \"primary\" }},\n  target = {{ url = ferry.env \"TARGET_URL\" }},\n  journal = ferry.embedded {{ dir = \"state\" }},\n{body}\n  {PHASES}\n}}\n"
+        "local ferry = require \"ferry\"\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = ferry.env \"SOURCE_URL\", capture = \"primary\" }},\n  target = {{ url = ferry.env \"TARGET_URL\" }},\n  journal = ferry.embedded {{ dir = \"state\" }},\n{body}\n  {phases}\n}}\n"
     );
+    assert_eq!(text.lines().nth(BODY_LINE - 1), body.lines().next());
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -38,26 +46,40 @@ fn run_plan(
     plan: &std::path::Path,
     live: impl FnOnce(&mut redis::Connection, &mut redis::Connection) + Send,
 ) {
-    let out = std::thread::scope(|s| {
+    let (out, _) = run_plan_output(source, target, plan, &[], live);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "ferry run failed:\n{stderr}");
+    assert!(stderr.contains("stopped at the final fence"), "{stderr}");
+}
+
+/// Runs `plan` (with `extra` arguments) while `live` writes to the source 1.5 s in; returns
+/// ferry's output and how long it ran after `live` returned.
+fn run_plan_output(
+    source: &RedisServer,
+    target: &RedisServer,
+    plan: &std::path::Path,
+    extra: &[&str],
+    live: impl FnOnce(&mut redis::Connection, &mut redis::Connection) + Send,
+) -> (std::process::Output, Duration) {
+    std::thread::scope(|s| {
         let ferry = s.spawn(|| {
-            run_ferry(&[
-                "run",
-                plan.to_str().unwrap(),
-                "--set",
-                &format!("SOURCE_URL={}", source.url()),
-                "--set",
-                &format!("TARGET_URL={}", target.url()),
-            ])
+            let (src, tgt) = (
+                format!("SOURCE_URL={}", source.url()),
+                format!("TARGET_URL={}", target.url()),
+            );
+            let mut args = vec!["run", plan.to_str().unwrap(), "--set", &src, "--set", &tgt];
+            args.extend_from_slice(extra);
+            let out = run_ferry(&args);
+            (out, Instant::now())
         });
         // Writes land after the snapshot and before the cutover (the soak lasts 3.5 s).
         std::thread::sleep(Duration::from_millis(1500));
         let (mut c0, mut c1) = (source.conn_db(0), source.conn_db(1));
         live(&mut c0, &mut c1);
-        ferry.join().unwrap()
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "ferry run failed:\n{stderr}");
-    assert!(stderr.contains("stopped at the final fence"), "{stderr}");
+        let written = Instant::now();
+        let (out, ended) = ferry.join().unwrap();
+        (out, ended.saturating_duration_since(written))
+    })
 }
 
 fn seed(source: &RedisServer) {
@@ -267,4 +289,48 @@ fn broken_plans_fail_with_exit_code_2_and_an_untouched_target() {
         &["plan.lua:1"],
     );
     assert!(!std::path::Path::new("/tmp/ferry-pwned").exists());
+}
+
+/// `on_command` that raises on the key `boom`, on the body's second line.
+const BOOM_HOOK: &str = r#"  on_command = function(cmd)
+    if cmd.name == "SET" and cmd:key(1) == "boom" then error("refusing key " .. cmd:key(1)) end
+  end,"#;
+
+/// A long soak (so only a failure ends the run early) and a phase after it that must not run.
+const LONG_PHASES: &str = r#"phases = { "snapshot", ferry.catch_up { max_lag_ms = 500 },
+    ferry.phase("soak", function(ctx) ctx.sleep(25000) end),
+    ferry.phase("later", function(ctx) ctx.log("LATER PHASE RAN") end),
+    ferry.cutover { max_pause_ms = 2000 } },"#;
+
+/// A catch-up that never passes (no lag is 0 ms), so only a failure ends it.
+const ENDLESS_CATCH_UP: &str = r#"phases = { "snapshot", ferry.catch_up { max_lag_ms = 0 },
+    ferry.phase("later", function(ctx) ctx.log("LATER PHASE RAN") end),
+    ferry.cutover { max_pause_ms = 2000 } },"#;
+
+#[test]
+fn failing_hook_on_live_data_stops_the_run_with_its_error() {
+    // The failure arrives while a Lua phase sleeps, then while catch_up waits on lag.
+    for phases in [LONG_PHASES, ENDLESS_CATCH_UP] {
+        let (source, target) = (RedisServer::start(), RedisServer::start());
+        seed(&source);
+        let dir = tempfile::tempdir().unwrap();
+        let plan = write_plan_phases(dir.path(), BOOM_HOOK, phases);
+        let (out, after) = run_plan_output(&source, &target, &plan, &[], |c0, _| {
+            cmd(c0, &["SET", "fs:before", "1"]);
+            cmd(c0, &["SET", "boom", "x"]);
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(after < Duration::from_secs(10), "took {after:?}:\n{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        let line = BODY_LINE + 1;
+        assert!(
+            last.starts_with("ferry: error: ")
+                && last.contains("on_command failed at")
+                && last.ends_with(&format!("plan.lua:{line}: refusing key boom")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("LATER PHASE RAN"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
