@@ -111,7 +111,49 @@ fn preflight(plan: &Plan) -> anyhow::Result<()> {
 struct PlanMapper {
     plan: Plan,
     table: &'static CommandTable,
+    /// Commands `on_command` failed on and that were skipped (`on_hook_error = "skip"`).
     hook_errors: AtomicU64,
+}
+
+/// Warnings logged for skipped commands before ferry only counts them (the final report has
+/// the total).
+const LOGGED_HOOK_ERRORS: u64 = 10;
+
+/// What `on_command` did during a run, for the final report.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct HookReport {
+    /// Commands the hook was called on.
+    calls: u64,
+    /// Calls that failed.
+    errors: u64,
+    /// Commands dropped because the hook failed on them (`on_hook_error = "skip"`).
+    skipped_commands: u64,
+    /// Time spent in the hook.
+    seconds: f64,
+}
+
+impl HookReport {
+    /// The hook's counters since `baseline` (taken after the preflight dry run, so that only
+    /// the run's own calls count), with `skipped` commands.
+    fn since(hook: &plan::CommandHook, baseline: plan::HookStats, skipped: u64) -> HookReport {
+        let now = hook.stats();
+        HookReport {
+            calls: now.calls.saturating_sub(baseline.calls),
+            errors: now.errors.saturating_sub(baseline.errors),
+            skipped_commands: skipped,
+            seconds: now.nanos.saturating_sub(baseline.nanos) as f64 / 1e9,
+        }
+    }
+}
+
+impl std::fmt::Display for HookReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "on_command: {} calls, {} errors, {} commands skipped",
+            self.calls, self.errors, self.skipped_commands
+        )
+    }
 }
 
 impl PlanMapper {
@@ -128,8 +170,12 @@ impl Mapper for PlanMapper {
     fn map_command(&self, db: u32, argv: Argv, out: &mut Vec<(u32, Argv)>) -> Result<(), String> {
         match self.plan.map_command(self.table, db, argv, out) {
             Ok(Mapped::Skipped(e)) => {
-                if self.hook_errors.fetch_add(1, Ordering::Relaxed) < 10 {
+                let n = self.hook_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= LOGGED_HOOK_ERRORS {
                     tracing::warn!(error = %e, "on_command failed; the command was skipped (on_hook_error = \"skip\").");
+                }
+                if n == LOGGED_HOOK_ERRORS {
+                    tracing::warn!("Further skipped commands are only counted; the final report has the total.");
                 }
                 Ok(())
             }
@@ -528,14 +574,21 @@ pub async fn run_plan(
     if let Some(ms) = cutover {
         cfg.max_pause = Duration::from_millis(ms);
     }
-    let mapper = PlanMapper {
+    let mapper = Arc::new(PlanMapper {
         plan: plan.clone(),
         table: CommandTable::builtin(),
         hook_errors: AtomicU64::new(0),
-    };
+    });
     if !plan.rewrite.is_empty() || !plan.keys.is_everything() || plan.on_command.is_some() {
-        cfg.mapper = Some(Arc::new(mapper));
+        cfg.mapper = Some(mapper.clone());
     }
+    // The preflight called the hook too; the report counts the run's calls only.
+    let hook_baseline = plan.on_command.as_ref().map(|h| h.stats());
+    let hook_report = || {
+        plan.on_command.as_ref().zip(hook_baseline).map(|(h, b)| {
+            HookReport::since(h, b, mapper.hook_errors.load(Ordering::Relaxed))
+        })
+    };
     tweak(&mut cfg);
 
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
@@ -587,7 +640,7 @@ pub async fn run_plan(
                     let migration = r.finish().await?;
                     write_json(
                         json.as_deref(),
-                        &serde_json::json!({ "migration": migration, "verify": report }),
+                        &report_json(&migration, hook_report(), Some(&report))?,
                     )?;
                     eprintln!(
                         "Verification found {} differences; stopped at the final fence without running later phases.",
@@ -702,18 +755,38 @@ pub async fn run_plan(
         }
         (None, None) => unreachable!("a cutover always leaves a report"),
     };
+    let hooks = hook_report();
     eprintln!(
-        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
-        plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
+        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms{}",
+        plan.name,
+        report.snapshot_keys,
+        report.commands,
+        report.restores,
+        report.pause_ms,
+        hooks.map(|h| format!("; {h}")).unwrap_or_default()
     );
-    match verified {
-        Some(v) => write_json(
-            json.as_deref(),
-            &serde_json::json!({ "migration": report, "verify": v }),
-        )?,
-        None => write_json(json.as_deref(), &report)?,
-    }
+    write_json(
+        json.as_deref(),
+        &report_json(&report, hooks, verified.as_ref())?,
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` report: the migration's fields plus `on_command` (when the plan has one); with
+/// a verification, `{ "migration": …, "verify": … }`.
+fn report_json(
+    migration: &ferry::pipeline::MigrationReport,
+    hooks: Option<HookReport>,
+    verify: Option<&VerifyReport>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut m = serde_json::to_value(migration)?;
+    if let (Some(h), Some(obj)) = (hooks, m.as_object_mut()) {
+        obj.insert("on_command".into(), serde_json::to_value(h)?);
+    }
+    Ok(match verify {
+        Some(v) => serde_json::json!({ "migration": m, "verify": v }),
+        None => m,
+    })
 }
 
 fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {

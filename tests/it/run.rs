@@ -334,3 +334,49 @@ fn failing_hook_on_live_data_stops_the_run_with_its_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn skipped_hook_errors_reach_the_summary_and_the_json_report() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    seed(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &format!("{BOOM_HOOK}\n  on_hook_error = \"skip\","),
+    );
+    let json = dir.path().join("report.json");
+    let (out, _) = run_plan_output(
+        &source,
+        &target,
+        &plan,
+        &["--json", json.to_str().unwrap()],
+        |c0, _| {
+            cmd(c0, &["SET", "fs:before", "1"]);
+            cmd(c0, &["SET", "boom", "x"]);
+            cmd(c0, &["SET", "fs:after", "2"]);
+        },
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("stopped at the final fence"))
+        .unwrap_or_else(|| panic!("no summary line:\n{stderr}"));
+    assert!(
+        summary.contains("on_command: ") && summary.contains("1 errors, 1 commands skipped"),
+        "{summary}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let hooks = &report["on_command"];
+    assert_eq!(hooks["errors"], 1, "{report:#}");
+    assert_eq!(hooks["skipped_commands"], 1, "{report:#}");
+    // Live writes only: the snapshot restores payloads without calling the hook.
+    assert!(hooks["calls"].as_u64().unwrap() >= 3, "{report:#}");
+    let mut t = target.conn();
+    let boom: Option<String> = redis::cmd("GET").arg("boom").query(&mut t).unwrap();
+    assert_eq!(boom, None, "the skipped command reached the target");
+    for (k, v) in [("fs:before", "1"), ("fs:after", "2")] {
+        let got: Option<String> = redis::cmd("GET").arg(k).query(&mut t).unwrap();
+        assert_eq!(got.as_deref(), Some(v), "{k}");
+    }
+}
