@@ -1120,6 +1120,59 @@ fn check_uses_plan_samples_and_warns() {
     );
 }
 
+/// `ferry check` says what replay does with a command mixing migrated and left-out keys: the
+/// stitcher sends nothing and re-copies the migrated keys (it does not replay it whole).
+#[test]
+fn check_reports_mixed_key_commands_as_replay_handles_them() {
+    let plan = load(&plan_with(
+        r#"  keys = { exclude = { "cache:*" } },
+  rewrite = { ferry.rename_prefix("fs:", "n:") },
+  check = { samples = {
+    { "MSET", "fs:a", "1", "cache:b", "1" },
+    { "RENAME", "fs:a", "cache:b" },
+    { "SUNIONSTORE", "fs:u", "cache:s1", "fs:s2" },
+    { "MSET", "fs:a", "1", "fs:b", "2" },
+    { "DEL", "cache:x", "cache:y" },
+  } },"#,
+    ))
+    .unwrap();
+    let report = plan::check(&plan, &[]);
+    let lines: Vec<String> = report.lines.iter().map(|l| l.to_string()).collect();
+    let recopied = |i: usize| match &report.lines[i].outcome {
+        CheckOutcome::Recopied(keys) => keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>(),
+        other => panic!("line {i}: expected Recopied, got {other:?}"),
+    };
+    assert_eq!(recopied(0), ["fs:a"]);
+    assert_eq!(
+        lines[0],
+        r#"db0 "MSET" "fs:a" "1" "cache:b" "1": not sent (it mixes keys the plan migrates with keys it leaves out); re-copies "fs:a""#
+    );
+    assert_eq!(recopied(1), ["fs:a"]);
+    assert!(lines[1].contains(r#"not sent"#), "{}", lines[1]);
+    assert!(!lines[1].contains("kept"), "{}", lines[1]);
+    assert_eq!(recopied(2), ["fs:u", "fs:s2"]);
+    assert!(
+        lines[2].ends_with(r#"re-copies "fs:u", "fs:s2""#),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains(r#"kept as db0 "MSET" "n:a" "1" "n:b" "2""#),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[4].ends_with("excluded by keys"), "{}", lines[4]);
+    // The same decision the stitcher makes, through the same function.
+    let keys: [&[u8]; 2] = [b"fs:a", b"cache:b"];
+    assert_eq!(
+        ferry::replay::mixed_keys(keys, |k| plan.keys.allows(0, k)),
+        Some(vec![0])
+    );
+}
+
 // ---- rules and globs ------------------------------------------------------------------------
 
 #[test]
