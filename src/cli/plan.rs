@@ -54,7 +54,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         plan.check_samples.clone()
     };
     let report = plan::check(&plan, &samples);
-    print!("{report}");
+    super::print_out(&report)?;
     Ok(if fatal_hook_errors(&report) == 0 {
         ExitCode::SUCCESS
     } else {
@@ -289,7 +289,7 @@ async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyRe
         r = running.verify(verify_config(&plan.verify), Some(rules)) => r?,
         e = running.failure() => return Err(e.into()),
     };
-    print!("{}", report.grouped(10));
+    super::print_out(report.grouped(10))?;
     tracing::info!(
         keys = report.keys_checked,
         differences = report.differences.len(),

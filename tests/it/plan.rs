@@ -1495,3 +1495,49 @@ fn shebang_lines_and_bytecode_plan_files() {
         "{e:?}"
     );
 }
+
+// ---- ferry check, the binary ----------------------------------------------------------------
+
+/// `ferry check plan.lua | head -1`: a reader that stops early is not an error. ferry stops
+/// writing quietly and exits with the plan's verdict (0 here: the plan is valid).
+#[test]
+fn check_output_into_a_closed_pipe_exits_quietly() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = PlanDir::new();
+    // Far more output than a pipe buffers, so ferry is still writing when the pipe closes.
+    let path = dir.file(
+        "plan.lua",
+        &plan_with(
+            r#"  check = { samples = (function()
+    local t = {}
+    for i = 1, 20000 do t[i] = { "SET", "fs:" .. i, "value" } end
+    return t
+  end)() },"#,
+        ),
+    );
+    let mut child = crate::cli::ferry()
+        .args(["check", path.to_str().unwrap()])
+        .args(["--set", "SOURCE_URL=redis://127.0.0.1:1"])
+        .args(["--set", "TARGET_URL=redis://127.0.0.1:2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("20000 sample commands"), "{first}");
+    // The reader (and with it the pipe) is gone here, like `head -1` exiting.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "a closed pipe is not worth a message");
+}
