@@ -312,6 +312,69 @@ fn unknown_fields_get_did_you_mean() {
     );
 }
 
+/// Misspelled fields of the `ferry` module and the embedded library are errors at the reader's
+/// line, not silent nils (`include = sk.keyz` would otherwise migrate every key).
+#[test]
+fn library_fields_are_strict_with_did_you_mean() {
+    // plan_with puts `extra` on line 6, or 7 after one line of ours.
+    let sk = "local sk = require \"ferry.sidekiq\"\n";
+    let e = err(&format!("{sk}{}", plan_with("  keys = { include = sk.keyz },")));
+    assert!(matches!(e, PlanError::Runtime { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .ends_with("plan.lua:7: ferry.sidekiq has no field `keyz` (did you mean `keys`?)"),
+        "{e}"
+    );
+    let ns = "local sk = require(\"ferry.sidekiq\").namespaced \"sidekiq\"\n";
+    let e = err(&format!("{ns}{}", plan_with("  keys = { include = sk.keyz },")));
+    assert!(
+        e.to_string().ends_with(
+            "plan.lua:7: sidekiq.namespaced(\"sidekiq\") has no field `keyz` (did you mean `keys`?)"
+        ),
+        "{e}"
+    );
+    let e = err(&plan_with(
+        "  rewrite = { ferry.rename_prefx(\"a:\", \"b:\") },",
+    ));
+    assert!(
+        e.to_string().ends_with(
+            "plan.lua:6: ferry has no field `rename_prefx` (did you mean `rename_prefix`?)"
+        ),
+        "{e}"
+    );
+    let ec = "local ec = require \"ferry.elasticache\"\n";
+    let e = err(&format!("{ec}{}", plan_with("  source = ec.sourc(\"redis://x\"),")));
+    assert!(
+        e.to_string()
+            .contains("plan.lua:7: ferry.elasticache has no field `sourc` (did you mean `source`?)"),
+        "{e}"
+    );
+    // Nothing close: no suggestion, still an error.
+    let e = err(&plan_with("  name = ferry.zzzzzzzz,"));
+    assert!(
+        e.to_string().ends_with("plan.lua:6: ferry has no field `zzzzzzzz`"),
+        "{e}"
+    );
+    // Existing fields, integer keys, rawget and ferry.strict on the plan's own tables.
+    let plan = load(&format!(
+        "{sk}{}",
+        plan_with(
+            r#"  keys = { include = sk.keys },
+  name = (rawget(ferry, "nope") == nil and ferry.api_version == 1 and sk[1] == nil) and "ok" or "bad","#
+        )
+    ))
+    .unwrap();
+    assert_eq!(plan.name, "ok");
+    let e = err(&plan_with(
+        "  name = ferry.strict({ production = \"p\" }, \"common\").prodution,",
+    ));
+    assert!(
+        e.to_string()
+            .ends_with("plan.lua:6: common has no field `prodution` (did you mean `production`?)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn wrong_types_name_field_expected_and_found() {
     let e = err(&plan_with("  keys = { include = { 'a:*', 5 } },"));
