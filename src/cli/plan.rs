@@ -16,7 +16,9 @@ use ferry::replay::Mapper;
 use ferry::verify::{KeyView, VerifyConfig, VerifyReport, VerifyRules};
 
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
-/// Without a cutover phase, replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
+/// The snapshot starts with the migration, before the first built-in phase; custom phases
+/// listed before a leading "snapshot" run before anything is copied. Without a cutover phase,
+/// replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plan file.
@@ -478,6 +480,61 @@ impl PhaseContext for Ctx<'_> {
     }
 }
 
+/// How many leading phases run before the migration starts: the custom phases listed before a
+/// `snapshot` phase that is the first built-in one (none otherwise, so a custom phase that waits
+/// on lag still finds a running migration).
+fn pre_start_phases(plan: &Plan) -> usize {
+    let first = plan
+        .phases
+        .iter()
+        .position(|p| !matches!(p.kind, PhaseKind::Custom { .. }));
+    match first {
+        Some(i) if matches!(plan.phases[i].kind, PhaseKind::Snapshot) => i,
+        _ => 0,
+    }
+}
+
+/// Phase primitives before the migration starts: nothing is connected, captured or copied yet,
+/// so only `ctx.log` and `ctx.sleep` work.
+struct PreCtx<'a> {
+    stop: &'a super::migrate::Stop,
+    handle: tokio::runtime::Handle,
+}
+
+const NOT_STARTED: &str =
+    "the migration has not started: this phase is listed before the \"snapshot\" phase";
+
+impl PhaseContext for PreCtx<'_> {
+    fn log(&mut self, msg: &str) {
+        tracing::info!(plan = true, "{msg}");
+    }
+
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
+        self.handle.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+                _ = self.stop.wait() => Err("stop requested".into()),
+            }
+        })
+    }
+
+    fn snapshot(&mut self) -> Result<(), String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn wait_lag(&mut self, _: u64) -> Result<(), String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn verify(&mut self) -> Result<u64, String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Err(NOT_STARTED.into())
+    }
+}
+
 fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> anyhow::Result<()> {
     if let Some(h) = hook {
         let mut ctx = Ctx {
@@ -593,6 +650,41 @@ pub async fn run_plan(
 
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let stop = super::migrate::Stop::install();
+    let pre = pre_start_phases(&plan);
+    for phase in &plan.phases[..pre] {
+        if stop.requested() {
+            break;
+        }
+        tracing::info!(
+            phase = phase.name(),
+            "Phase started (before the migration starts)."
+        );
+        // `pre_start_phases` picks custom phases only, so `run` is always there.
+        let run = match &phase.kind {
+            PhaseKind::Custom { run, .. } => Some(run.clone()),
+            _ => None,
+        };
+        let hooks = [&phase.before, &run, &phase.after];
+        for hook in hooks.into_iter().flatten() {
+            let mut ctx = PreCtx {
+                stop: &stop,
+                handle: tokio::runtime::Handle::current(),
+            };
+            let result = tokio::task::block_in_place(|| hook.call(&mut ctx));
+            if stop.requested() {
+                break;
+            }
+            result?;
+        }
+        tracing::info!(phase = phase.name(), "Phase done.");
+    }
+    if stop.requested() {
+        eprintln!(
+            "Stopped before the migration started (plan {}): nothing was captured or copied.",
+            plan.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let running = Migration::new(source, target, cfg).start().await?;
     // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence;
     // a failed migration (a hook under `on_hook_error = "fail"`) ends the run with its error.
@@ -612,7 +704,7 @@ pub async fn run_plan(
     let mut reverse: Option<Running> = None;
     let mut verified: Option<VerifyReport> = None;
     let mut running = Some(running);
-    for phase in &plan.phases {
+    for phase in &plan.phases[pre..] {
         let Some(r) = running.as_ref() else { break };
         if stop.requested() {
             break;

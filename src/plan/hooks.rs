@@ -425,7 +425,8 @@ pub trait PhaseContext {
     /// `ctx.sleep(ms)`: waits. An `Err` (the migration failed meanwhile) ends the wait early
     /// and is raised in Lua, so a polling loop stops with the hook.
     fn sleep_ms(&mut self, ms: u64) -> Result<(), String>;
-    /// `ctx.snapshot()`: runs (or waits for) a snapshot.
+    /// `ctx.snapshot()`: waits until the snapshot is complete. It never starts one: the
+    /// snapshot starts with the migration.
     fn snapshot(&mut self) -> Result<(), String>;
     /// `ctx.wait_lag(ms)`: waits until replay trails the source by at most `ms`.
     fn wait_lag(&mut self, max_ms: u64) -> Result<(), String>;

@@ -26,7 +26,9 @@ fn write_plan_phases(dir: &std::path::Path, body: &str, phases: &str) -> std::pa
     let text = format!(
         "local ferry = require \"ferry\"\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = ferry.env \"SOURCE_URL\", capture = \"primary\" }},\n  target = {{ url = ferry.env \"TARGET_URL\" }},\n  journal = ferry.embedded {{ dir = \"state\" }},\n{body}\n  {phases}\n}}\n"
     );
-    assert_eq!(text.lines().nth(BODY_LINE - 1), body.lines().next());
+    if let Some(first) = body.lines().next() {
+        assert_eq!(text.lines().nth(BODY_LINE - 1), Some(first));
+    }
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -379,4 +381,47 @@ fn skipped_hook_errors_reach_the_summary_and_the_json_report() {
         let got: Option<String> = redis::cmd("GET").arg(k).query(&mut t).unwrap();
         assert_eq!(got.as_deref(), Some(v), "{k}");
     }
+}
+
+/// A custom phase listed before "snapshot" runs before the migration starts: nothing is
+/// captured or copied yet, and the primitives that need a migration say so.
+#[test]
+fn custom_phase_before_the_snapshot_runs_before_the_migration_starts() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    seed(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan_phases(
+        dir.path(),
+        "",
+        r#"phases = {
+    ferry.phase("preflight", function(ctx)
+      local ok, e = pcall(ctx.lag_ms)
+      ctx.log("PRE lag_ms: " .. tostring(e))
+      ctx.sleep(2500)
+      ctx.log("PRE DONE")
+    end),
+    "snapshot", ferry.catch_up { max_lag_ms = 500 },
+    ferry.cutover { max_pause_ms = 2000 } },"#,
+    );
+    let (out, _) = run_plan_output(&source, &target, &plan, &[], |_, _| {
+        // 1.5 s in, the preflight phase still sleeps: ferry has not touched the target.
+        let mut t = target.conn();
+        let size: u64 = redis::cmd("DBSIZE").query(&mut t).unwrap();
+        assert_eq!(size, 0, "the target was written before the snapshot phase");
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let at = |needle: &str| {
+        stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{stderr}"))
+    };
+    assert!(
+        stderr.contains("ctx.lag_ms: the migration has not started"),
+        "{stderr}"
+    );
+    assert!(at("PRE DONE") < at("Capturing writes."), "{stderr}");
+    assert!(at("PRE DONE") < at("Snapshot started."), "{stderr}");
+    let report = compare(&source.url(), &target.url(), &OracleOptions::default());
+    report.assert_identical();
 }
