@@ -177,7 +177,9 @@ impl Mapper for PlanMapper {
                     tracing::warn!(error = %e, "on_command failed; the command was skipped (on_hook_error = \"skip\").");
                 }
                 if n == LOGGED_HOOK_ERRORS {
-                    tracing::warn!("Further skipped commands are only counted; the final report has the total.");
+                    tracing::warn!(
+                        "Further skipped commands are only counted; the final report has the total."
+                    );
                 }
                 Ok(())
             }
@@ -642,9 +644,10 @@ pub async fn run_plan(
     // The preflight called the hook too; the report counts the run's calls only.
     let hook_baseline = plan.on_command.as_ref().map(|h| h.stats());
     let hook_report = || {
-        plan.on_command.as_ref().zip(hook_baseline).map(|(h, b)| {
-            HookReport::since(h, b, mapper.hook_errors.load(Ordering::Relaxed))
-        })
+        plan.on_command
+            .as_ref()
+            .zip(hook_baseline)
+            .map(|(h, b)| HookReport::since(h, b, mapper.hook_errors.load(Ordering::Relaxed)))
     };
     tweak(&mut cfg);
 
@@ -715,12 +718,17 @@ pub async fn run_plan(
         tracing::info!(phase = phase.name(), "Phase started.");
         run_hook(&phase.before, &plan, r)?;
         match &phase.kind {
-            PhaseKind::Snapshot => interruptible!(r, r.wait_snapshot(Duration::from_secs(24 * 3600)))?,
+            PhaseKind::Snapshot => {
+                interruptible!(r, r.wait_snapshot(Duration::from_secs(24 * 3600)))?
+            }
             PhaseKind::CatchUp { max_lag_ms } => {
-                let lag = interruptible!(r, r.wait_lag(
-                    Duration::from_millis(*max_lag_ms),
-                    Duration::from_secs(24 * 3600),
-                ))?;
+                let lag = interruptible!(
+                    r,
+                    r.wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                )?;
                 tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
             }
             PhaseKind::Verify => {
@@ -749,10 +757,13 @@ pub async fn run_plan(
                 commands,
                 ..
             } => {
-                let lag = interruptible!(r, r.wait_lag(
-                    Duration::from_millis(*max_lag_ms),
-                    Duration::from_secs(24 * 3600),
-                ))?;
+                let lag = interruptible!(
+                    r,
+                    r.wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                )?;
                 if r.split() {
                     // The lag gate measured publishing; let the replay processes catch up
                     // before pausing, so the pause only covers the last few operations.

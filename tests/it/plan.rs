@@ -318,7 +318,10 @@ fn unknown_fields_get_did_you_mean() {
 fn library_fields_are_strict_with_did_you_mean() {
     // plan_with puts `extra` on line 6, or 7 after one line of ours.
     let sk = "local sk = require \"ferry.sidekiq\"\n";
-    let e = err(&format!("{sk}{}", plan_with("  keys = { include = sk.keyz },")));
+    let e = err(&format!(
+        "{sk}{}",
+        plan_with("  keys = { include = sk.keyz },")
+    ));
     assert!(matches!(e, PlanError::Runtime { .. }), "{e:?}");
     assert!(
         e.to_string()
@@ -326,7 +329,10 @@ fn library_fields_are_strict_with_did_you_mean() {
         "{e}"
     );
     let ns = "local sk = require(\"ferry.sidekiq\").namespaced \"sidekiq\"\n";
-    let e = err(&format!("{ns}{}", plan_with("  keys = { include = sk.keyz },")));
+    let e = err(&format!(
+        "{ns}{}",
+        plan_with("  keys = { include = sk.keyz },")
+    ));
     assert!(
         e.to_string().ends_with(
             "plan.lua:7: sidekiq.namespaced(\"sidekiq\") has no field `keyz` (did you mean `keys`?)"
@@ -343,16 +349,21 @@ fn library_fields_are_strict_with_did_you_mean() {
         "{e}"
     );
     let ec = "local ec = require \"ferry.elasticache\"\n";
-    let e = err(&format!("{ec}{}", plan_with("  source = ec.sourc(\"redis://x\"),")));
+    let e = err(&format!(
+        "{ec}{}",
+        plan_with("  source = ec.sourc(\"redis://x\"),")
+    ));
     assert!(
-        e.to_string()
-            .contains("plan.lua:7: ferry.elasticache has no field `sourc` (did you mean `source`?)"),
+        e.to_string().contains(
+            "plan.lua:7: ferry.elasticache has no field `sourc` (did you mean `source`?)"
+        ),
         "{e}"
     );
     // Nothing close: no suggestion, still an error.
     let e = err(&plan_with("  name = ferry.zzzzzzzz,"));
     assert!(
-        e.to_string().ends_with("plan.lua:6: ferry has no field `zzzzzzzz`"),
+        e.to_string()
+            .ends_with("plan.lua:6: ferry has no field `zzzzzzzz`"),
         "{e}"
     );
     // Existing fields, integer keys, rawget and ferry.strict on the plan's own tables.

@@ -243,7 +243,11 @@ fn lua_hook_drops_renames_and_splits_commands_on_top_of_the_snapshot() {
     assert!(report.keys_compared > 800, "{report}");
     let mut t = target.conn();
     let ev: Option<String> = redis::cmd("GET").arg("ev:3").query(&mut t).unwrap();
-    assert_eq!(ev.as_deref(), Some("r3+"), "set_key renamed SET and APPEND alike");
+    assert_eq!(
+        ev.as_deref(),
+        Some("r3+"),
+        "set_key renamed SET and APPEND alike"
+    );
     let pair: Option<String> = redis::cmd("GET").arg("ev:p3").query(&mut t).unwrap();
     assert_eq!(pair.as_deref(), Some("2"), "emitted SETs are final");
     for absent in ["tmp:3", "raw:3", "raw:p3"] {
@@ -307,7 +311,9 @@ fn broken_plans_fail_with_exit_code_2_and_an_untouched_target() {
         "{plan}:2: keyz: unknown field (did you mean `keys`?)",
     );
     assert_broken(
-        &format!("local sk = require \"ferry.sidekiq\"\n{HEAD}  keys = {{ include = sk.keyz }},\n}}\n"),
+        &format!(
+            "local sk = require \"ferry.sidekiq\"\n{HEAD}  keys = {{ include = sk.keyz }},\n}}\n"
+        ),
         "{plan}:7: ferry.sidekiq has no field `keyz` (did you mean `keys`?)",
     );
     assert_broken(
