@@ -8,6 +8,9 @@
 //!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
 //!   Snapshot reads then go to the same replica, so that fences and writes share one order.
 //! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - A stage that fails for good (the stitcher, when a plan hook fails under `fail`) ends the
+//!   coordinator; [`Running::failure`] then resolves with its error, and every wait of
+//!   [`Running`] ends with it at once rather than at its timeout.
 //! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.

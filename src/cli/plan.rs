@@ -503,6 +503,7 @@ struct PreCtx<'a> {
     handle: tokio::runtime::Handle,
 }
 
+/// What the primitives that need a running migration say before it starts.
 const NOT_STARTED: &str =
     "the migration has not started: this phase is listed before the \"snapshot\" phase";
 
