@@ -8,6 +8,9 @@
 //!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
 //!   Snapshot reads then go to the same replica, so that fences and writes share one order.
 //! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - A stage that fails for good (the stitcher, when a plan hook fails under `fail`) ends the
+//!   coordinator; [`Running::failure`] then resolves with its error, and every wait of
+//!   [`Running`] ends with it at once rather than at its timeout.
 //! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
@@ -151,6 +154,10 @@ pub enum MigrateError {
         stage: &'static str,
         message: String,
     },
+    /// A background stage had already failed with this error (every wait that was cut short
+    /// by it gets the same one).
+    #[error(transparent)]
+    Failed(Arc<MigrateError>),
 }
 
 fn stage(stage: &'static str, message: impl std::fmt::Display) -> MigrateError {
@@ -485,6 +492,9 @@ pub struct Running {
     report: Arc<std::sync::Mutex<MigrationReport>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     coordinator: tokio::task::JoinHandle<Result<crate::capture::CaptureHandle, MigrateError>>,
+    /// Set when the coordinator fails; closed (still `None`) when it ends any other way. Every
+    /// wait selects on it, so a dead pipeline ends them at once instead of at their timeouts.
+    failure: tokio::sync::watch::Receiver<Option<Arc<MigrateError>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// With a split replay: the queues whose emptiness means "applied".
     #[cfg(feature = "sqs")]
@@ -675,7 +685,8 @@ impl Migration {
         let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
         let report = Arc::new(std::sync::Mutex::new(report));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let coordinator = tokio::spawn(coordinate(Coordinator {
+        let (failure_tx, failure) = tokio::sync::watch::channel(None);
+        let coordinator = coordinate(Coordinator {
             node: node.clone(),
             target: self.target.clone(),
             snapshot_cfg: self.cfg.snapshot.clone(),
@@ -695,7 +706,17 @@ impl Migration {
             stitch_failed,
             replay_broken,
             stop: stop_rx,
-        }));
+        });
+        let coordinator = tokio::spawn(async move {
+            match coordinator.await {
+                Ok(capture) => Ok(capture),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    failure_tx.send_replace(Some(e.clone()));
+                    Err(MigrateError::Failed(e))
+                }
+            }
+        });
         Ok(Running {
             source: self.source,
             target: self.target,
@@ -712,6 +733,7 @@ impl Migration {
             report,
             stop_tx,
             coordinator,
+            failure,
             tasks: vec![stitch_task, replay_task, recopy_task],
             #[cfg(feature = "sqs")]
             split_queues,
@@ -898,10 +920,43 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
 impl Running {
     /// Resolves when a background stage fails for good (never resolves otherwise).
     pub async fn failed(&mut self) -> MigrateError {
-        match (&mut self.coordinator).await {
-            Ok(Err(e)) => e,
-            Ok(Ok(_)) => stage("coordinator", "stopped unexpectedly"),
-            Err(e) => stage("coordinator", e),
+        self.failure().await
+    }
+
+    /// Resolves with the error once a background stage has failed for good (the stitcher, a
+    /// hook under `on_hook_error = "fail"`, the snapshot, the journal); pending while the
+    /// migration runs. Takes `&self`, so any wait can select on it.
+    pub async fn failure(&self) -> MigrateError {
+        let mut rx = self.failure.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(e) => match e.as_ref() {
+                Some(e) => MigrateError::Failed(e.clone()),
+                None => stage("coordinator", "stopped unexpectedly"),
+            },
+            // The coordinator ended without an error while `self` is alive: it can only have
+            // panicked, since a clean stop consumes `self`.
+            Err(_) => stage("coordinator", "stopped unexpectedly"),
+        }
+    }
+
+    /// The failure, if a background stage has failed by now.
+    pub fn failure_now(&self) -> Option<MigrateError> {
+        if let Some(e) = self.failure.borrow().as_ref() {
+            return Some(MigrateError::Failed(e.clone()));
+        }
+        self.coordinator
+            .is_finished()
+            .then(|| stage("coordinator", "stopped unexpectedly"))
+    }
+
+    /// Runs `fut` unless a background stage fails first; its failure is then the result.
+    pub async fn unless_failed<T, E: From<MigrateError>>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::select! {
+            r = fut => r,
+            e = self.failure() => Err(e.into()),
         }
     }
 
@@ -919,8 +974,8 @@ impl Running {
     pub async fn wait_snapshot(&self, timeout: Duration) -> Result<(), MigrateError> {
         let deadline = Instant::now() + timeout;
         while self.in_snapshot() {
-            if self.coordinator.is_finished() {
-                return Err(stage("snapshot", "the migration stopped"));
+            if let Some(e) = self.failure_now() {
+                return Err(e);
             }
             if Instant::now() > deadline {
                 return Err(stage("snapshot", "did not finish in time"));
@@ -933,13 +988,16 @@ impl Running {
     /// How far replay is behind the source: the time a marker takes from the source's stream to
     /// the target.
     pub async fn measure_lag(&self, timeout: Duration) -> Result<Duration, MigrateError> {
-        let placed = Instant::now();
-        let id = self.markers.lock().await.place("lag-").await?;
-        if self.shared.wait_marker(&id, timeout).await {
-            Ok(placed.elapsed())
-        } else {
-            Err(stage("catch up", "replay did not reach the marker in time"))
-        }
+        self.unless_failed(async {
+            let placed = Instant::now();
+            let id = self.markers.lock().await.place("lag-").await?;
+            if self.shared.wait_marker(&id, timeout).await {
+                Ok(placed.elapsed())
+            } else {
+                Err(stage("catch up", "replay did not reach the marker in time"))
+            }
+        })
+        .await
     }
 
     /// Waits until the measured lag is at most `max`.
@@ -960,7 +1018,7 @@ impl Running {
                     format!("lag is still {} ms", lag.as_millis()),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.sleep(Duration::from_millis(50)).await?;
         }
     }
 
@@ -969,10 +1027,20 @@ impl Running {
     pub async fn wait_applied(&self, timeout: Duration) -> Result<(), MigrateError> {
         #[cfg(feature = "sqs")]
         if let Some(queues) = &self.split_queues {
-            return wait_drained(queues, timeout).await;
+            return self.unless_failed(wait_drained(queues, timeout)).await;
         }
         let _ = timeout;
         Ok(())
+    }
+
+    /// Sleeps for `d`, or less when a background stage fails meanwhile (the failure is then
+    /// the result).
+    pub async fn sleep(&self, d: Duration) -> Result<(), MigrateError> {
+        self.unless_failed(async {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await
     }
 
     /// True when `ferry replay` processes apply this migration's operations.

@@ -3,6 +3,7 @@
 -- Without redis-namespace, Sidekiq's keys are `queues`, `queue:<name>`, `schedule`, `retry`,
 -- `dead`, `processes`, the per-process heartbeat hashes and `stat:*`; with a namespace, each is
 -- prefixed with `<namespace>:`.
+local ferry = require "ferry"
 local sidekiq = {}
 
 local function prefixed(ns, list)
@@ -54,11 +55,12 @@ function sidekiq.namespaced(ns)
     end
     return out
   end
-  return {
+  -- Strict like the module: `sk.keyz` is an error with a "did you mean", not a nil include.
+  return ferry.strict({
     keys = prefixed(ns, PATTERNS),
     verify_rules = rules(sidekiq.verify_rules),
     relaxed_rules = rules(sidekiq.relaxed_rules),
-  }
+  }, string.format("sidekiq.namespaced(%q)", ns))
 end
 
 return sidekiq

@@ -44,6 +44,22 @@ enum Command {
 /// Exit code for an error (bad input, unreachable server, failed run).
 pub const EXIT_ERROR: u8 = 2;
 
+/// Writes a report to stdout.
+///
+/// ## Behavior
+/// A reader that went away (`ferry check plan.lua | head -1`) is not an error: it read what it
+/// wanted, so the rest is dropped without a message and the command's exit code stays its
+/// verdict (0, 1 or 2 as if everything had been read). Any other write error is an error.
+/// Rust ignores `SIGPIPE`, so `print!` would panic here instead.
+pub(crate) fn print_out(report: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{report}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}")),
+    }
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "ferry=info",

@@ -16,7 +16,9 @@ use ferry::replay::Mapper;
 use ferry::verify::{KeyView, VerifyConfig, VerifyReport, VerifyRules};
 
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
-/// Without a cutover phase, replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
+/// The snapshot starts with the migration, before the first built-in phase; custom phases
+/// listed before a leading "snapshot" run before anything is copied. Without a cutover phase,
+/// replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plan file.
@@ -55,7 +57,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         plan.check_samples.clone()
     };
     let report = plan::check(&plan, &samples);
-    print!("{report}");
+    super::print_out(&report)?;
     Ok(if fatal_hook_errors(&report) == 0 {
         ExitCode::SUCCESS
     } else {
@@ -112,7 +114,49 @@ fn preflight(plan: &Plan) -> anyhow::Result<()> {
 struct PlanMapper {
     plan: Plan,
     table: &'static CommandTable,
+    /// Commands `on_command` failed on and that were skipped (`on_hook_error = "skip"`).
     hook_errors: AtomicU64,
+}
+
+/// Warnings logged for skipped commands before ferry only counts them (the final report has
+/// the total).
+const LOGGED_HOOK_ERRORS: u64 = 10;
+
+/// What `on_command` did during a run, for the final report.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct HookReport {
+    /// Commands the hook was called on.
+    calls: u64,
+    /// Calls that failed.
+    errors: u64,
+    /// Commands dropped because the hook failed on them (`on_hook_error = "skip"`).
+    skipped_commands: u64,
+    /// Time spent in the hook.
+    seconds: f64,
+}
+
+impl HookReport {
+    /// The hook's counters since `baseline` (taken after the preflight dry run, so that only
+    /// the run's own calls count), with `skipped` commands.
+    fn since(hook: &plan::CommandHook, baseline: plan::HookStats, skipped: u64) -> HookReport {
+        let now = hook.stats();
+        HookReport {
+            calls: now.calls.saturating_sub(baseline.calls),
+            errors: now.errors.saturating_sub(baseline.errors),
+            skipped_commands: skipped,
+            seconds: now.nanos.saturating_sub(baseline.nanos) as f64 / 1e9,
+        }
+    }
+}
+
+impl std::fmt::Display for HookReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "on_command: {} calls, {} errors, {} commands skipped",
+            self.calls, self.errors, self.skipped_commands
+        )
+    }
 }
 
 impl PlanMapper {
@@ -129,8 +173,14 @@ impl Mapper for PlanMapper {
     fn map_command(&self, db: u32, argv: Argv, out: &mut Vec<(u32, Argv)>) -> Result<(), String> {
         match self.plan.map_command(self.table, db, argv, out) {
             Ok(Mapped::Skipped(e)) => {
-                if self.hook_errors.fetch_add(1, Ordering::Relaxed) < 10 {
+                let n = self.hook_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= LOGGED_HOOK_ERRORS {
                     tracing::warn!(error = %e, "on_command failed; the command was skipped (on_hook_error = \"skip\").");
+                }
+                if n == LOGGED_HOOK_ERRORS {
+                    tracing::warn!(
+                        "Further skipped commands are only counted; the final report has the total."
+                    );
                 }
                 Ok(())
             }
@@ -240,10 +290,11 @@ fn verify_config(spec: &plan::VerifySpec) -> VerifyConfig {
 /// Runs the plan's fenced verification on the running migration and logs the result.
 async fn verify_phase(plan: &Plan, running: &Running) -> anyhow::Result<VerifyReport> {
     let rules: Arc<dyn VerifyRules> = Arc::new(PlanRules(plan.verify.clone()));
-    let report = running
-        .verify(verify_config(&plan.verify), Some(rules))
-        .await?;
-    print!("{}", report.grouped(10));
+    let report = tokio::select! {
+        r = running.verify(verify_config(&plan.verify), Some(rules)) => r?,
+        e = running.failure() => return Err(e.into()),
+    };
+    super::print_out(report.grouped(10))?;
     tracing::info!(
         keys = report.keys_checked,
         differences = report.differences.len(),
@@ -269,8 +320,9 @@ impl PhaseContext for SwitchCtx {
         tracing::info!(plan = true, "{msg}");
     }
 
-    fn sleep_ms(&mut self, ms: u64) {
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(ms));
+        Ok(())
     }
 
     fn snapshot(&mut self) -> Result<(), String> {
@@ -285,8 +337,8 @@ impl PhaseContext for SwitchCtx {
         Err("the migration has stopped; verify before the cutover".into())
     }
 
-    fn lag_ms(&mut self) -> u64 {
-        0
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Ok(0)
     }
 
     fn call(&mut self, server: &str, args: Vec<Vec<u8>>) -> Result<plan::Reply, String> {
@@ -389,8 +441,10 @@ impl PhaseContext for Ctx<'_> {
         tracing::info!(plan = true, "{msg}");
     }
 
-    fn sleep_ms(&mut self, ms: u64) {
-        std::thread::sleep(Duration::from_millis(ms));
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
+        self.handle
+            .block_on(self.running.sleep(Duration::from_millis(ms)))
+            .map_err(|e| e.to_string())
     }
 
     fn snapshot(&mut self) -> Result<(), String> {
@@ -416,10 +470,72 @@ impl PhaseContext for Ctx<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn lag_ms(&mut self) -> u64 {
-        self.handle
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        match self
+            .handle
             .block_on(self.running.measure_lag(Duration::from_secs(60)))
-            .map_or(u64::MAX, |d| d.as_millis() as u64)
+        {
+            Ok(d) => Ok(d.as_millis() as u64),
+            Err(e) if self.running.failure_now().is_some() => Err(e.to_string()),
+            // Slow, not broken: "very far behind" is the honest answer for a polling loop.
+            Err(_) => Ok(u64::MAX),
+        }
+    }
+}
+
+/// How many leading phases run before the migration starts: the custom phases listed before a
+/// `snapshot` phase that is the first built-in one (none otherwise, so a custom phase that waits
+/// on lag still finds a running migration).
+fn pre_start_phases(plan: &Plan) -> usize {
+    let first = plan
+        .phases
+        .iter()
+        .position(|p| !matches!(p.kind, PhaseKind::Custom { .. }));
+    match first {
+        Some(i) if matches!(plan.phases[i].kind, PhaseKind::Snapshot) => i,
+        _ => 0,
+    }
+}
+
+/// Phase primitives before the migration starts: nothing is connected, captured or copied yet,
+/// so only `ctx.log` and `ctx.sleep` work.
+struct PreCtx<'a> {
+    stop: &'a super::migrate::Stop,
+    handle: tokio::runtime::Handle,
+}
+
+/// What the primitives that need a running migration say before it starts.
+const NOT_STARTED: &str =
+    "the migration has not started: this phase is listed before the \"snapshot\" phase";
+
+impl PhaseContext for PreCtx<'_> {
+    fn log(&mut self, msg: &str) {
+        tracing::info!(plan = true, "{msg}");
+    }
+
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
+        self.handle.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+                _ = self.stop.wait() => Err("stop requested".into()),
+            }
+        })
+    }
+
+    fn snapshot(&mut self) -> Result<(), String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn wait_lag(&mut self, _: u64) -> Result<(), String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn verify(&mut self) -> Result<u64, String> {
+        Err(NOT_STARTED.into())
+    }
+
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Err(NOT_STARTED.into())
     }
 }
 
@@ -430,7 +546,13 @@ fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> a
             plan,
             handle: tokio::runtime::Handle::current(),
         };
-        tokio::task::block_in_place(|| h.call(&mut ctx))?;
+        let result = tokio::task::block_in_place(|| h.call(&mut ctx));
+        // A primitive cut short by a failed migration fails the hook too (or the hook caught
+        // it): the migration's own error is the cause to report either way.
+        if let Some(e) = running.failure_now() {
+            return Err(e.into());
+        }
+        result?;
     }
     Ok(())
 }
@@ -513,24 +635,69 @@ pub async fn run_plan(
     if let Some(ms) = cutover {
         cfg.max_pause = Duration::from_millis(ms);
     }
-    let mapper = PlanMapper {
+    let mapper = Arc::new(PlanMapper {
         plan: plan.clone(),
         table: CommandTable::builtin(),
         hook_errors: AtomicU64::new(0),
-    };
+    });
     if !plan.rewrite.is_empty() || !plan.keys.is_everything() || plan.on_command.is_some() {
-        cfg.mapper = Some(Arc::new(mapper));
+        cfg.mapper = Some(mapper.clone());
     }
+    // The preflight called the hook too; the report counts the run's calls only.
+    let hook_baseline = plan.on_command.as_ref().map(|h| h.stats());
+    let hook_report = || {
+        plan.on_command
+            .as_ref()
+            .zip(hook_baseline)
+            .map(|(h, b)| HookReport::since(h, b, mapper.hook_errors.load(Ordering::Relaxed)))
+    };
     tweak(&mut cfg);
 
     tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
     let stop = super::migrate::Stop::install();
+    let pre = pre_start_phases(&plan);
+    for phase in &plan.phases[..pre] {
+        if stop.requested() {
+            break;
+        }
+        tracing::info!(
+            phase = phase.name(),
+            "Phase started (before the migration starts)."
+        );
+        // `pre_start_phases` picks custom phases only, so `run` is always there.
+        let run = match &phase.kind {
+            PhaseKind::Custom { run, .. } => Some(run.clone()),
+            _ => None,
+        };
+        let hooks = [&phase.before, &run, &phase.after];
+        for hook in hooks.into_iter().flatten() {
+            let mut ctx = PreCtx {
+                stop: &stop,
+                handle: tokio::runtime::Handle::current(),
+            };
+            let result = tokio::task::block_in_place(|| hook.call(&mut ctx));
+            if stop.requested() {
+                break;
+            }
+            result?;
+        }
+        tracing::info!(phase = phase.name(), "Phase done.");
+    }
+    if stop.requested() {
+        eprintln!(
+            "Stopped before the migration started (plan {}): nothing was captured or copied.",
+            plan.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let running = Migration::new(source, target, cfg).start().await?;
-    // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence.
+    // Ctrl-C/SIGTERM during a phase's wait skips the remaining phases and ends at a final fence;
+    // a failed migration (a hook under `on_hook_error = "fail"`) ends the run with its error.
     macro_rules! interruptible {
-        ($fut:expr) => {
+        ($running:expr, $fut:expr) => {
             tokio::select! {
                 r = $fut => r,
+                e = $running.failure() => return Err(e.into()),
                 _ = stop.wait() => {
                     tracing::info!("Stop requested: skipping the remaining phases.");
                     break;
@@ -542,24 +709,32 @@ pub async fn run_plan(
     let mut reverse: Option<Running> = None;
     let mut verified: Option<VerifyReport> = None;
     let mut running = Some(running);
-    for phase in &plan.phases {
+    for phase in &plan.phases[pre..] {
         let Some(r) = running.as_ref() else { break };
         if stop.requested() {
             break;
         }
+        if let Some(e) = r.failure_now() {
+            return Err(e.into());
+        }
         tracing::info!(phase = phase.name(), "Phase started.");
         run_hook(&phase.before, &plan, r)?;
         match &phase.kind {
-            PhaseKind::Snapshot => interruptible!(r.wait_snapshot(Duration::from_secs(24 * 3600)))?,
+            PhaseKind::Snapshot => {
+                interruptible!(r, r.wait_snapshot(Duration::from_secs(24 * 3600)))?
+            }
             PhaseKind::CatchUp { max_lag_ms } => {
-                let lag = interruptible!(r.wait_lag(
-                    Duration::from_millis(*max_lag_ms),
-                    Duration::from_secs(24 * 3600),
-                ))?;
+                let lag = interruptible!(
+                    r,
+                    r.wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                )?;
                 tracing::info!(lag_ms = lag.as_millis() as u64, "Caught up.");
             }
             PhaseKind::Verify => {
-                let report = interruptible!(verify_phase(&plan, r))?;
+                let report = interruptible!(r, verify_phase(&plan, r))?;
                 if !report.is_identical() {
                     // Later phases (a cutover above all) must not run on a target that
                     // differs: stop cleanly at a final fence and say so.
@@ -567,7 +742,7 @@ pub async fn run_plan(
                     let migration = r.finish().await?;
                     write_json(
                         json.as_deref(),
-                        &serde_json::json!({ "migration": migration, "verify": report }),
+                        &report_json(&migration, hook_report(), Some(&report))?,
                     )?;
                     eprintln!(
                         "Verification found {} differences; stopped at the final fence without running later phases.",
@@ -584,14 +759,17 @@ pub async fn run_plan(
                 commands,
                 ..
             } => {
-                let lag = interruptible!(r.wait_lag(
-                    Duration::from_millis(*max_lag_ms),
-                    Duration::from_secs(24 * 3600),
-                ))?;
+                let lag = interruptible!(
+                    r,
+                    r.wait_lag(
+                        Duration::from_millis(*max_lag_ms),
+                        Duration::from_secs(24 * 3600),
+                    )
+                )?;
                 if r.split() {
                     // The lag gate measured publishing; let the replay processes catch up
                     // before pausing, so the pause only covers the last few operations.
-                    interruptible!(r.wait_applied(Duration::from_secs(24 * 3600)))?;
+                    interruptible!(r, r.wait_applied(Duration::from_secs(24 * 3600)))?;
                 }
                 tracing::info!(
                     lag_ms = lag.as_millis() as u64,
@@ -682,18 +860,38 @@ pub async fn run_plan(
         }
         (None, None) => unreachable!("a cutover always leaves a report"),
     };
+    let hooks = hook_report();
     eprintln!(
-        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
-        plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
+        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms{}",
+        plan.name,
+        report.snapshot_keys,
+        report.commands,
+        report.restores,
+        report.pause_ms,
+        hooks.map(|h| format!("; {h}")).unwrap_or_default()
     );
-    match verified {
-        Some(v) => write_json(
-            json.as_deref(),
-            &serde_json::json!({ "migration": report, "verify": v }),
-        )?,
-        None => write_json(json.as_deref(), &report)?,
-    }
+    write_json(
+        json.as_deref(),
+        &report_json(&report, hooks, verified.as_ref())?,
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` report: the migration's fields plus `on_command` (when the plan has one); with
+/// a verification, `{ "migration": …, "verify": … }`.
+fn report_json(
+    migration: &ferry::pipeline::MigrationReport,
+    hooks: Option<HookReport>,
+    verify: Option<&VerifyReport>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut m = serde_json::to_value(migration)?;
+    if let (Some(h), Some(obj)) = (hooks, m.as_object_mut()) {
+        obj.insert("on_command".into(), serde_json::to_value(h)?);
+    }
+    Ok(match verify {
+        Some(v) => serde_json::json!({ "migration": m, "verify": v }),
+        None => m,
+    })
 }
 
 fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {

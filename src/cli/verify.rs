@@ -109,7 +109,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let report = verifier.run().await?;
     if !args.quiet {
-        print!("{}", report.grouped(10));
+        super::print_out(report.grouped(10))?;
         eprintln!("{}", report.summary());
     }
     if let Some(path) = args.json {

@@ -6,12 +6,17 @@
 //! [`builtin_samples`] (about twenty representative writes over several dbs and prefixes).
 //! Each becomes one [`CheckLine`]; plan-level oddities (a dropped command name Redis does not
 //! know, a `move_db` from a db the filter excludes) become warnings.
+//!
+//! The dry run decides as replay does: first whether the command mixes keys the plan migrates
+//! with keys it leaves out ([`mixed_keys`], the stitcher's own test: such a command is not sent
+//! and its migrated keys are re-copied), then [`apply_rules`] and `on_command`.
 
 use std::fmt;
 
 use super::error::{HookError, suggest};
 use super::{Applied, HookErrorPolicy, HookOutcome, Plan, Rule, apply_rules};
 use crate::command::{Argv, CommandTable};
+use crate::replay::mixed_keys;
 
 /// What a dry run found for one sample.
 #[derive(Debug, Clone)]
@@ -25,6 +30,9 @@ pub enum CheckOutcome {
     },
     /// Left out by the key filter.
     Excluded,
+    /// Not sent: its keys mix ones the plan migrates with ones it leaves out, so replay
+    /// re-copies these (source) keys from the source instead.
+    Recopied(Vec<Vec<u8>>),
     /// Dropped by a `drop_commands` rule.
     Dropped,
     /// `on_command` replaced it with these commands.
@@ -60,6 +68,14 @@ impl fmt::Display for CheckLine {
                 )
             }
             CheckOutcome::Excluded => f.write_str("excluded by keys"),
+            CheckOutcome::Recopied(keys) => {
+                let keys: Vec<String> = keys.iter().map(|k| crate::escape::quote(k)).collect();
+                write!(
+                    f,
+                    "not sent (it mixes keys the plan migrates with keys it leaves out); re-copies {}",
+                    keys.join(", ")
+                )
+            }
             CheckOutcome::Dropped => f.write_str("dropped by rewrite (drop_commands)"),
             CheckOutcome::HookReplaced(cmds) => {
                 let list: Vec<String> = cmds
@@ -202,6 +218,22 @@ pub fn check(plan: &Plan, samples: &[(u32, Argv)]) -> CheckReport {
 }
 
 fn dry_run(plan: &Plan, table: &CommandTable, db: u32, input: &Argv) -> CheckOutcome {
+    let source_keys = table.keys(input);
+    if source_keys.len() > 1
+        && let Some(inside) = mixed_keys(
+            source_keys
+                .iter()
+                .map(|k| input.get(k.pos).unwrap_or_default()),
+            |key| plan.keys.allows(db, key),
+        )
+    {
+        return CheckOutcome::Recopied(
+            inside
+                .into_iter()
+                .map(|i| input.get(source_keys[i].pos).unwrap_or_default().to_vec())
+                .collect(),
+        );
+    }
     let (new_db, argv) = match apply_rules(&plan.rewrite, &plan.keys, table, db, input.clone()) {
         Applied::Excluded => return CheckOutcome::Excluded,
         Applied::Dropped => return CheckOutcome::Dropped,

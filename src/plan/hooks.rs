@@ -422,16 +422,19 @@ fn emitted_argv(lua: &Lua, args: Variadic<Value>, what: &str) -> mlua::Result<Ar
 pub trait PhaseContext {
     /// `ctx.log(…)`: writes a line to ferry's log.
     fn log(&mut self, msg: &str);
-    /// `ctx.sleep(ms)`: waits.
-    fn sleep_ms(&mut self, ms: u64);
-    /// `ctx.snapshot()`: runs (or waits for) a snapshot.
+    /// `ctx.sleep(ms)`: waits. An `Err` (the migration failed meanwhile) ends the wait early
+    /// and is raised in Lua, so a polling loop stops with the hook.
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String>;
+    /// `ctx.snapshot()`: waits until the snapshot is complete. It never starts one: the
+    /// snapshot starts with the migration.
     fn snapshot(&mut self) -> Result<(), String>;
     /// `ctx.wait_lag(ms)`: waits until replay trails the source by at most `ms`.
     fn wait_lag(&mut self, max_ms: u64) -> Result<(), String>;
     /// `ctx.verify()`: compares source and target; returns the number of differences.
     fn verify(&mut self) -> Result<u64, String>;
-    /// `ctx.lag_ms()`: how far replay trails the source now.
-    fn lag_ms(&mut self) -> u64;
+    /// `ctx.lag_ms()`: how far replay trails the source now (`u64::MAX` when it cannot be
+    /// measured in time); `Err` when the migration has failed.
+    fn lag_ms(&mut self) -> Result<u64, String>;
     /// `ctx.call(server, command, args…)`: one command on `"source"` or `"target"`.
     fn call(&mut self, server: &str, args: Vec<Vec<u8>>) -> Result<Reply, String> {
         let _ = (server, args);
@@ -534,8 +537,9 @@ impl PhaseHook {
                         "sleep",
                         scope.create_function(|_, ms: Value| {
                             let ms = ms_arg(ms, "ctx.sleep")?;
-                            cell.borrow_mut().sleep_ms(ms);
-                            Ok(())
+                            cell.borrow_mut()
+                                .sleep_ms(ms)
+                                .map_err(|e| primitive("ctx.sleep", e))
                         })?,
                     )?;
                     t.raw_set(
@@ -565,7 +569,11 @@ impl PhaseHook {
                     )?;
                     t.raw_set(
                         "lag_ms",
-                        scope.create_function(|_, ()| Ok(cell.borrow_mut().lag_ms()))?,
+                        scope.create_function(|_, ()| {
+                            cell.borrow_mut()
+                                .lag_ms()
+                                .map_err(|e| primitive("ctx.lag_ms", e))
+                        })?,
                     )?;
                     t.raw_set(
                         "call",

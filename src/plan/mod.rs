@@ -236,7 +236,9 @@ impl Phase {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PhaseKind {
-    /// Copy every key (fenced).
+    /// Wait until the fenced copy of every key is complete. The copy itself starts with the
+    /// migration, before the first built-in phase; custom phases listed before a leading
+    /// `snapshot` phase run before that.
     Snapshot,
     /// Replay until the target trails by at most `max_lag_ms`.
     CatchUp { max_lag_ms: u64 },

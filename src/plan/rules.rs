@@ -6,9 +6,12 @@
 //! 1. `drop_commands` names the command (or `NAME|SUB`) → [`Applied::Dropped`].
 //! 2. Its db is not in `keys.dbs` → [`Applied::Excluded`].
 //! 3. It has keys and every one fails `include`/`exclude` → `Excluded`. A multi-key command with
-//!    some keys allowed and some not is kept whole (its excluded keys may then appear on the
-//!    target): splitting it would change what it does. Keyless commands (`FLUSHDB`, `PUBLISH`,
-//!    `SWAPDB`) pass the key patterns; drop them explicitly if they must not reach the target.
+//!    some keys allowed and some not is kept whole *by this function*, but replay never gets
+//!    here with one: the stitcher sends nothing for it and re-copies its allowed keys instead
+//!    ([`crate::replay::mixed_keys`]; `ferry check` reports "not sent; re-copies …"), since the
+//!    excluded keys are missing on the target and splitting the command would change what it
+//!    does. Keyless commands (`FLUSHDB`, `PUBLISH`, `SWAPDB`) pass the key patterns; drop them
+//!    explicitly if they must not reach the target.
 //! 4. `keys.types` is set and the command's group implies a type not in it (`HSET` → `hash`)
 //!    → `Excluded`; generic commands (`DEL`, `EXPIRE`, `RENAME`) pass.
 //! 5. Every key argument (all positions the command table reports, so `RENAME`, `LMOVE`,
@@ -294,7 +297,7 @@ mod tests {
             run(&rules, &f, 0, &["HSET", "fs:1", "f", "v"]),
             Applied::Excluded
         );
-        // Mixed: kept whole.
+        // Mixed: kept whole here (replay re-copies instead; see `replay::mixed_keys`).
         assert!(matches!(
             run(&rules, &f, 0, &["RENAME", "fs:1", "other"]),
             Applied::Keep { .. }

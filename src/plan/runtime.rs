@@ -10,6 +10,10 @@
 //!   The state's allocations are capped at [`Limits::memory_bytes`].
 //! - Chunks are named `@<path>` (embedded ones `@scripts/<name>.lua`), so messages read
 //!   `plan.lua:12: …`.
+//! - The `ferry` module and the embedded library modules are *strict*: reading a field they do
+//!   not have is an error at the reader's line with a "did you mean" (`plan.lua:9: ferry.sidekiq
+//!   has no field `keyz` (did you mean `keys`?)`), never a silent `nil` that would, say, turn
+//!   `keys.include` into "every key". `ferry.strict(t, name)` does the same for any table.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::error::{Limit, Location, PlanError};
+use super::error::{Limit, Location, PlanError, suggest};
 
 /// How often the budget hook runs; the budget is counted in steps of this size.
 pub(crate) const HOOK_EVERY: u32 = 1000;
@@ -84,6 +88,13 @@ const EMBEDDED: &[(&str, &str)] = &[
 pub(crate) const DEFAULT_PLAN: &str = include_str!("../../scripts/ferry/default.lua");
 
 const PRELUDE: &str = include_str!("prelude.lua");
+
+/// Embedded modules that are plans, not libraries: a plan's optional fields may be read when
+/// absent (`if base.verify then`), so they stay plain tables.
+const NOT_STRICT: &[&str] = &["ferry.default"];
+
+/// Field of a strict table's metatable that holds the table's name, for messages.
+const STRICT_NAME: &str = "ferry.strict";
 
 /// Registry names of the module cache and the set of modules being loaded.
 const LOADED: &str = "ferry.loaded";
@@ -545,10 +556,19 @@ fn require(lua: &Lua, dir: &Path, env: &Arc<Env>, name: &str) -> mlua::Result<Va
             .into_function()
             .and_then(|f| f.call::<Value>(name));
         loading.raw_remove(name)?;
-        match result? {
+        let value = match result? {
             Value::Nil => Value::Boolean(true),
             v => v,
+        };
+        // The embedded library only; a plan folder's own modules are the plan author's.
+        if chunk.starts_with("scripts/")
+            && !NOT_STRICT.contains(&name)
+            && let Value::Table(t) = &value
+            && t.metatable().is_none()
+        {
+            make_strict(lua, t, name)?;
         }
+        value
     };
     loaded.raw_set(name, value.clone())?;
     Ok(value)
@@ -573,15 +593,82 @@ fn ferry_module(lua: &Lua, env: Arc<Env>) -> mlua::Result<Value> {
     m.raw_set("version", env!("CARGO_PKG_VERSION"))?;
     m.raw_set("env", env_function(lua, env)?)?;
     m.raw_set("plan", plan_function(lua)?)?;
+    m.raw_set("strict", strict_function(lua)?)?;
     let f: Function = lua
         .load(FERRY_LUA)
         .set_name("@scripts/ferry.lua")
         .set_mode(ChunkMode::Text)
         .into_function()?;
-    match f.call::<Value>(m.clone())? {
-        Value::Nil => Ok(Value::Table(m)),
-        v => Ok(v),
+    let value = match f.call::<Value>(m.clone())? {
+        Value::Nil => Value::Table(m),
+        v => v,
+    };
+    if let Value::Table(t) = &value
+        && t.metatable().is_none()
+    {
+        make_strict(lua, t, "ferry")?;
     }
+    Ok(value)
+}
+
+/// Gives `t` a metatable whose `__index` raises for string keys `t` does not have: the message
+/// names `name`, the reader's file and line, and the closest field `t` has. Other keys (`t[1]`
+/// from `ipairs`) read as `nil`, as usual.
+fn make_strict(lua: &Lua, t: &Table, name: &str) -> mlua::Result<()> {
+    let mt = lua.create_table()?;
+    mt.raw_set(STRICT_NAME, name)?;
+    mt.raw_set(
+        "__index",
+        lua.create_function(|lua, (t, key): (Table, Value)| {
+            let Value::String(key) = key else {
+                return Ok(Value::Nil);
+            };
+            let key = key.to_string_lossy();
+            let name = t
+                .metatable()
+                .and_then(|mt| mt.raw_get::<String>(STRICT_NAME).ok())
+                .unwrap_or_else(|| "the table".into());
+            let mut fields = Vec::new();
+            t.for_each(|k: Value, _: Value| {
+                if let Value::String(k) = k {
+                    fields.push(k.to_string_lossy());
+                }
+                Ok(())
+            })?;
+            let hint = suggest(&key, fields.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            let at = caller(lua).map(|l| format!("{l}: ")).unwrap_or_default();
+            Err(mlua::Error::runtime(format!(
+                "{at}{name} has no field `{key}`{hint}"
+            )))
+        })?,
+    )?;
+    t.set_metatable(Some(mt))
+}
+
+/// `ferry.strict(t [, name])`: makes reading a field `t` does not have an error (at the
+/// reader's line, with "did you mean") instead of `nil`, as for the `ferry` module and the
+/// embedded library; returns `t`. `name` (default `"table"`) names `t` in messages. Fields may
+/// still be added; `rawget(t, k)` still reads `nil` for a missing field.
+///
+/// Example: `local common = ferry.strict({ base = base }, "common")`
+fn strict_function(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, (t, name): (Value, Option<String>)| {
+        let Value::Table(t) = t else {
+            return Err(mlua::Error::runtime(format!(
+                "ferry.strict expects a table, got {}",
+                lua_type(&t)
+            )));
+        };
+        if t.metatable().is_some() {
+            return Err(mlua::Error::runtime(
+                "ferry.strict: the table already has a metatable",
+            ));
+        }
+        make_strict(lua, &t, name.as_deref().unwrap_or("table"))?;
+        Ok(t)
+    })
 }
 
 /// `ferry.env(name [, default])`: the value of `--set name=…` if given, else the environment

@@ -13,7 +13,7 @@ mod shard;
 mod stitch;
 
 pub use exec::{DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, ReplayStats, Replayer};
-pub use mapping::Mapper;
+pub use mapping::{Mapper, mixed_keys};
 pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
 pub use stitch::{
     CHECK_ID_PREFIX, CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE,

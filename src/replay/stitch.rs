@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::exec::Op;
-use super::mapping::Mapper;
+use super::mapping::{Mapper, mixed_keys};
 use super::rewrite::rewrite;
 use crate::capture::{DIRTY_PREFIX, parse_key_id};
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
@@ -285,22 +285,19 @@ impl Stitcher {
         // A command that mixes keys the plan migrates with keys it leaves out cannot run on
         // the target as it ran on the source (the left-out keys are missing there). Send
         // nothing, and re-copy the migrated keys it touched instead.
+        // `ferry check` reports the same decision through `mixed_keys`.
         if keys.len() > 1
             && let Some(m) = self.cfg.mapper.clone()
+            && let Some(inside) = mixed_keys(
+                keys.iter().map(|k| argv.get(k.pos).unwrap_or_default()),
+                |key| m.map_key(db, key).is_some(),
+            )
         {
-            let included: Vec<bool> = keys
-                .iter()
-                .map(|k| m.map_key(db, argv.get(k.pos).unwrap_or_default()).is_some())
-                .collect();
-            if included.contains(&true) && included.contains(&false) {
-                for (k, inc) in keys.iter().zip(&included) {
-                    if *inc {
-                        self.mark_dirty(db, argv.get(k.pos).unwrap_or_default());
-                    }
-                }
-                self.keys = keys;
-                return None;
+            for i in inside {
+                self.mark_dirty(db, argv.get(keys[i].pos).unwrap_or_default());
             }
+            self.keys = keys;
+            return None;
         }
         self.keys = keys;
         out

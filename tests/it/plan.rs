@@ -312,6 +312,80 @@ fn unknown_fields_get_did_you_mean() {
     );
 }
 
+/// Misspelled fields of the `ferry` module and the embedded library are errors at the reader's
+/// line, not silent nils (`include = sk.keyz` would otherwise migrate every key).
+#[test]
+fn library_fields_are_strict_with_did_you_mean() {
+    // plan_with puts `extra` on line 6, or 7 after one line of ours.
+    let sk = "local sk = require \"ferry.sidekiq\"\n";
+    let e = err(&format!(
+        "{sk}{}",
+        plan_with("  keys = { include = sk.keyz },")
+    ));
+    assert!(matches!(e, PlanError::Runtime { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .ends_with("plan.lua:7: ferry.sidekiq has no field `keyz` (did you mean `keys`?)"),
+        "{e}"
+    );
+    let ns = "local sk = require(\"ferry.sidekiq\").namespaced \"sidekiq\"\n";
+    let e = err(&format!(
+        "{ns}{}",
+        plan_with("  keys = { include = sk.keyz },")
+    ));
+    assert!(
+        e.to_string().ends_with(
+            "plan.lua:7: sidekiq.namespaced(\"sidekiq\") has no field `keyz` (did you mean `keys`?)"
+        ),
+        "{e}"
+    );
+    let e = err(&plan_with(
+        "  rewrite = { ferry.rename_prefx(\"a:\", \"b:\") },",
+    ));
+    assert!(
+        e.to_string().ends_with(
+            "plan.lua:6: ferry has no field `rename_prefx` (did you mean `rename_prefix`?)"
+        ),
+        "{e}"
+    );
+    let ec = "local ec = require \"ferry.elasticache\"\n";
+    let e = err(&format!(
+        "{ec}{}",
+        plan_with("  source = ec.sourc(\"redis://x\"),")
+    ));
+    assert!(
+        e.to_string().contains(
+            "plan.lua:7: ferry.elasticache has no field `sourc` (did you mean `source`?)"
+        ),
+        "{e}"
+    );
+    // Nothing close: no suggestion, still an error.
+    let e = err(&plan_with("  name = ferry.zzzzzzzz,"));
+    assert!(
+        e.to_string()
+            .ends_with("plan.lua:6: ferry has no field `zzzzzzzz`"),
+        "{e}"
+    );
+    // Existing fields, integer keys, rawget and ferry.strict on the plan's own tables.
+    let plan = load(&format!(
+        "{sk}{}",
+        plan_with(
+            r#"  keys = { include = sk.keys },
+  name = (rawget(ferry, "nope") == nil and ferry.api_version == 1 and sk[1] == nil) and "ok" or "bad","#
+        )
+    ))
+    .unwrap();
+    assert_eq!(plan.name, "ok");
+    let e = err(&plan_with(
+        "  name = ferry.strict({ production = \"p\" }, \"common\").prodution,",
+    ));
+    assert!(
+        e.to_string()
+            .ends_with("plan.lua:6: common has no field `prodution` (did you mean `production`?)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn wrong_types_name_field_expected_and_found() {
     let e = err(&plan_with("  keys = { include = { 'a:*', 5 } },"));
@@ -661,8 +735,9 @@ impl PhaseContext for Ctx {
     fn log(&mut self, msg: &str) {
         self.log.push(msg.to_string());
     }
-    fn sleep_ms(&mut self, ms: u64) {
+    fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
         self.slept += ms;
+        Ok(())
     }
     fn snapshot(&mut self) -> Result<(), String> {
         self.log.push("<snapshot>".into());
@@ -679,8 +754,8 @@ impl PhaseContext for Ctx {
             Ok(3)
         }
     }
-    fn lag_ms(&mut self) -> u64 {
-        42
+    fn lag_ms(&mut self) -> Result<u64, String> {
+        Ok(42)
     }
 }
 
@@ -1119,6 +1194,59 @@ fn check_uses_plan_samples_and_warns() {
     );
 }
 
+/// `ferry check` says what replay does with a command mixing migrated and left-out keys: the
+/// stitcher sends nothing and re-copies the migrated keys (it does not replay it whole).
+#[test]
+fn check_reports_mixed_key_commands_as_replay_handles_them() {
+    let plan = load(&plan_with(
+        r#"  keys = { exclude = { "cache:*" } },
+  rewrite = { ferry.rename_prefix("fs:", "n:") },
+  check = { samples = {
+    { "MSET", "fs:a", "1", "cache:b", "1" },
+    { "RENAME", "fs:a", "cache:b" },
+    { "SUNIONSTORE", "fs:u", "cache:s1", "fs:s2" },
+    { "MSET", "fs:a", "1", "fs:b", "2" },
+    { "DEL", "cache:x", "cache:y" },
+  } },"#,
+    ))
+    .unwrap();
+    let report = plan::check(&plan, &[]);
+    let lines: Vec<String> = report.lines.iter().map(|l| l.to_string()).collect();
+    let recopied = |i: usize| match &report.lines[i].outcome {
+        CheckOutcome::Recopied(keys) => keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>(),
+        other => panic!("line {i}: expected Recopied, got {other:?}"),
+    };
+    assert_eq!(recopied(0), ["fs:a"]);
+    assert_eq!(
+        lines[0],
+        r#"db0 "MSET" "fs:a" "1" "cache:b" "1": not sent (it mixes keys the plan migrates with keys it leaves out); re-copies "fs:a""#
+    );
+    assert_eq!(recopied(1), ["fs:a"]);
+    assert!(lines[1].contains(r#"not sent"#), "{}", lines[1]);
+    assert!(!lines[1].contains("kept"), "{}", lines[1]);
+    assert_eq!(recopied(2), ["fs:u", "fs:s2"]);
+    assert!(
+        lines[2].ends_with(r#"re-copies "fs:u", "fs:s2""#),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains(r#"kept as db0 "MSET" "n:a" "1" "n:b" "2""#),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[4].ends_with("excluded by keys"), "{}", lines[4]);
+    // The same decision the stitcher makes, through the same function.
+    let keys: [&[u8]; 2] = [b"fs:a", b"cache:b"];
+    assert_eq!(
+        ferry::replay::mixed_keys(keys, |k| plan.keys.allows(0, k)),
+        Some(vec![0])
+    );
+}
+
 // ---- rules and globs ------------------------------------------------------------------------
 
 #[test]
@@ -1440,4 +1568,50 @@ fn shebang_lines_and_bytecode_plan_files() {
         matches!(&e, PlanError::Syntax { message, .. } if message.contains("binary chunk")),
         "{e:?}"
     );
+}
+
+// ---- ferry check, the binary ----------------------------------------------------------------
+
+/// `ferry check plan.lua | head -1`: a reader that stops early is not an error. ferry stops
+/// writing quietly and exits with the plan's verdict (0 here: the plan is valid).
+#[test]
+fn check_output_into_a_closed_pipe_exits_quietly() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = PlanDir::new();
+    // Far more output than a pipe buffers, so ferry is still writing when the pipe closes.
+    let path = dir.file(
+        "plan.lua",
+        &plan_with(
+            r#"  check = { samples = (function()
+    local t = {}
+    for i = 1, 20000 do t[i] = { "SET", "fs:" .. i, "value" } end
+    return t
+  end)() },"#,
+        ),
+    );
+    let mut child = crate::cli::ferry()
+        .args(["check", path.to_str().unwrap()])
+        .args(["--set", "SOURCE_URL=redis://127.0.0.1:1"])
+        .args(["--set", "TARGET_URL=redis://127.0.0.1:2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("20000 sample commands"), "{first}");
+    // The reader (and with it the pipe) is gone here, like `head -1` exiting.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "a closed pipe is not worth a message");
 }
