@@ -8,6 +8,11 @@
 //!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
 //!   Snapshot reads then go to the same replica, so that fences and writes share one order.
 //! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - A write or restore that fails only on the target (`OOM`, `NOPERM`…) leaves its keys
+//!   diverged: they are re-copied at once, and a stop that still finds keys diverged fails
+//!   ([`MigrateError::TargetDiverged`]) instead of claiming the target equals the source.
+//! - A stop during the snapshot (or a resync) lets it finish first: until every key is read,
+//!   no fence can make the target equal to the source.
 //! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
@@ -21,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::capture::{
-    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, Role,
+    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, RECOPY_PREFIX, Role,
 };
 use crate::command::CommandTable;
 pub use crate::cutover::Fenced;
@@ -29,7 +34,7 @@ use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
 use crate::net::{Endpoint, NetError};
 use crate::replay::{
     Mapper, Op, ReplayStats, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
-    run_sharded,
+    policy, recopy_request, run_sharded,
 };
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
@@ -55,6 +60,8 @@ pub struct MigrateConfig {
     pub state_dir: PathBuf,
     /// Capture node choice.
     pub capture: CaptureMode,
+    /// Capture settings (the source output-buffer bound for `MONITOR` above all).
+    pub capture_settings: CaptureConfig,
     /// Snapshot workers and batch sizes.
     pub snapshot: SnapshotConfig,
     /// Journal fsync policy.
@@ -82,6 +89,7 @@ impl MigrateConfig {
         MigrateConfig {
             state_dir: state_dir.into(),
             capture: CaptureMode::Auto,
+            capture_settings: CaptureConfig::default(),
             snapshot: SnapshotConfig::default(),
             fsync: FsyncPolicy::EveryMs(100),
             max_pause: Duration::from_secs(5),
@@ -112,8 +120,12 @@ pub struct MigrationReport {
     pub commands: u64,
     /// Keys restored from payloads (snapshot and re-copies).
     pub restores: u64,
-    /// Error replies by code (commands that failed on the source fail the same way here).
+    /// Error replies by code, whatever their class.
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// Error replies the source gave too (expected: the command failed there the same way).
+    pub source_errors: u64,
+    /// Error replies only the target gave, by code.
+    pub target_errors: std::collections::BTreeMap<String, u64>,
     /// How long source writes were paused (final fence and switch), in ms.
     pub pause_ms: u64,
     /// Of the pause, the time to drain to the final fence, in ms.
@@ -124,6 +136,13 @@ pub struct MigrationReport {
     pub pause_expired: bool,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
+}
+
+impl MigrationReport {
+    /// The error counts for the summary line.
+    pub fn error_counts(&self) -> String {
+        policy::error_counts(self.source_errors, &self.target_errors)
+    }
 }
 
 /// Why a migration could not run.
@@ -141,6 +160,16 @@ pub enum MigrateError {
     Stage {
         stage: &'static str,
         message: String,
+    },
+    /// At the final fence, keys still differ because writes or restores failed only on the
+    /// target (`OOM`, `NOPERM`…) and their re-copies failed too.
+    #[error(
+        "the target differs from the source: {keys} keys failed only on the target (e.g. {example}); errors: {errors}"
+    )]
+    TargetDiverged {
+        keys: u64,
+        example: String,
+        errors: String,
     },
 }
 
@@ -224,6 +253,31 @@ impl Markers {
             .query_async::<()>(&mut self.con)
             .await
             .map_err(|e| stage("markers", e))
+    }
+}
+
+/// Sends `ECHO ferry-recopy:<db>:<hex key>` on the capture node for each key that replay found
+/// diverged: capture turns it into a re-copy at that point of the stream. A request that cannot
+/// be sent leaves the key in the diverged ledger, so the run fails rather than hide it.
+async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
+    let mut con = None;
+    while let Some((db, key)) = keys.recv().await {
+        let mut echo = RECOPY_PREFIX.to_vec();
+        echo.extend_from_slice(recopy_request(db, &key).as_bytes());
+        // One reconnect: the connection may have been idle long enough to be dropped.
+        for _ in 0..2 {
+            if con.is_none() {
+                con = node.control().await.ok();
+            }
+            let Some(c) = con.as_mut() else { break };
+            match redis::cmd("ECHO").arg(&echo).query_async::<()>(c).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not ask for a re-copy of a diverged key.");
+                    con = None;
+                }
+            }
+        }
     }
 }
 
@@ -373,9 +427,16 @@ impl Migration {
         let node = replica.clone().unwrap_or_else(|| self.source.clone());
         report.from_replica = replica.is_some();
         report.capture_node = node.redacted().to_string();
+        let why = match (self.cfg.capture, report.from_replica) {
+            (CaptureMode::Auto, true) => "auto: chose the replica, a healthy one answers",
+            (CaptureMode::Auto, false) => "auto: chose the primary, no healthy replica answers",
+            (CaptureMode::Replica, _) => "capture = replica",
+            (CaptureMode::Primary, _) => "capture = primary",
+        };
         tracing::info!(
             node = %node,
             mode = if report.from_replica { "replica (effects stream)" } else { "primary (command stream)" },
+            why,
             "Capturing writes."
         );
 
@@ -410,7 +471,7 @@ impl Migration {
             node.clone(),
             table.clone(),
             peers.clone(),
-            CaptureConfig::default(),
+            self.cfg.capture_settings.clone(),
         )
         .spawn(JournalSink(journal.clone()));
         if !capture.wait_live().await {
@@ -421,6 +482,8 @@ impl Migration {
         let stats = Arc::new(ReplayStats::default());
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
+        let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
+        let recopy_requests = tokio::spawn(request_recopies(node.clone(), recopy_rx));
         #[cfg(feature = "sqs")]
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
@@ -440,6 +503,7 @@ impl Migration {
                 ops_rx,
                 stats.clone(),
                 replay_broken_tx,
+                recopy_tx,
             )),
         };
 
@@ -511,7 +575,7 @@ impl Migration {
             report,
             stop_tx,
             coordinator,
-            tasks: vec![stitch_task, replay_task, recopy_task],
+            tasks: vec![stitch_task, replay_task, recopy_task, recopy_requests],
             #[cfg(feature = "sqs")]
             split_queues,
         })
@@ -580,9 +644,18 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
     let mut snapshot_started = Instant::now();
     let mut status = c.status_every.map(tokio::time::interval);
     let mut trim = tokio::time::interval(Duration::from_secs(1));
+    // A stop asked for while keys are still being read: the final fence waits for the reads,
+    // since only a complete snapshot makes the target equal to the source.
+    let mut stopping = false;
     loop {
         tokio::select! {
-            _ = c.stop.changed() => break,
+            _ = c.stop.changed(), if !stopping => {
+                if snap_task.is_none() {
+                    break;
+                }
+                stopping = true;
+                tracing::info!("Stop requested during the snapshot: finishing its reads first, then placing the final fence.");
+            }
             Some(e) = c.stitch_failed.recv() => return Err(stage("stitcher", e)),
             Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
                 tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
@@ -611,6 +684,9 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                         }
                         tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
                         c.markers.lock().await.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
+                        if stopping {
+                            break;
+                        }
                     }
                     Ok((_, Err(e))) => return Err(stage("snapshot", e)),
                     Err(e) if e.is_cancelled() => {}
@@ -803,9 +879,11 @@ impl Running {
                 || shared.snapshot_mode.load(Ordering::Relaxed)
             {
                 if shared.snapshot_mode.load(Ordering::Relaxed) {
+                    // The stream broke while stopping: some keys were never re-read. A new run
+                    // starts a fresh journal and resyncs every key, so nothing is lost.
                     return Err(stage(
                         "final fence",
-                        "stopped before the snapshot finished; rerun to resume",
+                        "the stream broke while stopping, so a resync was left unfinished; run again to resync every key",
                     ));
                 }
                 if Instant::now() > deadline {
@@ -827,6 +905,25 @@ impl Running {
             #[cfg(feature = "sqs")]
             if let Some(queues) = &self.split_queues {
                 wait_drained(queues, self.cfg.max_pause * 4).await?;
+            }
+            // Everything before the final marker is answered, re-copies included: a key still
+            // in the ledger differs from the source at this fence.
+            let (keys, example) = self.stats.diverged_summary();
+            if keys > 0 {
+                let target = self
+                    .stats
+                    .target_errors
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_default();
+                return Err(MigrateError::TargetDiverged {
+                    keys,
+                    example: example.unwrap_or_default(),
+                    errors: policy::error_counts(
+                        self.stats.source_errors.load(Ordering::Relaxed),
+                        &target,
+                    ),
+                });
             }
             Ok(())
         }
@@ -854,6 +951,13 @@ impl Running {
         report.errors = self
             .stats
             .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        report.source_errors = self.stats.source_errors.load(Ordering::Relaxed);
+        report.target_errors = self
+            .stats
+            .target_errors
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default();
@@ -1014,6 +1118,7 @@ fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {
         dirty = shared.dirty.load(Ordering::Relaxed),
         restores = stats.restores.load(Ordering::Relaxed),
         errors = stats.error_count(),
+        target_errors = stats.target_error_count(),
         journal_mb = journal.disk_bytes() >> 20,
         "Status."
     );

@@ -10,7 +10,7 @@ mod monitor;
 pub mod parse;
 mod task;
 
-pub use group::{Captured, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role};
+pub use group::{Captured, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, RECOPY_PREFIX, Role};
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{

@@ -39,6 +39,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "OPS")]
     max_source_ops: Option<u64>,
 
+    /// Bound on the source's output buffer for ferry's MONITOR connection, in bytes: past it,
+    /// capture disconnects itself (so the source never evicts keys or refuses writes because
+    /// ferry reads too slowly) and a fenced resync follows.
+    #[arg(long, default_value_t = ferry::capture::DEFAULT_OMEM_LIMIT, value_name = "BYTES")]
+    max_monitor_buffer: u64,
+
     /// Longest write pause on the source for the final fence, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     max_pause_ms: u64,
@@ -175,6 +181,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Endpoint::parse(&args.source)?;
     Endpoint::parse(&args.target)?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(
+        args.max_monitor_buffer > 0,
+        "--max-monitor-buffer must be at least 1 byte"
+    );
     let mut overrides =
         default_plan_overrides(&args.source, &args.target, args.capture, &args.state_dir);
     overrides.extend([
@@ -193,7 +203,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let workers = args.workers;
     let max_source_ops = args.max_source_ops;
     let max_pause = std::time::Duration::from_millis(args.max_pause_ms);
+    let max_monitor_buffer = args.max_monitor_buffer;
     super::plan::run_plan(plan, args.json, move |cfg: &mut MigrateConfig| {
+        cfg.capture_settings.omem_limit = max_monitor_buffer;
         cfg.snapshot.workers = workers;
         cfg.snapshot.max_source_ops = max_source_ops;
         cfg.max_pause = max_pause;

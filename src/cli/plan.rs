@@ -682,8 +682,13 @@ pub async fn run_plan(
         (None, None) => unreachable!("a cutover always leaves a report"),
     };
     eprintln!(
-        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms",
-        plan.name, report.snapshot_keys, report.commands, report.restores, report.pause_ms
+        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms; errors: {}",
+        plan.name,
+        report.snapshot_keys,
+        report.commands,
+        report.restores,
+        report.pause_ms,
+        report.error_counts()
     );
     match verified {
         Some(v) => write_json(
