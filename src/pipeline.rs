@@ -670,7 +670,13 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                 snapshot_started = Instant::now();
             }
             Some(reason) = c.replay_broken.recv() => {
-                tracing::warn!(%reason, "The target connection broke; a resync follows.");
+                // Shards that broke together (a target restart or failover hits them all) need
+                // one resync, not one each.
+                let mut others = 0;
+                while c.replay_broken.try_recv().is_ok() {
+                    others += 1;
+                }
+                tracing::warn!(%reason, others, "The target connection broke; a resync follows.");
                 c.journal
                     .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
                     .map_err(|e| MigrateError::Journal(e.to_string()))?;

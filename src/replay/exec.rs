@@ -143,7 +143,8 @@ impl ReplayError {
 
 /// What an operation applied, kept until its replies arrive so a failure can name its keys.
 enum Origin {
-    None,
+    /// Connection setup (`CLIENT SETNAME`) or a barrier: no data.
+    Setup,
     Cmd(u32, Argv),
     Atomic(Vec<(u32, Argv)>),
     Restore(u32, Vec<u8>),
@@ -167,7 +168,7 @@ impl Pending {
             replies,
             done: None,
             collect: None,
-            origin: Origin::None,
+            origin: Origin::Setup,
             failed: false,
         }
     }
@@ -261,7 +262,7 @@ impl Replayer {
                 let mut replies = 0;
                 let mut done = None;
                 let mut collect = None;
-                let mut origin = Origin::None;
+                let mut origin = Origin::Setup;
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
                     if db != Some(want) {
                         encode_command(buf, &[b"SELECT", want.to_string().as_bytes()]);
@@ -416,6 +417,11 @@ impl Failures {
         let class = match (&p.origin, classify(&line)) {
             // A verification read: the verifier compares the replies itself.
             (Origin::Check, _) => return Ok(()),
+            // The connection's name only helps a cutover tell ferry's clients apart.
+            (Origin::Setup, _) => {
+                tracing::warn!(error = %line, "The target refused to name the replay connection.");
+                return Ok(());
+            }
             (_, ErrorClass::Transient) => ErrorClass::Transient,
             // The source produced this payload a moment ago: any failure is the target's.
             (Origin::Restore(..), _) => ErrorClass::TargetOnly,
@@ -450,9 +456,7 @@ impl Failures {
                     self.keys_of(*db, argv, &line, &mut requests);
                 }
             }
-            Origin::None | Origin::Check => {
-                stats.with_diverged(|d| d.mark_keyless(line.clone()));
-            }
+            Origin::Setup | Origin::Check => {}
         }
         if let Some((_, tx)) = &self.recopy {
             for r in requests {

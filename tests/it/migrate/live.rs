@@ -342,3 +342,48 @@ fn tiny_monitor_buffer_bound_disconnects_capture_and_resyncs() {
     let stderr = stop_and_compare(&mut ferry, &source, &target);
     assert!(stderr.contains("Capture lost the stream"), "{stderr}");
 }
+
+#[test]
+fn target_turned_read_only_mid_replay_is_retried_resynced_and_exact() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    // An empty primary the target follows for a while, so it answers READONLY.
+    let other = RedisServer::start();
+    fill(&source, &Dataset::tiny());
+    let state = tempfile::tempdir().unwrap();
+    let load = workload::start(
+        &source.url(),
+        WorkloadOptions {
+            rate: 500,
+            ..WorkloadOptions::default()
+        },
+    );
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut t = target.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port())
+        .query(&mut t)
+        .unwrap();
+    wait_log(&ferry, "READONLY", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut t)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let report = load.stop();
+    eprintln!("{report}");
+    let stderr = stop_and_compare(&mut ferry, &source, &target);
+    let resyncs = stderr.matches("The target connection broke").count();
+    // A growing backoff: a few attempts per shard while the target refuses, not a tight loop.
+    assert!((1..=24).contains(&resyncs), "{resyncs} resyncs:\n{stderr}");
+}
