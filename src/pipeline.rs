@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::capture::{
-    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, RECOPY_PREFIX, Role,
+    Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, PeerRegistry, Role,
 };
 use crate::command::CommandTable;
 pub use crate::cutover::Fenced;
@@ -34,7 +34,7 @@ use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
 use crate::net::{Endpoint, NetError};
 use crate::replay::{
     Mapper, Op, ReplayStats, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
-    policy, recopy_request, run_sharded,
+    policy, request_recopies, run_sharded,
 };
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
@@ -253,31 +253,6 @@ impl Markers {
             .query_async::<()>(&mut self.con)
             .await
             .map_err(|e| stage("markers", e))
-    }
-}
-
-/// Sends `ECHO ferry-recopy:<db>:<hex key>` on the capture node for each key that replay found
-/// diverged: capture turns it into a re-copy at that point of the stream. A request that cannot
-/// be sent leaves the key in the diverged ledger, so the run fails rather than hide it.
-async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
-    let mut con = None;
-    while let Some((db, key)) = keys.recv().await {
-        let mut echo = RECOPY_PREFIX.to_vec();
-        echo.extend_from_slice(recopy_request(db, &key).as_bytes());
-        // One reconnect: the connection may have been idle long enough to be dropped.
-        for _ in 0..2 {
-            if con.is_none() {
-                con = node.control().await.ok();
-            }
-            let Some(c) = con.as_mut() else { break };
-            match redis::cmd("ECHO").arg(&echo).query_async::<()>(c).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Could not ask for a re-copy of a diverged key.");
-                    con = None;
-                }
-            }
-        }
     }
 }
 

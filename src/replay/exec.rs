@@ -396,6 +396,32 @@ impl Replayer {
     }
 }
 
+/// Sends `ECHO ferry-recopy:<db>:<hex key>` on `node` (the capture node) for each key a
+/// [`Replayer`] found diverged: capture turns it into a re-copy at that point of the stream. A
+/// request that cannot be sent leaves the key in the diverged ledger, so a stop fails rather than
+/// hide it.
+pub async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
+    let mut con = None;
+    while let Some((db, key)) = keys.recv().await {
+        let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
+        echo.extend_from_slice(super::stitch::recopy_request(db, &key).as_bytes());
+        // One reconnect: the connection may have been idle long enough to be dropped.
+        for _ in 0..2 {
+            if con.is_none() {
+                con = node.control().await.ok();
+            }
+            let Some(c) = con.as_mut() else { break };
+            match redis::cmd("ECHO").arg(&echo).query_async::<()>(c).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not ask for a re-copy of a diverged key.");
+                    con = None;
+                }
+            }
+        }
+    }
+}
+
 /// The reader's side of the error policy.
 struct Failures {
     stats: Arc<ReplayStats>,

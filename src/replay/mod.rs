@@ -16,6 +16,7 @@ mod stitch;
 
 pub use exec::{
     DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, RecopySender, ReplayError, ReplayStats, Replayer,
+    request_recopies,
 };
 pub use mapping::Mapper;
 pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
