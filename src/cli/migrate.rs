@@ -12,7 +12,9 @@ use ferry::snapshot;
 /// Migrate a live source to a target: capture writes from MONITOR into the on-disk journal,
 /// copy every key with fenced reads, and replay in order until stopped (Ctrl-C or SIGTERM).
 /// On stop, ferry pauses source writes briefly, drains to a final fence and exits 0: the target
-/// then equals the source at that fence.
+/// then equals the source at that fence. A stop during the snapshot lets it finish first (a
+/// second signal exits 2 at once; the next run resyncs). Exit 2 also when keys failed only on
+/// the target (`OOM`, `NOPERM`…) and still differ at the final fence.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The server to migrate from, `redis://[user:pass@]host:port` (or `rediss://`).
@@ -110,12 +112,23 @@ impl Stop {
                             _ = int.recv() => {}
                             _ = term.recv() => {}
                         }
+                        s.set();
+                        // A stop during a long snapshot waits for it; a second signal is the
+                        // operator's way out, as a kill would be: the next run resyncs.
+                        tokio::select! {
+                            _ = int.recv() => {}
+                            _ = term.recv() => {}
+                        }
+                        eprintln!(
+                            "ferry: error: a second stop signal: exiting without a final fence; the target may differ, and the next run resyncs every key"
+                        );
+                        std::process::exit(i32::from(super::EXIT_ERROR));
                     }
                     _ => {
                         let _ = tokio::signal::ctrl_c().await;
+                        s.set();
                     }
                 }
-                s.set();
             });
         }
         #[cfg(not(unix))]

@@ -466,7 +466,14 @@ impl Failures {
             return Err(ReplayError::Transient { line });
         }
         if seen <= LOGGED_FAILURES {
-            tracing::error!(error = %line, "A write failed only on the target: its keys now differ from the source and are re-copied.");
+            let (what, name) = match &p.origin {
+                Origin::Restore(..) => ("restore", "RESTORE".to_string()),
+                Origin::Cmd(_, argv) => {
+                    ("write", String::from_utf8_lossy(argv.name()).into_owned())
+                }
+                _ => ("transaction", "MULTI".to_string()),
+            };
+            tracing::error!(error = %line, command = %name, "A {what} failed only on the target: its keys now differ from the source and are re-copied.");
         }
         p.failed = true;
         let mut requests = Vec::new();

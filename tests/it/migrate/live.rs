@@ -393,3 +393,32 @@ fn target_turned_read_only_mid_replay_is_retried_resynced_and_exact() {
     // A growing backoff: a few attempts per shard while the target refuses, not a tight loop.
     assert!((1..=24).contains(&resyncs), "{resyncs} resyncs:\n{stderr}");
 }
+
+#[test]
+fn a_second_stop_signal_exits_2_without_waiting_for_the_snapshot() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    fill(&source, &Dataset::tiny());
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary", "--max-source-ops", "100"],
+    );
+    wait_log(&ferry, "Snapshot started", Duration::from_secs(20));
+    let pid = ferry.child.id().to_string();
+    let term = || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+    };
+    term();
+    wait_log(&ferry, "finishing its reads first", Duration::from_secs(10));
+    term();
+    let code = ferry.wait(Duration::from_secs(10));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("second stop signal"), "{stderr}");
+    assert!(!stderr.contains("Snapshot reads done"), "{stderr}");
+}
