@@ -11,6 +11,11 @@
 //! - A stage that fails for good (the stitcher, when a plan hook fails under `fail`) ends the
 //!   coordinator; [`Running::failure`] then resolves with its error, and every wait of
 //!   [`Running`] ends with it at once rather than at its timeout.
+//! - A write or restore that fails only on the target (`OOM`, `NOPERM`…) leaves its keys
+//!   diverged: they are re-copied at once, and a stop that still finds keys diverged fails
+//!   ([`MigrateError::TargetDiverged`]) instead of claiming the target equals the source.
+//! - A stop during the snapshot (or a resync) lets it finish first: until every key is read,
+//!   no fence can make the target equal to the source.
 //! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
@@ -32,7 +37,7 @@ use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
 use crate::net::{Endpoint, NetError};
 use crate::replay::{
     Mapper, Op, ReplayStats, SNAPSHOT_DONE, StitchConfig, StitchEvent, StitchShared, Stitcher,
-    run_sharded,
+    policy, request_recopies, run_sharded,
 };
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
@@ -59,6 +64,8 @@ pub struct MigrateConfig {
     pub state_dir: PathBuf,
     /// Capture node choice.
     pub capture: CaptureMode,
+    /// Capture settings (the source output-buffer bound for `MONITOR` above all).
+    pub capture_settings: CaptureConfig,
     /// Snapshot workers and batch sizes.
     pub snapshot: SnapshotConfig,
     /// Journal fsync policy.
@@ -86,6 +93,7 @@ impl MigrateConfig {
         MigrateConfig {
             state_dir: state_dir.into(),
             capture: CaptureMode::Auto,
+            capture_settings: CaptureConfig::default(),
             snapshot: SnapshotConfig::default(),
             fsync: FsyncPolicy::EveryMs(100),
             max_pause: Duration::from_secs(5),
@@ -116,8 +124,12 @@ pub struct MigrationReport {
     pub commands: u64,
     /// Keys restored from payloads (snapshot and re-copies).
     pub restores: u64,
-    /// Error replies by code (commands that failed on the source fail the same way here).
+    /// Error replies by code, whatever their class.
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// Error replies the source gave too (expected: the command failed there the same way).
+    pub source_errors: u64,
+    /// Error replies only the target gave, by code.
+    pub target_errors: std::collections::BTreeMap<String, u64>,
     /// How long source writes were paused (final fence and switch), in ms.
     pub pause_ms: u64,
     /// Of the pause, the time to drain to the final fence, in ms.
@@ -136,6 +148,33 @@ pub struct MigrationReport {
     pub evicted_during_fence: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
+}
+
+impl MigrationReport {
+    /// The error counts for the summary line.
+    pub fn error_counts(&self) -> String {
+        policy::error_counts(self.source_errors, &self.target_errors)
+    }
+
+    /// `; source evicted N keys (M re-copied)` for the summary line, when it evicted any.
+    pub fn eviction_summary(&self) -> String {
+        match self.evicted_keys {
+            0 => String::new(),
+            n => {
+                let mut s = format!(
+                    "; source evicted {n} keys ({} re-copied)",
+                    self.eviction_recopies
+                );
+                if self.evicted_during_fence > 0 {
+                    s.push_str(&format!(
+                        ", {} during the final fence may remain on the target",
+                        self.evicted_during_fence
+                    ));
+                }
+                s
+            }
+        }
+    }
 }
 
 /// Why a migration could not run.
@@ -158,6 +197,16 @@ pub enum MigrateError {
     /// by it gets the same one).
     #[error(transparent)]
     Failed(Arc<MigrateError>),
+    /// At the final fence, keys still differ because writes or restores failed only on the
+    /// target (`OOM`, `NOPERM`…) and their re-copies failed too.
+    #[error(
+        "the target differs from the source: {keys} keys failed only on the target (e.g. {example}); errors: {errors}"
+    )]
+    TargetDiverged {
+        keys: u64,
+        example: String,
+        errors: String,
+    },
 }
 
 fn stage(stage: &'static str, message: impl std::fmt::Display) -> MigrateError {
@@ -581,9 +630,16 @@ impl Migration {
         let node = replica.clone().unwrap_or_else(|| self.source.clone());
         report.from_replica = replica.is_some();
         report.capture_node = node.redacted().to_string();
+        let why = match (self.cfg.capture, report.from_replica) {
+            (CaptureMode::Auto, true) => "auto: chose the replica, a healthy one answers",
+            (CaptureMode::Auto, false) => "auto: chose the primary, no healthy replica answers",
+            (CaptureMode::Replica, _) => "capture = replica",
+            (CaptureMode::Primary, _) => "capture = primary",
+        };
         tracing::info!(
             node = %node,
             mode = if report.from_replica { "replica (effects stream)" } else { "primary (command stream)" },
+            why,
             "Capturing writes."
         );
 
@@ -618,7 +674,7 @@ impl Migration {
             node.clone(),
             table.clone(),
             peers.clone(),
-            CaptureConfig::default(),
+            self.cfg.capture_settings.clone(),
         )
         .spawn(JournalSink(journal.clone()));
         if !capture.wait_live().await {
@@ -629,6 +685,8 @@ impl Migration {
         let stats = Arc::new(ReplayStats::default());
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
+        let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
+        let recopy_requests = tokio::spawn(request_recopies(node.clone(), recopy_rx));
         #[cfg(feature = "sqs")]
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
@@ -648,6 +706,7 @@ impl Migration {
                 ops_rx,
                 stats.clone(),
                 replay_broken_tx,
+                recopy_tx,
             )),
         };
 
@@ -734,7 +793,7 @@ impl Migration {
             stop_tx,
             coordinator,
             failure,
-            tasks: vec![stitch_task, replay_task, recopy_task],
+            tasks: vec![stitch_task, replay_task, recopy_task, recopy_requests],
             #[cfg(feature = "sqs")]
             split_queues,
         })
@@ -807,9 +866,18 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
     let mut sweep_task: Option<SweepTask> = None;
     let mut evicted_seen = c.evictions.baseline;
     let mut events = c.evictions.events.lock().await.take();
+    // A stop asked for while keys are still being read: the final fence waits for the reads,
+    // since only a complete snapshot makes the target equal to the source.
+    let mut stopping = false;
     let result = loop {
         tokio::select! {
-            _ = c.stop.changed() => break Ok(()),
+            _ = c.stop.changed(), if !stopping => {
+                if snap_task.is_none() {
+                    break Ok(());
+                }
+                stopping = true;
+                tracing::info!("Stop requested during the snapshot: finishing its reads first, then placing the final fence.");
+            }
             Some(e) = c.stitch_failed.recv() => break Err(stage("stitcher", e)),
             Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
                 tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
@@ -824,7 +892,13 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                 snapshot_started = Instant::now();
             }
             Some(reason) = c.replay_broken.recv() => {
-                tracing::warn!(%reason, "The target connection broke; a resync follows.");
+                // Shards that broke together (a target restart or failover hits them all) need
+                // one resync, not one each.
+                let mut others = 0;
+                while c.replay_broken.try_recv().is_ok() {
+                    others += 1;
+                }
+                tracing::warn!(%reason, others, "The target connection broke; a resync follows.");
                 c.journal
                     .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
                     .map_err(|e| MigrateError::Journal(e.to_string()))?;
@@ -838,6 +912,9 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                         }
                         tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
                         c.markers.lock().await.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
+                        if stopping {
+                            break Ok(());
+                        }
                     }
                     Ok((_, Err(e))) => return Err(stage("snapshot", e)),
                     Err(e) if e.is_cancelled() => {}
@@ -1135,9 +1212,11 @@ impl Running {
                 || shared.snapshot_mode.load(Ordering::Relaxed)
             {
                 if shared.snapshot_mode.load(Ordering::Relaxed) {
+                    // The stream broke while stopping: some keys were never re-read. A new run
+                    // starts a fresh journal and resyncs every key, so nothing is lost.
                     return Err(stage(
                         "final fence",
-                        "stopped before the snapshot finished; rerun to resume",
+                        "the stream broke while stopping, so a resync was left unfinished; run again to resync every key",
                     ));
                 }
                 if Instant::now() > deadline {
@@ -1173,6 +1252,25 @@ impl Running {
             if let Some(queues) = &self.split_queues {
                 wait_drained(queues, self.cfg.max_pause * 4).await?;
             }
+            // Everything before the final marker is answered, re-copies included: a key still
+            // in the ledger differs from the source at this fence.
+            let (keys, example) = self.stats.diverged_summary();
+            if keys > 0 {
+                let target = self
+                    .stats
+                    .target_errors
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_default();
+                return Err(MigrateError::TargetDiverged {
+                    keys,
+                    example: example.unwrap_or_default(),
+                    errors: policy::error_counts(
+                        self.stats.source_errors.load(Ordering::Relaxed),
+                        &target,
+                    ),
+                });
+            }
             Ok(())
         }
         .await;
@@ -1199,6 +1297,13 @@ impl Running {
         report.errors = self
             .stats
             .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        report.source_errors = self.stats.source_errors.load(Ordering::Relaxed);
+        report.target_errors = self
+            .stats
+            .target_errors
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default();
@@ -1359,6 +1464,7 @@ fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {
         dirty = shared.dirty.load(Ordering::Relaxed),
         restores = stats.restores.load(Ordering::Relaxed),
         errors = stats.error_count(),
+        target_errors = stats.target_error_count(),
         journal_mb = journal.disk_bytes() >> 20,
         "Status."
     );

@@ -12,8 +12,8 @@ pub mod parse;
 mod task;
 
 pub use group::{
-    Captured, DIRTY_PREFIX, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, Role, key_id,
-    parse_key_id,
+    Captured, DIRTY_PREFIX, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, RECOPY_PREFIX, Role,
+    key_id, parse_key_id,
 };
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};

@@ -278,10 +278,19 @@ pub async fn watch_output_buffer(
             .unwrap_or(0);
         if omem > cfg.omem_limit {
             return Some(format!(
-                "the source buffered {} MB for MONITOR (limit {} MB); disconnected to protect it",
-                omem >> 20,
-                cfg.omem_limit >> 20
+                "capture disconnected to protect the source: the source buffered {} for MONITOR (limit {})",
+                size(omem),
+                size(cfg.omem_limit)
             ));
         }
+    }
+}
+
+/// A byte count in the largest unit that keeps it whole-ish, for messages.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{} MB", b >> 20),
+        b if b >= 1 << 10 => format!("{} KB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }

@@ -12,7 +12,9 @@ use ferry::snapshot;
 /// Migrate a live source to a target: capture writes from MONITOR into the on-disk journal,
 /// copy every key with fenced reads, and replay in order until stopped (Ctrl-C or SIGTERM).
 /// On stop, ferry pauses source writes briefly, drains to a final fence and exits 0: the target
-/// then equals the source at that fence.
+/// then equals the source at that fence. A stop during the snapshot lets it finish first (a
+/// second signal exits 2 at once; the next run resyncs). Exit 2 also when keys failed only on
+/// the target (`OOM`, `NOPERM`…) and still differ at the final fence.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The server to migrate from, `redis://[user:pass@]host:port` (or `rediss://`).
@@ -38,6 +40,12 @@ pub struct MigrateArgs {
     /// Cap on commands per second that the snapshot sends to the source.
     #[arg(long, value_name = "OPS")]
     max_source_ops: Option<u64>,
+
+    /// Bound on the source's output buffer for ferry's MONITOR connection, in bytes: past it,
+    /// capture disconnects itself (so the source never evicts keys or refuses writes because
+    /// ferry reads too slowly) and a fenced resync follows.
+    #[arg(long, default_value_t = ferry::capture::DEFAULT_OMEM_LIMIT, value_name = "BYTES")]
+    max_monitor_buffer: u64,
 
     /// Longest write pause on the source for the final fence, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
@@ -104,12 +112,23 @@ impl Stop {
                             _ = int.recv() => {}
                             _ = term.recv() => {}
                         }
+                        s.set();
+                        // A stop during a long snapshot waits for it; a second signal is the
+                        // operator's way out, as a kill would be: the next run resyncs.
+                        tokio::select! {
+                            _ = int.recv() => {}
+                            _ = term.recv() => {}
+                        }
+                        eprintln!(
+                            "ferry: error: a second stop signal: exiting without a final fence; the target may differ, and the next run resyncs every key"
+                        );
+                        std::process::exit(i32::from(super::EXIT_ERROR));
                     }
                     _ => {
                         let _ = tokio::signal::ctrl_c().await;
+                        s.set();
                     }
                 }
-                s.set();
             });
         }
         #[cfg(not(unix))]
@@ -175,6 +194,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Endpoint::parse(&args.source)?;
     Endpoint::parse(&args.target)?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(
+        args.max_monitor_buffer > 0,
+        "--max-monitor-buffer must be at least 1 byte"
+    );
     let mut overrides =
         default_plan_overrides(&args.source, &args.target, args.capture, &args.state_dir);
     overrides.extend([
@@ -193,7 +216,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let workers = args.workers;
     let max_source_ops = args.max_source_ops;
     let max_pause = std::time::Duration::from_millis(args.max_pause_ms);
+    let max_monitor_buffer = args.max_monitor_buffer;
     super::plan::run_plan(plan, args.json, move |cfg: &mut MigrateConfig| {
+        cfg.capture_settings.omem_limit = max_monitor_buffer;
         cfg.snapshot.workers = workers;
         cfg.snapshot.max_source_ops = max_source_ops;
         cfg.max_pause = max_pause;

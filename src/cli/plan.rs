@@ -862,12 +862,14 @@ pub async fn run_plan(
     };
     let hooks = hook_report();
     eprintln!(
-        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms{}",
+        "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms; errors: {}{}{}",
         plan.name,
         report.snapshot_keys,
         report.commands,
         report.restores,
         report.pause_ms,
+        report.error_counts(),
+        report.eviction_summary(),
         hooks.map(|h| format!("; {h}")).unwrap_or_default()
     );
     write_json(

@@ -172,7 +172,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .run(async move { stop.wait().await })
         .await?;
     eprintln!(
-        "Replay stopped: {} entries in {} batches, {} in doubt ({} re-copies requested), {} stale, {} gaps; {} commands, {} restores",
+        "Replay stopped: {} entries in {} batches, {} in doubt ({} re-copies requested), {} stale, {} gaps; {} commands, {} restores; errors: {}",
         report.entries,
         report.batches,
         report.in_doubt_batches,
@@ -180,7 +180,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         report.stale_batches,
         report.gaps,
         report.commands,
-        report.restores
+        report.restores,
+        ferry::replay::policy::error_counts(report.source_errors, &report.target_errors)
     );
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)

@@ -6,8 +6,10 @@
 //!   the target's input buffer bounded.
 //! - The db is switched with `SELECT` only when it changes. Atomic groups go out as
 //!   `MULTI … EXEC`.
-//! - Error replies are counted by their code, not fatal: a write that failed on the source
-//!   (`WRONGTYPE`) fails the same way here.
+//! - Error replies follow [`super::policy`]: a write that failed on the source (`WRONGTYPE`)
+//!   fails the same way here and is only counted; an error only the target can give (`OOM`,
+//!   `NOPERM`…) records the keys of the operation as diverged and asks for their re-copy; a
+//!   transient one (`LOADING`, `BUSY`…) ends the run like a broken connection.
 //! - A broken connection ends the run with an error; the caller resyncs, because commands in
 //!   flight may or may not have been applied.
 
@@ -17,7 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::command::Argv;
+use super::policy::{Diverged, ErrorClass, classify, error_code};
+use crate::command::{Argv, CommandTable, KeyRef};
 use crate::net::resp::summarize;
 use crate::net::{Endpoint, NetError, RawReader, encode_command};
 
@@ -77,8 +80,16 @@ pub struct ReplayStats {
     pub commands: AtomicU64,
     /// Keys restored from payloads.
     pub restores: AtomicU64,
-    /// Error replies by code.
+    /// Error replies by code, whatever their class.
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// Error replies the source gave too (expected).
+    pub source_errors: AtomicU64,
+    /// Error replies only the target gave, by code (transient ones included).
+    pub target_errors: Mutex<BTreeMap<String, u64>>,
+    /// Keys the target holds differently because of target-only failures.
+    pub diverged: Mutex<Diverged>,
+    /// `diverged`'s size, read without the lock on the restore path.
+    diverged_len: AtomicU64,
 }
 
 impl ReplayStats {
@@ -86,6 +97,58 @@ impl ReplayStats {
     pub fn error_count(&self) -> u64 {
         self.errors.lock().map_or(0, |e| e.values().sum())
     }
+
+    /// Error replies only the target gave.
+    pub fn target_error_count(&self) -> u64 {
+        self.target_errors.lock().map_or(0, |e| e.values().sum())
+    }
+
+    /// How many keys differ because of target-only failures, and one of them.
+    pub fn diverged_summary(&self) -> (u64, Option<String>) {
+        self.diverged
+            .lock()
+            .map_or((0, None), |d| (d.count(), d.example()))
+    }
+
+    fn with_diverged<T>(&self, f: impl FnOnce(&mut Diverged) -> T) -> Option<T> {
+        let mut d = self.diverged.lock().ok()?;
+        let out = f(&mut d);
+        self.diverged_len.store(d.count(), Ordering::Relaxed);
+        Some(out)
+    }
+}
+
+/// Why a replay connection stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The connection could not be opened: nothing was sent, nothing was lost.
+    #[error("cannot open a replay connection: {0}")]
+    Connect(NetError),
+    /// The connection broke with commands in flight.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The target refused commands for a while (`LOADING`, `BUSY`…); the commands sent with
+    /// them may or may not have been applied.
+    #[error("the target answered {line}")]
+    Transient { line: String },
+}
+
+impl ReplayError {
+    /// True when commands may have been lost, so the caller must resync.
+    pub fn lost_writes(&self) -> bool {
+        !matches!(self, ReplayError::Connect(_))
+    }
+}
+
+/// What an operation applied, kept until its replies arrive so a failure can name its keys.
+enum Origin {
+    /// Connection setup (`CLIENT SETNAME`) or a barrier: no data.
+    Setup,
+    Cmd(u32, Argv),
+    Atomic(Vec<(u32, Argv)>),
+    Restore(u32, Vec<u8>),
+    Check,
 }
 
 struct Pending {
@@ -93,6 +156,22 @@ struct Pending {
     replies: usize,
     done: Option<oneshot::Sender<()>>,
     collect: Option<Collect>,
+    origin: Origin,
+    /// A reply of this operation was a target-only error.
+    failed: bool,
+}
+
+impl Pending {
+    fn new(seq: u64, replies: usize) -> Pending {
+        Pending {
+            seq,
+            replies,
+            done: None,
+            collect: None,
+            origin: Origin::Setup,
+            failed: false,
+        }
+    }
 }
 
 /// Replies a check wants back: the last `want` replies of its pending entry.
@@ -102,10 +181,14 @@ struct Collect {
     reply: oneshot::Sender<Vec<redis::Value>>,
 }
 
+/// Where the keys of target-only failures go to be re-copied: target db and key.
+pub type RecopySender = mpsc::UnboundedSender<(u32, Vec<u8>)>;
+
 /// Applies operations to the target.
 pub struct Replayer {
     target: Endpoint,
     window: usize,
+    recopy: Option<(Arc<CommandTable>, RecopySender)>,
 }
 
 impl Replayer {
@@ -114,7 +197,20 @@ impl Replayer {
         Replayer {
             target,
             window: DEFAULT_WINDOW,
+            recopy: None,
         }
+    }
+
+    /// Names the keys of operations that fail only on the target (through `table`) and sends
+    /// them to `recopy`; without it such failures are recorded as diverged without keys.
+    pub fn with_recopy(mut self, table: Arc<CommandTable>, recopy: RecopySender) -> Replayer {
+        self.recopy = Some((table, recopy));
+        self
+    }
+
+    /// The target this replayer writes to.
+    pub fn target(&self) -> &Endpoint {
+        &self.target
     }
 
     /// Applies operations from `ops` until it closes; returns when everything sent is answered.
@@ -122,17 +218,23 @@ impl Replayer {
         &self,
         ops: &mut mpsc::Receiver<Op>,
         stats: Arc<ReplayStats>,
-    ) -> Result<(), NetError> {
-        let conn = self.target.raw().await?;
+    ) -> Result<(), ReplayError> {
+        let conn = self.target.raw().await.map_err(ReplayError::Connect)?;
         let (reader, mut writer) = conn.split();
         let window = Arc::new(Semaphore::new(self.window));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
-        let reader_task = tokio::spawn(read_replies(
-            reader,
-            pending_rx,
-            window.clone(),
-            stats.clone(),
-        ));
+        let reader_window = window.clone();
+        let failures = Failures {
+            stats: stats.clone(),
+            recopy: self.recopy.clone(),
+            keys: Vec::new(),
+        };
+        let reader_task = tokio::spawn(async move {
+            let r = read_replies(reader, pending_rx, reader_window.clone(), failures).await;
+            // A writer waiting for the window must not wait for replies that will not come.
+            reader_window.close();
+            r
+        });
         let mut db: Option<u32> = None;
         let mut buf = Vec::with_capacity(1 << 20);
         // Named, so a cutover can tell ferry's connections from the application's.
@@ -140,25 +242,27 @@ impl Replayer {
             &mut buf,
             &[b"CLIENT", b"SETNAME", REPLAY_CLIENT_NAME.as_bytes()],
         );
-        let _ = pending_tx.send(Pending {
-            seq: 0,
-            replies: 1,
-            done: None,
-            collect: None,
-        });
+        let _ = pending_tx.send(Pending::new(0, 1));
         // Sent now: a connection that never gets an operation must still see its reply, or
         // closing it would wait for that reply forever.
         let mut write_result = writer.write_all(&buf).await;
         buf.clear();
-        'outer: while write_result.is_ok()
-            && let Some(first) = ops.recv().await
-        {
+        'outer: while write_result.is_ok() {
+            // The reader stops early on a transient error: stop waiting for work then too.
+            let first = tokio::select! {
+                op = ops.recv() => match op {
+                    Some(op) => op,
+                    None => break,
+                },
+                _ = pending_tx.closed() => break,
+            };
             let mut next = Some(first);
             while let Some(op) = next {
                 let seq = op.seq();
                 let mut replies = 0;
                 let mut done = None;
                 let mut collect = None;
+                let mut origin = Origin::Setup;
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
                     if db != Some(want) {
                         encode_command(buf, &[b"SELECT", want.to_string().as_bytes()]);
@@ -171,6 +275,7 @@ impl Replayer {
                         select(&mut buf, d, &mut replies);
                         encode_argv(&mut buf, &argv);
                         replies += 1;
+                        origin = Origin::Cmd(d, argv);
                     }
                     Op::Atomic { cmds, .. } => {
                         // SELECT inside MULTI is queued like the rest, so the block stays atomic.
@@ -183,6 +288,7 @@ impl Replayer {
                         }
                         encode_command(&mut buf, &[b"EXEC"]);
                         replies += 1;
+                        origin = Origin::Atomic(cmds);
                     }
                     Op::Restore {
                         db: d,
@@ -209,6 +315,7 @@ impl Replayer {
                         }
                         replies += 1;
                         stats.restores.fetch_add(1, Ordering::Relaxed);
+                        origin = Origin::Restore(d, key);
                     }
                     Op::Barrier { done: d, .. } => done = Some(d),
                     Op::Check {
@@ -224,13 +331,14 @@ impl Replayer {
                             values: Vec::with_capacity(cmds.len()),
                             reply,
                         });
+                        origin = Origin::Check;
                     }
                 }
                 let mut pending = Some(Pending {
-                    seq,
-                    replies,
                     done,
                     collect,
+                    origin,
+                    ..Pending::new(seq, replies)
                 });
                 if replies > 0 {
                     // The window counts commands; a huge group takes what it needs.
@@ -278,12 +386,153 @@ impl Replayer {
         }
         drop(pending_tx);
         let read_result = reader_task.await.unwrap_or_else(|e| {
-            Err(NetError::Io {
+            Err(ReplayError::Net(NetError::Io {
                 endpoint: self.target.redacted().to_string(),
                 message: e.to_string(),
-            })
+            }))
         });
-        write_result.and(read_result)
+        // The reader's error says why (a transient reply) better than the write that followed.
+        read_result.and(write_result.map_err(ReplayError::from))
+    }
+}
+
+/// Sends `ECHO ferry-recopy:<db>:<hex key>` on `node` (the capture node) for each key a
+/// [`Replayer`] found diverged: capture turns it into a re-copy at that point of the stream. A
+/// request that cannot be sent leaves the key in the diverged ledger, so a stop fails rather than
+/// hide it.
+pub async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
+    let mut con = None;
+    while let Some((db, key)) = keys.recv().await {
+        let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
+        echo.extend_from_slice(super::stitch::recopy_request(db, &key).as_bytes());
+        // One reconnect: the connection may have been idle long enough to be dropped.
+        for _ in 0..2 {
+            if con.is_none() {
+                con = node.control().await.ok();
+            }
+            let Some(c) = con.as_mut() else { break };
+            match redis::cmd("ECHO").arg(&echo).query_async::<()>(c).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not ask for a re-copy of a diverged key.");
+                    con = None;
+                }
+            }
+        }
+    }
+}
+
+/// The reader's side of the error policy.
+struct Failures {
+    stats: Arc<ReplayStats>,
+    recopy: Option<(Arc<CommandTable>, RecopySender)>,
+    keys: Vec<KeyRef>,
+}
+
+/// Target-only failures logged one by one before the log goes quiet (the ledger keeps count).
+const LOGGED_FAILURES: u64 = 10;
+
+impl Failures {
+    /// Handles one error reply of `p`; `Err` when the connection must be given up.
+    fn error(&mut self, p: &mut Pending, line: String) -> Result<(), ReplayError> {
+        let stats = &self.stats;
+        let code = error_code(&line).to_string();
+        if let Ok(mut errs) = stats.errors.lock() {
+            *errs.entry(code.clone()).or_default() += 1;
+        }
+        let class = match (&p.origin, classify(&line)) {
+            // A verification read: the verifier compares the replies itself.
+            (Origin::Check, _) => return Ok(()),
+            // The connection's name only helps a cutover tell ferry's clients apart.
+            (Origin::Setup, _) => {
+                tracing::warn!(error = %line, "The target refused to name the replay connection.");
+                return Ok(());
+            }
+            (_, ErrorClass::Transient) => ErrorClass::Transient,
+            // The source produced this payload a moment ago: any failure is the target's.
+            (Origin::Restore(..), _) => ErrorClass::TargetOnly,
+            (_, c) => c,
+        };
+        if class == ErrorClass::AsOnSource {
+            stats.source_errors.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let seen = stats.target_errors.lock().map_or(0, |mut e| {
+            let n = e.entry(code).or_default();
+            *n += 1;
+            e.values().sum::<u64>()
+        });
+        if class == ErrorClass::Transient {
+            return Err(ReplayError::Transient { line });
+        }
+        if seen <= LOGGED_FAILURES {
+            let (what, name) = match &p.origin {
+                Origin::Restore(..) => ("restore", "RESTORE".to_string()),
+                Origin::Cmd(_, argv) => {
+                    ("write", String::from_utf8_lossy(argv.name()).into_owned())
+                }
+                _ => ("transaction", "MULTI".to_string()),
+            };
+            tracing::error!(error = %line, command = %name, "A {what} failed only on the target: its keys now differ from the source and are re-copied.");
+        }
+        p.failed = true;
+        let mut requests = Vec::new();
+        match &p.origin {
+            Origin::Restore(db, key) => {
+                // Asking again would fail again: the ledger keeps the key until a later
+                // restore of it succeeds.
+                stats.with_diverged(|d| d.mark(*db, key, &line));
+            }
+            Origin::Cmd(db, argv) => self.keys_of(*db, argv, &line, &mut requests),
+            Origin::Atomic(cmds) => {
+                for (db, argv) in cmds {
+                    self.keys_of(*db, argv, &line, &mut requests);
+                }
+            }
+            Origin::Setup | Origin::Check => {}
+        }
+        if let Some((_, tx)) = &self.recopy {
+            for r in requests {
+                let _ = tx.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the keys of `argv` diverged; the newly diverged ones go to `requests`.
+    fn keys_of(&mut self, db: u32, argv: &Argv, line: &str, requests: &mut Vec<(u32, Vec<u8>)>) {
+        let name = String::from_utf8_lossy(argv.name()).into_owned();
+        let Some((table, _)) = &self.recopy else {
+            self.stats
+                .with_diverged(|d| d.mark_keyless(format!("{name}: {line}")));
+            return;
+        };
+        self.keys.clear();
+        table.keys_into(argv, &mut self.keys);
+        if self.keys.is_empty() {
+            self.stats
+                .with_diverged(|d| d.mark_keyless(format!("{name} (db {db}): {line}")));
+            return;
+        }
+        let keys = &self.keys;
+        self.stats.with_diverged(|d| {
+            for k in keys {
+                let key = argv.get(k.pos).unwrap_or_default();
+                if d.mark(db, key, line) {
+                    requests.push((db, key.to_vec()));
+                }
+            }
+        });
+    }
+
+    /// `p` got all its replies.
+    fn completed(&self, p: &Pending) {
+        if let Origin::Restore(db, key) = &p.origin
+            && !p.failed
+            && self.stats.diverged_len.load(Ordering::Relaxed) > 0
+        {
+            self.stats.with_diverged(|d| d.settle(*db, key));
+        }
     }
 }
 
@@ -300,8 +549,9 @@ async fn read_replies(
     mut reader: RawReader,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     window: Arc<Semaphore>,
-    stats: Arc<ReplayStats>,
-) -> Result<(), NetError> {
+    mut failures: Failures,
+) -> Result<(), ReplayError> {
+    let stats = failures.stats.clone();
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut closed = false;
     loop {
@@ -313,7 +563,8 @@ async fn read_replies(
             if front.replies > 0 {
                 break;
             }
-            let p = queue.pop_front().unwrap_or_else(|| unreachable!());
+            let Some(p) = queue.pop_front() else { break };
+            failures.completed(&p);
             // Shards share this counter: keep the furthest position for status reporting.
             stats.applied.fetch_max(p.seq + 1, Ordering::Release);
             if let Some(d) = p.done {
@@ -356,13 +607,8 @@ async fn read_replies(
             progressed = true;
             window.add_permits(1);
             stats.commands.fetch_add(1, Ordering::Relaxed);
-            if !s.errors.is_empty()
-                && let Ok(mut errs) = stats.errors.lock()
-            {
-                for e in s.errors {
-                    let code = e.split_whitespace().next().unwrap_or("ERR").to_string();
-                    *errs.entry(code).or_default() += 1;
-                }
+            for e in s.errors {
+                failures.error(front, e)?;
             }
         }
         if progressed {
@@ -372,7 +618,8 @@ async fn read_replies(
             return Err(NetError::Io {
                 endpoint: "target".into(),
                 message: "the target closed the replay connection".into(),
-            });
+            }
+            .into());
         }
     }
 }

@@ -3,16 +3,21 @@
 //! - [`rewrite`]: what cannot be repeated literally (relative TTLs, blocking pops, server
 //!   choices) is rewritten or marked for re-copy.
 //! - [`Replayer`]: the pipelined executor on the target.
+//! - [`policy`]: what an error reply from the target means (expected, transient, divergence).
 
 mod exec;
 mod mapping;
+pub mod policy;
 #[cfg(feature = "sqs")]
 pub mod remote;
 pub mod rewrite;
 mod shard;
 mod stitch;
 
-pub use exec::{DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, ReplayStats, Replayer};
+pub use exec::{
+    DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, RecopySender, ReplayError, ReplayStats, Replayer,
+    request_recopies,
+};
 pub use mapping::{Mapper, mixed_keys};
 pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
 pub use stitch::{

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{Op, ReplayStats, Replayer};
+use super::exec::{Op, ReplayStats, Replayer, request_recopies};
 use super::shard::shard_of;
 use super::stitch::recopy_request;
 use crate::command::{Argv, CommandTable, KeyRef};
@@ -420,6 +420,13 @@ pub struct WorkerReport {
     pub commands: u64,
     pub restores: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Error replies the source gave too (expected).
+    pub source_errors: u64,
+    /// Error replies only the target gave, by code.
+    pub target_errors: BTreeMap<String, u64>,
+    /// Keys this process saw fail only on the target and not restored since (their re-copies
+    /// were asked for; another process may have applied them).
+    pub diverged_keys: u64,
 }
 
 /// `ferry replay`: applies a split replay's operations to the target.
@@ -474,10 +481,15 @@ impl Worker {
         let (broken_tx, mut broken) = mpsc::unbounded_channel::<String>();
         let mut conns = Vec::new();
         let mut replayers = Vec::new();
+        // Keys that fail only on the target are re-copied through the capture process, like the
+        // keys of a batch in doubt.
+        let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
+        let recopies = tokio::spawn(request_recopies(self.source.clone(), recopy_rx));
         for _ in 0..self.cfg.connections.max(1) {
             let (tx, mut rx) = mpsc::channel::<Op>(4096);
             conns.push(tx);
-            let replayer = Replayer::new(self.target.clone());
+            let replayer = Replayer::new(self.target.clone())
+                .with_recopy(self.table.clone(), recopy_tx.clone());
             let stats = stats.clone();
             let broken = broken_tx.clone();
             replayers.push(tokio::spawn(async move {
@@ -544,8 +556,14 @@ impl Worker {
         for r in replayers {
             let _ = r.await;
         }
+        drop(recopy_tx);
+        let _ = recopies.await;
         if let Some(e) = failure {
             return Err(e);
+        }
+        let (diverged_keys, example) = stats.diverged_summary();
+        if let Some(example) = example {
+            tracing::warn!(diverged_keys, %example, "Keys failed only on the target; their re-copies were asked for, and may be applied by another replay process.");
         }
         Ok(WorkerReport {
             entries: counters.entries.load(Ordering::Relaxed),
@@ -557,6 +575,13 @@ impl Worker {
             commands: stats.commands.load(Ordering::Relaxed),
             restores: stats.restores.load(Ordering::Relaxed),
             errors: stats.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            source_errors: stats.source_errors.load(Ordering::Relaxed),
+            target_errors: stats
+                .target_errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            diverged_keys,
         })
     }
 }

@@ -7,6 +7,9 @@
 //!   waits at a barrier: every shard drains, the operation runs alone, then replay goes on.
 //! - A marker's barrier is answered once every shard has applied what came before it, without
 //!   holding the other operations back.
+//! - A connection that breaks (or meets a transient refusal such as `LOADING`) is reopened
+//!   after a growing, capped backoff; a resync is asked for only when commands may have been
+//!   lost, not for every failed attempt to reconnect.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -16,12 +19,20 @@ use std::time::Duration;
 use redis::cluster_routing::Slot;
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{Op, ReplayStats, Replayer};
+use super::exec::{Op, RecopySender, ReplayError, ReplayStats, Replayer};
+use super::policy::{ErrorClass, classify};
 use crate::command::{Argv, CommandTable};
 use crate::net::Endpoint;
 
 /// Default number of replay connections.
 pub const DEFAULT_SHARDS: usize = 4;
+
+/// First wait before a replay connection is reopened; it doubles up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Longest wait between attempts: a target back from a restart is found within this.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// A connection that lived this long was healthy: the next failure starts the backoff over.
+const HEALTHY_FOR: Duration = Duration::from_secs(30);
 
 /// The shard a key's operations go to: by hash slot, so a cluster's hash tags keep related keys
 /// together.
@@ -29,6 +40,30 @@ pub fn shard_of(key: &[u8], shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     Slot::for_key(key).hash(&mut h);
     (h.finish() % shards as u64) as usize
+}
+
+/// After a transient refusal, waits (backing off) until `PING` is no longer refused the same
+/// way, so that a loading target costs one resync, not one per attempt.
+async fn wait_ready(target: &Endpoint, delay: &mut Duration) {
+    loop {
+        let refused = match target.control().await {
+            Ok(mut con) => match redis::cmd("PING").query_async::<()>(&mut con).await {
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| classify(c) == ErrorClass::Transient) =>
+                {
+                    Some(e.to_string())
+                }
+                _ => None,
+            },
+            // Unreachable: the reconnect itself will back off.
+            Err(_) => None,
+        };
+        let Some(why) = refused else { return };
+        tracing::warn!(error = %why, delay_ms = delay.as_millis() as u64, "The target is not ready; waiting.");
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(MAX_RECONNECT_DELAY);
+    }
 }
 
 /// Which shard an operation belongs to; `None` when it needs the barrier.
@@ -64,7 +99,8 @@ fn route(
     if ok { shard } else { None }
 }
 
-/// Runs `shards` replay connections fed from `ops`; reports broken connections on `broken`.
+/// Runs `shards` replay connections fed from `ops`; reports connections that lost commands on
+/// `broken`, and the keys of target-only failures on `recopy`.
 pub async fn run_sharded(
     target: Endpoint,
     shards: usize,
@@ -72,6 +108,7 @@ pub async fn run_sharded(
     mut ops: mpsc::Receiver<Op>,
     stats: Arc<ReplayStats>,
     broken: mpsc::UnboundedSender<String>,
+    recopy: RecopySender,
 ) {
     let shards = shards.max(1);
     let mut senders = Vec::with_capacity(shards);
@@ -81,14 +118,27 @@ pub async fn run_sharded(
         let target = target.clone();
         let stats = stats.clone();
         let broken = broken.clone();
+        let replayer = Replayer::new(target).with_recopy(table.clone(), recopy.clone());
         tokio::spawn(async move {
-            let replayer = Replayer::new(target);
+            let mut delay = FIRST_RECONNECT_DELAY;
             loop {
+                let started = std::time::Instant::now();
                 match replayer.run(&mut rx, stats.clone()).await {
                     Ok(()) => return,
                     Err(e) => {
-                        let _ = broken.send(e.to_string());
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if started.elapsed() >= HEALTHY_FOR {
+                            delay = FIRST_RECONNECT_DELAY;
+                        }
+                        if e.lost_writes() {
+                            let _ = broken.send(e.to_string());
+                        } else {
+                            tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "Replay cannot reach the target; retrying.");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                        if matches!(e, ReplayError::Transient { .. }) {
+                            wait_ready(replayer.target(), &mut delay).await;
+                        }
                     }
                 }
             }

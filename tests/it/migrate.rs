@@ -381,3 +381,5 @@ fn issue4_small_command_backlog_does_not_stall_replay() {
     assert_eq!(len, 50_000);
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
+
+mod live;
