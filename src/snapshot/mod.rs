@@ -18,6 +18,7 @@
 
 mod checkpoint;
 pub mod chunked;
+mod limit;
 mod live;
 mod progress;
 mod worker;
@@ -34,6 +35,7 @@ use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
+pub use limit::RateLimiter;
 pub use live::{DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier};
 pub(crate) use live::{FencedReader, next_read_id};
 
@@ -283,28 +285,6 @@ enum Event {
     Fatal(SnapshotError),
 }
 
-/// Limits the command rate on the source across all workers.
-#[derive(Debug)]
-struct RateLimiter {
-    per_sec: u64,
-    next: Mutex<Instant>,
-}
-
-impl RateLimiter {
-    async fn acquire(&self, ops: u64) {
-        let wait = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(ops as f64 / self.per_sec as f64);
-            start - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 /// Runs snapshots.
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -410,12 +390,10 @@ impl Snapshotter {
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(self.cfg.workers * 2);
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
         let batch_rx = Arc::new(Mutex::new(batch_rx));
-        let limiter = self.cfg.max_source_ops.map(|per_sec| {
-            Arc::new(RateLimiter {
-                per_sec: per_sec.max(1),
-                next: Mutex::new(Instant::now()),
-            })
-        });
+        let limiter = self
+            .cfg
+            .max_source_ops
+            .map(|per_sec| Arc::new(RateLimiter::new(per_sec)));
         let shared = Arc::new(worker::Shared::new(
             self.source.clone(),
             self.target.clone(),

@@ -9,7 +9,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Mutex, mpsc};
 
-use super::chunked::{KeyType, copy_chunked};
+use super::chunked::{ChunkedOptions, KeyType, copy_chunked};
 use super::{
     Batch, BatchStats, Event, FailedKey, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
 };
@@ -316,6 +316,8 @@ impl Worker {
             stats.skipped_expired += 1;
             return Ok(());
         }
+        let opts =
+            ChunkedOptions::new(self.shared.cfg.chunk).with_limiter(self.shared.limiter.clone());
         match copy_chunked(
             &mut self.src,
             &mut self.dst,
@@ -323,7 +325,7 @@ impl Worker {
             key,
             kt,
             expire_at_ms,
-            self.shared.cfg.chunk,
+            &opts,
         )
         .await
         {

@@ -211,3 +211,40 @@ fn snapshot_resumes_after_kill_9() {
     );
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
+
+/// Regression (snapshot audit): `--max-source-ops` did not pace chunked copies.
+#[test]
+fn max_source_ops_paces_chunked_copies() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    for start in (0..100_000).step_by(1000) {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg("big:list");
+        for i in start..start + 1000 {
+            cmd.arg(format!("item:{i}"));
+        }
+        let _: () = cmd.query(&mut con).unwrap();
+    }
+    let per_sec = 50;
+    let started = Instant::now();
+    let r = snapshot(
+        &source,
+        &target,
+        &[
+            "--type-aware",
+            "--workers",
+            "1",
+            "--max-source-ops",
+            &per_sec.to_string(),
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(r["chunked_keys"], 1, "{r}");
+    // At least 101 LRANGE windows (the last one empty) besides SCAN and the TYPE fence; the
+    // first op is free. Sleeps never end early, so half the minimum cannot flake, and an
+    // unpaced copy of 100k short items takes well under it.
+    let minimum = Duration::from_secs_f64(100.0 / per_sec as f64);
+    assert!(elapsed >= minimum / 2, "{elapsed:?} < {minimum:?} / 2");
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
