@@ -14,7 +14,9 @@
 //!   [`chunked::copy_chunked`] with bounded memory.
 //! - A failed key is recorded with its reason and the run goes on; the report says what failed.
 //! - With a state dir, progress is checkpointed (per-db `SCAN` cursor below which every batch is
-//!   done); a rerun resumes there instead of starting over.
+//!   done, and the failed keys below it); a rerun resumes there instead of starting over, and
+//!   first retries the keys that failed. A run that ends with failures leaves the checkpoint
+//!   open, so the rerun resumes rather than starting over.
 
 mod checkpoint;
 pub mod chunked;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
+use crate::escape::Quoted;
 use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
@@ -147,6 +150,9 @@ pub struct SnapshotReport {
     pub chunked_keys: u64,
     /// Keys that expired before they could be restored.
     pub skipped_expired: u64,
+    /// Keys that an earlier run in the same state dir failed and this run tried again (they
+    /// count in `keys` once copied, in `failed` if they failed again).
+    pub retried: u64,
     /// Keys deleted on the source between `SCAN` and the read.
     pub vanished: u64,
     /// Failed keys, counted by reason.
@@ -207,7 +213,11 @@ impl SnapshotReport {
         for f in o.failed {
             *self.failed.entry(f.reason.clone()).or_default() += 1;
             if self.failed_keys.len() < 100 {
-                self.failed_keys.push(f);
+                self.failed_keys.push(FailedKey {
+                    db: f.db,
+                    key: Quoted(&f.key).to_string(),
+                    reason: f.reason,
+                });
             }
         }
     }
@@ -240,6 +250,9 @@ struct Batch {
     keys: Vec<Vec<u8>>,
     /// Keys from the target sweep: read only those the source scan did not.
     sweep: bool,
+    /// Keys an earlier run failed, from the checkpoint rather than a `SCAN`; `seq` counts
+    /// these batches on their own.
+    retry: bool,
 }
 
 /// One pass of the scanner: a db on the source, or on the target for the sweep.
@@ -259,7 +272,15 @@ struct BatchStats {
     chunked_keys: u64,
     skipped_expired: u64,
     vanished: u64,
-    failed: Vec<FailedKey>,
+    failed: Vec<Failure>,
+}
+
+/// One failed key as a worker reports it: the raw key, so the checkpoint can retry it.
+#[derive(Debug)]
+struct Failure {
+    db: u32,
+    key: Vec<u8>,
+    reason: String,
 }
 
 /// Messages to the coordinator.
@@ -278,6 +299,7 @@ enum Event {
     Done {
         db: u32,
         sweep: bool,
+        retry: bool,
         seq: u64,
         stats: BatchStats,
     },
@@ -417,7 +439,32 @@ impl Snapshotter {
             cursor: 0,
             sweep: true,
         }));
+        // Keys an earlier run failed go first, before the scan passes them again or not.
+        let mut retries: BTreeMap<u64, (u32, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (db, keys) in checkpoint.failed_keys() {
+            for part in keys.chunks(self.cfg.batch_keys.max(1)) {
+                retries.insert(retries.len() as u64, (db, part.to_vec()));
+            }
+        }
+        if !retries.is_empty() {
+            report.retried = retries.values().map(|(_, k)| k.len() as u64).sum();
+            tracing::info!(
+                keys = report.retried,
+                "Retrying the keys that failed in the previous run."
+            );
+        }
+        let retry_batches: Vec<Batch> = retries
+            .iter()
+            .map(|(seq, (db, keys))| Batch {
+                db: *db,
+                seq: *seq,
+                keys: keys.clone(),
+                sweep: false,
+                retry: true,
+            })
+            .collect();
         let scanner = tokio::spawn(scan_all(
+            retry_batches,
             scan_plan,
             self.cfg.scan_count,
             self.cfg.batch_keys,
@@ -468,17 +515,37 @@ impl Snapshotter {
                 Event::Done {
                     db,
                     sweep,
+                    retry,
                     seq,
                     stats,
                 } => {
                     progress.advance(stats.keys + stats.skipped_expired + stats.vanished);
                     checkpoint.add_keys(stats.keys);
-                    report.absorb(stats);
-                    let wm = watermarks.entry((sweep, db)).or_default();
-                    wm.done(seq);
-                    if !sweep {
-                        checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                    if retry {
+                        // Forget the batch, then record what failed again; that always fits.
+                        for key in retries.remove(&seq).map(|(_, k)| k).unwrap_or_default() {
+                            checkpoint.clear_failed(db, &key);
+                        }
+                        for f in &stats.failed {
+                            checkpoint.record_failed(f.db, &f.key);
+                        }
+                    } else {
+                        // Record before the cursor moves past the batch: both land in the
+                        // same write of the checkpoint.
+                        let mut recorded = true;
+                        for f in &stats.failed {
+                            recorded &= checkpoint.record_failed(f.db, &f.key);
+                        }
+                        if !recorded {
+                            checkpoint.pin(db);
+                        }
+                        let wm = watermarks.entry((sweep, db)).or_default();
+                        wm.done(seq);
+                        if !sweep {
+                            checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                        }
                     }
+                    report.absorb(stats);
                 }
                 Event::Fatal(e) => {
                     // Stop handing out work; workers finish what they hold.
@@ -506,8 +573,10 @@ impl Snapshotter {
     }
 }
 
-/// Walks every pass of the plan with `SCAN` from its cursor and feeds batches to the workers.
+/// Feeds the retry batches to the workers, then walks every pass of the plan with `SCAN` from
+/// its cursor and feeds those batches.
 async fn scan_all(
+    retries: Vec<Batch>,
     plan: Vec<ScanPass>,
     scan_count: usize,
     batch_keys: usize,
@@ -516,6 +585,11 @@ async fn scan_all(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let result = async {
+        for batch in retries {
+            if batches.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
         for pass in plan {
             let ScanPass {
                 endpoint,
@@ -563,6 +637,7 @@ async fn scan_all(
                         seq,
                         keys: part,
                         sweep,
+                        retry: false,
                     };
                     if batches.send(batch).await.is_err() {
                         return Ok(());

@@ -11,9 +11,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::chunked::{ChunkedOptions, KeyType, copy_chunked};
 use super::{
-    Batch, BatchStats, Event, FailedKey, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
+    Batch, BatchStats, Event, Failure, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
 };
-use crate::escape::Quoted;
 use crate::net::Endpoint;
 
 /// Attempts per batch before a connection problem stops the snapshot.
@@ -277,9 +276,9 @@ impl Worker {
                     }
                     rejected.push(c.key);
                 }
-                Some(msg) => stats.failed.push(FailedKey {
+                Some(msg) => stats.failed.push(Failure {
                     db: c.db,
-                    key: Quoted(&c.key).to_string(),
+                    key: c.key,
                     reason: format!("RESTORE {}", reason_of(&msg)),
                 }),
             }
@@ -298,9 +297,9 @@ impl Worker {
         self.shared.limit(4).await;
         let (ty, exp): (String, i64) = pipe.query_async(&mut self.src).await?;
         self.ordinal += 1;
-        let fail = |reason: String| FailedKey {
+        let fail = |reason: String| Failure {
             db,
-            key: Quoted(key).to_string(),
+            key: key.to_vec(),
             reason,
         };
         if ty == "none" {
@@ -406,6 +405,7 @@ pub(super) async fn run(
                 let _ = events.send(Event::Done {
                     db: batch.db,
                     sweep: batch.sweep,
+                    retry: batch.retry,
                     seq: batch.seq,
                     stats,
                 });

@@ -248,3 +248,85 @@ fn max_source_ops_paces_chunked_copies() {
     assert!(elapsed >= minimum / 2, "{elapsed:?} < {minimum:?} / 2");
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
+
+/// Regression (snapshot audit): keys that failed sat below the saved `SCAN` cursor and were
+/// never recorded, so a resumed run exited 0 with "failed 0" while the target missed them.
+#[test]
+fn failed_keys_are_retried_by_the_resumed_run() {
+    let source = RedisServer::start();
+    let target = RedisServer::start_with(ServerOptions {
+        maxmemory: Some(8 << 20),
+        extra_config: vec!["maxmemory-policy noeviction".into()],
+        ..ServerOptions::default()
+    });
+    let mut con = source.conn();
+    let total = 2000u64;
+    let mut pipe = redis::pipe();
+    for i in 0..total {
+        pipe.cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(vec![b'x'; 16 * 1024])
+            .ignore();
+    }
+    pipe.exec(&mut con).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let common = [
+        "snapshot".to_string(),
+        "--source".into(),
+        source.url(),
+        "--target".into(),
+        target.url(),
+        "--quiet".into(),
+        "--state-dir".into(),
+        state.path().to_str().unwrap().to_string(),
+    ];
+    // Throttled so that the kill usually lands mid-run; if the run ends first (exit 2), the
+    // checkpoint must hold the failures all the same.
+    let mut child = ferry()
+        .args(&common)
+        .args(["--max-source-ops", "3000", "--batch", "16"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = state.path().join("snapshot.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no failed key was checkpointed");
+        std::thread::sleep(Duration::from_millis(50));
+        let failed = checkpoint.exists()
+            && report(&checkpoint)["failed"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+        if failed {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    eprintln!("first run: {status}");
+    let mut tcon = target.conn();
+    let copied: u64 = redis::cmd("DBSIZE").query(&mut tcon).unwrap();
+    assert!(copied < total, "the target is not short of keys: {copied}");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut tcon)
+        .unwrap();
+    let json = state.path().join("report.json");
+    let out = ferry()
+        .args(&common)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("failed 0"), "{stderr}");
+    let r = report(&json);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert!(r["retried"].as_u64().unwrap() > 0, "{r}");
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+    assert_eq!(report(&checkpoint)["complete"], true);
+}
