@@ -23,6 +23,7 @@ pub mod chunked;
 mod limit;
 mod live;
 mod progress;
+mod tempkeys;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -150,6 +151,8 @@ pub struct SnapshotReport {
     pub chunked_keys: u64,
     /// Keys that expired before they could be restored.
     pub skipped_expired: u64,
+    /// Temporary keys of chunked copies that a killed run left on the target, deleted at start.
+    pub leftover_temp_keys: u64,
     /// Keys that an earlier run in the same state dir failed and this run tried again (they
     /// count in `keys` once copied, in `failed` if they failed again).
     pub retried: u64,
@@ -396,6 +399,16 @@ impl Snapshotter {
             resumed: checkpoint.is_resumed(),
             ..SnapshotReport::default()
         };
+        if let (Some(dir), None) = (&self.cfg.state_dir, &live) {
+            // After the checkpoint accepted the state dir, so it is this target's.
+            report.leftover_temp_keys = tempkeys::sweep_leftovers(dir, &self.target).await?;
+            if report.leftover_temp_keys > 0 {
+                tracing::info!(
+                    keys = report.leftover_temp_keys,
+                    "Deleted temporary keys that an interrupted run left on the target."
+                );
+            }
+        }
         if report.resumed {
             tracing::info!(
                 keys_done = checkpoint.keys_done(),

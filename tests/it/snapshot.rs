@@ -330,3 +330,82 @@ fn failed_keys_are_retried_by_the_resumed_run() {
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
     assert_eq!(report(&checkpoint)["complete"], true);
 }
+
+/// Regression (snapshot audit): `kill -9` during a chunked copy left its temporary key
+/// (`{key}ferry-tmp:…`) on the target for good; the resumed run must delete it.
+#[test]
+fn resume_deletes_the_temp_key_of_a_killed_chunked_copy() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    for start in (0..300_000).step_by(1000) {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg("big:list");
+        for i in start..start + 1000 {
+            cmd.arg(format!("item:{i}"));
+        }
+        let _: () = cmd.query(&mut con).unwrap();
+    }
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("small:{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let common = [
+        "snapshot".to_string(),
+        "--source".into(),
+        source.url(),
+        "--target".into(),
+        target.url(),
+        "--quiet".into(),
+        "--type-aware".into(),
+        "--state-dir".into(),
+        state.path().to_str().unwrap().to_string(),
+    ];
+    // 300 windows at 100 reads/s: the copy takes about 3 s, and the kill waits for its temp key.
+    let mut child = ferry()
+        .args(&common)
+        .args(["--max-source-ops", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tcon = target.conn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let temp_keys = |tcon: &mut redis::Connection| -> Vec<Vec<u8>> {
+        redis::cmd("KEYS").arg("*ferry-tmp:*").query(tcon).unwrap()
+    };
+    while temp_keys(&mut tcon).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no temp key appeared on the target"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ferry ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = temp_keys(&mut tcon);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(b"{big:list}ferry-tmp:"), "{left:?}");
+
+    let json = state.path().join("report.json");
+    let out = ferry()
+        .args(&common)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r = report(&json);
+    assert_eq!(r["leftover_temp_keys"], 1, "{r}");
+    assert!(temp_keys(&mut tcon).is_empty());
+    // The oracle reports extra keys on the target too.
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
