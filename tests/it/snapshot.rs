@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::cli::{ferry, run_ferry};
-use crate::support::{Dataset, OracleOptions, RedisServer, ServerOptions, compare, fill};
+use crate::support::{
+    Dataset, OracleOptions, RedisServer, RespProxy, ServerOptions, compare, fill,
+};
 
 /// The acceptance dataset: all six types, TTLs, binary keys and values, 3 dbs, a 500k-element
 /// list, a 200k-field hash, and a stream with consumer groups.
@@ -28,28 +30,71 @@ fn report(path: &std::path::Path) -> serde_json::Value {
 }
 
 fn snapshot(source: &RedisServer, target: &RedisServer, extra: &[&str]) -> serde_json::Value {
+    snapshot_urls(&source.url(), &target.url(), extra).0
+}
+
+/// Runs `ferry snapshot`, asserts exit 0, and returns the JSON report and the summary line.
+fn snapshot_urls(source: &str, target: &str, extra: &[&str]) -> (serde_json::Value, Summary) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let mut args = vec![
         "snapshot",
         "--source",
-        &source.url(),
+        source,
         "--target",
-        &target.url(),
+        target,
         "--quiet",
         "--json",
         json.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run_ferry(&refs);
+    ];
+    args.extend(extra);
+    let out = run_ferry(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ferry snapshot failed: {stderr}");
     assert!(stderr.contains("Snapshot done"), "{stderr}");
-    report(&json)
+    (report(&json), Summary::parse(&stderr))
+}
+
+/// The fields of the summary line `ferry snapshot` prints last.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    keys: u64,
+    chunked: u64,
+    expired: u64,
+    vanished: u64,
+    failed: u64,
+}
+
+impl Summary {
+    /// Parses `Snapshot …: N keys, … MB in … s (… keys/s); chunked N; skipped N expired,
+    /// N vanished; failed N[ (…)]`.
+    #[track_caller]
+    fn parse(stderr: &str) -> Summary {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("Snapshot "))
+            .unwrap_or_else(|| panic!("no summary line in {stderr}"));
+        let num = |text: &str, before: &str| -> u64 {
+            let at = text
+                .find(before)
+                .unwrap_or_else(|| panic!("no {before:?} in {line}"));
+            let digits: String = text[at + before.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("no number after {before:?} in {line}"))
+        };
+        let keys = line.split(": ").nth(1).unwrap_or_default();
+        Summary {
+            keys: num(keys, ""),
+            chunked: num(line, "; chunked "),
+            expired: num(line, "; skipped "),
+            vanished: num(line, " expired, "),
+            failed: num(line, "; failed "),
+        }
+    }
 }
 
 #[test]
@@ -57,9 +102,20 @@ fn snapshot_from_a_plain_source_is_exact() {
     let source = RedisServer::start();
     let target = RedisServer::start();
     let filled = fill(&source, &dataset());
-    let r = snapshot(&source, &target, &[]);
-    assert_eq!(r["keys"].as_u64().unwrap() as usize, filled.total_keys());
+    let (r, summary) = snapshot_urls(&source.url(), &target.url(), &[]);
+    let total = filled.total_keys() as u64;
+    assert_eq!(r["keys"].as_u64().unwrap(), total);
     assert_eq!(r["failed_keys"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        summary,
+        Summary {
+            keys: total,
+            chunked: 0,
+            expired: 0,
+            vanished: 0,
+            failed: 0
+        }
+    );
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
 
@@ -407,5 +463,36 @@ fn resume_deletes_the_temp_key_of_a_killed_chunked_copy() {
     assert_eq!(r["leftover_temp_keys"], 1, "{r}");
     assert!(temp_keys(&mut tcon).is_empty());
     // The oracle reports extra keys on the target too.
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
+
+/// A target that rejects every `RESTORE` as a newer payload version (a proxy in front of a real
+/// server) gets every key type-aware, and the rejected `RESTORE`s are not failures.
+#[test]
+fn a_target_rejecting_the_payload_version_gets_every_key_type_aware() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let proxy = RespProxy::rejecting_restore(&target);
+    let filled = fill(&source, &Dataset::tiny());
+    let total = filled.total_keys() as u64;
+    for ty in ["string", "list", "set", "zset", "hash", "stream"] {
+        assert!(filled.types.get(ty).is_some_and(|n| *n > 0), "no {ty} key");
+    }
+    let (r, summary) = snapshot_urls(&source.url(), &proxy.url(), &[]);
+    assert!(proxy.rejected() > 0, "no RESTORE reached the proxy");
+    assert_eq!(
+        summary,
+        Summary {
+            keys: total,
+            chunked: total,
+            expired: 0,
+            vanished: 0,
+            failed: 0
+        }
+    );
+    assert_eq!(r["chunked_keys"].as_u64().unwrap(), total, "{r}");
+    assert_eq!(r["failed"], serde_json::json!({}), "{r}");
+    // Behind the proxy, the real target holds every key, streams with their groups and
+    // pending entries included.
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
