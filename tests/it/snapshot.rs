@@ -184,6 +184,13 @@ fn failed_keys_are_reported_with_exit_code_2() {
     let copied = r["keys"].as_u64().unwrap();
     assert!(failed > 0 && copied > 0, "{r}");
     assert_eq!(failed + copied, 400, "{r}");
+    let summary = Summary::parse(&stderr);
+    assert_eq!((summary.keys, summary.failed), (copied, failed), "{stderr}");
+    assert_eq!((summary.expired, summary.vanished), (0, 0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("failed {failed} ({failed} RESTORE OOM)")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -495,4 +502,27 @@ fn a_target_rejecting_the_payload_version_gets_every_key_type_aware() {
     // Behind the proxy, the real target holds every key, streams with their groups and
     // pending entries included.
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
+
+#[test]
+fn db_flags_copy_only_the_chosen_dbs() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let filled = fill(&source, &Dataset::tiny());
+    let chosen = filled.keys[&0] as u64 + filled.keys[&2] as u64;
+    let (r, summary) = snapshot_urls(&source.url(), &target.url(), &["--db", "0", "--db", "2"]);
+    assert_eq!(r["keys"].as_u64().unwrap(), chosen, "{r}");
+    assert_eq!(summary.keys, chosen);
+    assert_eq!(summary.failed, 0);
+    let keyspace: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query(&mut target.conn())
+        .unwrap();
+    assert!(!keyspace.contains("db1:"), "db 1 was copied: {keyspace}");
+    compare(
+        &source.url(),
+        &target.url(),
+        &OracleOptions::with_dbs([0, 2]),
+    )
+    .assert_identical();
 }
