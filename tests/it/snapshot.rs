@@ -372,13 +372,25 @@ fn failed_keys_are_retried_by_the_resumed_run() {
     let copied: u64 = redis::cmd("DBSIZE").query(&mut tcon).unwrap();
     assert!(copied < total, "the target is not short of keys: {copied}");
 
+    // Still out of memory: the retried keys fail again, are reported, and the exit code says so.
+    let json = state.path().join("report.json");
+    let out = ferry()
+        .args(&common)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let r = report(&json);
+    assert!(r["retried"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["failed"]["RESTORE OOM"].as_u64().unwrap() > 0, "{r}");
+
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
         .arg("0")
         .query(&mut tcon)
         .unwrap();
-    let json = state.path().join("report.json");
     let out = ferry()
         .args(&common)
         .args(["--json", json.to_str().unwrap()])
