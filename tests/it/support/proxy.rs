@@ -127,12 +127,26 @@ fn serve(client: TcpStream, server: TcpStream, counters: Arc<Counters>) {
     let (Ok(client_out), Ok(server_in)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
+    let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    // Either side ending ends the connection: a client waiting for replies must see EOF, not
+    // hang on a socket the proxy's bookkeeping still holds open.
+    let pair = Arc::new((c, s));
+    let close = |pair: &(TcpStream, TcpStream)| {
+        let _ = pair.0.shutdown(Shutdown::Both);
+        let _ = pair.1.shutdown(Shutdown::Both);
+    };
     let (tx, rx) = mpsc::channel::<Item>();
+    let pair2 = pair.clone();
     std::thread::spawn(move || {
         let _ = requests(client, server, tx, &counters);
+        close(&pair);
     });
     std::thread::spawn(move || {
-        let _ = replies(server_in, client_out, rx);
+        if replies(server_in, client_out, rx).is_err() {
+            close(&pair2);
+        }
     });
 }
 
