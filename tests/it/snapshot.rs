@@ -450,10 +450,11 @@ fn resume_deletes_the_temp_key_of_a_killed_chunked_copy() {
         .unwrap();
     let mut tcon = target.conn();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let temp_keys = |tcon: &mut redis::Connection| -> Vec<Vec<u8>> {
-        redis::cmd("KEYS").arg("*ferry-tmp:*").query(tcon).unwrap()
+    // Small keys get temporary keys too (every key is type-aware here); wait for the list's.
+    let temp_keys = |tcon: &mut redis::Connection, pattern: &str| -> Vec<Vec<u8>> {
+        redis::cmd("KEYS").arg(pattern).query(tcon).unwrap()
     };
-    while temp_keys(&mut tcon).is_empty() {
+    while temp_keys(&mut tcon, "{big:list}ferry-tmp:*").is_empty() {
         assert!(
             Instant::now() < deadline,
             "no temp key appeared on the target"
@@ -466,9 +467,11 @@ fn resume_deletes_the_temp_key_of_a_killed_chunked_copy() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let left = temp_keys(&mut tcon);
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].starts_with(b"{big:list}ferry-tmp:"), "{left:?}");
+    let left = temp_keys(&mut tcon, "*ferry-tmp:*");
+    assert!(
+        left.iter().any(|k| k.starts_with(b"{big:list}ferry-tmp:")),
+        "{left:?}"
+    );
 
     let json = state.path().join("report.json");
     let out = ferry()
@@ -479,8 +482,10 @@ fn resume_deletes_the_temp_key_of_a_killed_chunked_copy() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let r = report(&json);
-    assert_eq!(r["leftover_temp_keys"], 1, "{r}");
-    assert!(temp_keys(&mut tcon).is_empty());
+    // A write already sent when ferry died may still create a temp key after the KEYS above.
+    let swept = r["leftover_temp_keys"].as_u64().unwrap();
+    assert!(swept >= left.len() as u64, "{r}");
+    assert!(temp_keys(&mut tcon, "*ferry-tmp:*").is_empty());
     // The oracle reports extra keys on the target too.
     compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
 }
