@@ -43,7 +43,8 @@ pub struct SnapshotArgs {
     #[arg(long)]
     type_aware: bool,
 
-    /// Directory for the checkpoint; a rerun with the same directory resumes.
+    /// Directory for the checkpoint; a rerun with the same directory resumes, retries the keys
+    /// that failed, and deletes temporary keys that a killed run left on the target.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 

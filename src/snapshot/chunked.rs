@@ -16,12 +16,17 @@
 //!   (owner, delivery count, idle time up to the copy's duration), including pending entries
 //!   whose stream entry was deleted. Consumers' own idle (seen) times are not kept.
 //! - A key that is gone when the first read arrives is deleted on the target too.
+//! - Each window's read acquires its commands from the source's [`RateLimiter`], when one is
+//!   given, so `--max-source-ops` holds for big keys too.
 //! - On any failure the temporary key is deleted (best effort) and the target key is untouched.
-//!   If the future is dropped midway, the temporary key (`…ferry-tmp:<hex>`) stays behind.
+//!   If the future is dropped midway (or the process killed), the temporary key
+//!   (`…ferry-tmp:<hex>`) stays behind; callers that must clean up pick its name with
+//!   [`temp_key`], record it, and pass it in [`ChunkedOptions::temp_key`].
 
 use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +34,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_routing::Slot;
 use redis::{Pipeline, RedisError, Value};
 
+use super::RateLimiter;
 use crate::escape::Quoted;
 
 /// Redis value types.
@@ -84,11 +90,48 @@ pub enum ChunkedError {
     Reply { key: Vec<u8>, detail: String },
 }
 
+/// How one chunked copy runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChunkedOptions {
+    /// Elements per window; a string window is `chunk*64` bytes.
+    pub chunk: usize,
+    /// Paces the reads on the source: each window's read acquires as many ops as it sends
+    /// commands (`MULTI`/`EXEC` included). `None` reads as fast as the source answers.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The temporary key on the target; `None` picks a fresh one with [`temp_key`]. It must be
+    /// in the hash slot of the key (as [`temp_key`] makes it) and must not exist.
+    pub temp_key: Option<Vec<u8>>,
+}
+
+impl ChunkedOptions {
+    /// Windows of `chunk` elements, no pacing, a fresh temporary key.
+    pub fn new(chunk: usize) -> ChunkedOptions {
+        ChunkedOptions {
+            chunk,
+            limiter: None,
+            temp_key: None,
+        }
+    }
+
+    /// Paces the source reads with `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> ChunkedOptions {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Builds the value under `tmp` (from [`temp_key`]).
+    pub fn with_temp_key(mut self, tmp: Vec<u8>) -> ChunkedOptions {
+        self.temp_key = Some(tmp);
+        self
+    }
+}
+
 /// Copies `read_key` on the source (db already selected on `src`) into `key` on the target
-/// (db already selected on `dst`), `chunk` elements (or bytes/`chunk*64` for strings) at a time.
-/// The value is built under a temporary key on the target and renamed over `key` at the end,
-/// so the target never shows a half-copied key; the expiry `expire_at_ms` (absolute unix ms,
-/// None = persistent) is applied in the same MULTI as the rename.
+/// (db already selected on `dst`), `opts.chunk` elements (or `chunk*64` bytes of a string) at
+/// a time. The value is built under a temporary key on the target and renamed over `key` at
+/// the end, so the target never shows a half-copied key; the expiry `expire_at_ms` (absolute
+/// unix ms, None = persistent) is applied in the same MULTI as the rename.
 /// `read_key` may differ from `key` (ferry may read from a frozen copy on the source).
 pub async fn copy_chunked(
     src: &mut MultiplexedConnection,
@@ -97,10 +140,10 @@ pub async fn copy_chunked(
     key: &[u8],
     ty: KeyType,
     expire_at_ms: Option<i64>,
-    chunk: usize,
+    opts: &ChunkedOptions,
 ) -> Result<ChunkedStats, ChunkedError> {
-    let tmp = temp_key(key);
-    let chunk = chunk.max(1);
+    let tmp = opts.temp_key.clone().unwrap_or_else(|| temp_key(key));
+    let chunk = opts.chunk.max(1);
     let mut copier: Box<dyn Copier + Send> = match ty {
         KeyType::String => Box::new(StringCopier::new(read_key, &tmp, chunk.saturating_mul(64))),
         KeyType::List => Box::new(ListCopier::new(read_key, &tmp, chunk)),
@@ -110,7 +153,18 @@ pub async fn copy_chunked(
         KeyType::Stream => Box::new(StreamCopier::new(read_key, &tmp, chunk)),
     };
     let mut stats = ChunkedStats::default();
-    let result = match drive(src, dst, copier.as_mut(), &mut stats, read_key, key).await {
+    let limiter = opts.limiter.as_deref();
+    let result = match drive(
+        src,
+        dst,
+        copier.as_mut(),
+        &mut stats,
+        limiter,
+        read_key,
+        key,
+    )
+    .await
+    {
         Ok(()) if copier.found() => finish(dst, &tmp, key, expire_at_ms).await,
         Ok(()) => {
             // The source no longer has the key, so neither may the target.
@@ -142,6 +196,7 @@ async fn drive(
     dst: &mut MultiplexedConnection,
     copier: &mut (dyn Copier + Send),
     stats: &mut ChunkedStats,
+    limiter: Option<&RateLimiter>,
     read_key: &[u8],
     key: &[u8],
 ) -> Result<(), ChunkedError> {
@@ -159,7 +214,13 @@ async fn drive(
         };
         let read_fut = async {
             match read {
-                Some(pipe) => pipe.query_async::<Vec<Value>>(src).await.map(Some),
+                Some(pipe) => {
+                    // Paced inside the read so that the previous window's write goes on meanwhile.
+                    if let Some(l) = limiter {
+                        l.acquire(RateLimiter::ops_of(&pipe)).await;
+                    }
+                    pipe.query_async::<Vec<Value>>(src).await.map(Some)
+                }
                 None => Ok(None),
             }
         };
@@ -900,8 +961,8 @@ fn parse_pending(reply: Value) -> Result<Vec<Pending>, ReadError> {
 // Temporary key
 
 /// A fresh key name in the same cluster hash slot as `key`, so that `RENAME` works on cluster
-/// targets too.
-fn temp_key(key: &[u8]) -> Vec<u8> {
+/// targets too: `{tag}ferry-tmp:<16 hex digits>`.
+pub fn temp_key(key: &[u8]) -> Vec<u8> {
     let suffix = format!("ferry-tmp:{:016x}", random_u64());
     let tag: Option<Vec<u8>> = match hash_tag(key) {
         Some(tag) => Some(tag.to_vec()),
@@ -1108,7 +1169,7 @@ mod tests {
             b"k",
             KeyType::Stream,
             None,
-            1,
+            &ChunkedOptions::new(1),
         ));
     }
 

@@ -432,6 +432,7 @@ pub(super) async fn run_worker(
         let _ = events.send(super::Event::Done {
             db: batch.db,
             sweep: batch.sweep,
+            retry: batch.retry,
             seq: batch.seq,
             stats,
         });

@@ -14,12 +14,16 @@
 //!   [`chunked::copy_chunked`] with bounded memory.
 //! - A failed key is recorded with its reason and the run goes on; the report says what failed.
 //! - With a state dir, progress is checkpointed (per-db `SCAN` cursor below which every batch is
-//!   done); a rerun resumes there instead of starting over.
+//!   done, and the failed keys below it); a rerun resumes there instead of starting over, and
+//!   first retries the keys that failed. A run that ends with failures leaves the checkpoint
+//!   open, so the rerun resumes rather than starting over.
 
 mod checkpoint;
 pub mod chunked;
+mod limit;
 mod live;
 mod progress;
+mod tempkeys;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -30,10 +34,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
+use crate::escape::Quoted;
 use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
+pub use limit::RateLimiter;
 pub use live::{DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier};
 pub(crate) use live::{FencedReader, next_read_id};
 
@@ -145,6 +151,11 @@ pub struct SnapshotReport {
     pub chunked_keys: u64,
     /// Keys that expired before they could be restored.
     pub skipped_expired: u64,
+    /// Temporary keys of chunked copies that a killed run left on the target, deleted at start.
+    pub leftover_temp_keys: u64,
+    /// Keys that an earlier run in the same state dir failed and this run tried again (they
+    /// count in `keys` once copied, in `failed` if they failed again).
+    pub retried: u64,
     /// Keys deleted on the source between `SCAN` and the read.
     pub vanished: u64,
     /// Failed keys, counted by reason.
@@ -205,7 +216,11 @@ impl SnapshotReport {
         for f in o.failed {
             *self.failed.entry(f.reason.clone()).or_default() += 1;
             if self.failed_keys.len() < 100 {
-                self.failed_keys.push(f);
+                self.failed_keys.push(FailedKey {
+                    db: f.db,
+                    key: Quoted(&f.key).to_string(),
+                    reason: f.reason,
+                });
             }
         }
     }
@@ -238,6 +253,9 @@ struct Batch {
     keys: Vec<Vec<u8>>,
     /// Keys from the target sweep: read only those the source scan did not.
     sweep: bool,
+    /// Keys an earlier run failed, from the checkpoint rather than a `SCAN`; `seq` counts
+    /// these batches on their own.
+    retry: bool,
 }
 
 /// One pass of the scanner: a db on the source, or on the target for the sweep.
@@ -257,7 +275,15 @@ struct BatchStats {
     chunked_keys: u64,
     skipped_expired: u64,
     vanished: u64,
-    failed: Vec<FailedKey>,
+    failed: Vec<Failure>,
+}
+
+/// One failed key as a worker reports it: the raw key, so the checkpoint can retry it.
+#[derive(Debug)]
+struct Failure {
+    db: u32,
+    key: Vec<u8>,
+    reason: String,
 }
 
 /// Messages to the coordinator.
@@ -276,33 +302,12 @@ enum Event {
     Done {
         db: u32,
         sweep: bool,
+        retry: bool,
         seq: u64,
         stats: BatchStats,
     },
     /// A worker or the scanner hit an error it cannot go on after.
     Fatal(SnapshotError),
-}
-
-/// Limits the command rate on the source across all workers.
-#[derive(Debug)]
-struct RateLimiter {
-    per_sec: u64,
-    next: Mutex<Instant>,
-}
-
-impl RateLimiter {
-    async fn acquire(&self, ops: u64) {
-        let wait = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(ops as f64 / self.per_sec as f64);
-            start - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
 }
 
 /// Runs snapshots.
@@ -394,6 +399,16 @@ impl Snapshotter {
             resumed: checkpoint.is_resumed(),
             ..SnapshotReport::default()
         };
+        if let (Some(dir), None) = (&self.cfg.state_dir, &live) {
+            // After the checkpoint accepted the state dir, so it is this target's.
+            report.leftover_temp_keys = tempkeys::sweep_leftovers(dir, &self.target).await?;
+            if report.leftover_temp_keys > 0 {
+                tracing::info!(
+                    keys = report.leftover_temp_keys,
+                    "Deleted temporary keys that an interrupted run left on the target."
+                );
+            }
+        }
         if report.resumed {
             tracing::info!(
                 keys_done = checkpoint.keys_done(),
@@ -410,12 +425,10 @@ impl Snapshotter {
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(self.cfg.workers * 2);
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
         let batch_rx = Arc::new(Mutex::new(batch_rx));
-        let limiter = self.cfg.max_source_ops.map(|per_sec| {
-            Arc::new(RateLimiter {
-                per_sec: per_sec.max(1),
-                next: Mutex::new(Instant::now()),
-            })
-        });
+        let limiter = self
+            .cfg
+            .max_source_ops
+            .map(|per_sec| Arc::new(RateLimiter::new(per_sec)));
         let shared = Arc::new(worker::Shared::new(
             self.source.clone(),
             self.target.clone(),
@@ -439,7 +452,32 @@ impl Snapshotter {
             cursor: 0,
             sweep: true,
         }));
+        // Keys an earlier run failed go first, before the scan passes them again or not.
+        let mut retries: BTreeMap<u64, (u32, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (db, keys) in checkpoint.failed_keys() {
+            for part in keys.chunks(self.cfg.batch_keys.max(1)) {
+                retries.insert(retries.len() as u64, (db, part.to_vec()));
+            }
+        }
+        if !retries.is_empty() {
+            report.retried = retries.values().map(|(_, k)| k.len() as u64).sum();
+            tracing::info!(
+                keys = report.retried,
+                "Retrying the keys that failed in the previous run."
+            );
+        }
+        let retry_batches: Vec<Batch> = retries
+            .iter()
+            .map(|(seq, (db, keys))| Batch {
+                db: *db,
+                seq: *seq,
+                keys: keys.clone(),
+                sweep: false,
+                retry: true,
+            })
+            .collect();
         let scanner = tokio::spawn(scan_all(
+            retry_batches,
             scan_plan,
             self.cfg.scan_count,
             self.cfg.batch_keys,
@@ -490,17 +528,37 @@ impl Snapshotter {
                 Event::Done {
                     db,
                     sweep,
+                    retry,
                     seq,
                     stats,
                 } => {
                     progress.advance(stats.keys + stats.skipped_expired + stats.vanished);
                     checkpoint.add_keys(stats.keys);
-                    report.absorb(stats);
-                    let wm = watermarks.entry((sweep, db)).or_default();
-                    wm.done(seq);
-                    if !sweep {
-                        checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                    if retry {
+                        // Forget the batch, then record what failed again; that always fits.
+                        for key in retries.remove(&seq).map(|(_, k)| k).unwrap_or_default() {
+                            checkpoint.clear_failed(db, &key);
+                        }
+                        for f in &stats.failed {
+                            checkpoint.record_failed(f.db, &f.key);
+                        }
+                    } else {
+                        // Record before the cursor moves past the batch: both land in the
+                        // same write of the checkpoint.
+                        let mut recorded = true;
+                        for f in &stats.failed {
+                            recorded &= checkpoint.record_failed(f.db, &f.key);
+                        }
+                        if !recorded {
+                            checkpoint.pin(db);
+                        }
+                        let wm = watermarks.entry((sweep, db)).or_default();
+                        wm.done(seq);
+                        if !sweep {
+                            checkpoint.set_db(db, wm.safe_cursor(), wm.complete());
+                        }
                     }
+                    report.absorb(stats);
                 }
                 Event::Fatal(e) => {
                     // Stop handing out work; workers finish what they hold.
@@ -528,8 +586,10 @@ impl Snapshotter {
     }
 }
 
-/// Walks every pass of the plan with `SCAN` from its cursor and feeds batches to the workers.
+/// Feeds the retry batches to the workers, then walks every pass of the plan with `SCAN` from
+/// its cursor and feeds those batches.
 async fn scan_all(
+    retries: Vec<Batch>,
     plan: Vec<ScanPass>,
     scan_count: usize,
     batch_keys: usize,
@@ -538,6 +598,11 @@ async fn scan_all(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let result = async {
+        for batch in retries {
+            if batches.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
         for pass in plan {
             let ScanPass {
                 endpoint,
@@ -585,6 +650,7 @@ async fn scan_all(
                         seq,
                         keys: part,
                         sweep,
+                        retry: false,
                     };
                     if batches.send(batch).await.is_err() {
                         return Ok(());

@@ -9,11 +9,11 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Mutex, mpsc};
 
-use super::chunked::{KeyType, copy_chunked};
+use super::chunked::{ChunkedOptions, KeyType, copy_chunked, temp_key};
+use super::tempkeys::TempKeys;
 use super::{
-    Batch, BatchStats, Event, FailedKey, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
+    Batch, BatchStats, Event, Failure, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
 };
-use crate::escape::Quoted;
 use crate::net::Endpoint;
 
 /// Attempts per batch before a connection problem stops the snapshot.
@@ -65,6 +65,8 @@ struct Worker {
     src_db: Option<u32>,
     dst_db: Option<u32>,
     ordinal: u64,
+    /// Kept across reconnects: a temporary key outlives the connection that made it.
+    temp: TempKeys,
 }
 
 /// A failure that may go away with a new connection.
@@ -99,7 +101,11 @@ fn reason_of(message: &str) -> String {
 }
 
 impl Worker {
-    async fn connect(id: u32, shared: Arc<Shared>) -> Result<Worker, SnapshotError> {
+    async fn connect(
+        id: u32,
+        shared: Arc<Shared>,
+        temp: TempKeys,
+    ) -> Result<Worker, SnapshotError> {
         let mut src = shared.source.control().await?;
         let dst = shared.target.control().await?;
         let addr = crate::net::client_addr(&mut src)
@@ -118,6 +124,7 @@ impl Worker {
             src_db: None,
             dst_db: None,
             ordinal: 0,
+            temp,
         })
     }
 
@@ -277,9 +284,9 @@ impl Worker {
                     }
                     rejected.push(c.key);
                 }
-                Some(msg) => stats.failed.push(FailedKey {
+                Some(msg) => stats.failed.push(Failure {
                     db: c.db,
-                    key: Quoted(&c.key).to_string(),
+                    key: c.key,
                     reason: format!("RESTORE {}", reason_of(&msg)),
                 }),
             }
@@ -298,9 +305,9 @@ impl Worker {
         self.shared.limit(4).await;
         let (ty, exp): (String, i64) = pipe.query_async(&mut self.src).await?;
         self.ordinal += 1;
-        let fail = |reason: String| FailedKey {
+        let fail = |reason: String| Failure {
             db,
-            key: Quoted(key).to_string(),
+            key: key.to_vec(),
             reason,
         };
         if ty == "none" {
@@ -316,17 +323,36 @@ impl Worker {
             stats.skipped_expired += 1;
             return Ok(());
         }
-        match copy_chunked(
+        // Recorded before it exists, so that a kill at any point leaves a name to delete.
+        let tmp = temp_key(key);
+        self.temp
+            .begin(db, &tmp)
+            .map_err(|e| Retry(e.to_string()))?;
+        let opts = ChunkedOptions::new(self.shared.cfg.chunk)
+            .with_limiter(self.shared.limiter.clone())
+            .with_temp_key(tmp.clone());
+        let result = copy_chunked(
             &mut self.src,
             &mut self.dst,
             key,
             key,
             kt,
             expire_at_ms,
-            self.shared.cfg.chunk,
+            &opts,
         )
-        .await
+        .await;
+        // On success the temporary key was renamed or deleted; after a failure the copy's own
+        // clean-up is best effort, so the record keeps the name unless this DEL confirms it.
+        if result.is_ok()
+            || redis::cmd("DEL")
+                .arg(&tmp)
+                .exec_async(&mut self.dst)
+                .await
+                .is_ok()
         {
+            self.temp.end(db, &tmp);
+        }
+        match result {
             // An empty stream is a real key with no entries; any other type with none vanished.
             Ok(s) if s.elements == 0 && kt != KeyType::Stream => stats.vanished += 1,
             Ok(s) => {
@@ -367,7 +393,8 @@ pub(super) async fn run(
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let mut worker = match Worker::connect(id, shared.clone()).await {
+    let temp = TempKeys::new(shared.cfg.state_dir.as_deref(), &shared.target, id);
+    let mut worker = match Worker::connect(id, shared.clone(), temp).await {
         Ok(w) => w,
         Err(e) => {
             let _ = events.send(Event::Fatal(e));
@@ -385,7 +412,8 @@ pub(super) async fn run(
                     tracing::warn!(worker = id, attempt, error = %msg, "Retrying a snapshot batch on new connections.");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                     attempt += 1;
-                    match Worker::connect(id, shared.clone()).await {
+                    let temp = std::mem::take(&mut worker.temp);
+                    match Worker::connect(id, shared.clone(), temp).await {
                         Ok(w) => worker = w,
                         Err(e) => break Err(e),
                     }
@@ -404,6 +432,7 @@ pub(super) async fn run(
                 let _ = events.send(Event::Done {
                     db: batch.db,
                     sweep: batch.sweep,
+                    retry: batch.retry,
                     seq: batch.seq,
                     stats,
                 });

@@ -1,8 +1,10 @@
 //! Type-aware chunked copy (`snapshot::chunked`) against real servers, checked by the oracle.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry::snapshot::chunked::{ChunkedError, ChunkedStats, KeyType, copy_chunked};
+use ferry::snapshot::RateLimiter;
+use ferry::snapshot::chunked::{ChunkedError, ChunkedOptions, ChunkedStats, KeyType, copy_chunked};
 use redis::{Connection, FromRedisValue, Value};
 
 use crate::support::fill::{Rng, now_ms};
@@ -106,7 +108,8 @@ fn copy_urls(
 ) -> Result<ChunkedStats, ChunkedError> {
     run(async {
         let (mut s, mut d) = (connect(src).await, connect(dst).await);
-        copy_chunked(&mut s, &mut d, read_key, key, ty, expire_at_ms, chunk).await
+        let opts = ChunkedOptions::new(chunk);
+        copy_chunked(&mut s, &mut d, read_key, key, ty, expire_at_ms, &opts).await
     })
 }
 
@@ -166,6 +169,47 @@ fn list_of_500k_elements() {
     let stats = timed("copy list", || copy_same(&src, &dst, b"big:list", CHUNK));
     assert_eq!(stats.elements, 500_000);
     assert!(stats.bytes > 500_000, "{stats:?}");
+    assert_same(&src, &dst, 1);
+}
+
+/// Regression (snapshot audit): `--max-source-ops` was ignored by chunked copies, whose reads
+/// went to the source unpaced.
+#[test]
+fn source_reads_are_paced_by_the_limiter() {
+    let (src, dst) = (RedisServer::start(), RedisServer::start());
+    let mut rng = Rng::new(11);
+    load(
+        &mut src.conn(),
+        variadic("RPUSH", b"big:list", 20_000, |i, c| {
+            c.arg(value(&mut rng, i));
+        }),
+    );
+    let per_sec = 40;
+    let limiter = Arc::new(RateLimiter::new(per_sec));
+    let started = Instant::now();
+    let stats = run(async {
+        let (mut s, mut d) = (connect(&src.url()).await, connect(&dst.url()).await);
+        let opts = ChunkedOptions::new(CHUNK).with_limiter(Some(limiter.clone()));
+        copy_chunked(
+            &mut s,
+            &mut d,
+            b"big:list",
+            b"big:list",
+            KeyType::List,
+            None,
+            &opts,
+        )
+        .await
+    })
+    .expect("chunked copy");
+    let elapsed = started.elapsed();
+    assert_eq!(stats.elements, 20_000);
+    // 20 full LRANGE windows and the empty one that ends the list: one op each.
+    assert_eq!(limiter.acquired(), 21);
+    // The first op is free, each later one waits 1/per_sec s. Sleeps never end early, so half
+    // the minimum cannot flake.
+    let minimum = Duration::from_secs_f64(20.0 / per_sec as f64);
+    assert!(elapsed >= minimum / 2, "{elapsed:?} < {minimum:?} / 2");
     assert_same(&src, &dst, 1);
 }
 

@@ -12,8 +12,8 @@ use crate::support::fill::{self, keys, now_ms};
 use crate::support::oracle::escape;
 use crate::support::server::info_field;
 use crate::support::{
-    Cluster, Dataset, DiffKind, OracleOptions, OracleReport, RedisServer, ServerOptions, compare,
-    compare_nodes,
+    Cluster, Dataset, DiffKind, OracleOptions, OracleReport, RedisServer, RespProxy, ServerOptions,
+    compare, compare_nodes,
 };
 
 fn q<T: FromRedisValue>(con: &mut Connection, cmd: &mut redis::Cmd) -> T {
@@ -824,4 +824,62 @@ fn oracle_compares_a_cluster_with_a_standalone_copy() {
         report.diffs_for(0, keys::SMALL_HASH).as_slice(),
         [DiffKind::Value { .. }]
     ));
+}
+
+#[test]
+fn resp_proxy_rejects_restore_and_keeps_pipelined_reply_order() {
+    let server = RedisServer::start();
+    let proxy = RespProxy::rejecting_restore(&server);
+    let mut con = redis::Client::open(proxy.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let replies: Vec<redis::Value> = redis::pipe()
+        .cmd("SET")
+        .arg("a")
+        .arg(vec![0u8, b'\r', b'\n', 255])
+        .cmd("RESTORE")
+        .arg("b")
+        .arg(0)
+        .arg("any payload")
+        .cmd("GET")
+        .arg("a")
+        .cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .cmd("HGETALL")
+        .arg("h")
+        .cmd("restore")
+        .arg("c")
+        .arg(0)
+        .arg("x")
+        .cmd("EXISTS")
+        .arg("b")
+        .ignore_errors()
+        .query(&mut con)
+        .unwrap();
+    let err = |v: &redis::Value| match v {
+        redis::Value::ServerError(e) => e.details().unwrap_or_default().to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(replies.len(), 7, "{replies:?}");
+    assert_eq!(replies[0], redis::Value::Okay);
+    assert_eq!(
+        err(&replies[1]),
+        "DUMP payload version or checksum are wrong"
+    );
+    assert_eq!(
+        replies[2],
+        redis::Value::BulkString(vec![0u8, b'\r', b'\n', 255])
+    );
+    assert_eq!(replies[3], redis::Value::Int(1));
+    assert_eq!(
+        err(&replies[5]),
+        "DUMP payload version or checksum are wrong"
+    );
+    assert_eq!(replies[6], redis::Value::Int(0));
+    assert_eq!(proxy.rejected(), 2);
+    // The redis-rs handshake may add requests of its own; the pipeline's five are there.
+    assert!(proxy.forwarded() >= 5);
 }

@@ -1,5 +1,6 @@
 //! Shared integration-test fixtures: real redis-server processes, clusters, a dataset filler,
-//! the oracle that compares two datasets, and moto (a local SQS).
+//! the oracle that compares two datasets, a RESP proxy that rejects `RESTORE`, and moto (a
+//! local SQS).
 #![allow(dead_code)]
 
 pub mod cluster;
@@ -7,6 +8,7 @@ pub mod fill;
 #[cfg(feature = "sqs")]
 pub mod moto;
 pub mod oracle;
+pub mod proxy;
 pub mod server;
 pub mod workload;
 
@@ -15,5 +17,6 @@ pub use fill::{Dataset, FillReport, fill, fill_cluster};
 #[cfg(feature = "sqs")]
 pub use moto::Moto;
 pub use oracle::{Diff, DiffKind, OracleOptions, OracleReport, compare, compare_nodes};
+pub use proxy::RespProxy;
 pub use server::{RedisServer, ServerOptions};
 pub use workload::{Workload, WorkloadOptions, WorkloadReport};
