@@ -686,7 +686,8 @@ impl Migration {
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
-        let recopy_requests = tokio::spawn(request_recopies(node.clone(), recopy_rx));
+        let recopy_requests =
+            tokio::spawn(request_recopies(node.clone(), recopy_rx, stats.clone()));
         #[cfg(feature = "sqs")]
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
@@ -1208,6 +1209,27 @@ impl Running {
                 ));
             }
             let deadline = Instant::now() + self.cfg.max_pause * 4;
+            // Re-copies replay asked for (a write applied after its key's expiry, a write the
+            // target alone refused) travel through the source's stream: wait until each is in
+            // it, then until the stitcher has read that far, so that the dirty set below
+            // includes them.
+            if self.stats.recopies_outstanding.load(Ordering::Relaxed) > 0
+                || self.stats.expiry_recopies.load(Ordering::Relaxed) > 0
+            {
+                while self.stats.recopies_outstanding.load(Ordering::Relaxed) > 0 {
+                    if Instant::now() > deadline {
+                        return Err(stage("final fence", "re-copy requests were not placed"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let requests = markers.place("requests-").await?;
+                if !shared.wait_marker(&requests, self.cfg.max_pause * 4).await {
+                    return Err(stage(
+                        "final fence",
+                        "replay did not reach the re-copy requests",
+                    ));
+                }
+            }
             while shared.dirty.load(Ordering::Relaxed) > 0
                 || shared.snapshot_mode.load(Ordering::Relaxed)
             {
@@ -1235,7 +1257,12 @@ impl Running {
                 ));
             }
             if let Some(n) = self.evictions.count().await {
-                let handled = self.evictions.swept_from.load(Ordering::Relaxed);
+                let ev = &self.evictions;
+                let handled = if ev.sweeping.load(Ordering::Relaxed) {
+                    ev.swept_from.load(Ordering::Relaxed)
+                } else {
+                    ev.baseline + ev.notified.load(Ordering::Relaxed)
+                };
                 if let Ok(mut r) = self.report.lock() {
                     r.evicted_keys = n.saturating_sub(self.evictions.baseline);
                     r.evicted_during_fence = n.saturating_sub(handled);

@@ -57,18 +57,39 @@ pub enum Op {
         cmds: Vec<Argv>,
         reply: oneshot::Sender<Vec<redis::Value>>,
     },
+    /// `op` reached a key that was alive on the source but expires at `expire_at_ms`. Applied
+    /// after that time (replay lags), it finds the key gone on the target and acts on nothing
+    /// (or creates a new key without a TTL): then `keys` (target keys it writes) are re-copied.
+    Expiring {
+        op: Box<Op>,
+        expire_at_ms: i64,
+        keys: Vec<(u32, Vec<u8>)>,
+    },
 }
 
 impl Op {
-    fn seq(&self) -> u64 {
+    /// The journal position this operation completes.
+    pub fn seq(&self) -> u64 {
         match self {
             Op::Cmd { seq, .. }
             | Op::Atomic { seq, .. }
             | Op::Restore { seq, .. }
             | Op::Barrier { seq, .. }
             | Op::Check { seq, .. } => *seq,
+            Op::Expiring { op, .. } => op.seq(),
         }
     }
+}
+
+/// How long before a key's expiry replay already treats it as possibly gone on the target: the
+/// time a sent command may wait in the target's input, plus clock skew between ferry and the
+/// target.
+pub const EXPIRY_MARGIN_MS: i64 = 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Counters shared with status reporting.
@@ -90,6 +111,10 @@ pub struct ReplayStats {
     pub diverged: Mutex<Diverged>,
     /// `diverged`'s size, read without the lock on the restore path.
     diverged_len: AtomicU64,
+    /// Keys re-copied because a write reached them after their expiry on the target.
+    pub expiry_recopies: AtomicU64,
+    /// Re-copy requests sent to the capture node's stream but not yet placed there.
+    pub recopies_outstanding: AtomicU64,
 }
 
 impl ReplayStats {
@@ -257,7 +282,24 @@ impl Replayer {
                 _ = pending_tx.closed() => break,
             };
             let mut next = Some(first);
-            while let Some(op) = next {
+            while let Some(mut op) = next {
+                if let Op::Expiring {
+                    op: inner,
+                    expire_at_ms,
+                    keys,
+                } = op
+                {
+                    if now_ms() + EXPIRY_MARGIN_MS >= expire_at_ms
+                        && let Some((_, tx)) = &self.recopy
+                    {
+                        for k in keys {
+                            stats.expiry_recopies.fetch_add(1, Ordering::Relaxed);
+                            stats.recopies_outstanding.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send(k);
+                        }
+                    }
+                    op = *inner;
+                }
                 let seq = op.seq();
                 let mut replies = 0;
                 let mut done = None;
@@ -318,6 +360,8 @@ impl Replayer {
                         origin = Origin::Restore(d, key);
                     }
                     Op::Barrier { done: d, .. } => done = Some(d),
+                    // Unwrapped above.
+                    Op::Expiring { .. } => {}
                     Op::Check {
                         db: d, cmds, reply, ..
                     } => {
@@ -397,12 +441,18 @@ impl Replayer {
 }
 
 /// Sends `ECHO ferry-recopy:<db>:<hex key>` on `node` (the capture node) for each key a
-/// [`Replayer`] found diverged: capture turns it into a re-copy at that point of the stream. A
-/// request that cannot be sent leaves the key in the diverged ledger, so a stop fails rather than
-/// hide it.
-pub async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>) {
+/// [`Replayer`] found diverged or applied a write to after its expiry: capture turns it into a
+/// re-copy at that point of the stream. A diverged key whose request cannot be sent stays in the
+/// diverged ledger, so a stop fails rather than hide it. `stats.recopies_outstanding` counts the
+/// requests not yet placed, so a final fence can wait for them.
+pub async fn request_recopies(
+    node: Endpoint,
+    mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
+    stats: Arc<ReplayStats>,
+) {
     let mut con = None;
     while let Some((db, key)) = keys.recv().await {
+        let _placed = Placed(&stats);
         let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
         echo.extend_from_slice(super::stitch::recopy_request(db, &key).as_bytes());
         // One reconnect: the connection may have been idle long enough to be dropped.
@@ -419,6 +469,15 @@ pub async fn request_recopies(node: Endpoint, mut keys: mpsc::UnboundedReceiver<
                 }
             }
         }
+    }
+}
+
+/// Counts a re-copy request as placed (or given up) when dropped.
+struct Placed<'a>(&'a ReplayStats);
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        self.0.recopies_outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -493,6 +552,9 @@ impl Failures {
         }
         if let Some((_, tx)) = &self.recopy {
             for r in requests {
+                self.stats
+                    .recopies_outstanding
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(r);
             }
         }

@@ -6,6 +6,7 @@
 //! - [`policy`]: what an error reply from the target means (expected, transient, divergence).
 
 mod exec;
+mod expiry;
 mod mapping;
 pub mod policy;
 #[cfg(feature = "sqs")]

@@ -255,6 +255,8 @@ impl Publisher {
                 .map_or(0, |k| shard_of(argv.get(k.pos).unwrap_or_default(), shards))
         };
         match op {
+            // A replay process applies it later, without the expiry check (not carried yet).
+            Op::Expiring { op, .. } => self.route(*op, pending, keys),
             Op::Cmd { seq, db, argv } => {
                 let s = shard_of_cmd(&argv);
                 push(pending, s, seq, EntryKind::Write { db, argv });
@@ -484,7 +486,11 @@ impl Worker {
         // Keys that fail only on the target are re-copied through the capture process, like the
         // keys of a batch in doubt.
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
-        let recopies = tokio::spawn(request_recopies(self.source.clone(), recopy_rx));
+        let recopies = tokio::spawn(request_recopies(
+            self.source.clone(),
+            recopy_rx,
+            stats.clone(),
+        ));
         for _ in 0..self.cfg.connections.max(1) {
             let (tx, mut rx) = mpsc::channel::<Op>(4096);
             conns.push(tx);

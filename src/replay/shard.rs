@@ -73,6 +73,9 @@ fn route(
     shards: usize,
     keys: &mut Vec<crate::command::KeyRef>,
 ) -> Option<usize> {
+    if let Op::Expiring { op, .. } = op {
+        return route(table, op, shards, keys);
+    }
     let mut shard = None;
     let mut add = |s: usize| match shard {
         None => {
@@ -94,7 +97,7 @@ fn route(
         Op::Cmd { argv, .. } => command(argv),
         Op::Atomic { cmds, .. } => cmds.iter().all(|(_, a)| command(a)),
         Op::Restore { key, .. } | Op::Check { key, .. } => add(shard_of(key, shards)),
-        Op::Barrier { .. } => false,
+        Op::Barrier { .. } | Op::Expiring { .. } => false,
     };
     if ok { shard } else { None }
 }
@@ -183,13 +186,7 @@ pub async fn run_sharded(
                 }
                 // Everything before must be applied before this op, and this op before anything
                 // after it.
-                let seq = match &op {
-                    Op::Cmd { seq, .. }
-                    | Op::Atomic { seq, .. }
-                    | Op::Restore { seq, .. }
-                    | Op::Check { seq, .. }
-                    | Op::Barrier { seq, .. } => *seq,
-                };
+                let seq = op.seq();
                 let (sends, waits) = drain_all(&senders, seq);
                 for s in sends {
                     if !s.await {

@@ -11,6 +11,9 @@
 //!   without a line of its own), the eviction sweep one for a target key the source evicted.
 //! - Everything is applied in stream order, fences included, so a payload overwrites exactly the
 //!   writes it already contains and nothing is applied twice.
+//! - A write that reaches a key close to its expiry (see [`super::expiry`]) goes out as
+//!   [`Op::Expiring`]: if replay applies it after that time, the key may be gone on the target
+//!   although it was alive on the source, and replay asks for its written keys to be re-copied.
 //! - A gap (lost lines) unsettles everything and asks the coordinator for a resync.
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::exec::Op;
+use super::expiry::Expiries;
 use super::mapping::{Mapper, mixed_keys};
 use super::rewrite::rewrite;
 use crate::capture::{DIRTY_PREFIX, parse_key_id};
@@ -169,6 +173,15 @@ fn parse_recopy(id: &str) -> Option<(u32, Vec<u8>)> {
     crate::capture::parse_key_id(id.strip_prefix("recopy:")?)
 }
 
+/// A key on the target: db and name.
+type TargetKey = (u32, Vec<u8>);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn key_hash(db: u32, key: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     db.hash(&mut h);
@@ -187,6 +200,10 @@ pub struct Stitcher {
     fenced: HashSet<u64>,
     dirty: HashMap<u64, (u32, Vec<u8>)>,
     keys: Vec<KeyRef>,
+    expiries: Expiries,
+    /// For the entry being stitched: the earliest expiry of a key it reaches while alive, and
+    /// the target keys it writes.
+    expiring: Option<(i64, Vec<TargetKey>)>,
 }
 
 impl Stitcher {
@@ -209,6 +226,8 @@ impl Stitcher {
             fenced: HashSet::new(),
             dirty: HashMap::new(),
             keys: Vec::new(),
+            expiries: Expiries::default(),
+            expiring: None,
         }
     }
 
@@ -299,8 +318,64 @@ impl Stitcher {
             self.keys = keys;
             return None;
         }
+        let t_ms = (ts_us / 1000) as i64;
+        if !self.expiries.is_empty() {
+            self.check_expiring(db, &argv, &keys, t_ms);
+        }
+        if let Some(sent) = &out {
+            self.expiries.record(db, sent, t_ms, key_hash);
+        }
         self.keys = keys;
         out
+    }
+
+    /// Notes in `self.expiring` when `argv`, run on the source at `t_ms`, reached a key alive
+    /// there that expires soon enough for replay to apply it after the key is gone on the
+    /// target.
+    fn check_expiring(&mut self, db: u32, argv: &Argv, keys: &[KeyRef], t_ms: i64) {
+        // Replay lags less than ten minutes plus twice the stitcher's own lag, or the write
+        // would not matter: a lag that large ends in a gap and a resync.
+        let lag = (now_ms() - t_ms).max(0);
+        let horizon = 600_000 + 2 * lag;
+        let mut soonest = None;
+        for k in keys {
+            let h = key_hash(db, argv.get(k.pos).unwrap_or_default());
+            match self.expiries.get(h) {
+                Some(at) if at <= t_ms => self.expiries.set(h, None),
+                Some(at) if at - t_ms < horizon => {
+                    soonest = Some(soonest.map_or(at, |s: i64| s.min(at)));
+                }
+                _ => {}
+            }
+        }
+        let Some(at) = soonest else { return };
+        let writes = |f: KeyFlags| f == KeyFlags::empty() || f.writes();
+        let (e, targets) = self.expiring.get_or_insert_with(|| (at, Vec::new()));
+        *e = (*e).min(at);
+        for k in keys.iter().filter(|k| writes(k.flags)) {
+            let key = argv.get(k.pos).unwrap_or_default();
+            let mapped = match &self.cfg.mapper {
+                None => Some((db, key.to_vec())),
+                Some(m) => m.map_key(db, key),
+            };
+            if let Some(t) = mapped
+                && !targets.contains(&t)
+            {
+                targets.push(t);
+            }
+        }
+    }
+
+    /// Wraps `op` as [`Op::Expiring`] when one of its commands reached a key close to expiry.
+    fn wrap_expiring(&mut self, op: Option<Op>) -> Option<Op> {
+        match (op, self.expiring.take()) {
+            (Some(op), Some((expire_at_ms, keys))) if !keys.is_empty() => Some(Op::Expiring {
+                op: Box::new(op),
+                expire_at_ms,
+                keys,
+            }),
+            (op, _) => op,
+        }
     }
 
     /// Applies the plan's rules to one outgoing command.
@@ -338,23 +413,27 @@ impl Stitcher {
                         continue;
                     }
                     let mut out = Vec::new();
+                    self.expiring = None;
                     if let Some(argv) = self.command(db, argv, entry.ts_us) {
                         self.map(db, argv, &mut out)?;
                     }
-                    match out.len() {
+                    let op = match out.len() {
                         0 => None,
                         1 => out.pop().map(|(db, argv)| Op::Cmd { seq, db, argv }),
                         _ => Some(Op::Atomic { seq, cmds: out }),
-                    }
+                    };
+                    self.wrap_expiring(op)
                 }
                 EntryKind::Atomic(cmds) => {
                     let mut out = Vec::new();
+                    self.expiring = None;
                     for (db, argv) in cmds {
                         if let Some(argv) = self.command(db, argv, entry.ts_us) {
                             self.map(db, argv, &mut out)?;
                         }
                     }
-                    (!out.is_empty()).then_some(Op::Atomic { seq, cmds: out })
+                    let op = (!out.is_empty()).then_some(Op::Atomic { seq, cmds: out });
+                    self.wrap_expiring(op)
                 }
                 EntryKind::KeyFence {
                     db,
@@ -388,6 +467,7 @@ impl Stitcher {
                     {
                         Some(p) if p.db == db && p.key == key => {
                             self.fenced.insert(h);
+                            self.expiries.set(h, p.payload.as_ref().and(p.expire_at_ms));
                             if self.dirty.remove(&h).is_some() {
                                 self.shared.dirty.store(self.dirty.len(), Ordering::Relaxed);
                             }
