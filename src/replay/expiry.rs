@@ -45,6 +45,15 @@ impl Expiries {
 
     /// Sets (or clears, with `None` or a non-positive time) the expiry of key hash `h`.
     pub(super) fn set(&mut self, h: u64, at_ms: Option<i64>) {
+        self.set_with(|| h, at_ms);
+    }
+
+    /// [`Expiries::set`], hashing only when there is something to do.
+    fn set_with(&mut self, h: impl Fn() -> u64, at_ms: Option<i64>) {
+        if self.at.is_empty() && !at_ms.is_some_and(|t| t > 0) {
+            return;
+        }
+        let h = h();
         match at_ms {
             Some(t) if t > 0 => {
                 self.at.insert(h, t);
@@ -69,9 +78,16 @@ impl Expiries {
             self.at.retain(|_, t| *t > now_stream_ms - PURGE_AFTER_MS);
         }
         let name = argv.name();
+        // Most commands touch no expiry: leave before hashing anything.
+        if !matches!(
+            name.first().map(u8::to_ascii_uppercase),
+            Some(b'S' | b'G' | b'P' | b'E' | b'R' | b'D' | b'U' | b'C' | b'M')
+        ) {
+            return;
+        }
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         let Some(key) = argv.get(1) else { return };
-        let h = hash(db, key);
+        let h = || hash(db, key);
         // Options from position `from`: `PXAT t` / `EXAT t` set, `keep` words keep, `clear`
         // words (and no option at all, for SET) clear.
         let options = |from: usize, clear_by_default: bool| -> Option<Option<i64>> {
@@ -99,21 +115,23 @@ impl Expiries {
         };
         if is(b"SET") {
             if let Some(t) = options(3, true) {
-                self.set(h, t);
+                self.set_with(h, t);
             }
         } else if is(b"GETEX") {
             if let Some(t) = options(2, false) {
-                self.set(h, t);
+                self.set_with(h, t);
             }
         } else if is(b"PEXPIREAT") {
-            self.set(h, int(argv.get(2)));
+            self.set_with(h, int(argv.get(2)));
         } else if is(b"EXPIREAT") {
-            self.set(h, int(argv.get(2)).map(|s| s.saturating_mul(1000)));
+            self.set_with(h, int(argv.get(2)).map(|s| s.saturating_mul(1000)));
         } else if is(b"PERSIST") {
-            self.set(h, None);
+            self.set_with(h, None);
         } else if is(b"RESTORE") {
             let abs = argv.iter().any(|a| a.eq_ignore_ascii_case(b"ABSTTL"));
-            self.set(h, int(argv.get(2)).filter(|_| abs));
+            self.set_with(h, int(argv.get(2)).filter(|_| abs));
+        } else if self.at.is_empty() {
+            // The rest only move or clear known times.
         } else if is(b"DEL") || is(b"UNLINK") {
             for k in argv.iter().skip(1) {
                 self.at.remove(&hash(db, k));
@@ -130,16 +148,16 @@ impl Expiries {
                 db
             };
             let t = if is(b"COPY") {
-                self.get(h)
+                self.get(h())
             } else {
-                self.at.remove(&h)
+                self.at.remove(&h())
             };
-            self.set(hash(to_db, dst), t);
+            self.set_with(|| hash(to_db, dst), t);
         } else if is(b"MOVE")
             && let Some(to) = int(argv.get(2)).and_then(|d| u32::try_from(d).ok())
         {
-            let t = self.at.remove(&h);
-            self.set(hash(to, key), t);
+            let t = self.at.remove(&h());
+            self.set_with(|| hash(to, key), t);
         }
     }
 }
