@@ -50,7 +50,7 @@ impl Expiries {
 
     /// [`Expiries::set`], hashing only when there is something to do.
     fn set_with(&mut self, h: impl Fn() -> u64, at_ms: Option<i64>) {
-        if self.at.is_empty() && !at_ms.is_some_and(|t| t > 0) {
+        if self.at.is_empty() && at_ms.is_none_or(|t| t <= 0) {
             return;
         }
         let h = h();
