@@ -16,18 +16,6 @@ fn blocked_clients(con: &mut redis::Connection) -> usize {
         .unwrap_or(0)
 }
 
-fn wait_log(ferry: &crate::migrate::FerryProcess, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ferry.stderr().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "ferry never logged {text:?}:\n{}",
-            ferry.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn pops_served_after_blocking_are_replayed_exactly() {
     let source = RedisServer::start();
@@ -53,7 +41,7 @@ fn pops_served_after_blocking_are_replayed_exactly() {
         state.path(),
         &["--capture", "primary"],
     );
-    wait_log(&ferry, "Snapshot reads done");
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
 
     // Each consumer blocks on an empty key, is served, and disconnects (its thread ends and
     // drops the connection) without sending anything else.

@@ -2,22 +2,10 @@
 //! reach an expired one on the target (where it would create a new key, without a TTL).
 //! The classic case is a rate limiter: `INCR` on a counter with a short TTL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::migrate::start_migrate;
 use crate::support::{OracleOptions, RedisServer, compare};
-
-fn wait_log(ferry: &crate::migrate::FerryProcess, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ferry.stderr().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "ferry never logged {text:?}:\n{}",
-            ferry.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn writes_to_keys_that_expire_during_replay_lag_stay_exact() {
@@ -38,7 +26,7 @@ fn writes_to_keys_that_expire_during_replay_lag_stay_exact() {
         state.path(),
         &["--capture", "primary"],
     );
-    wait_log(&ferry, "Snapshot reads done");
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
 
     // The target stalls, so replay lags by about two seconds.

@@ -42,6 +42,24 @@ impl FerryProcess {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits until the log contains `text` `count` times.
+    pub fn wait_log_n(&self, text: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.stderr().matches(text).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "ferry never logged {text:?} {count} times:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        self.wait_log_n(text, 1, timeout);
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let pid = self.child.id().to_string();
@@ -134,15 +152,7 @@ pub struct Live<'a> {
 impl Live<'_> {
     /// Waits until ferry's log contains `text`.
     pub fn wait_log(&self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.ferry.stderr().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "ferry never logged {text:?}:\n{}",
-                self.ferry.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.ferry.wait_log(text, timeout);
     }
 
     /// `kill -9` of ferry, then a restart with the same state dir.

@@ -28,14 +28,6 @@ fn spawn(moto: &Moto, args: &[String], log: &std::path::Path) -> FerryProcess {
     FerryProcess::new(child, log.to_path_buf())
 }
 
-fn wait_log(p: &FerryProcess, text: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !p.stderr().contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", p.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits until every queue holds no message, visible or in flight: replay applied and deleted
 /// everything published.
 fn wait_drained(moto: &Moto, urls: &[String], timeout: Duration) {
@@ -167,14 +159,10 @@ fn run_split(queue_name: &str, workers: [&str; 2], kill: bool) {
     };
     let load = workload::start(&source.url(), WorkloadOptions::default());
     let mut capture = split.capture();
-    wait_log(
-        &capture,
-        "Publishing replay operations",
-        Duration::from_secs(30),
-    );
+    capture.wait_log("Publishing replay operations", Duration::from_secs(30));
     let mut a = split.replay(workers[0], "a");
     let mut b = split.replay(workers[1], "b");
-    wait_log(&capture, "Caught up", Duration::from_secs(90));
+    capture.wait_log("Caught up", Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(3));
     if kill {
         // SIGKILL with batches in flight; the replacement gets them back in doubt.

@@ -10,23 +10,6 @@ use crate::support::{
     Dataset, OracleOptions, OracleReport, RedisServer, ServerOptions, compare, fill,
 };
 
-/// Waits until `ferry`'s log contains `text` (`count` times).
-fn wait_log_n(ferry: &FerryProcess, text: &str, count: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while ferry.stderr().matches(text).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "ferry never logged {text:?} {count} times:\n{}",
-            ferry.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_log(ferry: &FerryProcess, text: &str, timeout: Duration) {
-    wait_log_n(ferry, text, 1, timeout);
-}
-
 fn oracle(source: &RedisServer, target: &RedisServer) -> OracleReport {
     let opts = OracleOptions {
         ttl_tolerance_ms: 1000,
@@ -87,7 +70,7 @@ fn target_oom_is_a_difference_and_the_run_does_not_exit_0() {
         state.path(),
         &["--capture", "primary"],
     );
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     // A live writer fills the target past its maxmemory: 20 MB of new keys.
     write_burst(&source, "fill", 5000, 4096);
     std::thread::sleep(Duration::from_secs(2));
@@ -156,7 +139,7 @@ fn errors_the_source_gave_too_keep_exit_0_and_an_exact_target() {
         state.path(),
         &["--capture", "primary"],
     );
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = writer.join().unwrap();
@@ -190,7 +173,7 @@ fn sigterm_mid_snapshot_finishes_the_snapshot_and_exits_0_exact() {
         state.path(),
         &["--capture", "primary", "--max-source-ops", "2000"],
     );
-    wait_log(&ferry, "Snapshot started", Duration::from_secs(20));
+    ferry.wait_log("Snapshot started", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !ferry.stderr().contains("Snapshot reads done"),
@@ -200,7 +183,7 @@ fn sigterm_mid_snapshot_finishes_the_snapshot_and_exits_0_exact() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status();
-    wait_log(&ferry, "finishing its reads first", Duration::from_secs(10));
+    ferry.wait_log("finishing its reads first", Duration::from_secs(10));
     // Writes go on for a while after the signal, then stop before the final fence.
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
@@ -241,14 +224,14 @@ fn flush_under_load(mid_snapshot: &str, mid_replay: &str) {
         let mut con = source.conn_db(db.parse().unwrap());
         let _: () = redis::cmd(name).query(&mut con).unwrap();
     };
-    wait_log(&ferry, "Snapshot started", Duration::from_secs(20));
+    ferry.wait_log("Snapshot started", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(400));
     flush(mid_snapshot);
     assert!(
         !ferry.stderr().contains("Snapshot reads done"),
         "the flush was meant to land mid-snapshot"
     );
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(60));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
     flush(mid_replay);
     std::thread::sleep(Duration::from_secs(2));
@@ -279,7 +262,7 @@ fn short_migration(source: &RedisServer, replicas: usize, extra: &[&str]) -> Str
     }
     let state = tempfile::tempdir().unwrap();
     let mut ferry = start_migrate(&source.url(), &target.url(), state.path(), extra);
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     write_burst(source, "after", 200, 100);
     stop_and_compare(&mut ferry, source, &target)
 }
@@ -320,7 +303,7 @@ fn tiny_monitor_buffer_bound_disconnects_capture_and_resyncs() {
         state.path(),
         &["--capture", "primary", "--max-monitor-buffer", "1048576"],
     );
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     // Freeze ferry so the source has to buffer a burst for its MONITOR connection; binary
     // values take four times their size there (redis-facts §1).
     let pid = ferry.child.id().to_string();
@@ -341,8 +324,8 @@ fn tiny_monitor_buffer_bound_disconnects_capture_and_resyncs() {
         round += 1;
         std::thread::sleep(Duration::from_secs(1));
     }
-    wait_log(&ferry, "resyncing every key", Duration::from_secs(20));
-    wait_log_n(&ferry, "Snapshot reads done", 2, Duration::from_secs(60));
+    ferry.wait_log("resyncing every key", Duration::from_secs(20));
+    ferry.wait_log_n("Snapshot reads done", 2, Duration::from_secs(60));
     let report = load.stop();
     eprintln!("{report}");
     let stderr = stop_and_compare(&mut ferry, &source, &target);
@@ -370,7 +353,7 @@ fn target_turned_read_only_mid_replay_is_retried_resynced_and_exact() {
         state.path(),
         &["--capture", "primary"],
     );
-    wait_log(&ferry, "Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
     let mut t = target.conn();
     let _: () = redis::cmd("REPLICAOF")
@@ -378,7 +361,7 @@ fn target_turned_read_only_mid_replay_is_retried_resynced_and_exact() {
         .arg(other.port())
         .query(&mut t)
         .unwrap();
-    wait_log(&ferry, "READONLY", Duration::from_secs(20));
+    ferry.wait_log("READONLY", Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(2));
     let _: () = redis::cmd("REPLICAOF")
         .arg("NO")
@@ -406,7 +389,7 @@ fn a_second_stop_signal_exits_2_without_waiting_for_the_snapshot() {
         state.path(),
         &["--capture", "primary", "--max-source-ops", "100"],
     );
-    wait_log(&ferry, "Snapshot started", Duration::from_secs(20));
+    ferry.wait_log("Snapshot started", Duration::from_secs(20));
     let pid = ferry.child.id().to_string();
     let term = || {
         let _ = std::process::Command::new("kill")
@@ -414,7 +397,7 @@ fn a_second_stop_signal_exits_2_without_waiting_for_the_snapshot() {
             .status();
     };
     term();
-    wait_log(&ferry, "finishing its reads first", Duration::from_secs(10));
+    ferry.wait_log("finishing its reads first", Duration::from_secs(10));
     term();
     let code = ferry.wait(Duration::from_secs(10));
     let stderr = ferry.stderr();
