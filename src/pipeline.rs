@@ -417,6 +417,25 @@ impl Evictions {
     }
 }
 
+/// A target that evicts drops keys without an error reply, where no re-copy can see it: say so
+/// before anything is copied.
+async fn warn_if_target_evicts(target: &Endpoint) {
+    let Ok(con) = target.control().await else {
+        return;
+    };
+    if let Some(policy) = EvictionWatch::new(target.clone(), con)
+        .evicting_policy()
+        .await
+    {
+        tracing::warn!(
+            %policy,
+            "The target may evict keys when it reaches its memory limit, silently: it would then \
+             differ from the source. Use maxmemory-policy noeviction on the target for the \
+             migration (ferry then reports OOM replies instead)."
+        );
+    }
+}
+
 /// Inside the final fence's pause: makes sure every eviction counted so far is handled before
 /// the fence drains, by its keyspace event or else by one more sweep of the target.
 async fn final_evictions(
@@ -743,6 +762,7 @@ impl Migration {
             Markers::connect(&node, &peers).await?,
         ));
         let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
+        warn_if_target_evicts(&self.target).await;
         let report = Arc::new(std::sync::Mutex::new(report));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (failure_tx, failure) = tokio::sync::watch::channel(None);

@@ -103,3 +103,33 @@ fn without_keyspace_events_sweeps_remove_what_the_source_evicted() {
     let stderr = migrate_while_evicting(&[], false);
     assert!(stderr.contains("keyspace events do not name"), "{stderr}");
 }
+
+#[test]
+fn a_target_that_may_evict_is_named_before_anything_is_copied() {
+    let source = RedisServer::start();
+    let target = RedisServer::start_with(ServerOptions {
+        maxmemory: Some(64 << 20),
+        extra_config: vec!["maxmemory-policy allkeys-lru".into()],
+        ..ServerOptions::default()
+    });
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut source.conn())
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
+    let warned = stderr.find("The target may evict keys").expect(&stderr);
+    let copied = stderr.find("Snapshot started").expect(&stderr);
+    assert!(warned < copied, "{stderr}");
+    assert!(stderr.contains("allkeys-lru"), "{stderr}");
+}
