@@ -452,7 +452,7 @@ async fn final_evictions(
         // The events of evictions already counted are on their way.
         let mut events = ev.events.lock().await;
         let deadline = Instant::now() + Duration::from_secs(1);
-        while ev.notified.load(Ordering::Relaxed) < now - ev.baseline {
+        while ev.notified.load(Ordering::Relaxed) < now.saturating_sub(ev.baseline) {
             let Some(rx) = events.as_mut() else { break };
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, rx.recv()).await {
@@ -460,7 +460,7 @@ async fn final_evictions(
                 _ => break,
             }
         }
-        if ev.notified.load(Ordering::Relaxed) >= now - ev.baseline {
+        if ev.notified.load(Ordering::Relaxed) >= now.saturating_sub(ev.baseline) {
             return Ok(());
         }
         ev.start_sweeping("Keyspace events did not name every eviction");
@@ -959,7 +959,7 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
                     let ev = &c.evictions;
                     // A second is plenty for the events of the evictions counted a tick ago.
                     if !ev.sweeping.load(Ordering::Relaxed)
-                        && ev.notified.load(Ordering::Relaxed) < evicted_seen - ev.baseline
+                        && ev.notified.load(Ordering::Relaxed) < evicted_seen.saturating_sub(ev.baseline)
                     {
                         ev.start_sweeping("The source evicts keys its keyspace events do not name");
                     }
