@@ -27,6 +27,7 @@
 //!   final fence for the switch, starts the reverse sync and releases the pause without letting
 //!   held writes run on the old source; [`cutover::Backup`] writes the source as an RDB file
 //!   from `DUMP` payloads, for sources that cannot `SAVE` (ElastiCache).
+//! - [`clock`]: wall-clock milliseconds and microseconds, as Redis counts them.
 //! - [`escape`]: Redis's argument quoting, both ways.
 //! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail;
 //!   and, behind the default `sqs` feature, `journal::sqs`: the SQS transport between separate
@@ -50,6 +51,7 @@
 //!   source's single execution order.
 
 pub mod capture;
+pub mod clock;
 pub mod command;
 pub mod cutover;
 pub mod escape;

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use crate::capture::{
     Capture, CaptureConfig, CaptureEvent, CaptureSink, Captured, DIRTY_PREFIX, PeerRegistry, Role,
 };
+use crate::clock::now_us;
 use crate::command::CommandTable;
 pub use crate::cutover::Fenced;
 use crate::journal::{EntryKind, FsyncPolicy, Journal, JournalConfig};
@@ -42,7 +43,7 @@ use crate::replay::{
 use crate::snapshot::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, PayloadStore, Recopier, SnapshotConfig, Snapshotter,
 };
-use crate::verify::evictions::{EvictionWatch, subscribe, sweep};
+use crate::verify::evictions::{EvictionEvents, EvictionWatch, sweep};
 
 /// Where to capture from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -146,6 +147,9 @@ pub struct MigrationReport {
     /// Keys the source evicted while the final fence was being drained, after its last sweep:
     /// the target may still hold them.
     pub evicted_during_fence: u64,
+    /// Keys re-copied because replay reached them after their expiry on the target (a write
+    /// the source applied while they were alive).
+    pub expiry_recopies: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -156,24 +160,30 @@ impl MigrationReport {
         policy::error_counts(self.source_errors, &self.target_errors)
     }
 
-    /// `; source evicted N keys (M re-copied)` for the summary line, when it evicted any.
-    pub fn eviction_summary(&self) -> String {
-        match self.evicted_keys {
+    /// What the summary line says about keys the stream could not describe: evictions on the
+    /// source and writes replayed after their key expired on the target.
+    pub fn invisible_changes(&self) -> String {
+        let expired = match self.expiry_recopies {
             0 => String::new(),
-            n => {
-                let mut s = format!(
-                    "; source evicted {n} keys ({} re-copied)",
-                    self.eviction_recopies
-                );
-                if self.evicted_during_fence > 0 {
-                    s.push_str(&format!(
-                        ", {} during the final fence may remain on the target",
-                        self.evicted_during_fence
-                    ));
+            n => format!("; {n} keys re-copied after expiring during replay lag"),
+        };
+        expired
+            + &match self.evicted_keys {
+                0 => String::new(),
+                n => {
+                    let mut s = format!(
+                        "; source evicted {n} keys ({} re-copied)",
+                        self.eviction_recopies
+                    );
+                    if self.evicted_during_fence > 0 {
+                        s.push_str(&format!(
+                            ", {} during the final fence may remain on the target",
+                            self.evicted_during_fence
+                        ));
+                    }
+                    s
                 }
-                s
             }
-        }
     }
 }
 
@@ -251,12 +261,6 @@ impl CaptureSink for JournalSink {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A control connection on the capture node whose `ECHO ferry:<id>` lines are markers.
@@ -352,6 +356,8 @@ impl Evictions {
             peers.register(&addr, Role::Control);
         }
         let mut watch = EvictionWatch::new(node.clone(), con);
+        // Subscribed before the baseline is read: every eviction it counts can have an event.
+        let events = EvictionEvents::subscribe(node).await;
         let Some(baseline) = watch.evicted_keys().await else {
             return ev;
         };
@@ -364,12 +370,17 @@ impl Evictions {
             );
         }
         let (tx, rx) = mpsc::channel(1 << 16);
-        let source = node.clone();
-        ev.subscriber = Some(tokio::spawn(async move {
-            if let Err(e) = subscribe(&source, tx).await {
-                tracing::debug!(error = %e, "The keyspace event subscription ended.");
+        match events {
+            Ok(events) => {
+                ev.subscriber = Some(tokio::spawn(async move {
+                    if let Err(e) = events.run(tx).await {
+                        tracing::debug!(error = %e, "The keyspace event subscription ended.");
+                    }
+                }));
             }
-        }));
+            // Without a subscription the channel closes at once: evictions are swept.
+            Err(e) => tracing::debug!(error = %e, "No keyspace event subscription."),
+        }
         ev.watch = tokio::sync::Mutex::new(Some(watch));
         ev.baseline = baseline;
         ev.swept_from = AtomicU64::new(baseline);
@@ -436,14 +447,17 @@ async fn warn_if_target_evicts(target: &Endpoint) {
     }
 }
 
-/// Inside the final fence's pause: makes sure every eviction counted so far is handled before
-/// the fence drains, by its keyspace event or else by one more sweep of the target.
+/// At the final fence: makes sure every eviction counted so far is handled before the fence
+/// drains, by its keyspace event or else by one more sweep of the target. Called once before
+/// the write pause (a whole sweep may take long) and once inside it, where a sweep that does not
+/// finish within `limit` is abandoned: what it missed is reported.
 async fn final_evictions(
     ev: &Evictions,
     (source, target): (&Endpoint, &Endpoint),
     mapper: Option<&Arc<dyn Mapper>>,
     report: &std::sync::Mutex<MigrationReport>,
     markers: &mut Markers,
+    limit: Option<Duration>,
 ) -> Result<(), MigrateError> {
     let Some(now) = ev.count().await else {
         return Ok(());
@@ -469,9 +483,20 @@ async fn final_evictions(
         return Ok(());
     }
     let started = Instant::now();
-    let keys = sweep(source, target, mapper)
-        .await
-        .map_err(|e| stage("eviction sweep", e))?;
+    let swept = match limit {
+        None => sweep(source, target, mapper).await,
+        Some(limit) => match tokio::time::timeout(limit, sweep(source, target, mapper)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    limit_ms = limit.as_millis() as u64,
+                    "The eviction sweep did not fit in the write pause; keys evicted since the last sweep may remain on the target."
+                );
+                return Ok(());
+            }
+        },
+    };
+    let keys = swept.map_err(|e| stage("eviction sweep", e))?;
     markers.place_dirty(&keys).await?;
     ev.swept_from.store(now, Ordering::Relaxed);
     if let Ok(mut r) = report.lock() {
@@ -584,10 +609,10 @@ impl Migration {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<MigrationReport, MigrateError> {
-        let mut running = self.start().await?;
+        let running = self.start().await?;
         tokio::select! {
             _ = stop => {}
-            failed = running.failed() => return Err(failed),
+            failed = running.failure() => return Err(failed),
         }
         running.finish().await
     }
@@ -890,120 +915,131 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
     // A stop asked for while keys are still being read: the final fence waits for the reads,
     // since only a complete snapshot makes the target equal to the source.
     let mut stopping = false;
-    let result = loop {
-        tokio::select! {
-            _ = c.stop.changed(), if !stopping => {
-                if snap_task.is_none() {
-                    break Ok(());
-                }
-                stopping = true;
-                tracing::info!("Stop requested during the snapshot: finishing its reads first, then placing the final fence.");
-            }
-            Some(e) = c.stitch_failed.recv() => break Err(stage("stitcher", e)),
-            Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
-                tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
-                if let Ok(mut r) = c.report.lock() {
-                    r.resyncs += 1;
-                }
-                if let Some(t) = snap_task.take() {
-                    t.abort();
-                }
-                c.capture.wait_live().await;
-                snap_task = Some(spawn_snapshot(&c, epoch));
-                snapshot_started = Instant::now();
-            }
-            Some(reason) = c.replay_broken.recv() => {
-                // Shards that broke together (a target restart or failover hits them all) need
-                // one resync, not one each.
-                let mut others = 0;
-                while c.replay_broken.try_recv().is_ok() {
-                    others += 1;
-                }
-                tracing::warn!(%reason, others, "The target connection broke; a resync follows.");
-                c.journal
-                    .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
-                    .map_err(|e| MigrateError::Journal(e.to_string()))?;
-            }
-            done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
-                snap_task = None;
-                match done {
-                    Ok((epoch, Ok(r))) => {
-                        if let Ok(mut rep) = c.report.lock() {
-                            rep.snapshot_keys += r.keys;
-                        }
-                        tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
-                        c.markers.lock().await.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
-                        if stopping {
-                            break Ok(());
-                        }
+    // Every way out passes the clean-up below: a sweep left running would go on detached.
+    let result: Result<(), MigrateError> = async {
+        loop {
+            tokio::select! {
+                _ = c.stop.changed(), if !stopping => {
+                    if snap_task.is_none() {
+                        return Ok(());
                     }
-                    Ok((_, Err(e))) => return Err(stage("snapshot", e)),
-                    Err(e) if e.is_cancelled() => {}
-                    Err(e) => return Err(stage("snapshot", e)),
+                    stopping = true;
+                    tracing::info!("Stop requested during the snapshot: finishing its reads first, then placing the final fence.");
                 }
-            }
-            _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
-                print_status(&c.journal, &c.stats, &c.shared);
-            }
-            _ = trim.tick() => {
-                // A marker per tick lets replay report how far it has applied; whole journal
-                // segments before that are deleted, so disk use follows the lag, not the run.
-                let through = c.shared.applied_through.load(Ordering::Relaxed);
-                if through > 0
-                    && let Err(e) = c.journal.remove_before(through)
-                {
-                    tracing::warn!(error = %e, "Could not trim the journal.");
+                Some(e) = c.stitch_failed.recv() => return Err(stage("stitcher", e)),
+                Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
+                    tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
+                    if let Ok(mut r) = c.report.lock() {
+                        r.resyncs += 1;
+                    }
+                    if let Some(t) = snap_task.take() {
+                        t.abort();
+                    }
+                    c.capture.wait_live().await;
+                    snap_task = Some(spawn_snapshot(&c, epoch));
+                    snapshot_started = Instant::now();
                 }
-                c.markers.lock().await.place("tick-").await?;
-                if let Some(n) = c.evictions.count().await {
-                    let ev = &c.evictions;
-                    // A second is plenty for the events of the evictions counted a tick ago.
-                    if !ev.sweeping.load(Ordering::Relaxed)
-                        && ev.notified.load(Ordering::Relaxed) < evicted_seen.saturating_sub(ev.baseline)
+                Some(reason) = c.replay_broken.recv() => {
+                    // Shards that broke together (a target restart or failover hits them all) need
+                    // one resync, not one each.
+                    let mut others = 0;
+                    while c.replay_broken.try_recv().is_ok() {
+                        others += 1;
+                    }
+                    tracing::warn!(%reason, others, "The target connection broke; a resync follows.");
+                    c.journal
+                        .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
+                        .map_err(|e| MigrateError::Journal(e.to_string()))?;
+                }
+                done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
+                    snap_task = None;
+                    match done {
+                        Ok((epoch, Ok(r))) => {
+                            if let Ok(mut rep) = c.report.lock() {
+                                rep.snapshot_keys += r.keys;
+                            }
+                            tracing::info!(keys = r.keys, secs = snapshot_started.elapsed().as_secs_f64(), "Snapshot reads done.");
+                            c.markers.lock().await.place_id(&format!("{SNAPSHOT_DONE}{epoch}")).await?;
+                            if stopping {
+                                return Ok(());
+                            }
+                        }
+                        Ok((_, Err(e))) => return Err(stage("snapshot", e)),
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => return Err(stage("snapshot", e)),
+                    }
+                }
+                _ = async { status.as_mut().expect("guarded").tick().await }, if status.is_some() => {
+                    print_status(&c.journal, &c.stats, &c.shared);
+                }
+                _ = trim.tick() => {
+                    // A marker per tick lets replay report how far it has applied; whole journal
+                    // segments before that are deleted, so disk use follows the lag, not the run.
+                    let through = c.shared.applied_through.load(Ordering::Relaxed);
+                    if through > 0
+                        && let Err(e) = c.journal.remove_before(through)
                     {
-                        ev.start_sweeping("The source evicts keys its keyspace events do not name");
+                        tracing::warn!(error = %e, "Could not trim the journal.");
                     }
-                    evicted_seen = evicted_seen.max(n);
-                    if ev.sweeping.load(Ordering::Relaxed)
-                        && n > ev.swept_from.load(Ordering::Relaxed)
-                        && sweep_task.is_none()
-                    {
-                        sweep_task = Some(spawn_sweep(&c, n));
-                    }
-                }
-            }
-            msg = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => {
-                match (msg, events.as_mut()) {
-                    (Some(first), Some(rx)) => {
-                        let mut markers = c.markers.lock().await;
-                        c.evictions.place(first, rx, &mut markers, &c.report).await?;
-                    }
-                    _ => events = None,
-                }
-            }
-            done = async { sweep_task.as_mut().expect("guarded").await }, if sweep_task.is_some() => {
-                sweep_task = None;
-                match done {
-                    Ok((from, Ok(keys))) => {
-                        tracing::info!(keys = keys.len(), "Eviction sweep: target keys without a source key are re-copied.");
-                        c.markers.lock().await.place_dirty(&keys).await?;
-                        c.evictions.swept_from.store(from, Ordering::Relaxed);
-                        if let Ok(mut r) = c.report.lock() {
-                            r.eviction_recopies += keys.len() as u64;
+                    c.markers.lock().await.place("tick-").await?;
+                    if let Some(n) = c.evictions.count().await {
+                        let ev = &c.evictions;
+                        if n < evicted_seen {
+                            // The counter went back (a restart, CONFIG RESETSTAT): what the
+                            // events named can no longer be matched against it.
+                            ev.start_sweeping("The source's eviction counter went back");
+                            ev.swept_from.store(0, Ordering::Relaxed);
+                            evicted_seen = n;
+                        }
+                        // A second is plenty for the events of the evictions counted a tick ago.
+                        if !ev.sweeping.load(Ordering::Relaxed)
+                            && ev.notified.load(Ordering::Relaxed) < evicted_seen.saturating_sub(ev.baseline)
+                        {
+                            ev.start_sweeping("The source evicts keys its keyspace events do not name");
+                        }
+                        evicted_seen = evicted_seen.max(n);
+                        if ev.sweeping.load(Ordering::Relaxed)
+                            && n > ev.swept_from.load(Ordering::Relaxed)
+                            && sweep_task.is_none()
+                        {
+                            sweep_task = Some(spawn_sweep(&c, n));
                         }
                     }
-                    Ok((_, Err(e))) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
-                    Err(e) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
                 }
-                // Evictions while it ran may be behind it: sweep again.
-                if c.evictions.sweeping.load(Ordering::Relaxed)
-                    && evicted_seen > c.evictions.swept_from.load(Ordering::Relaxed)
-                {
-                    sweep_task = Some(spawn_sweep(&c, evicted_seen));
+                msg = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => {
+                    match (msg, events.as_mut()) {
+                        (Some(first), Some(rx)) => {
+                            let mut markers = c.markers.lock().await;
+                            c.evictions.place(first, rx, &mut markers, &c.report).await?;
+                        }
+                        _ => events = None,
+                    }
+                }
+                done = async { sweep_task.as_mut().expect("guarded").await }, if sweep_task.is_some() => {
+                    sweep_task = None;
+                    match done {
+                        Ok((from, Ok(keys))) => {
+                            tracing::info!(keys = keys.len(), "Eviction sweep: target keys without a source key are re-copied.");
+                            c.markers.lock().await.place_dirty(&keys).await?;
+                            c.evictions.swept_from.store(from, Ordering::Relaxed);
+                            if let Ok(mut r) = c.report.lock() {
+                                r.eviction_recopies += keys.len() as u64;
+                            }
+                        }
+                        Ok((_, Err(e))) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
+                        Err(e) => tracing::warn!(error = %e, "Eviction sweep failed; the next one retries."),
+                    }
+                    // Evictions while it ran may be behind it: sweep again.
+                    if c.evictions.sweeping.load(Ordering::Relaxed)
+                        && evicted_seen > c.evictions.swept_from.load(Ordering::Relaxed)
+                    {
+                        sweep_task = Some(spawn_sweep(&c, evicted_seen));
+                    }
                 }
             }
         }
-    };
+    }
+    .await;
     if let Some(t) = snap_task.take() {
         t.abort();
     }
@@ -1016,11 +1052,6 @@ async fn coordinate(mut c: Coordinator) -> Result<crate::capture::CaptureHandle,
 }
 
 impl Running {
-    /// Resolves when a background stage fails for good (never resolves otherwise).
-    pub async fn failed(&mut self) -> MigrateError {
-        self.failure().await
-    }
-
     /// Resolves with the error once a background stage has failed for good (the stitcher, a
     /// hook under `on_hook_error = "fail"`, the snapshot, the journal); pending while the
     /// migration runs. Takes `&self`, so any wait can select on it.
@@ -1198,6 +1229,15 @@ impl Running {
         {
             return Err(stage("final fence", "replay did not catch up"));
         }
+        final_evictions(
+            &self.evictions,
+            (&self.node, &self.target),
+            self.cfg.mapper.as_ref(),
+            &self.report,
+            &mut markers,
+            None,
+        )
+        .await?;
         let mut src = self.source.control().await?;
         let pause_started = Instant::now();
         let paused = redis::cmd("CLIENT")
@@ -1219,6 +1259,7 @@ impl Running {
                 self.cfg.mapper.as_ref(),
                 &self.report,
                 &mut markers,
+                Some(self.cfg.max_pause / 2),
             )
             .await?;
             let drain = markers.place("drain-").await?;
@@ -1233,22 +1274,20 @@ impl Running {
             // target alone refused) travel through the source's stream: wait until each is in
             // it, then until the stitcher has read that far, so that the dirty set below
             // includes them.
-            if self.stats.recopies_outstanding.load(Ordering::Relaxed) > 0
-                || self.stats.expiry_recopies.load(Ordering::Relaxed) > 0
-            {
-                while self.stats.recopies_outstanding.load(Ordering::Relaxed) > 0 {
-                    if Instant::now() > deadline {
-                        return Err(stage("final fence", "re-copy requests were not placed"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+            // (A request placed just before this check is in the stream already but maybe not
+            // read yet: the marker is placed whatever the count says.)
+            while self.stats.recopies_outstanding.load(Ordering::Relaxed) > 0 {
+                if Instant::now() > deadline {
+                    return Err(stage("final fence", "re-copy requests were not placed"));
                 }
-                let requests = markers.place("requests-").await?;
-                if !shared.wait_marker(&requests, self.cfg.max_pause * 4).await {
-                    return Err(stage(
-                        "final fence",
-                        "replay did not reach the re-copy requests",
-                    ));
-                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let requests = markers.place("requests-").await?;
+            if !shared.wait_marker(&requests, self.cfg.max_pause * 4).await {
+                return Err(stage(
+                    "final fence",
+                    "replay did not reach the re-copy requests",
+                ));
             }
             while shared.dirty.load(Ordering::Relaxed) > 0
                 || shared.snapshot_mode.load(Ordering::Relaxed)
@@ -1341,6 +1380,7 @@ impl Running {
         report.journal_entries = self.journal.next_seq();
         report.commands = self.stats.commands.load(Ordering::Relaxed);
         report.restores = self.stats.restores.load(Ordering::Relaxed);
+        report.expiry_recopies = self.stats.expiry_recopies.load(Ordering::Relaxed);
         report.errors = self
             .stats
             .errors

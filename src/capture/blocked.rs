@@ -31,6 +31,8 @@ const TIMEOUT_SLACK_US: u64 = 1_000_000;
 struct Entry {
     db: u32,
     keys: Vec<Vec<u8>>,
+    /// The client, when it can be told apart from others.
+    tcp: Option<SocketAddr>,
     /// Stream time after which the client is surely no longer blocked; `u64::MAX` = never.
     deadline_us: u64,
 }
@@ -42,7 +44,8 @@ pub struct BlockedLedger {
     by_tcp: HashMap<SocketAddr, u64>,
     /// Entries of clients that cannot be told apart (unix sockets), by db and keys.
     by_keys: HashMap<(u32, Vec<Vec<u8>>), u64>,
-    by_key: HashMap<(u32, Vec<u8>), Vec<u64>>,
+    /// Entries by db, then key: looked up by `&[u8]`, without allocating, for every write.
+    by_key: HashMap<u32, HashMap<Vec<u8>, Vec<u64>>>,
     next: u64,
     keys: Vec<KeyRef>,
 }
@@ -91,7 +94,7 @@ impl BlockedLedger {
         };
         match peer {
             Peer::Tcp(addr) => {
-                let id = self.insert(db, keys, deadline_us);
+                let id = self.insert(db, keys, Some(*addr), deadline_us);
                 if let Some(old) = self.by_tcp.insert(*addr, id) {
                     self.remove(old);
                 }
@@ -104,7 +107,7 @@ impl BlockedLedger {
                     e.deadline_us = e.deadline_us.max(deadline_us);
                     return;
                 }
-                let id = self.insert(slot.0, slot.1.clone(), deadline_us);
+                let id = self.insert(slot.0, slot.1.clone(), None, deadline_us);
                 self.by_keys.insert(slot, id);
             }
         }
@@ -126,7 +129,7 @@ impl BlockedLedger {
         let mut expired = Vec::new();
         for k in &refs {
             let Some(key) = argv.get(k.pos) else { continue };
-            let Some(ids) = self.by_key.get(&(db, key.to_vec())) else {
+            let Some(ids) = self.by_key.get(&db).and_then(|m| m.get(key)) else {
                 continue;
             };
             for id in ids {
@@ -150,11 +153,18 @@ impl BlockedLedger {
         }
     }
 
-    fn insert(&mut self, db: u32, keys: Vec<Vec<u8>>, deadline_us: u64) -> u64 {
+    fn insert(
+        &mut self,
+        db: u32,
+        keys: Vec<Vec<u8>>,
+        tcp: Option<SocketAddr>,
+        deadline_us: u64,
+    ) -> u64 {
         let id = self.next;
         self.next += 1;
+        let by_key = self.by_key.entry(db).or_default();
         for k in &keys {
-            let ids = self.by_key.entry((db, k.clone())).or_default();
+            let ids = by_key.entry(k.clone()).or_default();
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -164,6 +174,7 @@ impl BlockedLedger {
             Entry {
                 db,
                 keys,
+                tcp,
                 deadline_us,
             },
         );
@@ -174,20 +185,28 @@ impl BlockedLedger {
         let Some(e) = self.entries.remove(&id) else {
             return;
         };
-        for k in &e.keys {
-            let slot = (e.db, k.clone());
-            if let Some(ids) = self.by_key.get_mut(&slot) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    self.by_key.remove(&slot);
+        if let Some(by_key) = self.by_key.get_mut(&e.db) {
+            for k in &e.keys {
+                if let Some(ids) = by_key.get_mut(k.as_slice()) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        by_key.remove(k.as_slice());
+                    }
                 }
             }
+            if by_key.is_empty() {
+                self.by_key.remove(&e.db);
+            }
+        }
+        if let Some(addr) = e.tcp
+            && self.by_tcp.get(&addr) == Some(&id)
+        {
+            self.by_tcp.remove(&addr);
         }
         let slot = (e.db, e.keys);
         if self.by_keys.get(&slot) == Some(&id) {
             self.by_keys.remove(&slot);
         }
-        self.by_tcp.retain(|_, i| *i != id);
     }
 }
 

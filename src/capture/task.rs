@@ -90,12 +90,6 @@ impl CaptureHandle {
     }
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 impl Capture {
     /// Capture of `source`, classifying with `table`; `peers` holds ferry's own connections.
     pub fn new(
@@ -226,6 +220,7 @@ enum Outcome {
     Broken(String),
     Fatal(String),
 }
+use crate::clock::now_us;
 use Outcome::{Broken, Fatal};
 
 /// Watches the monitor client's output buffer on the source; trips when it passes the limit.

@@ -834,11 +834,11 @@ pub async fn run_plan(
     }
     let report = match (finished, running) {
         (Some(report), _) => {
-            if let Some(mut rev) = reverse.take() {
+            if let Some(rev) = reverse.take() {
                 tracing::info!("Reverse sync running (target → source) until Ctrl-C or SIGTERM.");
                 tokio::select! {
                     _ = stop.wait() => {}
-                    e = rev.failed() => return Err(anyhow::anyhow!("reverse sync: {e}")),
+                    e = rev.failure() => return Err(anyhow::anyhow!("reverse sync: {e}")),
                 }
                 let back = rev.finish().await?;
                 eprintln!(
@@ -848,13 +848,13 @@ pub async fn run_plan(
             }
             report
         }
-        (None, Some(mut r)) => {
+        (None, Some(r)) => {
             if !stop.requested() {
                 tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
             }
             tokio::select! {
                 _ = stop.wait() => {}
-                e = r.failed() => return Err(e.into()),
+                e = r.failure() => return Err(e.into()),
             }
             r.finish().await?
         }
@@ -869,7 +869,7 @@ pub async fn run_plan(
         report.restores,
         report.pause_ms,
         report.error_counts(),
-        report.eviction_summary(),
+        report.invisible_changes(),
         hooks.map(|h| format!("; {h}")).unwrap_or_default()
     );
     write_json(

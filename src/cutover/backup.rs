@@ -20,8 +20,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use super::rdb::{self, Payload, PayloadError, RdbWriter};
+use crate::clock::now_ms;
 use crate::escape::Quoted;
-use crate::net::{Endpoint, NetError};
+use crate::net::{Endpoint, NetError, info_field};
 
 /// Parallel readers, each with its own source connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -195,12 +196,6 @@ fn cmd_err(ep: &Endpoint, command: &'static str, e: &redis::RedisError) -> Backu
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// `(keys, keys with a TTL)` per db with keys, from `INFO keyspace`.
 fn parse_keyspace(info: &str) -> BTreeMap<u32, (u64, u64)> {
     info.lines()
@@ -222,12 +217,6 @@ fn parse_keyspace(info: &str) -> BTreeMap<u32, (u64, u64)> {
 }
 
 /// The value of `field` in `INFO` text.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
 /// Removes the temporary file unless the backup was committed.
 struct TmpFile {
     path: PathBuf,

@@ -364,6 +364,13 @@ fn scheme_len(url: &str) -> usize {
     }
 }
 
+/// The value of `name` in an `INFO` reply (`name:value` lines), trimmed.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::policy::{Diverged, ErrorClass, classify, error_code};
+use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyRef};
 use crate::net::resp::summarize;
 use crate::net::{Endpoint, NetError, RawReader, encode_command};
@@ -85,12 +86,6 @@ impl Op {
 /// time a sent command may wait in the target's input, plus clock skew between ferry and the
 /// target.
 pub const EXPIRY_MARGIN_MS: i64 = 1000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Counters shared with status reporting.
 #[derive(Debug, Default)]
@@ -293,9 +288,13 @@ impl Replayer {
                         && let Some((_, tx)) = &self.recopy
                     {
                         for k in keys {
-                            stats.expiry_recopies.fetch_add(1, Ordering::Relaxed);
+                            // Counted before it is sent, so the count never goes below zero.
                             stats.recopies_outstanding.fetch_add(1, Ordering::Relaxed);
-                            let _ = tx.send(k);
+                            if tx.send(k).is_ok() {
+                                stats.expiry_recopies.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                stats.recopies_outstanding.fetch_sub(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     op = *inner;
@@ -451,33 +450,49 @@ pub async fn request_recopies(
     stats: Arc<ReplayStats>,
 ) {
     let mut con = None;
-    while let Some((db, key)) = keys.recv().await {
-        let _placed = Placed(&stats);
-        let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
-        echo.extend_from_slice(super::stitch::recopy_request(db, &key).as_bytes());
+    let mut batch = Vec::new();
+    while let Some(first) = keys.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < 1000
+            && let Ok(next) = keys.try_recv()
+        {
+            batch.push(next);
+        }
+        let mut pipe = redis::pipe();
+        for (db, key) in &batch {
+            let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
+            echo.extend_from_slice(super::stitch::recopy_request(*db, key).as_bytes());
+            pipe.cmd("ECHO").arg(echo).ignore();
+        }
         // One reconnect: the connection may have been idle long enough to be dropped.
+        let mut placed = false;
         for _ in 0..2 {
             if con.is_none() {
                 con = node.control().await.ok();
             }
             let Some(c) = con.as_mut() else { break };
-            match redis::cmd("ECHO").arg(&echo).query_async::<()>(c).await {
-                Ok(()) => break,
+            match pipe.query_async::<()>(c).await {
+                Ok(()) => {
+                    placed = true;
+                    break;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "Could not ask for a re-copy of a diverged key.");
+                    tracing::warn!(error = %e, "Could not ask the capture node for re-copies.");
                     con = None;
                 }
             }
         }
-    }
-}
-
-/// Counts a re-copy request as placed (or given up) when dropped.
-struct Placed<'a>(&'a ReplayStats);
-
-impl Drop for Placed<'_> {
-    fn drop(&mut self) {
-        self.0.recopies_outstanding.fetch_sub(1, Ordering::Relaxed);
+        if !placed {
+            // A diverged key stays in the ledger (the stop fails); an expired one may differ.
+            tracing::error!(
+                keys = batch.len(),
+                "Re-copy requests were lost: the capture node did not take them. Run `ferry verify` after the migration."
+            );
+        }
+        stats
+            .recopies_outstanding
+            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -555,7 +570,11 @@ impl Failures {
                 self.stats
                     .recopies_outstanding
                     .fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(r);
+                if tx.send(r).is_err() {
+                    self.stats
+                        .recopies_outstanding
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         Ok(())

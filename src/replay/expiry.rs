@@ -10,8 +10,10 @@
 //!   `GETEX … PXAT|EXAT|PERSIST`, `PERSIST`, `RESTORE … ABSTTL`, `DEL`/`UNLINK`, and the moves
 //!   `RENAME`, `RENAMENX`, `COPY`, `MOVE`.
 //! - A time may be stale (a TTL removed by a command not listed, a conditional `PEXPIREAT` that
-//!   did not apply): the cost is a needless re-copy, never a missed one for the listed ways of
-//!   setting a TTL.
+//!   did not apply): the cost is a needless re-copy. Conditions are judged by the table itself:
+//!   `SET … NX` leaves a key it knows alive alone (a lock held by someone else keeps its TTL).
+//! - Memory: one entry (about 30 bytes) per source key with a TTL that the snapshot or replay
+//!   saw, until a minute after it expires.
 //! - Times long past are purged as the stream advances.
 
 use std::collections::HashMap;
@@ -114,6 +116,12 @@ impl Expiries {
             }
         };
         if is(b"SET") {
+            // `NX` applies only to a missing key: one the table knows alive keeps its time.
+            let nx = argv.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX"));
+            let alive = || self.at.get(&h()).is_some_and(|t| *t > now_stream_ms);
+            if nx && alive() {
+                return;
+            }
             if let Some(t) = options(3, true) {
                 self.set_with(h, t);
             }
@@ -215,6 +223,10 @@ mod tests {
             [b"d", b"f", b"g"].map(|k| e.get(h(0, k))),
             [None, None, None]
         );
+        // A lock taken while held by someone else keeps the holder's time.
+        rec(&mut e, 0, &["SET", "lock", "a", "NX", "PXAT", "100"]);
+        rec(&mut e, 0, &["SET", "lock", "b", "NX", "PXAT", "200"]);
+        assert_eq!(e.get(h(0, b"lock")), Some(100));
         // Commands that keep a TTL leave the time alone.
         rec(&mut e, 0, &["INCR", "r"]);
         assert_eq!(e.get(h(0, b"r")), Some(12));

@@ -29,6 +29,7 @@ use super::expiry::Expiries;
 use super::mapping::{Mapper, mixed_keys};
 use super::rewrite::rewrite;
 use crate::capture::{DIRTY_PREFIX, parse_key_id};
+use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::journal::{EntryKind, JournalReader};
 use crate::snapshot::{PayloadStore, Recopier};
@@ -176,12 +177,6 @@ fn parse_recopy(id: &str) -> Option<(u32, Vec<u8>)> {
 /// A key on the target: db and name.
 type TargetKey = (u32, Vec<u8>);
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn key_hash(db: u32, key: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     db.hash(&mut h);
@@ -318,12 +313,16 @@ impl Stitcher {
             self.keys = keys;
             return None;
         }
-        let t_ms = (ts_us / 1000) as i64;
-        if !self.expiries.is_empty() {
-            self.check_expiring(db, &argv, &keys, t_ms);
-        }
-        if let Some(sent) = &out {
-            self.expiries.record(db, sent, t_ms, key_hash);
+        // A replica's stream carries its own expiry DELs, and split replay cannot act on
+        // Op::Expiring yet: only a primary's stream replayed here needs the table.
+        if !self.cfg.exact_effects && self.cfg.split_shards.is_none() {
+            let t_ms = (ts_us / 1000) as i64;
+            if !self.expiries.is_empty() {
+                self.check_expiring(db, &argv, &keys, t_ms);
+            }
+            if let Some(sent) = &out {
+                self.expiries.record(db, sent, t_ms, key_hash);
+            }
         }
         self.keys = keys;
         out

@@ -14,6 +14,7 @@ use super::tempkeys::TempKeys;
 use super::{
     Batch, BatchStats, Event, Failure, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
 };
+use crate::clock::now_ms;
 use crate::net::Endpoint;
 
 /// Attempts per batch before a connection problem stops the snapshot.
@@ -76,12 +77,6 @@ impl From<redis::RedisError> for Retry {
     fn from(e: redis::RedisError) -> Retry {
         Retry(e.to_string())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn error_text(v: &Value) -> Option<String> {

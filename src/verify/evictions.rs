@@ -5,7 +5,7 @@
 //! ## Behavior
 //! - [`EvictionWatch`] reads `evicted_keys` from `INFO stats`; an increase means some keys
 //!   vanished from the source without a trace in the stream.
-//! - [`subscribe`] names each evicted key from the source's keyspace events
+//! - [`EvictionEvents`] names each evicted key from the source's keyspace events
 //!   (`notify-keyspace-events` with `E` and `e`; on ElastiCache, a parameter group setting).
 //!   The caller re-copies each named key through a fence placed after the event arrived, so
 //!   after the eviction: exact even for a key evicted and then written again. Events are
@@ -25,7 +25,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::{VerifyError, orphans, parse_keyspace, scan_page};
-use crate::net::{Endpoint, NetError, Reply};
+use crate::net::{Endpoint, NetError, RawConn, Reply, info_field};
 
 /// Target keys read per `SCAN` step of a sweep.
 const SWEEP_PAGE: usize = 1000;
@@ -71,45 +71,50 @@ impl EvictionWatch {
     }
 }
 
-/// Sends every key the source's keyspace events say was evicted, with its db, until the
-/// connection breaks (an error) or `tx` closes (`Ok`).
-pub async fn subscribe(
-    source: &Endpoint,
-    tx: mpsc::Sender<(u32, Vec<u8>)>,
-) -> Result<(), NetError> {
-    const PATTERN: &[u8] = b"__keyevent@*__:evicted";
-    let mut con = source.raw().await?;
-    con.send(&[b"PSUBSCRIBE", PATTERN]).await?;
-    loop {
-        let msg = con.read_array("PSUBSCRIBE").await?;
-        if let [
-            Reply::Bulk(Some(kind)),
-            _,
-            Reply::Bulk(Some(channel)),
-            Reply::Bulk(Some(key)),
-        ] = msg.as_slice()
-            && kind.as_slice() == b"pmessage"
-            && let Some(db) = event_db(channel)
-            && tx.send((db, key.clone())).await.is_err()
-        {
-            return Ok(());
+/// A confirmed subscription to the source's eviction events.
+pub struct EvictionEvents {
+    con: RawConn,
+}
+
+impl EvictionEvents {
+    /// Subscribes, and returns once the source confirmed: evictions counted after this are
+    /// named by events (when the source sends them at all).
+    pub async fn subscribe(source: &Endpoint) -> Result<EvictionEvents, NetError> {
+        let mut con = source.raw().await?;
+        con.send(&[b"PSUBSCRIBE", PATTERN]).await?;
+        con.read_array("PSUBSCRIBE").await?;
+        Ok(EvictionEvents { con })
+    }
+
+    /// Sends every key the events say was evicted, with its db, until the connection breaks
+    /// (an error) or `tx` closes (`Ok`).
+    pub async fn run(mut self, tx: mpsc::Sender<(u32, Vec<u8>)>) -> Result<(), NetError> {
+        loop {
+            let msg = self.con.read_array("PSUBSCRIBE").await?;
+            if let [
+                Reply::Bulk(Some(kind)),
+                _,
+                Reply::Bulk(Some(channel)),
+                Reply::Bulk(Some(key)),
+            ] = msg.as_slice()
+                && kind.as_slice() == b"pmessage"
+                && let Some(db) = event_db(channel)
+                && tx.send((db, key.clone())).await.is_err()
+            {
+                return Ok(());
+            }
         }
     }
 }
+
+/// Keyspace events for evictions, in every db.
+const PATTERN: &[u8] = b"__keyevent@*__:evicted";
 
 /// The db of a keyspace event channel `__keyevent@<db>__:<event>`.
 fn event_db(channel: &[u8]) -> Option<u32> {
     let rest = channel.strip_prefix(b"__keyevent@")?;
     let end = rest.iter().position(|b| *b == b'_')?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
-}
-
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(str::trim)
-    })
 }
 
 /// Every target key whose source key no longer exists, named by its source db and key.
@@ -152,7 +157,8 @@ pub async fn sweep(
 
 #[cfg(test)]
 mod tests {
-    use super::{event_db, info_field};
+    use super::event_db;
+    use crate::net::info_field;
 
     #[test]
     fn reads_the_db_of_an_event_channel() {

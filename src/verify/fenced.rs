@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{Difference, VerifyConfig, VerifyError, VerifyReport, digest};
 use crate::capture::PeerRegistry;
+use crate::clock::now_ms;
 use crate::command::Argv;
 use crate::escape::quote;
 use crate::net::Endpoint;
@@ -603,12 +604,6 @@ fn diff(p: &Probe, kind: &str, detail: String) -> Difference {
         kind: kind.to_string(),
         detail,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The reads for one key: `DUMP` first (capture numbers it as the key's fence), then

@@ -73,6 +73,10 @@ fn writes_to_keys_that_expire_during_replay_lag_stay_exact() {
     let code = ferry.terminate(Duration::from_secs(60));
     let stderr = ferry.stderr();
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("keys re-copied after expiring during replay lag"),
+        "{stderr}"
+    );
     let oracle = compare(&source.url(), &target.url(), &OracleOptions::default());
     eprintln!("{oracle}");
     assert!(oracle.keys_compared >= 100, "{oracle}");
