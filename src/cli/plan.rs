@@ -429,11 +429,28 @@ fn to_reply(v: redis::Value) -> Result<plan::Reply, String> {
     })
 }
 
-/// Phase primitives for Lua, over the running migration.
+/// Phase primitives for Lua, over the running migration. A stop (Ctrl-C, SIGTERM) cuts their
+/// waits short: the hook then fails with "stop requested", and the runner ends at a final fence.
 struct Ctx<'a> {
     running: &'a Running,
     plan: &'a Plan,
     handle: tokio::runtime::Handle,
+    stop: &'a super::migrate::Stop,
+}
+
+impl Ctx<'_> {
+    /// Runs `fut` unless a stop comes first.
+    fn until_stopped<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        self.handle.block_on(async {
+            tokio::select! {
+                r = fut => r,
+                _ = self.stop.wait() => Err("stop requested".into()),
+            }
+        })
+    }
 }
 
 impl PhaseContext for Ctx<'_> {
@@ -442,25 +459,34 @@ impl PhaseContext for Ctx<'_> {
     }
 
     fn sleep_ms(&mut self, ms: u64) -> Result<(), String> {
-        self.handle
-            .block_on(self.running.sleep(Duration::from_millis(ms)))
-            .map_err(|e| e.to_string())
+        let running = self.running;
+        self.until_stopped(async {
+            running
+                .sleep(Duration::from_millis(ms))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn snapshot(&mut self) -> Result<(), String> {
-        self.handle
-            .block_on(self.running.wait_snapshot(Duration::from_secs(24 * 3600)))
-            .map_err(|e| e.to_string())
+        let running = self.running;
+        self.until_stopped(async {
+            running
+                .wait_snapshot(Duration::from_secs(24 * 3600))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn wait_lag(&mut self, max_ms: u64) -> Result<(), String> {
-        self.handle
-            .block_on(
-                self.running
-                    .wait_lag(Duration::from_millis(max_ms), Duration::from_secs(3600)),
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let running = self.running;
+        self.until_stopped(async {
+            running
+                .wait_lag(Duration::from_millis(max_ms), Duration::from_secs(3600))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn verify(&mut self) -> Result<u64, String> {
@@ -539,12 +565,20 @@ impl PhaseContext for PreCtx<'_> {
     }
 }
 
-fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> anyhow::Result<()> {
+/// Runs a phase hook; `Ok(false)` when a stop cut it short (the runner then skips the remaining
+/// phases and ends at a final fence).
+fn run_hook(
+    hook: &Option<plan::PhaseHook>,
+    plan: &Plan,
+    running: &Running,
+    stop: &super::migrate::Stop,
+) -> anyhow::Result<bool> {
     if let Some(h) = hook {
         let mut ctx = Ctx {
             running,
             plan,
             handle: tokio::runtime::Handle::current(),
+            stop,
         };
         let result = tokio::task::block_in_place(|| h.call(&mut ctx));
         // A primitive cut short by a failed migration fails the hook too (or the hook caught
@@ -552,9 +586,13 @@ fn run_hook(hook: &Option<plan::PhaseHook>, plan: &Plan, running: &Running) -> a
         if let Some(e) = running.failure_now() {
             return Err(e.into());
         }
+        if stop.requested() {
+            tracing::info!("Stop requested: skipping the remaining phases.");
+            return Ok(false);
+        }
         result?;
     }
-    Ok(())
+    Ok(true)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -718,7 +756,9 @@ pub async fn run_plan(
             return Err(e.into());
         }
         tracing::info!(phase = phase.name(), "Phase started.");
-        run_hook(&phase.before, &plan, r)?;
+        if !run_hook(&phase.before, &plan, r, &stop)? {
+            break;
+        }
         match &phase.kind {
             PhaseKind::Snapshot => {
                 interruptible!(r, r.wait_snapshot(Duration::from_secs(24 * 3600)))?
@@ -826,10 +866,16 @@ pub async fn run_plan(
                 finished = Some(report);
                 continue;
             }
-            PhaseKind::Custom { run, .. } => run_hook(&Some(run.clone()), &plan, r)?,
+            PhaseKind::Custom { run, .. } => {
+                if !run_hook(&Some(run.clone()), &plan, r, &stop)? {
+                    break;
+                }
+            }
             other => anyhow::bail!("{}: unsupported phase {other:?}", plan.path.display()),
         }
-        run_hook(&phase.after, &plan, r)?;
+        if !run_hook(&phase.after, &plan, r, &stop)? {
+            break;
+        }
         tracing::info!(phase = phase.name(), "Phase done.");
     }
     let report = match (finished, running) {

@@ -492,3 +492,51 @@ fn custom_phase_before_the_snapshot_runs_before_the_migration_starts() {
     let report = compare(&source.url(), &target.url(), &OracleOptions::default());
     report.assert_identical();
 }
+
+#[test]
+fn a_stop_during_a_custom_phase_wait_ends_at_the_final_fence_at_once() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    seed(&source);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan_phases(
+        dir.path(),
+        "",
+        r#"phases = {
+    "snapshot",
+    ferry.phase("soak", function(ctx)
+      ctx.log("SOAKING")
+      ctx.sleep(60000)
+      ctx.log("SLEPT THROUGH")
+    end),
+    ferry.phase("later", function(ctx) ctx.log("LATER RAN") end) },"#,
+    );
+    let log = dir.path().join("ferry.stderr");
+    let child = crate::cli::ferry()
+        .current_dir(dir.path())
+        .args(["run", plan.to_str().unwrap()])
+        .arg("--set")
+        .arg(format!("SOURCE_URL={}", source.url()))
+        .arg("--set")
+        .arg(format!("TARGET_URL={}", target.url()))
+        .env("FERRY_LOG", "ferry=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut ferry = crate::migrate::FerryProcess::new(child, log);
+    ferry.wait_log("SOAKING", Duration::from_secs(30));
+    cmd(
+        &mut source.conn(),
+        &["SET", "fs:written-while-soaking", "1"],
+    );
+    let stopping = Instant::now();
+    let code = ferry.terminate(Duration::from_secs(30));
+    let took = stopping.elapsed();
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(stderr.contains("stopped at the final fence"), "{stderr}");
+    assert!(!stderr.contains("SLEPT THROUGH"), "{stderr}");
+    assert!(!stderr.contains("LATER RAN"), "{stderr}");
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}
