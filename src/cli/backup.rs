@@ -47,6 +47,6 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         r = backup.run() => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; no file was written"),
     };
-    eprintln!("{}", stats.summary());
+    say!("{}", stats.summary());
     Ok(ExitCode::SUCCESS)
 }

@@ -119,7 +119,7 @@ impl Stop {
                             _ = int.recv() => {}
                             _ = term.recv() => {}
                         }
-                        eprintln!(
+                        say!(
                             "ferry: error: a second stop signal: exiting without a final fence; the target may differ, and the next run resyncs every key"
                         );
                         std::process::exit(i32::from(super::EXIT_ERROR));

@@ -1,6 +1,15 @@
 //! The command line: validated arguments, logging, and the exit-code contract
 //! (0 ok, 1 verification found differences, 2 error).
 
+/// `eprintln!` that cannot panic: with stderr closed (`2>&-`) the message is lost, but the run
+/// keeps its exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod backup;
 mod migrate;
 mod monitor;
@@ -106,7 +115,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry: error: cannot start the runtime: {e}");
+            say!("ferry: error: cannot start the runtime: {e}");
             return ExitCode::from(EXIT_ERROR);
         }
     };
@@ -128,7 +137,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {}", one_line(&e));
+            say!("ferry: error: {}", one_line(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -722,7 +722,7 @@ pub async fn run_plan(
         tracing::info!(phase = phase.name(), "Phase done.");
     }
     if stop.requested() {
-        eprintln!(
+        say!(
             "Stopped before the migration started (plan {}): nothing was captured or copied.",
             plan.name
         );
@@ -784,7 +784,7 @@ pub async fn run_plan(
                         json.as_deref(),
                         &report_json(&migration, hook_report(), Some(&report))?,
                     )?;
-                    eprintln!(
+                    say!(
                         "Verification found {} differences; stopped at the final fence without running later phases.",
                         report.differences.len()
                     );
@@ -887,9 +887,10 @@ pub async fn run_plan(
                     e = rev.failure() => return Err(anyhow::anyhow!("reverse sync: {e}")),
                 }
                 let back = rev.finish().await?;
-                eprintln!(
+                say!(
                     "Reverse sync stopped at a final fence: {} commands replayed to the old source, target writes paused {} ms",
-                    back.commands, back.pause_ms
+                    back.commands,
+                    back.pause_ms
                 );
             }
             report
@@ -907,7 +908,7 @@ pub async fn run_plan(
         (None, None) => unreachable!("a cutover always leaves a report"),
     };
     let hooks = hook_report();
-    eprintln!(
+    say!(
         "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms; errors: {}{}{}",
         plan.name,
         report.snapshot_keys,

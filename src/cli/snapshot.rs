@@ -72,9 +72,9 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     cfg.state_dir = args.state_dir;
     cfg.progress = !args.quiet;
     let report = Snapshotter::new(source, target, cfg).run().await?;
-    eprintln!("{}", report.summary());
+    say!("{}", report.summary());
     for f in report.failed_keys.iter().take(20) {
-        eprintln!("ferry: failed key db{} {}: {}", f.db, f.key, f.reason);
+        say!("ferry: failed key db{} {}: {}", f.db, f.key, f.reason);
     }
     if let Some(path) = args.json {
         let data = serde_json::to_vec_pretty(&report)?;

@@ -171,7 +171,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let report = Worker::new(cfg, source, target)
         .run(async move { stop.wait().await })
         .await?;
-    eprintln!(
+    say!(
         "Replay stopped: {} entries in {} batches, {} in doubt ({} re-copies requested), {} stale, {} gaps; {} commands, {} restores; errors: {}",
         report.entries,
         report.batches,

@@ -110,7 +110,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = verifier.run().await?;
     if !args.quiet {
         super::print_out(report.grouped(10))?;
-        eprintln!("{}", report.summary());
+        say!("{}", report.summary());
     }
     if let Some(path) = args.json {
         let data = serde_json::to_vec_pretty(&report)?;

@@ -134,6 +134,23 @@ fn unreachable_server_is_a_one_line_error() {
 }
 
 #[test]
+fn a_closed_stderr_keeps_the_exit_code_and_never_panics() {
+    // stderr is a pipe whose reader has gone (`ferry … 2>&1 | head -0`): writing the error
+    // message fails with EPIPE. The exit code must still say "error" (it was a panic, 101).
+    let port = free_port();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"$0\" snapshot --source redis://127.0.0.1:{port} --target redis://127.0.0.1:{port} \
+             2>&1 >/dev/null | (exec 0<&-; sleep 0.2); echo \"${{PIPESTATUS[0]}}\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+}
+
+#[test]
 fn wrong_password_is_a_one_line_error() {
     let server = RedisServer::start_with(ServerOptions::with_password("right-pw"));
     let url = format!("redis://:hunter2@127.0.0.1:{}", server.port());
