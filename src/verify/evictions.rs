@@ -42,14 +42,23 @@ impl EvictionWatch {
         EvictionWatch { con, source }
     }
 
-    /// The source's `evicted_keys` counter, or `None` when `INFO` cannot say.
+    /// The source's `evicted_keys` counter, or `None` when `INFO` cannot say. A broken
+    /// connection is opened again once, so a network blip does not end the watch.
     pub async fn evicted_keys(&mut self) -> Option<u64> {
-        let info: String = redis::cmd("INFO")
+        let mut info = redis::cmd("INFO")
             .arg("stats")
-            .query_async(&mut self.con)
-            .await
-            .ok()?;
-        info_field(&info, "evicted_keys")?.parse().ok()
+            .query_async::<String>(&mut self.con)
+            .await;
+        if info.is_err()
+            && let Ok(con) = self.source.control().await
+        {
+            self.con = con;
+            info = redis::cmd("INFO")
+                .arg("stats")
+                .query_async::<String>(&mut self.con)
+                .await;
+        }
+        info_field(&info.ok()?, "evicted_keys")?.parse().ok()
     }
 
     /// The source's `maxmemory-policy` when it may evict keys (anything but `noeviction`).
