@@ -21,8 +21,13 @@ fn evicted(server: &RedisServer) -> u64 {
 }
 
 /// Migrates a source that evicts throughout; `counters` adds INCRs on a few keys, which LRU
-/// sampling evicts now and then, so they restart from 1 on the source. Returns ferry's stderr.
-fn migrate_while_evicting(extra_config: &[&str], counters: bool) -> String {
+/// sampling evicts now and then, so they restart from 1 on the source; `midway` runs on the
+/// source halfway through. Returns ferry's stderr.
+fn migrate_while_evicting(
+    extra_config: &[&str],
+    counters: bool,
+    midway: impl FnOnce(&mut redis::Connection),
+) -> String {
     let mut config = vec!["maxmemory-policy allkeys-lru".to_string()];
     config.extend(extra_config.iter().map(|s| s.to_string()));
     let source = RedisServer::start_with(ServerOptions {
@@ -68,7 +73,9 @@ fn migrate_while_evicting(extra_config: &[&str], counters: bool) -> String {
             i
         })
     };
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(3));
+    midway(&mut con);
+    std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     let _: () = redis::cmd("CONFIG")
@@ -94,14 +101,24 @@ fn migrate_while_evicting(extra_config: &[&str], counters: bool) -> String {
 
 #[test]
 fn evicted_keys_named_by_keyspace_events_are_exact_even_when_written_again() {
-    let stderr = migrate_while_evicting(&["notify-keyspace-events Ee"], true);
+    let stderr = migrate_while_evicting(&["notify-keyspace-events Ee"], true, |_| {});
     assert!(!stderr.contains("not name"), "{stderr}");
 }
 
 #[test]
 fn without_keyspace_events_sweeps_remove_what_the_source_evicted() {
-    let stderr = migrate_while_evicting(&[], false);
+    let stderr = migrate_while_evicting(&[], false, |_| {});
     assert!(stderr.contains("keyspace events do not name"), "{stderr}");
+}
+
+#[test]
+fn an_eviction_counter_that_goes_back_switches_to_sweeps() {
+    // CONFIG RESETSTAT (or a restart) sets evicted_keys back to 0: the events counted so far no
+    // longer match it, so ferry stops trusting the count and sweeps.
+    let stderr = migrate_while_evicting(&["notify-keyspace-events Ee"], false, |con| {
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();
+    });
+    assert!(stderr.contains("eviction counter went back"), "{stderr}");
 }
 
 #[test]
