@@ -505,7 +505,8 @@ async fn final_evictions(
     tracing::info!(
         keys = keys.len(),
         ms = started.elapsed().as_millis() as u64,
-        "Final eviction sweep inside the pause."
+        paused = limit.is_some(),
+        "Final eviction sweep: target keys without a source key are re-copied."
     );
     Ok(())
 }
