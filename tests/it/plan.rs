@@ -97,6 +97,98 @@ fn examples_dir() -> PathBuf {
 
 // ---- examples -------------------------------------------------------------------------------
 
+/// Every ```lua block of `docs/plan-reference.md`, made into a whole plan: a complete plan as
+/// it stands; `field = …` lines inside a minimal plan (the `local` lines before it); `ferry.…`
+/// rewrite and phase expressions in their lists. Each must load and pass the dry run, so the
+/// reference cannot drift from what ferry accepts.
+#[test]
+fn every_lua_block_of_the_plan_reference_loads() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plan-reference.md"),
+    )
+    .unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in doc.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```lua") => current = Some(Vec::new()),
+            (Some(b), l) if l.starts_with("```") => {
+                blocks.push(b.join("\n"));
+                current = None;
+            }
+            (Some(b), _) => b.push(line),
+            (None, _) => {}
+        }
+    }
+    assert!(blocks.len() >= 15, "only {} lua blocks", blocks.len());
+    let dir = TempDir::new().unwrap();
+    let mut env = env();
+    env.push(("EC_TOKEN".into(), "token".into()));
+    for (i, block) in blocks.iter().enumerate() {
+        let text = if block.contains("return ferry.plan") {
+            block.clone()
+        } else {
+            let (locals, fields): (Vec<&str>, Vec<&str>) =
+                block.lines().partition(|l| l.starts_with("local "));
+            let fields = fields.join("\n");
+            let body = match fields.trim_start() {
+                f if f.starts_with("ferry.rename_prefix")
+                    || f.starts_with("ferry.move_db")
+                    || f.starts_with("ferry.drop_commands") =>
+                {
+                    format!("rewrite = {{ {f} }},")
+                }
+                f if f.starts_with("ferry.") => format!("phases = {{ \"snapshot\", {f} }},"),
+                _ => fields.clone(),
+            };
+            format!(
+                "{HEAD}local url = \"redis://127.0.0.1:6379\"\n{}\nreturn ferry.plan {{\n  api_version = 1,\n  source = ferry.env \"SOURCE_URL\",\n  target = ferry.env \"TARGET_URL\",\n{body}\n}}\n",
+                locals.join("\n")
+            )
+        };
+        let path = write(dir.path(), &format!("block{i}.lua"), &text);
+        let plan = plan::load(&path, &env)
+            .unwrap_or_else(|e| panic!("docs block {}:\n{block}\n--- as\n{text}\n--- {e}", i + 1));
+        let report = plan::check(&plan, &[]);
+        assert!(report.is_ok(), "docs block {}: {report}\n{text}", i + 1);
+    }
+}
+
+/// Every field name the plan decoder accepts appears in `docs/plan-reference.md`.
+#[test]
+fn every_plan_field_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/plan-reference.md")).unwrap();
+    let decoder = std::fs::read_to_string(root.join("src/plan/decode.rs")).unwrap();
+    // The names in `TOP_FIELDS` and in the `&["…", …]` lists given to `record`/`check_keys`.
+    let mut fields = Vec::new();
+    for (i, _) in decoder.match_indices("&[\"") {
+        let list = &decoder[i..i + decoder[i..].find(']').unwrap()];
+        fields.extend(list.split('"').skip(1).step_by(2).map(str::to_string));
+    }
+    let top = &decoder[decoder.find("const TOP_FIELDS").unwrap()..];
+    let top = &top[..top.find("];").unwrap()];
+    fields.extend(top.split('"').skip(1).step_by(2).map(str::to_string));
+    assert!(fields.len() >= 30, "found only {fields:?}");
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| {
+            // As a field (`name`, `name =`), a value (`"name"`) or a constructor (`ferry.name`,
+            // `name(`).
+            ![
+                format!("`{f}`"),
+                format!("{f} ="),
+                format!("\"{f}\""),
+                format!("ferry.{f}"),
+                format!("{f}("),
+            ]
+            .iter()
+            .any(|p| doc.contains(p.as_str()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "undocumented plan fields: {missing:?}");
+}
+
 #[test]
 fn every_example_loads() {
     let mut loaded = 0;
