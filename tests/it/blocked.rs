@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::migrate::start_migrate;
+use crate::migrate::start_past_snapshot;
 use crate::support::{OracleOptions, RedisServer, compare};
 
 fn blocked_clients(con: &mut redis::Connection) -> usize {
@@ -35,13 +35,7 @@ fn pops_served_after_blocking_are_replayed_exactly() {
         .unwrap();
 
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
 
     // Each consumer blocks on an empty key, is served, and disconnects (its thread ends and
     // drops the connection) without sending anything else.

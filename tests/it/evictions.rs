@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::migrate::start_migrate;
+use crate::migrate::{start_migrate, start_past_snapshot};
 use crate::support::server::info_field;
 use crate::support::{OracleOptions, RedisServer, ServerOptions, compare};
 
@@ -135,13 +135,7 @@ fn a_target_that_may_evict_is_named_before_anything_is_copied() {
         .query(&mut source.conn())
         .unwrap();
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     let code = ferry.terminate(Duration::from_secs(60));
     let stderr = ferry.stderr();
     assert_eq!(code, Some(0), "{stderr}");

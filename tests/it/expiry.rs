@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::migrate::start_migrate;
+use crate::migrate::start_past_snapshot;
 use crate::support::{OracleOptions, RedisServer, compare};
 
 #[test]
@@ -20,13 +20,7 @@ fn writes_to_keys_that_expire_during_replay_lag_stay_exact() {
             .unwrap();
     }
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     std::thread::sleep(Duration::from_millis(500));
 
     // The target stalls, so replay lags by about two seconds.

@@ -92,6 +92,24 @@ pub fn start_migrate(
     )
 }
 
+/// `ferry migrate --capture primary` (plus `extra`), returned once the snapshot's reads are
+/// done, so that what the test writes next reaches the target through replay.
+pub fn start_past_snapshot(
+    source: &RedisServer,
+    target: &RedisServer,
+    state: &std::path::Path,
+    extra: &[&str],
+) -> FerryProcess {
+    let args: Vec<&str> = ["--capture", "primary"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let ferry = start_migrate(&source.url(), &target.url(), state, &args);
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    ferry
+}
+
 pub fn start_migrate_logging(
     source: &str,
     target: &str,
@@ -357,17 +375,7 @@ fn issue4_small_command_backlog_does_not_stall_replay() {
     let source = RedisServer::start();
     let target = RedisServer::start();
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ferry.stderr().contains("Snapshot reads done") {
-        assert!(Instant::now() < deadline, "{}", ferry.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     // Stall the target while 50k tiny writes to one key pile up in the journal.
     let mut t = target.conn();
     let _: () = redis::cmd("CLIENT")

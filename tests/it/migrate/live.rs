@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{FerryProcess, dataset, start_migrate, tail};
+use super::{FerryProcess, dataset, start_migrate, start_past_snapshot, tail};
 use crate::support::workload::{self, WorkloadOptions};
 use crate::support::{
     Dataset, OracleOptions, OracleReport, RedisServer, ServerOptions, compare, fill,
@@ -64,13 +64,7 @@ fn target_oom_is_a_difference_and_the_run_does_not_exit_0() {
     });
     fill(&source, &Dataset::tiny());
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     // A live writer fills the target past its maxmemory: 20 MB of new keys.
     write_burst(&source, "fill", 5000, 4096);
     std::thread::sleep(Duration::from_secs(2));
@@ -133,13 +127,7 @@ fn errors_the_source_gave_too_keep_exit_0_and_an_exact_target() {
             i
         })
     };
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = writer.join().unwrap();
@@ -297,13 +285,12 @@ fn tiny_monitor_buffer_bound_disconnects_capture_and_resyncs() {
             ..WorkloadOptions::default()
         },
     );
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
+    let mut ferry = start_past_snapshot(
+        &source,
+        &target,
         state.path(),
-        &["--capture", "primary", "--max-monitor-buffer", "1048576"],
+        &["--max-monitor-buffer", "1048576"],
     );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
     // Freeze ferry so the source has to buffer a burst for its MONITOR connection; binary
     // values take four times their size there (redis-facts §1).
     let pid = ferry.child.id().to_string();
@@ -347,13 +334,7 @@ fn target_turned_read_only_mid_replay_is_retried_resynced_and_exact() {
             ..WorkloadOptions::default()
         },
     );
-    let mut ferry = start_migrate(
-        &source.url(),
-        &target.url(),
-        state.path(),
-        &["--capture", "primary"],
-    );
-    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
     std::thread::sleep(Duration::from_secs(1));
     let mut t = target.conn();
     let _: () = redis::cmd("REPLICAOF")
