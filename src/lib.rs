@@ -16,48 +16,63 @@
 //!
 //! # Layout
 //!
-//! - [`net`]: Redis URLs (redacted in every message), control connections through redis-rs, and
-//!   raw RESP connections for `MONITOR`.
-//! - [`capture`]: the byte-exact `MONITOR` parser ([`capture::parse_line`]) and the live stream
-//!   ([`capture::MonitorStream`]).
-//! - [`command`]: the command table from the server's own `COMMAND` (or the built-in Redis 7.0
-//!   table): classification ([`command::Class`]) and key extraction ([`command::KeyRef`]) that
-//!   match `COMMAND GETKEYSANDFLAGS`.
-//! - [`cutover`]: the end of a migration: [`cutover::Fenced`] holds the source paused at the
-//!   final fence for the switch, starts the reverse sync and releases the pause without letting
-//!   held writes run on the old source; [`cutover::Backup`] writes the source as an RDB file
-//!   from `DUMP` payloads, for sources that cannot `SAVE` (ElastiCache).
-//! - [`clock`]: wall-clock milliseconds and microseconds, as Redis counts them.
-//! - [`escape`]: Redis's argument quoting, both ways.
-//! - [`journal`]: the embedded journal: segmented, checksummed, fsynced files that readers tail;
-//!   and, behind the default `sqs` feature, `journal::sqs`: the SQS transport between separate
-//!   capture and replay processes (per-shard ordered, exactly-once delivery on top of SQS).
-//! - [`plan`]: Lua migration plans evaluated once, in a sandbox, into a plain [`plan::Plan`]
-//!   with opaque hooks; key globs, rewrite rules ([`plan::apply_rules`]) and `ferry check`.
-//! - [`pipeline`]: [`pipeline::Migration`] wires capture → journal → stitcher → replay with the
-//!   live snapshot, the re-copier, the fenced verifier and the final fence.
-//! - [`replay`]: the stitcher (fences, dirty keys, rewrites for exact replay), the pipelined
-//!   sharded replayer, and `replay::remote`: publishing to SQS (`ferry capture`) and applying
-//!   from it in other processes (`ferry replay`).
-//! - [`snapshot`]: parallel fenced `SCAN` + `DUMP` → `RESTORE`, type-aware chunks for big keys.
-//! - [`verify`]: both-direction key comparison (DUMP shortcut, type-aware digests, re-checks),
-//!   and [`verify::FencedVerifier`]: source and target read at the same stream position inside
-//!   a running migration.
+//! Modules are layered: each uses only modules listed before it (the architecture test in
+//! `tests/it/architecture.rs` holds the same order, and `docs/architecture.md` explains it).
+//!
+//! - [`clock`], [`escape`]: wall-clock time as Redis counts it; Redis's argument quoting.
+//! - [`command`]: the command model: [`command::Argv`], the table from the server's own
+//!   `COMMAND` (or the built-in Redis 7.0 table), classification, key extraction, and the
+//!   [`command::Mapper`] seam through which a plan renames and filters commands and keys.
+//! - [`net`]: Redis URLs (redacted in every message), control connections through redis-rs,
+//!   raw RESP connections and the line framing of a `MONITOR` stream.
+//! - [`journal`]: the stream's vocabulary ([`journal::EntryKind`], [`journal::Marker`]) and
+//!   the embedded journal: segmented, checksummed, fsynced files that readers tail; behind the
+//!   default `sqs` feature, `journal::sqs`, the SQS transport between processes.
+//! - [`capture`]: the byte-exact `MONITOR` parser ([`capture::parse_line`]), grouping into
+//!   journal entries, and the live capture task ([`capture::Capture`]).
+//! - [`snapshot`]: parallel fenced `SCAN` + `DUMP` → `RESTORE` ([`snapshot::Snapshotter`]),
+//!   type-aware chunks for big keys, and the live side (payload store, re-copier).
+//! - [`backup`]: [`backup::Backup`] writes the source as an RDB file from `DUMP` payloads, for
+//!   sources that cannot `SAVE` (ElastiCache): the rollback copy of a cutover.
+//! - [`replay`]: the stitcher ([`replay::Stitcher`]: fences, dirty keys, rewrites for exact
+//!   replay) producing [`replay::Op`]s, the pipelined sharded replayer, and `replay::remote`
+//!   (publishing to SQS and applying from it in other processes).
+//! - [`verify`]: both-direction key comparison ([`verify::Verifier`]) and the fenced
+//!   comparison inside a running migration ([`verify::FencedVerifier`]).
+//! - [`plan`]: Lua plans evaluated once, in a sandbox, into a plain [`plan::Plan`] with opaque
+//!   hooks, and the plan behind the seams of the stages ([`plan::PlanMapper`],
+//!   [`plan::PlanRules`]). `mlua` never leaves this module.
+//! - [`migration`]: [`migration::Migration`] wires the stages into a live migration (the
+//!   coordinator, markers, evictions, the final fence, the switch and the reverse sync);
+//!   [`migration::PlanRunner`] drives one through a plan's phases to an
+//!   [`migration::Outcome`].
+//!
+//! The binary (`src/cli/`) parses arguments, calls the library, prints, and maps outcomes to
+//! exit codes: 0 done, 1 differences found, 2 error.
 //!
 //! # Units that flow
 //!
 //! - [`command::Argv`]: a command's arguments as bytes, never strings; keys are binary.
 //! - [`capture::MonitorLine`]: `{ ts_us, db, peer, argv }`, one per `MONITOR` line, in the
 //!   source's single execution order.
+//! - [`journal::EntryKind`]: what capture makes of the lines, in that order: a write, an atomic
+//!   group, a key fence (a snapshot read at its position), a payload, a [`journal::Marker`], a
+//!   gap. Journaled on disk or carried by SQS, read by the stitcher.
+//! - [`journal::Marker`]: a position ferry placed in the stream (`ECHO` on the source): named
+//!   positions the coordinator waits for, snapshot done, dirty keys, re-copy requests.
+//! - [`replay::Op`]: what the stitcher hands to replay, per key in order: a command, an atomic
+//!   group, a restore of a key copy (payload, absolute expiry), a barrier, a fenced check.
+//! - Key copies: `DUMP` payloads with their absolute expiry, read by fenced reads and matched
+//!   to their fence by `(read id, ordinal)`.
 
+pub mod backup;
 pub mod capture;
 pub mod clock;
 pub mod command;
-pub mod cutover;
 pub mod escape;
 pub mod journal;
+pub mod migration;
 pub mod net;
-pub mod pipeline;
 pub mod plan;
 pub mod replay;
 pub mod snapshot;

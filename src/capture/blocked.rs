@@ -1,5 +1,5 @@
 //! The blocked-client ledger: which clients may be blocked on which keys, so that a push that
-//! serves one (invisibly, redis-facts §4) is followed by a re-copy of the keys the pop changed.
+//! serves one (invisibly, docs/redis-behaviour.md §4) is followed by a re-copy of the keys the pop changed.
 //!
 //! ## Why
 //! On a primary, `MONITOR` logs `BRPOP q 5` once, when the client blocks. When another client's

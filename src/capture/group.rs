@@ -4,7 +4,7 @@
 //!
 //! ## Behavior
 //! - `MULTI` opens a buffer for its client; the queued commands are logged at `EXEC` time, just
-//!   before the `EXEC` line (redis-facts §2), so they go into the buffer and `EXEC` emits it as
+//!   before the `EXEC` line (docs/redis-behaviour.md §2), so they go into the buffer and `EXEC` emits it as
 //!   one atomic group. `DISCARD` drops it; an aborted `EXEC` emits nothing.
 //! - A script line (`EVAL`…) is followed by its `[db lua]` lines (§3); their writes form one
 //!   atomic group, inside the caller's `MULTI` buffer when there is one.
@@ -21,66 +21,7 @@ use std::sync::{Arc, RwLock};
 use super::blocked::BlockedLedger;
 use super::parse::{MonitorLine, Peer};
 use crate::command::{Argv, Class, CommandTable};
-
-/// Prefix of the `ECHO` argument that ferry uses as a marker in the source's stream.
-pub const MARKER_PREFIX: &[u8] = b"ferry:";
-
-/// Prefix of the `ECHO` that opens a fenced read inside its `MULTI`: `ferry-read:<id>`. The
-/// reads that follow are numbered from 0 within that id, so payloads and fences match by
-/// `(id, index)` whatever was lost around them.
-pub const READ_PREFIX: &[u8] = b"ferry-read:";
-
-/// Prefix of the `ECHO` a replay worker sends to the source to ask for a fenced re-copy of a
-/// key: `ferry-recopy:<db>:<hex key>`. Any client may send it (workers are other processes);
-/// it becomes a marker `recopy:<db>:<hex key>` at that position of the stream.
-pub const RECOPY_PREFIX: &[u8] = b"ferry-recopy:";
-
-/// Prefix of a marker that names a source key to re-copy from its position in the stream:
-/// `dirty:<db>:<hex key>`. Capture places one after a write that may have served a blocked
-/// client, for each key the invisible pop changed; ferry's eviction sweep, for evicted keys.
-pub const DIRTY_PREFIX: &str = "dirty:";
-
-/// `<db>:<hex key>`: a key named inside a marker id.
-pub fn key_id(db: u32, key: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = format!("{db}:");
-    for b in key {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// The inverse of [`key_id`].
-pub fn parse_key_id(id: &str) -> Option<(u32, Vec<u8>)> {
-    let (db, hex) = id.split_once(':')?;
-    let db = db.parse().ok()?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let key = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((db, key))
-}
-
-/// A unit of captured stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Captured {
-    /// One write.
-    Write { db: u32, argv: Argv },
-    /// Writes that took effect atomically, each with its db.
-    Atomic(Vec<(u32, Argv)>),
-    /// ferry read `key` here: the `ordinal`-th key of the fenced read `read_id`.
-    KeyRead {
-        db: u32,
-        key: Vec<u8>,
-        read_id: String,
-        ordinal: u64,
-    },
-    /// ferry's marker `ECHO ferry:<id>`.
-    Marker { id: String },
-}
+use crate::journal::{EntryKind, Marker, parse_read_echo};
 
 /// What ferry's own connections to the source are, by the address the server sees.
 #[derive(Debug, Default)]
@@ -157,7 +98,7 @@ impl Grouper {
     }
 
     /// Ends the current script's group, if any.
-    pub fn flush_script(&mut self, out: &mut Vec<Captured>) {
+    pub fn flush_script(&mut self, out: &mut Vec<EntryKind>) {
         if let Some(writes) = self.script.take() {
             let start = out.len();
             emit_group(writes, out);
@@ -167,18 +108,18 @@ impl Grouper {
 
     /// Follows each write in `out[start..]` that may have served a blocked client with markers
     /// for the keys the invisible pops changed.
-    fn mark_served(&mut self, start: usize, out: &mut Vec<Captured>) {
+    fn mark_served(&mut self, start: usize, out: &mut Vec<EntryKind>) {
         if self.blocked.is_empty() || out.len() == start {
             return;
         }
         let mut keys = Vec::new();
         for unit in &out[start..] {
             match unit {
-                Captured::Write { db, argv } => {
+                EntryKind::Write { db, argv } => {
                     self.blocked
                         .served(&self.table, *db, argv, self.ts_us, &mut keys)
                 }
-                Captured::Atomic(writes) => {
+                EntryKind::Atomic(writes) => {
                     for (db, argv) in writes {
                         self.blocked
                             .served(&self.table, *db, argv, self.ts_us, &mut keys);
@@ -187,9 +128,10 @@ impl Grouper {
                 _ => {}
             }
         }
-        out.extend(keys.into_iter().map(|(db, key)| Captured::Marker {
-            id: format!("{DIRTY_PREFIX}{}", key_id(db, &key)),
-        }));
+        out.extend(
+            keys.into_iter()
+                .map(|(db, key)| EntryKind::Marker(Marker::Dirty { db, key })),
+        );
     }
 
     /// Forgets open transactions and scripts, after the stream broke.
@@ -201,7 +143,7 @@ impl Grouper {
     }
 
     /// Consumes one line, appending what it produces to `out`.
-    pub fn push(&mut self, line: &MonitorLine, out: &mut Vec<Captured>) {
+    pub fn push(&mut self, line: &MonitorLine, out: &mut Vec<EntryKind>) {
         self.ts_us = line.ts_us;
         if line.peer != Peer::Lua {
             // A script's effects end at the next line that is not one of them.
@@ -218,7 +160,7 @@ impl Grouper {
     }
 
     /// True when the line was a write outside any transaction or script (one that may block).
-    fn push_line(&mut self, line: &MonitorLine, out: &mut Vec<Captured>) -> bool {
+    fn push_line(&mut self, line: &MonitorLine, out: &mut Vec<EntryKind>) -> bool {
         if line.peer == Peer::Lua {
             self.push_lua(line);
             return false;
@@ -233,11 +175,9 @@ impl Grouper {
         let class = self.table.classify(&line.argv);
         let name = line.argv.name();
         if name == b"ECHO"
-            && let Some(rest) = line.argv.get(1).and_then(|a| a.strip_prefix(RECOPY_PREFIX))
+            && let Some(marker) = line.argv.get(1).and_then(Marker::from_recopy_echo)
         {
-            out.push(Captured::Marker {
-                id: format!("recopy:{}", String::from_utf8_lossy(rest)),
-            });
+            out.push(EntryKind::Marker(marker));
             return false;
         }
         if let Some(buf) = self.multi.get_mut(&line.peer) {
@@ -262,7 +202,7 @@ impl Grouper {
             }
             Class::Script => self.script = Some(Vec::new()),
             c if is_replayed(c) => {
-                out.push(Captured::Write {
+                out.push(EntryKind::Write {
                     db: line.db,
                     argv: line.argv.clone(),
                 });
@@ -296,18 +236,15 @@ impl Grouper {
         addr: SocketAddr,
         role: Role,
         line: &MonitorLine,
-        out: &mut Vec<Captured>,
+        out: &mut Vec<EntryKind>,
     ) {
         let name = line.argv.name();
         let arg1 = line.argv.get(1).unwrap_or_default();
         if name == b"ECHO" {
-            if let Some(id) = arg1.strip_prefix(READ_PREFIX) {
-                let id = String::from_utf8_lossy(id).into_owned();
+            if let Some(id) = parse_read_echo(arg1) {
                 self.reads.insert(addr, (id, 0));
-            } else if let Some(id) = arg1.strip_prefix(MARKER_PREFIX) {
-                out.push(Captured::Marker {
-                    id: String::from_utf8_lossy(id).into_owned(),
-                });
+            } else if let Some(marker) = Marker::from_control_echo(arg1) {
+                out.push(EntryKind::Marker(marker));
             }
             return;
         }
@@ -320,7 +257,7 @@ impl Grouper {
             && line.argv.len() == 2
             && let Some((id, next)) = self.reads.get_mut(&addr)
         {
-            out.push(Captured::KeyRead {
+            out.push(EntryKind::KeyFence {
                 db: line.db,
                 key: arg1.to_vec(),
                 read_id: id.clone(),
@@ -335,14 +272,14 @@ fn is_replayed(class: Class) -> bool {
     matches!(class, Class::Write | Class::ScriptCache | Class::Unknown)
 }
 
-fn emit_group(mut writes: Vec<(u32, Argv)>, out: &mut Vec<Captured>) {
+fn emit_group(mut writes: Vec<(u32, Argv)>, out: &mut Vec<EntryKind>) {
     match writes.len() {
         0 => {}
         1 => {
             let (db, argv) = writes.pop().unwrap_or_default();
-            out.push(Captured::Write { db, argv });
+            out.push(EntryKind::Write { db, argv });
         }
-        _ => out.push(Captured::Atomic(writes)),
+        _ => out.push(EntryKind::Atomic(writes)),
     }
 }
 
@@ -351,7 +288,7 @@ mod tests {
     use super::*;
     use crate::capture::parse_line;
 
-    fn run(lines: &[&str], peers: &[(&str, Role)]) -> Vec<Captured> {
+    fn run(lines: &[&str], peers: &[(&str, Role)]) -> Vec<EntryKind> {
         let reg = PeerRegistry::new();
         for (a, r) in peers {
             reg.register(a, *r);
@@ -401,13 +338,13 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Captured::Write {
+                EntryKind::Write {
                     db: 0,
                     argv: Argv::from_args(["SET", "x", "1"])
                 },
-                Captured::Atomic(vec![w(0, &["SET", "a", "1"]), w(2, &["INCR", "c"])]),
-                Captured::Atomic(vec![w(4, &["SET", "k", "v"]), w(0, &["LPUSH", "l", "x"])]),
-                Captured::Write {
+                EntryKind::Atomic(vec![w(0, &["SET", "a", "1"]), w(2, &["INCR", "c"])]),
+                EntryKind::Atomic(vec![w(4, &["SET", "k", "v"]), w(0, &["LPUSH", "l", "x"])]),
+                EntryKind::Write {
                     db: 0,
                     argv: Argv::from_args(["DEL", "only"])
                 },
@@ -439,13 +376,13 @@ mod tests {
             ],
             &[],
         );
-        let served = |key: &str| Captured::Marker {
-            id: format!(
-                "dirty:0:{}",
-                key_id(0, key.as_bytes()).split_once(':').unwrap().1
-            ),
+        let served = |key: &str| {
+            EntryKind::Marker(Marker::Dirty {
+                db: 0,
+                key: key.as_bytes().to_vec(),
+            })
         };
-        let write = |args: &[&str]| Captured::Write {
+        let write = |args: &[&str]| EntryKind::Write {
             db: 0,
             argv: Argv::from_args(args),
         };
@@ -466,10 +403,6 @@ mod tests {
                 write(&["LPUSH", "q", "j4"]),
                 write(&["RPUSH", "src", "j5"]),
             ]
-        );
-        assert_eq!(
-            parse_key_id(&key_id(7, b"\x00\xffk")),
-            Some((7, b"\x00\xffk".to_vec()))
         );
     }
 
@@ -493,7 +426,7 @@ mod tests {
             ],
             &[("127.0.0.1:9", Role::Fence), ("127.0.0.1:8", Role::Control)],
         );
-        let read = |db, key: &str, id: &str, ordinal| Captured::KeyRead {
+        let read = |db, key: &str, id: &str, ordinal| EntryKind::KeyFence {
             db,
             key: key.as_bytes().to_vec(),
             read_id: id.into(),
@@ -504,9 +437,7 @@ mod tests {
             vec![
                 read(3, "k1", "r1", 0),
                 read(3, "k2", "r1", 1),
-                Captured::Marker {
-                    id: "final-1".into()
-                },
+                EntryKind::Marker(Marker::Position("final-1".into())),
                 read(0, "big", "r2", 0),
             ]
         );

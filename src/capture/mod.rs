@@ -5,19 +5,14 @@
 //! parsed here. The journal (later stages) receives what capture produces.
 
 mod blocked;
-pub mod framing;
 mod group;
 mod monitor;
 pub mod parse;
 mod task;
 
-pub use group::{
-    Captured, DIRTY_PREFIX, Grouper, MARKER_PREFIX, PeerRegistry, READ_PREFIX, RECOPY_PREFIX, Role,
-    key_id, parse_key_id,
-};
+pub use group::{Grouper, PeerRegistry, Role};
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{
-    Capture, CaptureConfig, CaptureEvent, CaptureHandle, CaptureSink, DEFAULT_OMEM_LIMIT,
-    watch_output_buffer,
+    Capture, CaptureConfig, CaptureHandle, CaptureSink, DEFAULT_OMEM_LIMIT, watch_output_buffer,
 };

@@ -2,11 +2,11 @@
 //!
 //! Reading and parsing happen on the caller's task with a large read buffer. The stream never
 //! waits on anything but the socket, so a consumer that keeps calling [`MonitorStream::next`]
-//! keeps the source's output buffer for this client near empty (redis-facts §7).
+//! keeps the source's output buffer for this client near empty (docs/redis-behaviour.md §7).
 
-use super::framing::Frame;
 use super::parse::{MonitorLine, ParseError, parse_line_into};
 use crate::escape::Quoted;
+use crate::net::framing::Frame;
 use crate::net::{Endpoint, NetError, RawConn, Reply};
 
 /// Why the stream stopped or a line was rejected.

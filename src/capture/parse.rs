@@ -43,7 +43,7 @@ impl fmt::Display for Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorLine {
     /// Wall-clock time on the source when the line was produced, in microseconds since the epoch.
-    /// For normal commands that is after execution; for scripts, before (redis-facts §1).
+    /// For normal commands that is after execution; for scripts, before (docs/redis-behaviour.md §1).
     pub ts_us: u64,
     /// The client's selected db when the line was produced.
     pub db: u32,

@@ -4,21 +4,22 @@
 //!
 //! ## Behavior
 //! - Never waits on anything downstream but the sink's append (the journal writes to disk), so
-//!   the source never has to buffer the stream for ferry (redis-facts §7).
+//!   the source never has to buffer the stream for ferry (docs/redis-behaviour.md §7).
 //! - If the monitor client's `omem` on the source passes [`CaptureConfig::omem_limit`], capture
 //!   drops the connection itself and reports a gap, rather than let the source evict keys or
 //!   refuse writes.
 //! - Any break in the stream (connection lost, guard, unparseable line) is reported as a
-//!   [`CaptureEvent::Gap`]; capture reconnects with backoff and goes on.
+//!   [`EntryKind::Gap`]; capture reconnects with backoff and goes on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::group::{Captured, Grouper, PeerRegistry, Role};
+use super::group::{Grouper, PeerRegistry, Role};
 use super::monitor::{CaptureError, MonitorStream};
 use crate::command::CommandTable;
+use crate::journal::EntryKind;
 use crate::net::Endpoint;
 
 /// Default bound on the source's output buffer for the monitor connection.
@@ -46,19 +47,10 @@ impl Default for CaptureConfig {
     }
 }
 
-/// What capture hands to its sink, with the source timestamp in microseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaptureEvent {
-    /// A captured unit.
-    Unit(Captured),
-    /// Lines may have been lost here.
-    Gap(String),
-}
-
 /// Where capture delivers batches; an error stops capture (the journal failed).
 pub trait CaptureSink: Send + 'static {
     /// Appends a batch, in order.
-    fn append(&mut self, batch: Vec<(u64, CaptureEvent)>) -> Result<(), String>;
+    fn append(&mut self, batch: Vec<(u64, EntryKind)>) -> Result<(), String>;
 }
 
 /// Capture of one source node.
@@ -134,7 +126,7 @@ impl Capture {
             let _ = live.send(false);
             grouper.reset();
             tracing::warn!(source = %self.source, %reason, "Capture lost the stream; resync follows.");
-            sink.append(vec![(now_us(), CaptureEvent::Gap(reason))])?;
+            sink.append(vec![(now_us(), EntryKind::Gap { reason })])?;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.changed() => return Ok(()),
@@ -174,10 +166,15 @@ impl Capture {
                         Ok(line) => {
                             let ts = line.ts_us;
                             grouper.push(line, &mut units);
-                            batch.extend(units.drain(..).map(|u| (ts, CaptureEvent::Unit(u))));
+                            batch.extend(units.drain(..).map(|u| (ts, u)));
                         }
                         Err(e @ CaptureError::Parse { .. }) => {
-                            batch.push((now_us(), CaptureEvent::Gap(e.to_string())));
+                            batch.push((
+                                now_us(),
+                                EntryKind::Gap {
+                                    reason: e.to_string(),
+                                },
+                            ));
                         }
                         Err(e) => return Err(Broken(e.to_string())),
                     }
@@ -191,7 +188,7 @@ impl Capture {
                     _ = tokio::time::sleep(self.cfg.script_quiet), if quiet => {
                         grouper.flush_script(&mut units);
                         let ts = now_us();
-                        batch.extend(units.drain(..).map(|u| (ts, CaptureEvent::Unit(u))));
+                        batch.extend(units.drain(..).map(|u| (ts, u)));
                         continue;
                     }
                     _ = trip.changed() => {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use ferry::cutover::{self, Backup, BackupConfig};
+use ferry::backup::{self, Backup, BackupConfig};
 use ferry::net::Endpoint;
 
 /// Write every key of the source (values and expiry times) to an RDB file, using only `SCAN`,
@@ -25,11 +25,11 @@ pub struct BackupArgs {
     dbs: Vec<u32>,
 
     /// Parallel readers, each with its own source connection.
-    #[arg(long, default_value_t = cutover::DEFAULT_WORKERS)]
+    #[arg(long, default_value_t = backup::DEFAULT_WORKERS)]
     workers: usize,
 
     /// Keys per pipelined read (one MULTI … EXEC on the source).
-    #[arg(long, default_value_t = cutover::DEFAULT_BATCH_KEYS)]
+    #[arg(long, default_value_t = backup::DEFAULT_BATCH_KEYS)]
     batch: usize,
 }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use ferry::migration::CaptureMode;
 use ferry::net::Endpoint;
-use ferry::pipeline::{CaptureMode, MigrateConfig};
 use ferry::snapshot;
 
 /// Migrate a live source to a target: capture writes from MONITOR into the on-disk journal,
@@ -81,91 +81,6 @@ fn parse_verify(s: &str) -> Result<String, String> {
     }
 }
 
-/// SIGINT/SIGTERM, listened for from the moment it is made: a signal that arrives while a
-/// plan's phases run is not lost (a background job's inherited SIGINT disposition is "ignore",
-/// so an unhandled one would vanish), and stops the run at a final fence.
-#[derive(Clone)]
-pub struct Stop {
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    notify: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl Stop {
-    /// Installs the handlers now.
-    pub fn install() -> Stop {
-        let stop = Stop {
-            flag: Default::default(),
-            notify: Default::default(),
-        };
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let signals = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            );
-            let s = stop.clone();
-            tokio::spawn(async move {
-                match signals {
-                    (Ok(mut int), Ok(mut term)) => {
-                        tokio::select! {
-                            _ = int.recv() => {}
-                            _ = term.recv() => {}
-                        }
-                        s.set();
-                        // A stop during a long snapshot waits for it; a second signal is the
-                        // operator's way out, as a kill would be: the next run resyncs.
-                        tokio::select! {
-                            _ = int.recv() => {}
-                            _ = term.recv() => {}
-                        }
-                        say!(
-                            "ferry: error: a second stop signal: exiting without a final fence; the target may differ, and the next run resyncs every key"
-                        );
-                        std::process::exit(i32::from(super::EXIT_ERROR));
-                    }
-                    _ => {
-                        let _ = tokio::signal::ctrl_c().await;
-                        s.set();
-                    }
-                }
-            });
-        }
-        #[cfg(not(unix))]
-        {
-            let s = stop.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                s.set();
-            });
-        }
-        stop
-    }
-
-    fn set(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    /// True once a signal came.
-    pub fn requested(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Resolves once a signal came (at once if one already did).
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.requested() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// The default plan's inputs from command-line flags (`ferry.env` overrides).
 pub(super) fn default_plan_overrides(
     source: &str,
@@ -198,30 +113,31 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         args.max_monitor_buffer > 0,
         "--max-monitor-buffer must be at least 1 byte"
     );
-    let mut overrides =
+    // Every flag reaches the migration one way: as an input of the default plan, which turns
+    // it into a plan field like any plan file would.
+    let mut inputs =
         default_plan_overrides(&args.source, &args.target, args.capture, &args.state_dir);
-    overrides.extend([
+    let flag = |on: bool| if on { "1" } else { "" }.to_string();
+    inputs.extend([
         ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),
+        ("FERRY_CUTOVER".to_string(), flag(args.cutover)),
+        ("FERRY_REVERSE_SYNC".to_string(), flag(args.reverse_sync)),
+        ("FERRY_WORKERS".to_string(), args.workers.to_string()),
         (
-            "FERRY_CUTOVER".to_string(),
-            if args.cutover { "1" } else { "" }.to_string(),
+            "FERRY_MAX_SOURCE_OPS".to_string(),
+            args.max_source_ops
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
         ),
         (
-            "FERRY_REVERSE_SYNC".to_string(),
-            if args.reverse_sync { "1" } else { "" }.to_string(),
+            "FERRY_MAX_PAUSE_MS".to_string(),
+            args.max_pause_ms.to_string(),
+        ),
+        (
+            "FERRY_MAX_MONITOR_BUFFER".to_string(),
+            args.max_monitor_buffer.to_string(),
         ),
     ]);
-    // `ferry migrate` is the default plan of the embedded library, with the flags applied.
-    let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;
-    let workers = args.workers;
-    let max_source_ops = args.max_source_ops;
-    let max_pause = std::time::Duration::from_millis(args.max_pause_ms);
-    let max_monitor_buffer = args.max_monitor_buffer;
-    super::plan::run_plan(plan, args.json, move |cfg: &mut MigrateConfig| {
-        cfg.capture_settings.omem_limit = max_monitor_buffer;
-        cfg.snapshot.workers = workers;
-        cfg.snapshot.max_source_ops = max_source_ops;
-        cfg.max_pause = max_pause;
-    })
-    .await
+    let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;
+    super::plan::run_plan(plan, args.json).await
 }

@@ -69,6 +69,54 @@ pub(crate) fn print_out(report: impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
+/// A stop request set by SIGINT/SIGTERM, listened for from the moment this returns: a signal
+/// that arrives while a plan's phases run is not lost (a background job's inherited SIGINT
+/// disposition is "ignore", so an unhandled one would vanish), and stops the run at a final
+/// fence. A second signal exits at once with code 2.
+pub(crate) fn stop_on_signals() -> ferry::migration::Stop {
+    let stop = ferry::migration::Stop::new();
+    let s = stop.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        tokio::spawn(async move {
+            match signals {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    s.set();
+                    // A stop during a long snapshot waits for it; a second signal is the
+                    // operator's way out, as a kill would be: the next run resyncs.
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    say!(
+                        "ferry: error: a second stop signal: exiting without a final fence; the target may differ, and the next run resyncs every key"
+                    );
+                    std::process::exit(i32::from(EXIT_ERROR));
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    s.set();
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.set();
+    });
+    stop
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "ferry=info",

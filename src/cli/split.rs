@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use ferry::journal::sqs::SqsConfig;
+use ferry::migration::CaptureMode;
 use ferry::net::Endpoint;
-use ferry::pipeline::{CaptureMode, MigrateConfig};
 use ferry::replay::DEFAULT_SHARDS;
 use ferry::replay::remote::{QueueSpec, Worker, WorkerConfig};
 
@@ -58,21 +58,29 @@ pub struct CaptureArgs {
 pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     Endpoint::parse(&args.source)?;
     Endpoint::parse(&args.target)?;
-    let spec = queue_spec(&args.queue, args.shards)?;
-    let overrides = super::migrate::default_plan_overrides(
+    queue_spec(&args.queue, args.shards)?;
+    // The default plan with an SQS journal: this process keeps its own journal in the state
+    // dir and publishes; `ferry replay` processes apply.
+    let mut inputs = super::migrate::default_plan_overrides(
         &args.source,
         &args.target,
         args.capture,
         &args.state_dir,
     );
-    let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&overrides))?;
-    let create = args.create_queue;
-    let max_pause = Duration::from_millis(args.max_pause_ms);
-    super::plan::run_plan(plan, args.json, move |cfg: &mut MigrateConfig| {
-        cfg.max_pause = max_pause;
-        cfg.publish = Some((spec, create));
-    })
-    .await
+    inputs.extend([
+        ("FERRY_QUEUE".to_string(), args.queue.clone()),
+        ("FERRY_SHARDS".to_string(), args.shards.to_string()),
+        (
+            "FERRY_CREATE_QUEUE".to_string(),
+            if args.create_queue { "1" } else { "" }.to_string(),
+        ),
+        (
+            "FERRY_MAX_PAUSE_MS".to_string(),
+            args.max_pause_ms.to_string(),
+        ),
+    ]);
+    let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;
+    super::plan::run_plan(plan, args.json).await
 }
 
 /// Apply the operations `ferry capture` publishes to the target, until Ctrl-C/SIGTERM. Several
@@ -167,7 +175,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         target = %target,
         "Replaying from SQS until Ctrl-C or SIGTERM."
     );
-    let stop = super::migrate::Stop::install();
+    let stop = super::stop_on_signals();
     let report = Worker::new(cfg, source, target)
         .run(async move { stop.wait().await })
         .await?;

@@ -100,10 +100,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let mut verifier = Verifier::new(source, target, cfg);
     if let Some(plan) = &plan {
-        if let Some(m) = super::plan::key_mapper(plan) {
+        if let Some(m) = ferry::plan::PlanMapper::for_keys(plan) {
             verifier = verifier.with_mapper(m);
         }
-        verifier = verifier.with_rules(std::sync::Arc::new(super::plan::PlanRules(
+        verifier = verifier.with_rules(std::sync::Arc::new(ferry::plan::PlanRules(
             plan.verify.clone(),
         )));
     }

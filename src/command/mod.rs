@@ -13,6 +13,7 @@ mod builtin;
 pub mod codegen;
 mod keys;
 mod load;
+mod mapping;
 mod spec;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use std::sync::LazyLock;
 pub use argv::Argv;
 pub use keys::KeyRef;
 pub use load::TableError;
+pub use mapping::{Mapper, mixed_keys};
 pub use spec::{BeginSearch, CommandFlags, CommandSpec, FindKeys, KeyFlags, KeySpec};
 
 use keys::KeyProc;
@@ -239,7 +241,7 @@ mod tests {
 
     #[test]
     fn builtin_matches_known_getkeys_answers() {
-        // Answers of COMMAND GETKEYSANDFLAGS on Redis 7.0.15 (redis-facts §12).
+        // Answers of COMMAND GETKEYSANDFLAGS on Redis 7.0.15 (docs/redis-behaviour.md §12).
         let t = CommandTable::builtin();
         let kf = |k: &str, f: &str| (k.to_string(), f.to_string());
         assert_eq!(keys(t, &["SET", "k", "v"]), vec![kf("k", "OW update")]);

@@ -104,7 +104,7 @@ flag_set! {
         LOADING = 7, "loading";
         /// Allowed on a stale replica.
         STALE = 8, "stale";
-        /// Logged by the script engine rather than by `call()` (scripts; redis-facts §3).
+        /// Logged by the script engine rather than by `call()` (scripts; docs/redis-behaviour.md §3).
         SKIP_MONITOR = 9, "skip_monitor";
         /// Not in the slow log.
         SKIP_SLOWLOG = 10, "skip_slowlog";

@@ -7,7 +7,7 @@
 //! `0`/`1` byte then the value. Every length is checked against what is left, so no input makes
 //! the decoder allocate more than the payload's size or panic.
 
-use super::{Entry, EntryKind};
+use super::{Entry, EntryKind, Marker};
 use crate::command::Argv;
 
 /// Bytes before each payload: length, then CRC-32 of the payload.
@@ -58,7 +58,7 @@ pub(super) fn payload_bound(kind: &EntryKind) -> u64 {
                     + key.len() as u64
                     + payload.as_ref().map_or(0, |p| p.len() as u64)
             }
-            EntryKind::Marker { id } => INT + id.len() as u64,
+            EntryKind::Marker(m) => INT + m.id().len() as u64,
             EntryKind::Gap { reason } => INT + reason.len() as u64,
         }
 }
@@ -134,9 +134,9 @@ pub(super) fn encode_payload(out: &mut Vec<u8>, seq: u64, ts_us: u64, kind: &Ent
                 None => out.push(0),
             }
         }
-        EntryKind::Marker { id } => {
+        EntryKind::Marker(m) => {
             out.push(TAG_MARKER);
-            put_bytes(out, id.as_bytes());
+            put_bytes(out, m.id().as_bytes());
         }
         EntryKind::Gap { reason } => {
             out.push(TAG_GAP);
@@ -193,7 +193,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<Entry, DecodeError> {
                 None
             },
         },
-        TAG_MARKER => EntryKind::Marker { id: d.text()? },
+        TAG_MARKER => EntryKind::Marker(Marker::parse(&d.text()?)),
         TAG_GAP => EntryKind::Gap { reason: d.text()? },
         _ => return Err(DecodeError("unknown entry tag")),
     };
@@ -370,9 +370,11 @@ mod tests {
                 payload: Some(vec![]),
                 expire_at_ms: Some(-1),
             },
-            EntryKind::Marker {
-                id: "ferry-final-é".into(),
-            },
+            EntryKind::Marker(Marker::Position("ferry-final-é".into())),
+            EntryKind::Marker(Marker::Dirty {
+                db: 9,
+                key: b"\x00k".to_vec(),
+            }),
             EntryKind::Gap {
                 reason: "MONITOR connection lost".into(),
             },
@@ -401,7 +403,7 @@ mod tests {
 
     #[test]
     fn framing_carries_length_and_crc() {
-        let kind = EntryKind::Marker { id: "m".into() };
+        let kind = EntryKind::Marker(Marker::Position("m".into()));
         let mut out = vec![9, 9];
         put_record(&mut out, 5, 6, &kind);
         let (len, crc) = parse_header(&out[2..]).unwrap();

@@ -22,6 +22,7 @@
 //!   ([`JournalError::Failed`]): what reached the disk is unknown, and reopening recovers.
 
 mod codec;
+mod marker;
 mod reader;
 mod segment;
 #[cfg(feature = "sqs")]
@@ -38,11 +39,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use crate::command::Argv;
+pub use marker::{
+    Marker, check_read_id, is_check_read, key_id, parse_key_id, parse_read_echo, read_echo,
+};
 pub use reader::JournalReader;
 use segment::io_err;
 use writer::Writer;
 
-/// One journal entry. `seq` is assigned by the journal on append, dense and increasing.
+/// One journal entry: what capture produced from the source's stream, in the source's order
+/// (the stream's one vocabulary, from capture through the journal and SQS to the stitcher).
+/// `seq` is assigned by the journal on append, dense and increasing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -73,8 +79,8 @@ pub enum EntryKind {
         payload: Option<Vec<u8>>,
         expire_at_ms: Option<i64>,
     },
-    /// A marker ferry placed in the source's stream (final fence, verify fence).
-    Marker { id: String },
+    /// A marker ferry placed in the source's stream (final fence, dirty key, re-copy request…).
+    Marker(Marker),
     /// Capture lost lines here; everything after must be resynced.
     Gap { reason: String },
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use redis::ConnectionAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::framing::{Frame, Framer};
 use super::{Endpoint, NetError};
-use crate::capture::framing::{Frame, Framer};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

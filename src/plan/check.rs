@@ -15,8 +15,8 @@ use std::fmt;
 
 use super::error::{HookError, suggest};
 use super::{Applied, HookErrorPolicy, HookOutcome, Plan, Rule, apply_rules};
+use crate::command::mixed_keys;
 use crate::command::{Argv, CommandTable};
-use crate::replay::mixed_keys;
 
 /// What a dry run found for one sample.
 #[derive(Debug, Clone)]

@@ -17,8 +17,8 @@ use super::hooks::{PhaseHook, SharedRuntime};
 use super::runtime::{Limits, lua_type};
 use super::{
     API_VERSION, CaptureChoice, DEFAULT_JOURNAL_DIR, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_PAUSE_MS,
-    DEFAULT_TTL_TOLERANCE_MS, Glob, HookErrorPolicy, JournalSpec, KeyFilter, Phase, PhaseKind,
-    Plan, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
+    DEFAULT_TTL_TOLERANCE_MS, FinalFenceSpec, Glob, HookErrorPolicy, JournalSpec, KeyFilter, Phase,
+    PhaseKind, Plan, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
 };
 use crate::command::Argv;
 
@@ -36,6 +36,7 @@ const TOP_FIELDS: &[&str] = &[
     "verify",
     "phases",
     "check",
+    "final_fence",
 ];
 
 const BUILTIN_PHASES: &[&str] = &["snapshot", "catch_up", "verify", "cutover"];
@@ -387,6 +388,7 @@ impl Decoder {
         let (verify, compare_rules) = self.verify(&self.get(t, "", "verify")?)?;
         let phases = self.phases(&self.get(t, "", "phases")?, &name)?;
         let check_samples = self.check(&self.get(t, "", "check")?)?;
+        let final_fence = self.final_fence(&self.get(t, "", "final_fence")?)?;
 
         Ok(Decoded {
             plan: Plan {
@@ -404,6 +406,7 @@ impl Decoder {
                 verify,
                 phases,
                 check_samples,
+                final_fence,
             },
             has_on_command,
             compare_rules,
@@ -427,10 +430,13 @@ impl Decoder {
     }
 
     fn server(&self, v: &Value, field: &str) -> R<Server> {
-        let (url, capture) = match v {
-            Value::String(_) => (self.string(v, field)?, None),
+        // One shape for both sides (so one helper can build either); capture settings mean
+        // something on the source only.
+        let fields: &[&str] = &["url", "capture", "max_monitor_buffer"];
+        let (url, capture, max_monitor_buffer) = match v {
+            Value::String(_) => (self.string(v, field)?, None, None),
             Value::Table(_) => {
-                let t = self.record(v, field, &["url", "capture"])?;
+                let t = self.record(v, field, fields)?;
                 let t = self.required(t, field)?;
                 let url = self.string(&self.get(&t, field, "url")?, &join(field, "url"))?;
                 let capture = self.choice(
@@ -438,7 +444,13 @@ impl Decoder {
                     &join(field, "capture"),
                     &["auto", "primary", "replica"],
                 )?;
-                (url, capture)
+                let max_monitor_buffer = self.uint(
+                    &self.get(&t, field, "max_monitor_buffer")?,
+                    &join(field, "max_monitor_buffer"),
+                    1,
+                    u64::MAX,
+                )?;
+                (url, capture, max_monitor_buffer)
             }
             Value::Nil => return Err(self.invalid(field, "is required")),
             other => return Err(self.wrong(field, "a table { url = … } or a URL", other)),
@@ -451,7 +463,25 @@ impl Decoder {
             Some("replica") => CaptureChoice::Replica,
             _ => CaptureChoice::Auto,
         };
-        Ok(Server { url, capture })
+        Ok(Server {
+            url,
+            capture,
+            max_monitor_buffer,
+        })
+    }
+
+    fn final_fence(&self, v: &Value) -> R<FinalFenceSpec> {
+        let Some(t) = self.record(v, "final_fence", &["max_pause_ms"])? else {
+            return Ok(FinalFenceSpec::default());
+        };
+        Ok(FinalFenceSpec {
+            max_pause_ms: self.uint(
+                &self.get(&t, "final_fence", "max_pause_ms")?,
+                "final_fence.max_pause_ms",
+                1,
+                3_600_000,
+            )?,
+        })
     }
 
     fn journal(&self, v: &Value) -> R<JournalSpec> {
@@ -476,7 +506,11 @@ impl Decoder {
             )?
             .unwrap_or("embedded");
         if kind == "sqs" {
-            self.check_keys(t, field, &["kind", "queue_url", "fifo"])?;
+            self.check_keys(
+                t,
+                field,
+                &["kind", "queue_url", "fifo", "shards", "create_queue", "dir"],
+            )?;
             let queue_url = self.string(&self.get(t, field, "queue_url")?, "journal.queue_url")?;
             let queue_url = self.required(queue_url, "journal.queue_url")?;
             if !(queue_url.starts_with("https://") || queue_url.starts_with("http://")) {
@@ -494,15 +528,23 @@ impl Decoder {
                     "is true but the queue URL does not end in .fifo (FIFO queue names do)",
                 ));
             }
-            return Ok(JournalSpec::Sqs { queue_url, fifo });
+            let shards = self
+                .uint(&self.get(t, field, "shards")?, "journal.shards", 1, 1 << 16)?
+                .map(|n| n as usize);
+            let create_queue = self
+                .boolean(&self.get(t, field, "create_queue")?, "journal.create_queue")?
+                .unwrap_or(false);
+            let dir = self.journal_dir(t)?;
+            return Ok(JournalSpec::Sqs {
+                queue_url,
+                fifo,
+                shards,
+                create_queue,
+                dir,
+            });
         }
         self.check_keys(t, field, &["kind", "dir", "fsync"])?;
-        let dir = self
-            .string(&self.get(t, field, "dir")?, "journal.dir")?
-            .unwrap_or_else(|| DEFAULT_JOURNAL_DIR.to_string());
-        if dir.is_empty() {
-            return Err(self.invalid("journal.dir", "is empty"));
-        }
+        let dir = self.journal_dir(t)?;
         let fsync = self.get(t, field, "fsync")?;
         let fsync_ms = match &fsync {
             Value::Nil => None,
@@ -517,10 +559,18 @@ impl Decoder {
             })?),
             _ => self.uint(&fsync, "journal.fsync", 0, u64::MAX)?,
         };
-        Ok(JournalSpec::Embedded {
-            dir: under(&self.dir, Path::new(&dir)),
-            fsync_ms,
-        })
+        Ok(JournalSpec::Embedded { dir, fsync_ms })
+    }
+
+    /// `journal.dir`: the local journal and state folder, relative to the plan's folder.
+    fn journal_dir(&self, t: &Table) -> R<PathBuf> {
+        let dir = self
+            .string(&self.get(t, "journal", "dir")?, "journal.dir")?
+            .unwrap_or_else(|| DEFAULT_JOURNAL_DIR.to_string());
+        if dir.is_empty() {
+            return Err(self.invalid("journal.dir", "is empty"));
+        }
+        Ok(under(&self.dir, Path::new(&dir)))
     }
 
     fn snapshot(&self, v: &Value) -> R<SnapshotSpec> {

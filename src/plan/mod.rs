@@ -21,6 +21,7 @@ mod error;
 mod filter;
 mod glob;
 mod hooks;
+mod mapper;
 mod rules;
 mod runtime;
 
@@ -36,6 +37,7 @@ pub use hooks::{
     CommandHook, CompareHook, CompareValue, HookOutcome, HookStats, MAX_EMITTED, MAX_EMITTED_BYTES,
     PhaseContext, PhaseHook, Reply,
 };
+pub use mapper::{HookReport, PlanMapper, PlanRules};
 pub use rules::{Applied, Rule, apply_rules, map_db, rename_key};
 pub use runtime::{
     DEFAULT_HOOK_INSTRUCTIONS, DEFAULT_LOAD_INSTRUCTIONS, DEFAULT_MEMORY_BYTES,
@@ -90,6 +92,16 @@ pub struct Plan {
     pub phases: Vec<Phase>,
     /// `check.samples`: commands `ferry check` dry-runs instead of the built-in ones.
     pub check_samples: Vec<(u32, Argv)>,
+    /// The final fence of a stop without a cutover phase.
+    pub final_fence: FinalFenceSpec,
+}
+
+/// `final_fence`: the stop's final fence when no cutover phase sets its own bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FinalFenceSpec {
+    /// Longest write pause on the source, in ms; `None` for ferry's default.
+    pub max_pause_ms: Option<u64>,
 }
 
 /// A Redis server of the plan.
@@ -100,6 +112,9 @@ pub struct Server {
     pub url: String,
     /// Which node captures writes (source only).
     pub capture: CaptureChoice,
+    /// Bound on the source's output buffer for ferry's `MONITOR` connection, in bytes (source
+    /// only); `None` for ferry's default.
+    pub max_monitor_buffer: Option<u64>,
 }
 
 impl fmt::Debug for Server {
@@ -107,6 +122,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("url", &crate::net::redact_url(&self.url))
             .field("capture", &self.capture)
+            .field("max_monitor_buffer", &self.max_monitor_buffer)
             .finish()
     }
 }
@@ -130,8 +146,16 @@ pub enum JournalSpec {
     /// On local disk. `fsync_ms`: `None` for the journal's default, `Some(0)` for every
     /// append ("always"), `Some(n)` at most every `n` ms.
     Embedded { dir: PathBuf, fsync_ms: Option<u64> },
-    /// In an SQS queue.
-    Sqs { queue_url: String, fifo: bool },
+    /// In an SQS queue, for `ferry replay` processes; this process keeps its own journal and
+    /// state in `dir`. `shards`: message groups (or queues, with `{shard}` in the URL), `None`
+    /// for ferry's default; `create_queue`: create the queue(s) when missing.
+    Sqs {
+        queue_url: String,
+        fifo: bool,
+        shards: Option<usize>,
+        create_queue: bool,
+        dir: PathBuf,
+    },
 }
 
 /// `snapshot`.

@@ -8,7 +8,7 @@
 //! 3. It has keys and every one fails `include`/`exclude` → `Excluded`. A multi-key command with
 //!    some keys allowed and some not is kept whole *by this function*, but replay never gets
 //!    here with one: the stitcher sends nothing for it and re-copies its allowed keys instead
-//!    ([`crate::replay::mixed_keys`]; `ferry check` reports "not sent; re-copies …"), since the
+//!    ([`crate::command::mixed_keys`]; `ferry check` reports "not sent; re-copies …"), since the
 //!    excluded keys are missing on the target and splitting the command would change what it
 //!    does. Keyless commands (`FLUSHDB`, `PUBLISH`, `SWAPDB`) pass the key patterns; drop them
 //!    explicitly if they must not reach the target.
@@ -297,7 +297,7 @@ mod tests {
             run(&rules, &f, 0, &["HSET", "fs:1", "f", "v"]),
             Applied::Excluded
         );
-        // Mixed: kept whole here (replay re-copies instead; see `replay::mixed_keys`).
+        // Mixed: kept whole here (replay re-copies instead; see `command::mixed_keys`).
         assert!(matches!(
             run(&rules, &f, 0, &["RENAME", "fs:1", "other"]),
             Applied::Keep { .. }

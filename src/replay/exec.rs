@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::op::Op;
 use super::policy::{Diverged, ErrorClass, classify, error_code};
 use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyRef};
+use crate::journal::Marker;
 use crate::net::resp::summarize;
 use crate::net::{Endpoint, NetError, RawReader, encode_command};
 
@@ -30,57 +32,6 @@ pub const REPLAY_CLIENT_NAME: &str = "ferry-replay";
 
 /// Unanswered commands allowed in flight.
 pub const DEFAULT_WINDOW: usize = 16_384;
-
-/// One operation for the target, tagged with the journal position it completes.
-#[derive(Debug)]
-pub enum Op {
-    /// A single command.
-    Cmd { seq: u64, db: u32, argv: Argv },
-    /// Commands applied atomically.
-    Atomic { seq: u64, cmds: Vec<(u32, Argv)> },
-    /// Set a key to a snapshot payload (`None`: delete it).
-    Restore {
-        seq: u64,
-        db: u32,
-        key: Vec<u8>,
-        payload: Option<Vec<u8>>,
-        expire_at_ms: Option<i64>,
-    },
-    /// Answered once everything before it is applied.
-    Barrier { seq: u64, done: oneshot::Sender<()> },
-    /// Read-only commands run at this position in the key's order; their replies go back to
-    /// the verifier, which compares them with the same reads fenced on the source.
-    Check {
-        seq: u64,
-        db: u32,
-        /// The key the reads are about (routes the check to the key's shard).
-        key: Vec<u8>,
-        cmds: Vec<Argv>,
-        reply: oneshot::Sender<Vec<redis::Value>>,
-    },
-    /// `op` reached a key that was alive on the source but expires at `expire_at_ms`. Applied
-    /// after that time (replay lags), it finds the key gone on the target and acts on nothing
-    /// (or creates a new key without a TTL): then `keys` (target keys it writes) are re-copied.
-    Expiring {
-        op: Box<Op>,
-        expire_at_ms: i64,
-        keys: Vec<(u32, Vec<u8>)>,
-    },
-}
-
-impl Op {
-    /// The journal position this operation completes.
-    pub fn seq(&self) -> u64 {
-        match self {
-            Op::Cmd { seq, .. }
-            | Op::Atomic { seq, .. }
-            | Op::Restore { seq, .. }
-            | Op::Barrier { seq, .. }
-            | Op::Check { seq, .. } => *seq,
-            Op::Expiring { op, .. } => op.seq(),
-        }
-    }
-}
 
 /// How long before a key's expiry replay already treats it as possibly gone on the target: the
 /// time a sent command may wait in the target's input, plus clock skew between ferry and the
@@ -461,9 +412,11 @@ pub async fn request_recopies(
         }
         let mut pipe = redis::pipe();
         for (db, key) in &batch {
-            let mut echo = crate::capture::RECOPY_PREFIX.to_vec();
-            echo.extend_from_slice(super::stitch::recopy_request(*db, key).as_bytes());
-            pipe.cmd("ECHO").arg(echo).ignore();
+            let request = Marker::Recopy {
+                db: *db,
+                key: key.clone(),
+            };
+            pipe.cmd("ECHO").arg(request.echo()).ignore();
         }
         // One reconnect: the connection may have been idle long enough to be dropped.
         let mut placed = false;

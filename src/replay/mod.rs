@@ -7,7 +7,7 @@
 
 mod exec;
 mod expiry;
-mod mapping;
+mod op;
 pub mod policy;
 #[cfg(feature = "sqs")]
 pub mod remote;
@@ -16,12 +16,12 @@ mod shard;
 mod stitch;
 
 pub use exec::{
-    DEFAULT_WINDOW, Op, REPLAY_CLIENT_NAME, RecopySender, ReplayError, ReplayStats, Replayer,
+    DEFAULT_WINDOW, REPLAY_CLIENT_NAME, RecopySender, ReplayError, ReplayStats, Replayer,
     request_recopies,
 };
-pub use mapping::{Mapper, mixed_keys};
+pub use op::Op;
 pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
 pub use stitch::{
-    CHECK_ID_PREFIX, CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, SNAPSHOT_DONE,
-    StitchConfig, StitchEvent, StitchShared, Stitcher, recopy_request,
+    CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, StitchConfig, StitchEvent, StitchShared,
+    Stitcher,
 };

@@ -5,11 +5,11 @@
 //!
 //! ## Behavior
 //! - A write that failed on the source is in the stream all the same (`MONITOR` logs commands
-//!   that fail *during* execution, redis-facts §1) and fails the same way on the target:
+//!   that fail *during* execution, docs/redis-behaviour.md §1) and fails the same way on the target:
 //!   `WRONGTYPE`, `ERR value is not an integer`, syntax errors, `EXECABORT`, `NOSCRIPT`,
 //!   `BUSYGROUP`… These are counted, not acted on.
 //! - Commands the source rejects *before* execution (`OOM`, `NOPERM`, `READONLY`, `MOVED`…) never
-//!   reach the stream (§0.6), so the same codes from the target are the target's alone.
+//!   reach the stream (docs/redis-behaviour.md §1), so the same codes from the target are the target's alone.
 //!   `LOADING`, `BUSY`, `TRYAGAIN`, `READONLY`, `MASTERDOWN`, `CLUSTERDOWN` and `NOREPLICAS` pass
 //!   with time; every other code, known or not, is a divergence, because guessing "expected" for
 //!   a code we do not know would let a difference through silently.

@@ -31,12 +31,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{Op, ReplayStats, Replayer, request_recopies};
+use super::exec::{ReplayStats, Replayer, request_recopies};
+use super::op::Op;
 use super::shard::shard_of;
-use super::stitch::recopy_request;
 use crate::command::{Argv, CommandTable, KeyRef};
 use crate::journal::sqs::{SqsConfig, SqsError, SqsEvent, SqsQueue, SqsWriter};
-use crate::journal::{Entry, EntryKind};
+use crate::journal::{Entry, EntryKind, Marker};
 use crate::net::Endpoint;
 
 /// Bits of a group id that hold the shard.
@@ -735,7 +735,7 @@ impl ReaderTask {
                         got_gseq,
                         "Entries never arrived; asking for a full resync."
                     );
-                    self.echo(b"ferry-recopy:*".to_vec()).await?;
+                    self.echo(Marker::RecopyAll.echo()).await?;
                 }
                 Some(SqsEvent::Malformed { message_id, .. }) => {
                     tracing::warn!(%message_id, "Skipping a message that is not ferry's.");
@@ -863,9 +863,11 @@ impl ReaderTask {
                 .or_default()
                 .insert((db, key.clone()))
             {
-                let mut echo = b"ferry-recopy:".to_vec();
-                echo.extend_from_slice(recopy_request(db, &key).as_bytes());
-                self.echo(echo).await?;
+                let request = Marker::Recopy {
+                    db,
+                    key: key.clone(),
+                };
+                self.echo(request.echo()).await?;
                 self.counters.recopies.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -3,12 +3,12 @@
 //!
 //! ## Behavior
 //! - Relative TTLs become absolute with `floor(ts_us / 1000) + ttl_ms`, the primary's own replica
-//!   rewrite (redis-facts §5, §14): `SET … EX|PX` and `GETEX … EX|PX` → `PXAT`, `SETEX`/`PSETEX`
+//!   rewrite (docs/redis-behaviour.md §5, §14): `SET … EX|PX` and `GETEX … EX|PX` → `PXAT`, `SETEX`/`PSETEX`
 //!   → `SET … PXAT`, `EXPIRE`/`PEXPIRE` → `PEXPIREAT`, `RESTORE ttl` → `RESTORE abs … ABSTTL`.
 //!   Replay lag then no longer stretches TTLs on the target.
 //! - Blocking commands become their non-blocking forms (`BLPOP` → `LMPOP`, `BLMOVE` → `LMOVE`,
 //!   `XREADGROUP BLOCK` without `BLOCK` …) and are dirty: a blocked client served later by
-//!   another client's push pops invisibly on the source (redis-facts §4).
+//!   another client's push pops invisibly on the source (docs/redis-behaviour.md §4).
 //! - Writes whose effect the server chooses (`nondeterministic_output` tip: `SPOP`, `XADD *`,
 //!   `XTRIM ~`, `XCLAIM`, …) are sent but dirty. `MIGRATE` is dirty and not sent.
 //! - Framing that replay handles elsewhere (`SELECT`, `MULTI`/`EXEC`/`DISCARD`,
@@ -552,7 +552,8 @@ fn trim_dirty(argv: &Argv, start: usize, xadd: bool) -> bool {
 mod tests {
     use super::*;
 
-    /// 1795658100.048943, the first line of redis-facts §5's table.
+    /// An arbitrary source timestamp (µs) for these tests; docs/redis-behaviour.md §5 shows the
+    /// rule on observed lines.
     const TS: u64 = 1_795_658_100_048_943;
 
     fn rw(args: &[&str]) -> Rewritten {
@@ -573,35 +574,41 @@ mod tests {
 
     #[test]
     fn rewrite_reproduces_the_primarys_own_rewrite() {
-        // redis-facts §5 table: primary line → replica line.
-        assert_eq!(
-            rw(&["SET", "k", "v", "EX", "100"]),
-            send(&["SET", "k", "v", "PXAT", "1795658200048"])
-        );
-        assert_eq!(
-            rewrite(
-                CommandTable::builtin(),
-                Argv::from_args(["EXPIRE", "k", "50"]),
-                1_795_658_100_099_257
+        // docs/redis-behaviour.md §5 table: primary line (with its timestamp) → replica line.
+        let rows: &[(&[&str], u64, &[&str])] = &[
+            (
+                &["SET", "k", "v", "EX", "100"],
+                1_796_613_575_296_418,
+                &["SET", "k", "v", "PXAT", "1796613675296"],
             ),
-            send(&["PEXPIREAT", "k", "1795658150099"])
-        );
-        assert_eq!(
-            rewrite(
-                CommandTable::builtin(),
-                Argv::from_args(["SETEX", "k2", "100", "v"]),
-                1_795_658_100_149_537
+            (
+                &["EXPIRE", "k", "50"],
+                1_796_613_575_316_892,
+                &["PEXPIREAT", "k", "1796613625316"],
             ),
-            send(&["SET", "k2", "v", "PXAT", "1795658200149"])
-        );
-        assert_eq!(
-            rewrite(
-                CommandTable::builtin(),
-                Argv::from_args(["SET", "exp", "v", "PX", "100"]),
-                1_795_658_100_451_308
+            (
+                &["SETEX", "k2", "100", "v"],
+                1_796_613_575_337_449,
+                &["SET", "k2", "v", "PXAT", "1796613675337"],
             ),
-            send(&["SET", "exp", "v", "PXAT", "1795658100551"])
-        );
+            (
+                &["PSETEX", "k3", "100000", "v"],
+                1_796_613_575_357_930,
+                &["SET", "k3", "v", "PXAT", "1796613675357"],
+            ),
+            (
+                &["SET", "exp", "v", "PX", "100"],
+                1_796_613_575_399_165,
+                &["SET", "exp", "v", "PXAT", "1796613575499"],
+            ),
+        ];
+        for (primary, ts, replica) in rows {
+            assert_eq!(
+                rewrite(CommandTable::builtin(), Argv::from_args(*primary), *ts),
+                send(replica),
+                "{primary:?} at {ts}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::time::Duration;
 use redis::cluster_routing::Slot;
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{Op, RecopySender, ReplayError, ReplayStats, Replayer};
+use super::exec::{RecopySender, ReplayError, ReplayStats, Replayer};
+use super::op::Op;
 use super::policy::{ErrorClass, classify};
 use crate::command::{Argv, CommandTable};
 use crate::net::Endpoint;

@@ -24,22 +24,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::exec::Op;
 use super::expiry::Expiries;
-use super::mapping::{Mapper, mixed_keys};
+use super::op::Op;
 use super::rewrite::rewrite;
-use crate::capture::{DIRTY_PREFIX, parse_key_id};
 use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
-use crate::journal::{EntryKind, JournalReader};
+use crate::command::{Mapper, mixed_keys};
+use crate::journal::{EntryKind, JournalReader, Marker, is_check_read};
 use crate::snapshot::{PayloadStore, Recopier};
-
-/// Marker id prefix the coordinator uses when a snapshot's reads are all in the stream.
-pub const SNAPSHOT_DONE: &str = "snapshot-done-";
-
-/// Fenced reads whose id starts with this are verification probes, not copies: at their fence
-/// replay reads the target instead of restoring it.
-pub const CHECK_ID_PREFIX: &str = "v";
 
 /// What a verification probe reads on the target for one key, at the key's fence.
 #[derive(Debug)]
@@ -162,16 +154,6 @@ impl Default for StitchConfig {
             split_shards: None,
         }
     }
-}
-
-/// What follows `ferry-recopy:` in a worker's request for `key` (a target key) in `db`:
-/// `<db>:<hex key>`; capture turns it into the marker `recopy:<db>:<hex key>`.
-pub fn recopy_request(db: u32, key: &[u8]) -> String {
-    crate::capture::key_id(db, key)
-}
-
-fn parse_recopy(id: &str) -> Option<(u32, Vec<u8>)> {
-    crate::capture::parse_key_id(id.strip_prefix("recopy:")?)
 }
 
 /// A key on the target: db and name.
@@ -439,7 +421,7 @@ impl Stitcher {
                     key,
                     read_id,
                     ordinal,
-                } if read_id.starts_with(CHECK_ID_PREFIX) => {
+                } if is_check_read(&read_id) => {
                     let h = key_hash(db, &key);
                     match self.shared.checks.take(&read_id, ordinal) {
                         Some(slot) if !self.unsettled(h) => Some(Op::Check {
@@ -497,47 +479,40 @@ impl Stitcher {
                     }
                 }
                 EntryKind::Payload { .. } => None,
-                EntryKind::Marker { id } if id.starts_with(DIRTY_PREFIX) => {
+                EntryKind::Marker(Marker::Dirty { db, key }) => {
                     // A change the stream does not show (a served blocked pop, an eviction):
                     // copy the key again from this position.
-                    match parse_key_id(&id[DIRTY_PREFIX.len()..]) {
-                        Some((db, key)) => self.mark_dirty(db, &key),
-                        None => tracing::warn!(%id, "Ignoring a malformed dirty marker."),
-                    }
+                    self.mark_dirty(db, &key);
                     None
                 }
-                EntryKind::Marker { id } if id == "recopy:*" => {
+                EntryKind::Marker(Marker::RecopyAll) => {
                     // A replay worker lost entries it cannot name: everything is re-copied.
                     self.gap("a replay worker lost queue entries", &events);
                     None
                 }
-                EntryKind::Marker { id } if id.starts_with("recopy:") => {
+                EntryKind::Marker(Marker::Recopy { db, key }) => {
                     // A replay worker could not tell whether it applied writes to this target
                     // key (it took over a batch in doubt): copy its source key again from here.
-                    let sources = parse_recopy(&id).map_or_else(Vec::new, |(db, key)| match &self
-                        .cfg
-                        .mapper
-                    {
+                    let sources = match &self.cfg.mapper {
                         Some(m) => m.unmap_candidates(db, &key),
                         None => vec![(db, key)],
-                    });
+                    };
                     if sources.is_empty() {
-                        tracing::warn!(%id, "Ignoring a re-copy request for no migrated key.");
+                        tracing::warn!(db, "Ignoring a re-copy request for no migrated key.");
                     }
                     for (db, key) in sources {
                         self.mark_dirty(db, &key);
                     }
                     None
                 }
-                EntryKind::Marker { id } => {
-                    if let Some(epoch) = id.strip_prefix(SNAPSHOT_DONE)
-                        && epoch.parse() == Ok(self.epoch)
-                    {
+                EntryKind::Marker(marker) => {
+                    if marker == Marker::SnapshotDone(self.epoch) {
                         // Every key that existed throughout is fenced; every other key was
                         // touched by a write and is dirty. Plain replay is exact from here.
                         self.shared.snapshot_mode.store(false, Ordering::Relaxed);
                         self.fenced = HashSet::new();
                     }
+                    let id = marker.id();
                     let (done, wait) = oneshot::channel();
                     let shared = self.shared.clone();
                     tokio::spawn(async move {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::capture::{PeerRegistry, READ_PREFIX, Role};
+use crate::capture::{PeerRegistry, Role};
+use crate::journal::read_echo;
 use crate::net::Endpoint;
 
 /// What one fenced read returned for one key.
@@ -222,9 +223,7 @@ impl FencedReader {
         self.select(db).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut echo = READ_PREFIX.to_vec();
-        echo.extend_from_slice(id.as_bytes());
-        pipe.cmd("ECHO").arg(echo);
+        pipe.cmd("ECHO").arg(read_echo(id));
         for cmds in per_key {
             for argv in cmds {
                 let mut cmd = redis::Cmd::new();
@@ -275,9 +274,7 @@ impl FencedReader {
         let id = next_read_id();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut echo = READ_PREFIX.to_vec();
-        echo.extend_from_slice(id.as_bytes());
-        pipe.cmd("ECHO").arg(echo);
+        pipe.cmd("ECHO").arg(read_echo(&id));
         for k in keys {
             pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
         }
@@ -326,7 +323,7 @@ pub struct LiveSink {
     /// ferry's connections, so capture turns their reads into fences.
     pub peers: std::sync::Arc<PeerRegistry>,
     /// The plan's keyspace rules: the target sweep reads the source key a target key maps from.
-    pub mapper: Option<std::sync::Arc<dyn crate::replay::Mapper>>,
+    pub mapper: Option<std::sync::Arc<dyn crate::command::Mapper>>,
 }
 
 /// Hashes of the keys a live snapshot has read, so the target sweep reads only the others.

@@ -27,9 +27,11 @@ use super::{Difference, VerifyConfig, VerifyError, VerifyReport, digest};
 use crate::capture::PeerRegistry;
 use crate::clock::now_ms;
 use crate::command::Argv;
+use crate::command::Mapper;
 use crate::escape::quote;
+use crate::journal::check_read_id;
 use crate::net::Endpoint;
-use crate::replay::{CHECK_ID_PREFIX, CheckSlot, Mapper, StitchShared};
+use crate::replay::{CheckSlot, StitchShared};
 use crate::snapshot::{FencedReader, next_read_id};
 
 /// Payloads larger than this are compared through digests rather than read whole.
@@ -123,7 +125,7 @@ async fn send(
     batch: Vec<Probe>,
 ) -> (FencedReader, Result<Sent, VerifyError>) {
     let db = batch[0].db;
-    let id = format!("{CHECK_ID_PREFIX}{}", next_read_id());
+    let id = check_read_id(&next_read_id());
     let mut source_cmds = Vec::with_capacity(batch.len());
     let mut slots = Vec::with_capacity(batch.len());
     let mut waits = Vec::with_capacity(batch.len());

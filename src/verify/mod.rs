@@ -11,7 +11,7 @@
 //! tolerance is about to expire and is not a difference.
 
 mod digest;
-pub mod evictions;
+
 mod fenced;
 
 pub use fenced::{FenceLink, FencedVerifier, KeyView, LOGICAL_MAX_BYTES, VerifyRules};
@@ -209,7 +209,7 @@ pub struct Verifier {
     cfg: VerifyConfig,
     conns: HashMap<u32, (MultiplexedConnection, MultiplexedConnection)>,
     rechecked: u64,
-    mapper: Option<std::sync::Arc<dyn crate::replay::Mapper>>,
+    mapper: Option<std::sync::Arc<dyn crate::command::Mapper>>,
     rules: Option<std::sync::Arc<dyn VerifyRules>>,
     /// Source connections by db for [`orphans`].
     orphan_conns: HashMap<u32, MultiplexedConnection>,
@@ -231,7 +231,7 @@ impl Verifier {
 
     /// Compares through a plan's keyspace rules: keys it leaves out are not expected on the
     /// target, renamed and moved keys are compared with their target names.
-    pub fn with_mapper(mut self, mapper: std::sync::Arc<dyn crate::replay::Mapper>) -> Verifier {
+    pub fn with_mapper(mut self, mapper: std::sync::Arc<dyn crate::command::Mapper>) -> Verifier {
         self.mapper = Some(mapper);
         self
     }
@@ -720,7 +720,7 @@ pub(crate) async fn scan_page(
 pub(crate) async fn orphans(
     source: &Endpoint,
     conns: &mut HashMap<u32, MultiplexedConnection>,
-    mapper: Option<&std::sync::Arc<dyn crate::replay::Mapper>>,
+    mapper: Option<&std::sync::Arc<dyn crate::command::Mapper>>,
     tdb: u32,
     keys: &[Vec<u8>],
 ) -> Result<BTreeMap<u32, Vec<Vec<u8>>>, VerifyError> {
@@ -800,7 +800,7 @@ async fn fingerprints(
 }
 
 /// `db3:keys=10,expires=…` lines of `INFO keyspace` as db → keys.
-fn parse_keyspace(info: &str) -> BTreeMap<u32, u64> {
+pub(crate) fn parse_keyspace(info: &str) -> BTreeMap<u32, u64> {
     let mut out = BTreeMap::new();
     for line in info.lines() {
         let Some(rest) = line.strip_prefix("db") else {

@@ -5,9 +5,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry::capture::MonitorLine;
-use ferry::capture::framing::{Frame, Framer};
 use ferry::capture::parse_line_into;
 use ferry::escape::quote_into;
+use ferry::net::framing::{Frame, Framer};
 
 fn line(out: &mut Vec<u8>, i: u64, args: &[&[u8]]) {
     out.extend_from_slice(

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use ferry::cutover::rdb::{Payload, crc64};
+use ferry::backup::rdb::{Payload, crc64};
 
 use crate::cli::run_ferry;
 use crate::support::server::free_port;

@@ -1,4 +1,4 @@
-//! Blocked clients served by a later push (redis-facts §4): the source's MONITOR shows the
+//! Blocked clients served by a later push (docs/redis-behaviour.md §4): the source's MONITOR shows the
 //! blocking command when the client blocks and nothing when a push serves it, so the pop is
 //! invisible. Each consumer here blocks, is served by a push (plain, in MULTI, from a script),
 //! and disconnects without another command; the target must still equal the source.

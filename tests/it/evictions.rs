@@ -1,4 +1,4 @@
-//! Evictions on the source leave no line in `MONITOR` (redis-facts §5): without help the target
+//! Evictions on the source leave no line in `MONITOR` (docs/redis-behaviour.md §5): without help the target
 //! keeps every key the source dropped, and a key evicted and then written again (a counter that
 //! restarts from 0) differs. A cache at its memory limit with `allkeys-lru` evicts all the time;
 //! ferry must still stop at a final fence with the target equal to the source.

@@ -79,9 +79,7 @@ fn every_kind() -> Vec<EntryKind> {
             payload: None,
             expire_at_ms: None,
         },
-        EntryKind::Marker {
-            id: "final-fence".into(),
-        },
+        EntryKind::Marker(ferry::journal::Marker::Position("final-fence".into())),
         EntryKind::Gap {
             reason: "MONITOR output buffer overflow".into(),
         },

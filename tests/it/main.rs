@@ -2,6 +2,7 @@
 
 pub mod support;
 
+mod architecture;
 mod backup;
 mod blocked;
 mod capture;

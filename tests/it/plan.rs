@@ -1334,7 +1334,7 @@ fn check_reports_mixed_key_commands_as_replay_handles_them() {
     // The same decision the stitcher makes, through the same function.
     let keys: [&[u8]; 2] = [b"fs:a", b"cache:b"];
     assert_eq!(
-        ferry::replay::mixed_keys(keys, |k| plan.keys.allows(0, k)),
+        ferry::command::mixed_keys(keys, |k| plan.keys.allows(0, k)),
         Some(vec![0])
     );
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry::migration::{CaptureMode, MigrateConfig, Migration, Running};
 use ferry::net::Endpoint;
-use ferry::pipeline::{CaptureMode, MigrateConfig, Migration, Running};
 use ferry::verify::{KeyView, VerifyConfig, VerifyReport, VerifyRules};
 use redis::Commands;
 

@@ -292,7 +292,7 @@ fn tiny_monitor_buffer_bound_disconnects_capture_and_resyncs() {
         &["--max-monitor-buffer", "1048576"],
     );
     // Freeze ferry so the source has to buffer a burst for its MONITOR connection; binary
-    // values take four times their size there (redis-facts §1).
+    // values take four times their size there (docs/redis-behaviour.md §1).
     let pid = ferry.child.id().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut round = 0;

@@ -4,7 +4,7 @@
 //! ## Behavior
 //! - Requests are parsed as RESP (arrays of bulk strings, or inline commands). A `RESTORE` is
 //!   not forwarded; its reply is `-ERR DUMP payload version or checksum are wrong`, the one text
-//!   Redis gives for a payload of a newer RDB version (redis-facts §9). Every other request goes
+//!   Redis gives for a payload of a newer RDB version (docs/redis-behaviour.md §9). Every other request goes
 //!   upstream byte for byte.
 //! - Pipelining keeps its order: per connection the request thread queues one item per request
 //!   (forwarded, or an injected reply), and the reply thread answers the items in that order,

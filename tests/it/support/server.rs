@@ -17,7 +17,7 @@ const REPLICA_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 const START_ATTEMPTS: usize = 5;
 
 /// Commands that ElastiCache does not let clients run. The first nine are what ferry must
-/// cope with; BGREWRITEAOF and SHUTDOWN complete AWS's documented list (redis-facts §10).
+/// cope with; BGREWRITEAOF and SHUTDOWN complete AWS's documented list (docs/redis-behaviour.md §10).
 pub const ELASTICACHE_DISABLED_COMMANDS: &[&str] = &[
     "SYNC",
     "PSYNC",

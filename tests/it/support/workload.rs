@@ -1,7 +1,7 @@
 //! Owns the live workload: a seeded, paced mix of writes (and a few reads) that runs against a
 //! source from several threads for as long as a migration is in flight.
 //!
-//! The mix is chosen to hit what makes MONITOR capture hard (redis-facts §2–§5): MULTI/EXEC,
+//! The mix is chosen to hit what makes MONITOR capture hard (docs/redis-behaviour.md §2–§5): MULTI/EXEC,
 //! also with SELECT inside and with a command failing inside; scripts, also calling SPOP and
 //! SELECT; blocked pops that a later push serves; members and IDs the server picks (SPOP,
 //! `XADD *`, XREADGROUP); relative and absolute TTLs; keys expiring mid-run; commands that fail
@@ -28,7 +28,7 @@ use super::fill::{Rng, now_ms};
 /// Seconds a blocking pop waits: short, so consumers notice `stop` within about a second.
 const BLOCK_TIMEOUT_S: u64 = 1;
 /// A blocking pop that returns data only after this long found its queues empty and was then
-/// served by someone's push, the case MONITOR on the primary cannot show (redis-facts §4).
+/// served by someone's push, the case MONITOR on the primary cannot show (docs/redis-behaviour.md §4).
 const SERVED_AFTER_BLOCK: Duration = Duration::from_millis(50);
 /// Well above [`BLOCK_TIMEOUT_S`], so only a stuck server trips it and `stop` still returns.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -559,7 +559,7 @@ fn now_s() -> u64 {
     now_ms() / 1000
 }
 
-/// Names full of bytes that break text protocols and MONITOR's escaping (redis-facts §1).
+/// Names full of bytes that break text protocols and MONITOR's escaping (docs/redis-behaviour.md §1).
 fn binary_key(n: u64) -> Vec<u8> {
     let mut key = b"bin:\x00\xff\r\n\"q' sp\\:".to_vec();
     key.extend(n.to_string().as_bytes());
@@ -893,7 +893,7 @@ fn tx_step(w: &mut Worker) {
 const SCRIPT_MULTI_WRITE: &str = "redis.call('INCR', KEYS[1]); \
     redis.call('LPUSH', KEYS[2], ARGV[1]); redis.call('LTRIM', KEYS[2], 0, 49); \
     redis.call('HSET', KEYS[3], 'f', ARGV[1]); return 1";
-/// Run by EVALSHA after SCRIPT LOAD, so a replayer sees only the digest (redis-facts §3).
+/// Run by EVALSHA after SCRIPT LOAD, so a replayer sees only the digest (docs/redis-behaviour.md §3).
 const SCRIPT_LOADED: &str = "redis.call('SET', KEYS[1], ARGV[1]); \
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]); \
     redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -101); \

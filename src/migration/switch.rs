@@ -4,10 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::{CaptureMode, MigrateConfig, MigrateError, Migration, MigrationReport, Running};
 use crate::net::Endpoint;
-use crate::pipeline::{
-    CaptureMode, MigrateConfig, MigrateError, Migration, MigrationReport, Running,
-};
 
 /// A migration stopped at its final fence, with source writes (normally) still paused: the
 /// moment to switch clients to the target.

@@ -294,7 +294,7 @@ impl<W: Write> RdbWriter<W> {
 mod tests {
     use super::*;
 
-    /// Real Redis 7.0 `DUMP` payloads (redis-facts §9): `SET str hello` and `SET int 190`.
+    /// Real Redis 7.0 `DUMP` payloads (docs/redis-behaviour.md §9): `SET str hello` and `SET int 12345`.
     const DUMP_HELLO: &[u8] = b"\x00\x05hello\n\x00cr\xdfve4 \n";
     const DUMP_INT: &[u8] = b"\x00\xc190\n\x00\x9d\x94\xea'\x93\xfc\x08\xb9";
 

@@ -1,0 +1,339 @@
+//! A migration, whole: [`Migration`] wires capture → journal → stitcher → replay with the live
+//! snapshot and the re-copier, runs until asked to stop, then places a final fence and drains to
+//! it; [`PlanRunner`] drives one through a plan's phases.
+//!
+//! ## Layout
+//! - `config.rs`, `report.rs`: what a migration is told and what it tells.
+//! - `mod.rs` ([`Migration::start`]): the stages and their channels.
+//! - `coordinator.rs`: the background loop (snapshot, resyncs, trimming, evictions, status).
+//! - `running.rs` ([`Running`]): waits, lag, fenced verification while it runs.
+//! - `markers.rs`: positions placed in the source's stream.
+//! - `fence.rs`, `switch.rs` ([`Fenced`]): the final fence, the switch and the reverse sync.
+//! - `evictions.rs`, `replica.rs`: what `MONITOR` does not show (evictions) or cannot carry
+//!   (a replica's stream-group positions).
+//! - `runner.rs`, `phases.rs`, `stop.rs`: a plan's phases over a running migration.
+//!
+//! ## Behavior
+//! - Capture goes live first; only then does the snapshot read keys, so every read is a fence
+//!   in the captured stream.
+//! - The capture node is the source, or one of its replicas (`capture = replica`, or `auto`
+//!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
+//!   Snapshot reads then go to the same replica, so that fences and writes share one order.
+//! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - A stage that fails for good (the stitcher, when a plan hook fails under `fail`) ends the
+//!   coordinator; [`Running::failure`] then resolves with its error, and every wait of
+//!   [`Running`] ends with it at once rather than at its timeout.
+//! - A write or restore that fails only on the target (`OOM`, `NOPERM`…) leaves its keys
+//!   diverged: they are re-copied at once, and a stop that still finds keys diverged fails
+//!   ([`MigrateError::TargetDiverged`]) instead of claiming the target equals the source.
+//! - A stop during the snapshot (or a resync) lets it finish first: until every key is read,
+//!   no fence can make the target equal to the source.
+//! - Stop: catch up without pausing, then `CLIENT PAUSE … WRITE` on the source (bounded), drain
+//!   the stream and the re-copies to a final marker, unpause. The target then equals the source
+//!   at that marker.
+
+mod config;
+mod coordinator;
+mod evictions;
+mod fence;
+mod markers;
+mod phases;
+mod replica;
+mod report;
+mod runner;
+mod running;
+mod stop;
+mod switch;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::capture::{Capture, CaptureSink, PeerRegistry};
+use crate::command::CommandTable;
+use crate::journal::{EntryKind, Journal, JournalConfig};
+use crate::net::Endpoint;
+use crate::replay::{
+    Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
+};
+use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier};
+
+pub use config::{CaptureMode, MigrateConfig};
+pub use report::{MigrateError, MigrationReport, RunError};
+pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_config};
+pub use running::Running;
+pub use stop::Stop;
+pub use switch::Fenced;
+
+use coordinator::{Coordinator, coordinate};
+use evictions::{Evictions, warn_if_target_evicts};
+use markers::Markers;
+use replica::find_replica;
+use report::stage;
+
+/// Capture's sink: the journal.
+struct JournalSink(Journal);
+
+impl CaptureSink for JournalSink {
+    fn append(&mut self, batch: Vec<(u64, EntryKind)>) -> Result<(), String> {
+        self.0
+            .append_many(batch)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A migration, before it starts.
+pub struct Migration {
+    source: Endpoint,
+    target: Endpoint,
+    cfg: MigrateConfig,
+}
+
+impl Migration {
+    /// A migration from `source` to `target`.
+    pub fn new(source: Endpoint, target: Endpoint, cfg: MigrateConfig) -> Migration {
+        Migration {
+            source,
+            target,
+            cfg,
+        }
+    }
+
+    /// Runs until `stop` completes (or a stage fails), then drains to a final fence.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<MigrationReport, MigrateError> {
+        let running = self.start().await?;
+        tokio::select! {
+            _ = stop => {}
+            failed = running.failure() => return Err(failed),
+        }
+        running.finish().await
+    }
+
+    #[cfg(feature = "sqs")]
+    async fn split_publisher(
+        &self,
+        table: &Arc<CommandTable>,
+    ) -> Result<Option<crate::replay::remote::Publisher>, MigrateError> {
+        let Some((spec, create)) = &self.cfg.publish else {
+            return Ok(None);
+        };
+        crate::replay::remote::Publisher::connect(
+            spec.clone(),
+            table.clone(),
+            &self.cfg.state_dir,
+            *create,
+        )
+        .await
+        .map(Some)
+        .map_err(|e| stage("publish", e))
+    }
+
+    #[cfg(not(feature = "sqs"))]
+    async fn split_publisher(&self, _: &Arc<CommandTable>) -> Result<Option<()>, MigrateError> {
+        Ok(None)
+    }
+
+    /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
+    pub async fn start(self) -> Result<Running, MigrateError> {
+        let started = Instant::now();
+        let mut report = MigrationReport::default();
+        self.source.control().await?;
+        self.target.control().await?;
+        let table = match &self.cfg.table {
+            Some(t) => t.clone(),
+            None => runner::load_table(&self.source).await?,
+        };
+
+        let replica = match self.cfg.capture {
+            CaptureMode::Primary => None,
+            CaptureMode::Auto | CaptureMode::Replica => find_replica(&self.source).await,
+        };
+        if self.cfg.capture == CaptureMode::Replica && replica.is_none() {
+            return Err(stage(
+                "capture",
+                format!(
+                    "capture = replica, but {} has no reachable, healthy replica",
+                    self.source
+                ),
+            ));
+        }
+        let node = replica.clone().unwrap_or_else(|| self.source.clone());
+        report.from_replica = replica.is_some();
+        report.capture_node = node.redacted().to_string();
+        let why = match (self.cfg.capture, report.from_replica) {
+            (CaptureMode::Auto, true) => "auto: chose the replica, a healthy one answers",
+            (CaptureMode::Auto, false) => "auto: chose the primary, no healthy replica answers",
+            (CaptureMode::Replica, _) => "capture = replica",
+            (CaptureMode::Primary, _) => "capture = primary",
+        };
+        tracing::info!(
+            node = %node,
+            mode = if report.from_replica { "replica (effects stream)" } else { "primary (command stream)" },
+            why,
+            "Capturing writes."
+        );
+
+        // A previous run's journal cannot be continued across the downtime; the resync below
+        // reconciles the target instead.
+        let journal_dir = self.cfg.state_dir.join("journal");
+        if journal_dir.exists() {
+            tracing::info!(
+                "Found a previous run's journal; starting a fresh journal and a full fenced resync."
+            );
+            std::fs::remove_dir_all(&journal_dir)
+                .map_err(|e| MigrateError::Journal(format!("{}: {e}", journal_dir.display())))?;
+        }
+        let mut jcfg = JournalConfig::new(&journal_dir);
+        jcfg.fsync = self.cfg.fsync;
+        let journal = Journal::open(jcfg).map_err(|e| MigrateError::Journal(e.to_string()))?;
+
+        let peers = PeerRegistry::new();
+        let store = Arc::new(PayloadStore::new(DEFAULT_PAYLOAD_BUDGET));
+        let (recopier, recopy_rx) = Recopier::channel();
+        let recopy_node = node.clone();
+        let recopy_peers = peers.clone();
+        let recopy_store = store.clone();
+        let recopy_task = tokio::spawn(async move {
+            if let Err(e) = Recopier::run(recopy_node, recopy_peers, recopy_store, recopy_rx).await
+            {
+                tracing::error!(error = %e, "The re-copier stopped.");
+            }
+        });
+
+        let mut capture = Capture::new(
+            node.clone(),
+            table.clone(),
+            peers.clone(),
+            self.cfg.capture_settings.clone(),
+        )
+        .spawn(JournalSink(journal.clone()));
+        if !capture.wait_live().await {
+            let e = capture.stop().await.err().unwrap_or_default();
+            return Err(stage("capture", e));
+        }
+
+        let stats = Arc::new(ReplayStats::default());
+        let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
+        let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
+        let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
+        let recopy_requests =
+            tokio::spawn(request_recopies(node.clone(), recopy_rx, stats.clone()));
+        #[cfg(feature = "sqs")]
+        let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
+        #[cfg(not(feature = "sqs"))]
+        let split_shards = None;
+        #[cfg(feature = "sqs")]
+        let mut split_queues = None;
+        let replay_task = match self.split_publisher(&table).await? {
+            #[cfg(feature = "sqs")]
+            Some(publisher) => {
+                split_queues = Some(publisher.queues());
+                tokio::spawn(publisher.run(ops_rx, stats.clone(), replay_broken_tx))
+            }
+            _ => tokio::spawn(run_sharded(
+                self.target.clone(),
+                self.cfg.replay_shards,
+                table.clone(),
+                ops_rx,
+                stats.clone(),
+                replay_broken_tx,
+                recopy_tx,
+            )),
+        };
+
+        let shared = Arc::new(StitchShared::default());
+        let stitch_cfg = StitchConfig {
+            exact_effects: report.from_replica,
+            mapper: self.cfg.mapper.clone(),
+            split_shards,
+            ..StitchConfig::default()
+        };
+        let (stitch_tx, stitch_events) = mpsc::unbounded_channel();
+        let stitcher = Stitcher::new(
+            table.clone(),
+            store.clone(),
+            recopier.clone(),
+            stitch_cfg,
+            shared.clone(),
+        );
+        if self.cfg.skip_snapshot {
+            shared.snapshot_mode.store(false, Ordering::Relaxed);
+        }
+        let reader = journal
+            .reader(journal.next_seq())
+            .map_err(|e| MigrateError::Journal(e.to_string()))?;
+        let (stitch_failed_tx, stitch_failed) = mpsc::unbounded_channel::<String>();
+        let stitch_task = tokio::spawn(async move {
+            if let Err(e) = stitcher.run(reader, ops_tx, stitch_tx).await {
+                let _ = stitch_failed_tx.send(e);
+            }
+        });
+
+        let markers = Arc::new(tokio::sync::Mutex::new(
+            Markers::connect(&node, &peers).await?,
+        ));
+        let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
+        warn_if_target_evicts(&self.target).await;
+        let report = Arc::new(std::sync::Mutex::new(report));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (failure_tx, failure) = tokio::sync::watch::channel(None);
+        let coordinator = coordinate(Coordinator {
+            node: node.clone(),
+            target: self.target.clone(),
+            snapshot_cfg: self.cfg.snapshot.clone(),
+            mapper: self.cfg.mapper.clone(),
+            store,
+            peers: peers.clone(),
+            capture,
+            journal: journal.clone(),
+            stats: stats.clone(),
+            shared: shared.clone(),
+            markers: markers.clone(),
+            evictions: evictions.clone(),
+            report: report.clone(),
+            status_every: self.cfg.status_every,
+            skip_snapshot: self.cfg.skip_snapshot,
+            stitch_events,
+            stitch_failed,
+            replay_broken,
+            stop: stop_rx,
+        });
+        let coordinator = tokio::spawn(async move {
+            match coordinator.await {
+                Ok(capture) => Ok(capture),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    failure_tx.send_replace(Some(e.clone()));
+                    Err(MigrateError::Failed(e))
+                }
+            }
+        });
+        Ok(Running {
+            source: self.source,
+            target: self.target,
+            node,
+            from_replica: replica.is_some(),
+            cfg: self.cfg,
+            started,
+            journal,
+            shared,
+            stats,
+            markers,
+            peers,
+            evictions,
+            report,
+            stop_tx,
+            coordinator,
+            failure,
+            tasks: vec![stitch_task, replay_task, recopy_task, recopy_requests],
+            #[cfg(feature = "sqs")]
+            split_queues,
+        })
+    }
+}
