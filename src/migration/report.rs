@@ -132,16 +132,9 @@ pub(super) fn stage(stage: &'static str, message: impl std::fmt::Display) -> Mig
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// The plan's dry run failed: `first` of `count` failures.
-    #[error(
-        "{path}: the plan fails its dry run (run `ferry check` for details): {first}{}",
-        more(*count)
-    )]
-    DryRun {
-        path: PathBuf,
-        first: String,
-        count: usize,
-    },
+    /// The plan's dry run failed: the first few failures, joined.
+    #[error("{path}: the plan fails its dry run (run `ferry check` for details): {failures}")]
+    DryRun { path: PathBuf, failures: String },
     /// The plan asks for something this ferry cannot do.
     #[error("{path}: {message}")]
     Unsupported { path: PathBuf, message: String },
@@ -168,9 +161,3 @@ pub enum RunError {
     ReverseFailed(MigrateError),
 }
 
-fn more(count: usize) -> String {
-    match count {
-        0 | 1 => String::new(),
-        n => format!(" (and {} more)", n - 1),
-    }
-}

@@ -191,16 +191,16 @@ fn dry_run(plan: &Plan) -> Result<(), RunError> {
         .lines
         .iter()
         .filter(|l| fatal(&l.outcome))
+        .take(3)
         .map(|l| l.to_string())
         .collect();
-    match failed.first() {
-        None => Ok(()),
-        Some(first) => Err(RunError::DryRun {
-            path: plan.path.clone(),
-            first: first.clone(),
-            count: failed.len(),
-        }),
+    if failed.is_empty() {
+        return Ok(());
     }
+    Err(RunError::DryRun {
+        path: plan.path.clone(),
+        failures: failed.join("; "),
+    })
 }
 
 /// A dry-run result that would stop a run (`on_hook_error = "fail"`).
