@@ -401,11 +401,7 @@ impl Backup {
             Err(_) => {}
         }
         for &db in dbs {
-            redis::cmd("SELECT")
-                .arg(db)
-                .query_async::<()>(con)
-                .await
-                .map_err(|e| cmd_err(&self.source, "SELECT", &e))?;
+            self.select(con, db).await?;
             let key: Option<Vec<u8>> = redis::cmd("RANDOMKEY")
                 .query_async(con)
                 .await
@@ -423,6 +419,15 @@ impl Backup {
         Ok((rdb::FALLBACK_RDB_VERSION, None))
     }
 
+    /// Switches `con` to `db`.
+    async fn select(&self, con: &mut MultiplexedConnection, db: u32) -> Result<(), BackupError> {
+        redis::cmd("SELECT")
+            .arg(db)
+            .query_async::<()>(con)
+            .await
+            .map_err(|e| cmd_err(&self.source, "SELECT", &e))
+    }
+
     /// Scans each db in turn and has the readers send its keys to the writer.
     #[allow(clippy::too_many_arguments)]
     async fn read_dbs(
@@ -437,11 +442,7 @@ impl Backup {
         batch_keys: usize,
     ) -> Result<(), BackupError> {
         for &db in dbs {
-            redis::cmd("SELECT")
-                .arg(db)
-                .query_async::<()>(con)
-                .await
-                .map_err(|e| cmd_err(&self.source, "SELECT", &e))?;
+            self.select(con, db).await?;
             if to_writer
                 .send(ToWriter::Db {
                     db,

@@ -148,12 +148,7 @@ impl Running {
             // in the ledger differs from the source at this fence.
             let (keys, example) = self.stats.diverged_summary();
             if keys > 0 {
-                let target = self
-                    .stats
-                    .target_errors
-                    .lock()
-                    .map(|e| e.clone())
-                    .unwrap_or_default();
+                let target = self.stats.target_errors_by_code();
                 return Err(MigrateError::TargetDiverged {
                     keys,
                     example: example.unwrap_or_default(),
@@ -187,19 +182,9 @@ impl Running {
         report.commands = self.stats.commands.load(Ordering::Relaxed);
         report.restores = self.stats.restores.load(Ordering::Relaxed);
         report.expiry_recopies = self.stats.expiry_recopies.load(Ordering::Relaxed);
-        report.errors = self
-            .stats
-            .errors
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default();
+        report.errors = self.stats.errors_by_code();
         report.source_errors = self.stats.source_errors.load(Ordering::Relaxed);
-        report.target_errors = self
-            .stats
-            .target_errors
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default();
+        report.target_errors = self.stats.target_errors_by_code();
         report.fence_ms = fenced_ms;
         Ok(Fenced::new(
             self.source,

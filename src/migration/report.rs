@@ -160,4 +160,3 @@ pub enum RunError {
     #[error("reverse sync: {0}")]
     ReverseFailed(MigrateError),
 }
-

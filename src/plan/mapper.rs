@@ -238,7 +238,10 @@ return ferry.plan {
         );
         let mut specs: Vec<CommandSpec> = CommandTable::builtin().iter().cloned().collect();
         // A write with APPEND's key spec (key at argument 1) under a name 7.0 does not have.
-        let mut future = CommandTable::builtin().get("append").expect("APPEND").clone();
+        let mut future = CommandTable::builtin()
+            .get("append")
+            .expect("APPEND")
+            .clone();
         future.name = name.to_lowercase();
         specs.push(future);
         let loaded = Arc::new(CommandTable::from_specs(

@@ -64,6 +64,19 @@ pub struct ReplayStats {
 }
 
 impl ReplayStats {
+    /// Error replies by code so far, whatever their class.
+    pub fn errors_by_code(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Error replies only the target gave, by code, so far.
+    pub fn target_errors_by_code(&self) -> BTreeMap<String, u64> {
+        self.target_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
     /// Total error replies.
     pub fn error_count(&self) -> u64 {
         self.errors.lock().map_or(0, |e| e.values().sum())

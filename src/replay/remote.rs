@@ -580,13 +580,9 @@ impl Worker {
             gaps: counters.gaps.load(Ordering::Relaxed),
             commands: stats.commands.load(Ordering::Relaxed),
             restores: stats.restores.load(Ordering::Relaxed),
-            errors: stats.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            errors: stats.errors_by_code(),
             source_errors: stats.source_errors.load(Ordering::Relaxed),
-            target_errors: stats
-                .target_errors
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default(),
+            target_errors: stats.target_errors_by_code(),
             diverged_keys,
         })
     }
