@@ -670,3 +670,433 @@ async fn read_replies(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The replayer against a real `redis-server`: what each operation leaves on the target,
+    //! and how target-only failures and late writes to expiring keys turn into re-copies.
+
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use redis::AsyncCommands;
+
+    use super::*;
+    use crate::command::TableOrigin;
+
+    /// A throwaway `redis-server` on a free port, without persistence, killed by its pid on drop.
+    struct Server {
+        child: Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn start() -> Server {
+            // The port may be taken between the probe and the server's own bind: try again.
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port();
+                let dir = tempfile::tempdir().unwrap();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server must be installed for these tests");
+                let mut server = Server {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+                if server.ready() {
+                    return server;
+                }
+            }
+            panic!("redis-server did not start on a free port");
+        }
+
+        /// Waits until this process (not whoever won the port) answers.
+        fn ready(&mut self) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let client = redis::Client::open(self.url()).unwrap();
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1))
+                    && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut con)
+                {
+                    let pid = format!("process_id:{}", self.child.id());
+                    return info.lines().any(|l| l.trim() == pid);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        fn endpoint(&self) -> Endpoint {
+            Endpoint::parse(&self.url()).unwrap()
+        }
+
+        /// A control connection in `db`.
+        async fn con(&self, db: i64) -> redis::aio::MultiplexedConnection {
+            self.endpoint().with_db(db).control().await.unwrap()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn table() -> Arc<CommandTable> {
+        Arc::new(CommandTable::from_specs(
+            CommandTable::builtin().iter().cloned().collect(),
+            TableOrigin::Builtin,
+        ))
+    }
+
+    fn argv(args: &[&str]) -> Argv {
+        Argv::from_args(args)
+    }
+
+    fn cmd(seq: u64, db: u32, args: &[&str]) -> Op {
+        Op::Cmd {
+            seq,
+            db,
+            argv: argv(args),
+        }
+    }
+
+    fn key(db: u32, k: &str) -> (u32, Vec<u8>) {
+        (db, k.as_bytes().to_vec())
+    }
+
+    /// A replayer with re-copies running on `server`: feed it through `ops`.
+    struct Replay {
+        ops: mpsc::Sender<Op>,
+        task: tokio::task::JoinHandle<Result<(), ReplayError>>,
+        recopies: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
+        stats: Arc<ReplayStats>,
+    }
+
+    impl Replay {
+        fn start(server: &Server) -> Replay {
+            let (ops, mut rx) = mpsc::channel(1024);
+            let (recopy_tx, recopies) = mpsc::unbounded_channel();
+            let stats = Arc::new(ReplayStats::default());
+            let replayer = Replayer::new(server.endpoint()).with_recopy(table(), recopy_tx);
+            let task = tokio::spawn({
+                let stats = stats.clone();
+                async move { replayer.run(&mut rx, stats).await }
+            });
+            Replay {
+                ops,
+                task,
+                recopies,
+                stats,
+            }
+        }
+
+        async fn send(&self, ops: Vec<Op>) {
+            for op in ops {
+                self.ops.send(op).await.unwrap();
+            }
+        }
+
+        /// Sends a barrier and waits until replay answers it.
+        async fn sync(&self, seq: u64) {
+            let (done, answered) = oneshot::channel();
+            self.send(vec![Op::Barrier { seq, done }]).await;
+            tokio::time::timeout(Duration::from_secs(10), answered)
+                .await
+                .expect("barrier not answered in time")
+                .expect("replay dropped the barrier");
+        }
+
+        /// Closes the stream, waits for every reply, and returns the re-copy requests made.
+        async fn finish(mut self) -> (Arc<ReplayStats>, Vec<(u32, Vec<u8>)>) {
+            drop(self.ops);
+            self.task.await.unwrap().unwrap();
+            let mut recopies = Vec::new();
+            while let Ok(k) = self.recopies.try_recv() {
+                recopies.push(k);
+            }
+            (self.stats, recopies)
+        }
+    }
+
+    async fn replay(server: &Server, ops: Vec<Op>) -> (Arc<ReplayStats>, Vec<(u32, Vec<u8>)>) {
+        let r = Replay::start(server);
+        r.send(ops).await;
+        r.finish().await
+    }
+
+    /// A payload restores the key with its absolute expiry (in any db, replacing what was
+    /// there); a restore without payload deletes the key.
+    #[tokio::test]
+    async fn restores_land_with_their_absolute_expiry_and_none_deletes() {
+        let server = Server::start();
+        let mut c0 = server.con(0).await;
+        let mut c2 = server.con(2).await;
+        let _: () = c0.set("src", "hello").await.unwrap();
+        let _: () = c0.rpush("lsrc", &["a", "b"]).await.unwrap();
+        let _: () = c0.set("gone", "x").await.unwrap();
+        let _: () = c2.set("l", "not a list").await.unwrap();
+        let dump = |k: &'static str| {
+            let mut c = c0.clone();
+            async move {
+                redis::cmd("DUMP")
+                    .arg(k)
+                    .query_async::<Vec<u8>>(&mut c)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (p_str, p_list) = (dump("src").await, dump("lsrc").await);
+        let expire_at = now_ms() + 3_600_000;
+        let (stats, recopies) = replay(
+            &server,
+            vec![
+                Op::Restore {
+                    seq: 1,
+                    db: 0,
+                    key: b"dst".to_vec(),
+                    payload: Some(p_str),
+                    expire_at_ms: Some(expire_at),
+                },
+                Op::Restore {
+                    seq: 2,
+                    db: 2,
+                    key: b"l".to_vec(),
+                    payload: Some(p_list),
+                    expire_at_ms: None,
+                },
+                Op::Restore {
+                    seq: 3,
+                    db: 0,
+                    key: b"gone".to_vec(),
+                    payload: None,
+                    expire_at_ms: None,
+                },
+            ],
+        )
+        .await;
+        let dst: String = c0.get("dst").await.unwrap();
+        assert_eq!(dst, "hello");
+        let at: i64 = redis::cmd("PEXPIRETIME")
+            .arg("dst")
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        assert_eq!(at, expire_at);
+        let l: Vec<String> = c2.lrange("l", 0, -1).await.unwrap();
+        assert_eq!(l, ["a", "b"]);
+        let ttl: i64 = c2.pttl("l").await.unwrap();
+        assert_eq!(ttl, -1);
+        let gone: bool = c0.exists("gone").await.unwrap();
+        assert!(!gone);
+        assert_eq!(stats.restores.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.error_count(), 0);
+        assert!(recopies.is_empty());
+    }
+
+    /// Commands and atomic groups apply in stream order, each in its own db, switching dbs
+    /// only when needed (inside a group too).
+    #[tokio::test]
+    async fn commands_and_atomic_groups_apply_in_order_in_their_dbs() {
+        let server = Server::start();
+        let (stats, recopies) = replay(
+            &server,
+            vec![
+                cmd(1, 0, &["RPUSH", "l", "1"]),
+                Op::Atomic {
+                    seq: 2,
+                    cmds: vec![
+                        (0, argv(&["RPUSH", "l", "2"])),
+                        (1, argv(&["RPUSH", "l", "x"])),
+                        (0, argv(&["RPUSH", "l", "3"])),
+                    ],
+                },
+                cmd(3, 0, &["RPUSH", "l", "4"]),
+                cmd(4, 1, &["RPUSH", "l", "y"]),
+                Op::Atomic {
+                    seq: 5,
+                    cmds: vec![(1, argv(&["INCR", "n"])), (1, argv(&["INCR", "n"]))],
+                },
+            ],
+        )
+        .await;
+        let mut c0 = server.con(0).await;
+        let mut c1 = server.con(1).await;
+        let l0: Vec<String> = c0.lrange("l", 0, -1).await.unwrap();
+        let l1: Vec<String> = c1.lrange("l", 0, -1).await.unwrap();
+        let n: i64 = c1.get("n").await.unwrap();
+        assert_eq!(l0, ["1", "2", "3", "4"]);
+        assert_eq!(l1, ["x", "y"]);
+        assert_eq!(n, 2);
+        // SETNAME; SELECT 0, RPUSH; MULTI, RPUSH, SELECT 1, RPUSH, SELECT 0, RPUSH, EXEC;
+        // RPUSH; SELECT 1, RPUSH; MULTI, INCR, INCR, EXEC.
+        assert_eq!(stats.commands.load(Ordering::Relaxed), 17);
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 6);
+        assert_eq!(stats.error_count(), 0);
+        assert!(recopies.is_empty());
+    }
+
+    /// An expiring write applied (give or take `EXPIRY_MARGIN_MS`) after its key's expiry asks
+    /// for a re-copy of the keys it writes; one applied well before does not. The write itself
+    /// is applied either way.
+    #[tokio::test]
+    async fn an_expiring_write_applied_after_the_expiry_asks_for_a_recopy() {
+        let server = Server::start();
+        let now = now_ms();
+        let expiring = |seq, k: &str, expire_at_ms| Op::Expiring {
+            op: Box::new(cmd(seq, 0, &["INCR", k])),
+            expire_at_ms,
+            keys: vec![key(0, k)],
+        };
+        let (stats, recopies) = replay(
+            &server,
+            vec![
+                expiring(1, "past", now - 1000),
+                expiring(2, "later", now + 3_600_000),
+                // Inside the margin: may be gone by the time the target runs it.
+                expiring(3, "margin", now + EXPIRY_MARGIN_MS / 2),
+            ],
+        )
+        .await;
+        assert_eq!(recopies, vec![key(0, "past"), key(0, "margin")]);
+        assert_eq!(stats.expiry_recopies.load(Ordering::Relaxed), 2);
+        // Nobody places them here (no `request_recopies` task).
+        assert_eq!(stats.recopies_outstanding.load(Ordering::Relaxed), 2);
+        let mut c0 = server.con(0).await;
+        let values: Vec<i64> = c0.mget(&["past", "later", "margin"]).await.unwrap();
+        assert_eq!(values, [1, 1, 1]);
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 4);
+    }
+
+    /// An error only the target gives (`OOM`) leaves the write's keys in the diverged ledger
+    /// and asks for their re-copy once; a failed restore is recorded without a request (it
+    /// would fail again) and leaves the ledger when a later restore of the key succeeds; an
+    /// error the source gave too (`WRONGTYPE`) is only counted.
+    #[tokio::test]
+    async fn target_only_errors_mark_keys_diverged_and_ask_for_recopies() {
+        let server = Server::start();
+        let mut c0 = server.con(0).await;
+        let _: () = c0.set("str", "v").await.unwrap();
+        let _: () = c0.set("payload", "restored").await.unwrap();
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg("payload")
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        let restore = |seq| Op::Restore {
+            seq,
+            db: 0,
+            key: b"r".to_vec(),
+            payload: Some(payload.clone()),
+            expire_at_ms: None,
+        };
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory", "1"])
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        let r = Replay::start(&server);
+        r.send(vec![
+            cmd(1, 0, &["SET", "k", "v"]),
+            cmd(2, 0, &["SET", "k", "v2"]),
+            // Not `denyoom`: fails as it did on the source.
+            cmd(3, 0, &["LPOP", "str"]),
+            restore(4),
+            Op::Atomic {
+                seq: 5,
+                cmds: vec![(0, argv(&["SET", "a", "1"])), (0, argv(&["SET", "b", "1"]))],
+            },
+        ])
+        .await;
+        r.sync(6).await;
+        assert_eq!(r.stats.diverged_summary().0, 4);
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory", "0"])
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        r.send(vec![restore(7)]).await;
+        let (stats, recopies) = r.finish().await;
+        assert_eq!(recopies, vec![key(0, "k"), key(0, "a"), key(0, "b")]);
+        assert_eq!(stats.recopies_outstanding.load(Ordering::Relaxed), 3);
+        // `r` settled by the successful restore; the written keys stay until re-copied.
+        assert_eq!(stats.diverged_summary().0, 3);
+        {
+            let d = stats.diverged.lock().unwrap();
+            let example = d.example().unwrap();
+            assert!(example.contains("OOM"), "{example}");
+        }
+        let expected: BTreeMap<String, u64> = [("OOM".to_string(), 5)].into();
+        assert_eq!(*stats.target_errors.lock().unwrap(), expected);
+        // WRONGTYPE, and the EXECABORT of the refused group.
+        assert_eq!(stats.source_errors.load(Ordering::Relaxed), 2);
+        let r_value: String = c0.get("r").await.unwrap();
+        assert_eq!(r_value, "restored");
+        let k: bool = c0.exists("k").await.unwrap();
+        assert!(!k);
+    }
+
+    /// A barrier is answered only once the replies of everything before it arrived: while the
+    /// target holds a write (`CLIENT PAUSE WRITE`), the barrier behind it waits.
+    #[tokio::test]
+    async fn a_barrier_is_answered_after_the_replies_before_it() {
+        let server = Server::start();
+        let mut c0 = server.con(0).await;
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "20000", "WRITE"])
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        let r = Replay::start(&server);
+        let (done, mut answered) = oneshot::channel();
+        r.send(vec![
+            cmd(1, 0, &["SET", "k", "v"]),
+            Op::Barrier { seq: 2, done },
+        ])
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            answered.try_recv().is_err(),
+            "the barrier was answered before the write before it"
+        );
+        let k: Option<String> = c0.get("k").await.unwrap();
+        assert_eq!(k, None);
+        assert_eq!(r.stats.applied.load(Ordering::Relaxed), 1);
+        let _: () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("barrier not answered after the pause")
+            .unwrap();
+        // Answered: the write is on the target.
+        let k: Option<String> = c0.get("k").await.unwrap();
+        assert_eq!(k.as_deref(), Some("v"));
+        assert_eq!(r.stats.applied.load(Ordering::Relaxed), 3);
+        let (stats, _) = r.finish().await;
+        assert_eq!(stats.error_count(), 0);
+    }
+}

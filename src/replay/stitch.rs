@@ -549,3 +549,780 @@ impl Stitcher {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stitcher on hand-made journal entries: each test appends entries to a real journal,
+    //! runs the stitcher over them to the journal's end, and compares the ops it sent and the
+    //! re-copies it asked for with what the module's rules say, exactly.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::now_ms;
+    use crate::command::TableOrigin;
+    use crate::journal::{FsyncPolicy, Journal, JournalConfig, JournalError};
+    use crate::snapshot::Payload;
+
+    fn argv(args: &[&str]) -> Argv {
+        Argv::from_args(args)
+    }
+
+    fn write(db: u32, args: &[&str]) -> EntryKind {
+        EntryKind::Write {
+            db,
+            argv: argv(args),
+        }
+    }
+
+    fn fence(db: u32, key: &str, read_id: &str, ordinal: u64) -> EntryKind {
+        EntryKind::KeyFence {
+            db,
+            key: key.into(),
+            read_id: read_id.into(),
+            ordinal,
+        }
+    }
+
+    fn marker(m: Marker) -> EntryKind {
+        EntryKind::Marker(m)
+    }
+
+    fn key(db: u32, k: &str) -> (u32, Vec<u8>) {
+        (db, k.as_bytes().to_vec())
+    }
+
+    /// An [`Op`] in a form that compares (a barrier's or a check's channel left out).
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Cmd {
+            seq: u64,
+            db: u32,
+            argv: Argv,
+        },
+        Atomic {
+            seq: u64,
+            cmds: Vec<(u32, Argv)>,
+        },
+        Restore {
+            seq: u64,
+            db: u32,
+            key: Vec<u8>,
+            payload: Option<Vec<u8>>,
+            expire_at_ms: Option<i64>,
+        },
+        Barrier {
+            seq: u64,
+        },
+        Check {
+            seq: u64,
+            db: u32,
+            key: Vec<u8>,
+            cmds: Vec<Argv>,
+        },
+        Expiring {
+            op: Box<Got>,
+            expire_at_ms: i64,
+            keys: Vec<(u32, Vec<u8>)>,
+        },
+    }
+
+    fn got(op: &Op) -> Got {
+        match op {
+            Op::Cmd { seq, db, argv } => Got::Cmd {
+                seq: *seq,
+                db: *db,
+                argv: argv.clone(),
+            },
+            Op::Atomic { seq, cmds } => Got::Atomic {
+                seq: *seq,
+                cmds: cmds.clone(),
+            },
+            Op::Restore {
+                seq,
+                db,
+                key,
+                payload,
+                expire_at_ms,
+            } => Got::Restore {
+                seq: *seq,
+                db: *db,
+                key: key.clone(),
+                payload: payload.clone(),
+                expire_at_ms: *expire_at_ms,
+            },
+            Op::Barrier { seq, .. } => Got::Barrier { seq: *seq },
+            Op::Check {
+                seq, db, key, cmds, ..
+            } => Got::Check {
+                seq: *seq,
+                db: *db,
+                key: key.clone(),
+                cmds: cmds.clone(),
+            },
+            Op::Expiring {
+                op,
+                expire_at_ms,
+                keys,
+            } => Got::Expiring {
+                op: Box::new(got(op)),
+                expire_at_ms: *expire_at_ms,
+                keys: keys.clone(),
+            },
+        }
+    }
+
+    fn cmd(seq: u64, db: u32, args: &[&str]) -> Got {
+        Got::Cmd {
+            seq,
+            db,
+            argv: argv(args),
+        }
+    }
+
+    fn restore(seq: u64, db: u32, k: &str, payload: &[u8], expire_at_ms: Option<i64>) -> Got {
+        Got::Restore {
+            seq,
+            db,
+            key: k.into(),
+            payload: Some(payload.to_vec()),
+            expire_at_ms,
+        }
+    }
+
+    /// Source `db 0` keys `in:*` live on the target as `db 1` keys `out:*`; every other key is
+    /// left out. Commands in these tests have their one key at argument 1.
+    struct InToOut;
+
+    impl Mapper for InToOut {
+        fn map_command(
+            &self,
+            db: u32,
+            mut argv: Argv,
+            out: &mut Vec<(u32, Argv)>,
+        ) -> Result<(), String> {
+            if let Some((db, key)) = argv.get(1).and_then(|k| self.map_key(db, k)) {
+                argv.set(1, &key);
+                out.push((db, argv));
+            }
+            Ok(())
+        }
+
+        fn map_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+            let rest = key.strip_prefix(b"in:").filter(|_| db == 0)?;
+            Some((1, [b"out:", rest].concat()))
+        }
+
+        fn unmap_key(&self, db: u32, key: &[u8]) -> Option<(u32, Vec<u8>)> {
+            let rest = key.strip_prefix(b"out:").filter(|_| db == 1)?;
+            Some((0, [b"in:", rest].concat()))
+        }
+    }
+
+    /// A journal to fill, the payload store, and the stitcher's settings.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        journal: Journal,
+        store: Arc<PayloadStore>,
+        shared: Arc<StitchShared>,
+        cfg: StitchConfig,
+        /// The source clock of the entries: wall-clock now when the rig was made.
+        t0_ms: i64,
+    }
+
+    /// What a finished stitcher produced.
+    struct Stitched {
+        ops: Vec<Op>,
+        recopies: Vec<(u32, Vec<u8>)>,
+        events: Vec<StitchEvent>,
+        shared: Arc<StitchShared>,
+    }
+
+    impl Stitched {
+        fn got(&self) -> Vec<Got> {
+            self.ops.iter().map(got).collect()
+        }
+    }
+
+    /// A stitcher running in its own task.
+    struct Running {
+        task: tokio::task::JoinHandle<Result<(), String>>,
+        ops: mpsc::Receiver<Op>,
+        recopies: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
+        events: mpsc::UnboundedReceiver<StitchEvent>,
+        shared: Arc<StitchShared>,
+    }
+
+    impl Running {
+        /// Waits for the stitcher to reach the journal's end and collects what it sent.
+        async fn finish(mut self) -> Stitched {
+            let end = self.task.await.expect("the stitcher panicked");
+            assert_eq!(end, Err(JournalError::Closed.to_string()));
+            let mut out = Stitched {
+                ops: Vec::new(),
+                recopies: Vec::new(),
+                events: Vec::new(),
+                shared: self.shared,
+            };
+            while let Ok(op) = self.ops.try_recv() {
+                out.ops.push(op);
+            }
+            while let Ok(r) = self.recopies.try_recv() {
+                out.recopies.push(r);
+            }
+            while let Ok(e) = self.events.try_recv() {
+                out.events.push(e);
+            }
+            out
+        }
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Journal::open(JournalConfig {
+                fsync: FsyncPolicy::Never,
+                ..JournalConfig::new(dir.path())
+            })
+            .unwrap();
+            Rig {
+                _dir: dir,
+                journal,
+                store: Arc::new(PayloadStore::new(1 << 20)),
+                shared: Arc::new(StitchShared::default()),
+                cfg: StitchConfig::default(),
+                t0_ms: now_ms(),
+            }
+        }
+
+        fn with_mapper(mut self) -> Rig {
+            self.cfg.mapper = Some(Arc::new(InToOut));
+            self
+        }
+
+        /// Appends an entry the source logged at `t0_ms`; returns its seq.
+        fn append(&self, kind: EntryKind) -> u64 {
+            self.append_at(0, kind)
+        }
+
+        /// Appends an entry the source logged `after_ms` after `t0_ms`.
+        fn append_at(&self, after_ms: i64, kind: EntryKind) -> u64 {
+            let ts_us = (self.t0_ms + after_ms) as u64 * 1000;
+            self.journal.append(ts_us, kind).unwrap()
+        }
+
+        /// What the fenced read `read_id` returned for its `ordinal`-th key.
+        fn payload(
+            &self,
+            read_id: &str,
+            ordinal: u64,
+            db: u32,
+            key: &str,
+            payload: Option<&[u8]>,
+            expire_at_ms: Option<i64>,
+        ) {
+            self.store.insert(
+                read_id,
+                ordinal,
+                Payload {
+                    db,
+                    key: key.into(),
+                    payload: payload.map(<[u8]>::to_vec),
+                    expire_at_ms,
+                },
+            );
+        }
+
+        /// Closes the journal (the stitcher ends when it has read every entry) and starts the
+        /// stitcher on it from seq 0.
+        fn start(self) -> Running {
+            let table = Arc::new(CommandTable::from_specs(
+                CommandTable::builtin().iter().cloned().collect(),
+                TableOrigin::Builtin,
+            ));
+            let reader = self.journal.reader(0).unwrap();
+            drop(self.journal);
+            let (recopier, recopies) = Recopier::channel();
+            let stitcher =
+                Stitcher::new(table, self.store, recopier, self.cfg, self.shared.clone());
+            let (ops_tx, ops) = mpsc::channel(1024);
+            let (events_tx, events) = mpsc::unbounded_channel();
+            Running {
+                task: tokio::spawn(stitcher.run(reader, ops_tx, events_tx)),
+                ops,
+                recopies,
+                events,
+                shared: self.shared,
+            }
+        }
+
+        async fn run(self) -> Stitched {
+            self.start().finish().await
+        }
+    }
+
+    /// Snapshot mode: the write before the key's fence is sent (the payload, read later in the
+    /// source's order, already contains it and overwrites it at the fence), and since the
+    /// snapshot had not read the key yet it is dirty and re-read; the fence's payload becomes
+    /// a restore at exactly the fence's position and settles the key; the write after the fence
+    /// is sent plainly. The payload's own journal entry sends nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_payload_is_restored_at_its_fence_between_the_writes_around_it() {
+        let rig = Rig::new();
+        rig.append(write(0, &["SET", "k", "before"]));
+        rig.append(fence(0, "k", "r1", 0));
+        rig.append(EntryKind::Payload {
+            read_id: "r1".into(),
+            ordinal: 0,
+            db: 0,
+            key: b"k".to_vec(),
+            payload: Some(b"dump".to_vec()),
+            expire_at_ms: None,
+        });
+        rig.append(write(0, &["SET", "k", "after"]));
+        rig.append(write(0, &["SET", "k", "later"]));
+        rig.payload("r1", 0, 0, "k", Some(b"dump"), None);
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                cmd(0, 0, &["SET", "k", "before"]),
+                restore(1, 0, "k", b"dump", None),
+                cmd(3, 0, &["SET", "k", "after"]),
+                cmd(4, 0, &["SET", "k", "later"]),
+            ]
+        );
+        // Only the write before the fence asked for a re-read; the fence settled the key.
+        assert_eq!(out.recopies, vec![key(0, "k")]);
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 0);
+        assert_eq!(out.shared.missing_payloads.load(Ordering::Relaxed), 0);
+        assert!(out.shared.snapshot_mode.load(Ordering::Relaxed));
+        assert_eq!(out.shared.forwarded.load(Ordering::Relaxed), 5);
+        assert!(out.events.is_empty());
+    }
+
+    /// A fence waits (paused time) for a payload that arrives late; one whose payload never
+    /// comes is given up after exactly `payload_timeout`, counted, and its key re-read.
+    #[tokio::test(start_paused = true)]
+    async fn a_fence_waits_for_its_payload_and_re_reads_the_key_when_none_comes() {
+        let rig = Rig::new();
+        rig.append(fence(0, "a", "r1", 0));
+        rig.append(fence(0, "b", "r1", 1));
+        rig.append(write(0, &["SET", "a", "2"]));
+        rig.append(write(0, &["SET", "b", "2"]));
+        let store = rig.store.clone();
+        let started = tokio::time::Instant::now();
+        let mut running = rig.start();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            running.ops.try_recv().is_err(),
+            "nothing may pass a fence whose payload has not arrived"
+        );
+        store.insert(
+            "r1",
+            0,
+            Payload {
+                db: 0,
+                key: b"a".to_vec(),
+                payload: Some(b"pa".to_vec()),
+                expire_at_ms: None,
+            },
+        );
+        let out = running.finish().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1) + DEFAULT_PAYLOAD_TIMEOUT
+        );
+        assert_eq!(
+            out.got(),
+            vec![
+                restore(0, 0, "a", b"pa", None),
+                cmd(2, 0, &["SET", "a", "2"]),
+                cmd(3, 0, &["SET", "b", "2"]),
+            ]
+        );
+        assert_eq!(out.recopies, vec![key(0, "b")]);
+        assert_eq!(out.shared.missing_payloads.load(Ordering::Relaxed), 1);
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 1);
+    }
+
+    /// A write that reads a key the snapshot has not read yet makes the keys it writes dirty
+    /// (never the ones it only reads), asks for each re-read once, and the re-read's fence
+    /// settles the key again.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_reading_an_unsettled_key_makes_its_written_keys_dirty() {
+        let rig = Rig::new();
+        rig.append(fence(0, "dst", "r1", 0));
+        // `src` was never fenced: unsettled while the snapshot runs.
+        rig.append(write(0, &["SUNIONSTORE", "dst", "src"]));
+        rig.append(write(0, &["SADD", "dst", "x"]));
+        rig.append(fence(0, "dst", "r2", 0));
+        rig.append(write(0, &["SADD", "dst", "y"]));
+        rig.append(write(0, &["SUNIONSTORE", "dst", "src"]));
+        rig.payload("r1", 0, 0, "dst", Some(b"p1"), None);
+        rig.payload("r2", 0, 0, "dst", Some(b"p2"), None);
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                restore(0, 0, "dst", b"p1", None),
+                cmd(1, 0, &["SUNIONSTORE", "dst", "src"]),
+                cmd(2, 0, &["SADD", "dst", "x"]),
+                restore(3, 0, "dst", b"p2", None),
+                cmd(4, 0, &["SADD", "dst", "y"]),
+                cmd(5, 0, &["SUNIONSTORE", "dst", "src"]),
+            ]
+        );
+        // Once for the first SUNIONSTORE (the SADD finds it already dirty), once more for the
+        // second, which comes after the re-read settled `dst`.
+        assert_eq!(out.recopies, vec![key(0, "dst"), key(0, "dst")]);
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 1);
+    }
+
+    /// `Marker::Dirty` makes its key dirty at its position (in its own db): writes before it ask
+    /// for nothing, a write reading it afterwards dirties what it writes. The marker itself
+    /// sends nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_dirty_marker_makes_its_key_dirty_at_that_position() {
+        let rig = Rig::new();
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(write(0, &["SET", "a", "1"]));
+        rig.append(write(0, &["COPY", "a", "b"]));
+        rig.append(marker(Marker::Dirty {
+            db: 0,
+            key: b"a".to_vec(),
+        }));
+        rig.append(write(0, &["SET", "a", "2"]));
+        rig.append(write(0, &["COPY", "a", "c"]));
+        rig.append(write(0, &["SET", "d", "1"]));
+        rig.append(marker(Marker::Dirty {
+            db: 3,
+            key: b"a".to_vec(),
+        }));
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                Got::Barrier { seq: 0 },
+                cmd(1, 0, &["SET", "a", "1"]),
+                cmd(2, 0, &["COPY", "a", "b"]),
+                cmd(4, 0, &["SET", "a", "2"]),
+                cmd(5, 0, &["COPY", "a", "c"]),
+                cmd(6, 0, &["SET", "d", "1"]),
+            ]
+        );
+        assert_eq!(out.recopies, vec![key(0, "a"), key(0, "c"), key(3, "a")]);
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 3);
+    }
+
+    /// `Marker::Recopy` names a target key; without a plan it is the source key.
+    #[tokio::test(start_paused = true)]
+    async fn a_recopy_marker_without_a_mapper_re_reads_that_key() {
+        let rig = Rig::new();
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(marker(Marker::Recopy {
+            db: 2,
+            key: b"t".to_vec(),
+        }));
+        // Already dirty: not asked for twice.
+        rig.append(marker(Marker::Recopy {
+            db: 2,
+            key: b"t".to_vec(),
+        }));
+        rig.append(write(2, &["INCR", "t"]));
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![Got::Barrier { seq: 0 }, cmd(3, 2, &["INCR", "t"])]
+        );
+        assert_eq!(out.recopies, vec![key(2, "t")]);
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 1);
+    }
+
+    /// With a plan, `Marker::Recopy`'s target key is traced back to the source key(s) that map
+    /// to it; one no source key maps to asks for nothing. Commands and restores go out in
+    /// target names, and left-out keys send nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_recopy_marker_with_a_mapper_re_reads_the_source_key() {
+        let rig = Rig::new().with_mapper();
+        rig.append(fence(0, "in:k", "r1", 0));
+        rig.append(fence(0, "other:k", "r1", 1));
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(marker(Marker::Recopy {
+            db: 1,
+            key: b"out:x".to_vec(),
+        }));
+        rig.append(marker(Marker::Recopy {
+            db: 1,
+            key: b"elsewhere".to_vec(),
+        }));
+        rig.append(write(0, &["SET", "in:x", "1"]));
+        rig.append(write(0, &["SET", "other:x", "1"]));
+        rig.payload("r1", 0, 0, "in:k", Some(b"pk"), None);
+        rig.payload("r1", 1, 0, "other:k", Some(b"po"), None);
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                restore(0, 1, "out:k", b"pk", None),
+                Got::Barrier { seq: 2 },
+                cmd(5, 1, &["SET", "out:x", "1"]),
+            ]
+        );
+        assert_eq!(out.recopies, vec![key(0, "in:x")]);
+    }
+
+    /// Until `SnapshotDone` of the current epoch, a write to a key the snapshot never fenced is
+    /// dirty; a done-marker of another epoch changes nothing; after the right one, such writes
+    /// are plain. Keys already dirty stay dirty.
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_done_of_the_current_epoch_ends_snapshot_mode() {
+        let rig = Rig::new();
+        rig.append(write(0, &["SET", "n1", "a"]));
+        rig.append(marker(Marker::SnapshotDone(1)));
+        rig.append(write(0, &["SET", "n2", "a"]));
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(write(0, &["SET", "n3", "a"]));
+        rig.append(write(0, &["SUNIONSTORE", "n4", "n5"]));
+        rig.append(write(0, &["SET", "n1", "b"]));
+        rig.append(write(0, &["COPY", "n1", "n6"]));
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                cmd(0, 0, &["SET", "n1", "a"]),
+                Got::Barrier { seq: 1 },
+                cmd(2, 0, &["SET", "n2", "a"]),
+                Got::Barrier { seq: 3 },
+                cmd(4, 0, &["SET", "n3", "a"]),
+                cmd(5, 0, &["SUNIONSTORE", "n4", "n5"]),
+                cmd(6, 0, &["SET", "n1", "b"]),
+                cmd(7, 0, &["COPY", "n1", "n6"]),
+            ]
+        );
+        assert_eq!(out.recopies, vec![key(0, "n1"), key(0, "n2"), key(0, "n6")]);
+        assert!(!out.shared.snapshot_mode.load(Ordering::Relaxed));
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 3);
+    }
+
+    /// A gap asks for a resync of a new epoch, forgets what was dirty (the resync reads
+    /// everything) and puts the stitcher back in snapshot mode, which only the new epoch's
+    /// done-marker ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_asks_for_a_resync_and_only_its_epoch_ends_it() {
+        let rig = Rig::new();
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(marker(Marker::Dirty {
+            db: 0,
+            key: b"a".to_vec(),
+        }));
+        rig.append(EntryKind::Gap {
+            reason: "lost lines".into(),
+        });
+        rig.append(write(0, &["SET", "b", "1"]));
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(write(0, &["SET", "c", "1"]));
+        rig.append(marker(Marker::SnapshotDone(1)));
+        rig.append(write(0, &["SET", "d", "1"]));
+        let out = rig.run().await;
+        assert_eq!(
+            out.events,
+            vec![StitchEvent::Resync {
+                epoch: 1,
+                reason: "lost lines".into()
+            }]
+        );
+        assert_eq!(
+            out.got(),
+            vec![
+                Got::Barrier { seq: 0 },
+                cmd(3, 0, &["SET", "b", "1"]),
+                Got::Barrier { seq: 4 },
+                cmd(5, 0, &["SET", "c", "1"]),
+                Got::Barrier { seq: 6 },
+                cmd(7, 0, &["SET", "d", "1"]),
+            ]
+        );
+        assert_eq!(out.recopies, vec![key(0, "a"), key(0, "b"), key(0, "c")]);
+        assert!(!out.shared.snapshot_mode.load(Ordering::Relaxed));
+        assert_eq!(out.shared.dirty.load(Ordering::Relaxed), 2);
+    }
+
+    /// A write that reaches a key alive on the source but close to its expiry goes out as
+    /// `Op::Expiring` with the earliest such expiry and the target keys it writes; a key far
+    /// from its expiry, or already expired at the write's source time, gives a plain command.
+    ///
+    /// The stitcher measures its own lag against the wall clock (`clock::now_ms`), which paused
+    /// tokio time does not control: entries are stamped relative to the real now, and the
+    /// margins (60 s and 30 s "close", 1 h "far", against a 10-minute horizon) are wide enough
+    /// for any test run.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_close_to_a_known_expiry_is_sent_as_expiring() {
+        let rig = Rig::new();
+        let t0 = rig.t0_ms;
+        rig.append(fence(0, "soon", "r1", 0));
+        rig.append(fence(0, "late", "r1", 1));
+        // Snapshot over: `fresh` and `dst` below are settled, so nothing is re-read.
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append_at(1000, write(0, &["INCR", "soon"]));
+        rig.append_at(1000, write(0, &["INCR", "late"]));
+        rig.append_at(1000, write(0, &["SET", "fresh", "v", "PX", "30000"]));
+        rig.append_at(2000, write(0, &["APPEND", "fresh", "x"]));
+        rig.append_at(3000, write(0, &["COPY", "soon", "dst"]));
+        // After `soon` expired on the source: the write found it gone there too.
+        rig.append_at(61_000, write(0, &["INCR", "soon"]));
+        rig.payload("r1", 0, 0, "soon", Some(b"ps"), Some(t0 + 60_000));
+        rig.payload("r1", 1, 0, "late", Some(b"pl"), Some(t0 + 3_600_000));
+        let out = rig.run().await;
+        let fresh_at = t0 + 1000 + 30_000;
+        let pxat = fresh_at.to_string();
+        assert_eq!(
+            out.got(),
+            vec![
+                restore(0, 0, "soon", b"ps", Some(t0 + 60_000)),
+                restore(1, 0, "late", b"pl", Some(t0 + 3_600_000)),
+                Got::Barrier { seq: 2 },
+                Got::Expiring {
+                    op: Box::new(cmd(3, 0, &["INCR", "soon"])),
+                    expire_at_ms: t0 + 60_000,
+                    keys: vec![key(0, "soon")],
+                },
+                cmd(4, 0, &["INCR", "late"]),
+                cmd(5, 0, &["SET", "fresh", "v", "PXAT", &pxat]),
+                Got::Expiring {
+                    op: Box::new(cmd(6, 0, &["APPEND", "fresh", "x"])),
+                    expire_at_ms: fresh_at,
+                    keys: vec![key(0, "fresh")],
+                },
+                // Only the key it writes is re-copied, not the one it reads.
+                Got::Expiring {
+                    op: Box::new(cmd(7, 0, &["COPY", "soon", "dst"])),
+                    expire_at_ms: t0 + 60_000,
+                    keys: vec![key(0, "dst")],
+                },
+                cmd(8, 0, &["INCR", "soon"]),
+            ]
+        );
+        assert!(out.recopies.is_empty());
+    }
+
+    /// With a plan, an expiring write names its target keys.
+    #[tokio::test(start_paused = true)]
+    async fn an_expiring_write_names_target_keys_under_a_mapper() {
+        let rig = Rig::new().with_mapper();
+        let t0 = rig.t0_ms;
+        rig.append(marker(Marker::SnapshotDone(0)));
+        rig.append(write(0, &["SET", "in:x", "1", "PX", "20000"]));
+        rig.append_at(500, write(0, &["INCR", "in:x"]));
+        let out = rig.run().await;
+        let at = (t0 + 20_000).to_string();
+        assert_eq!(
+            out.got(),
+            vec![
+                Got::Barrier { seq: 0 },
+                cmd(1, 1, &["SET", "out:x", "1", "PXAT", &at]),
+                Got::Expiring {
+                    op: Box::new(cmd(2, 1, &["INCR", "out:x"])),
+                    expire_at_ms: t0 + 20_000,
+                    keys: vec![key(1, "out:x")],
+                },
+            ]
+        );
+    }
+
+    /// A position marker becomes a barrier; waiting for the marker ends when replay answers
+    /// the barrier, and times out (paused time, exactly at the deadline) while it does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_position_marker_is_reached_when_its_barrier_is_answered() {
+        let rig = Rig::new();
+        rig.append(write(0, &["SET", "a", "1"]));
+        rig.append(marker(Marker::Position("tick-1".into())));
+        rig.append(marker(Marker::Position("tick-2".into())));
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                cmd(0, 0, &["SET", "a", "1"]),
+                Got::Barrier { seq: 1 },
+                Got::Barrier { seq: 2 },
+            ]
+        );
+        let mut dones = out.ops.into_iter().filter_map(|op| match op {
+            Op::Barrier { done, .. } => Some(done),
+            _ => None,
+        });
+        let (done1, done2) = (dones.next().unwrap(), dones.next().unwrap());
+        let shared = out.shared;
+
+        let start = tokio::time::Instant::now();
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.wait_marker("tick-1", Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !waiter.is_finished(),
+            "reached before its barrier was answered"
+        );
+        assert_eq!(shared.applied_through.load(Ordering::Relaxed), 0);
+        done1.send(()).unwrap();
+        assert!(waiter.await.unwrap());
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(shared.applied_through.load(Ordering::Relaxed), 1);
+        // Already reached: no wait at all.
+        assert!(shared.wait_marker("tick-1", Duration::ZERO).await);
+
+        // Never answered (the sender is alive, replay just has not got there).
+        let start = tokio::time::Instant::now();
+        assert!(!shared.wait_marker("tick-2", Duration::from_secs(30)).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // A barrier dropped unanswered (replay broke) never reaches its marker either.
+        drop(done2);
+        assert!(!shared.wait_marker("tick-2", Duration::from_secs(1)).await);
+        assert_eq!(shared.applied_through.load(Ordering::Relaxed), 1);
+    }
+
+    /// A verification fence becomes `Op::Check` (in the probe's target names) only for a
+    /// settled key; for an unsettled one the probe's slot is dropped unanswered.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_fence_probes_only_settled_keys() {
+        let rig = Rig::new();
+        let slot = |k: &str| {
+            let (reply, rx) = oneshot::channel();
+            let slot = CheckSlot {
+                db: 5,
+                key: format!("t:{k}").into_bytes(),
+                cmds: vec![argv(&["GET", &format!("t:{k}")])],
+                reply,
+            };
+            (slot, rx)
+        };
+        let (settled, _settled_rx) = slot("s");
+        let (unsettled, mut unsettled_rx) = slot("u");
+        rig.shared
+            .checks
+            .register("vc1".into(), vec![Some(settled), Some(unsettled)]);
+        rig.append(fence(0, "s", "r1", 0));
+        rig.append(fence(0, "s", "vc1", 0));
+        rig.append(fence(0, "u", "vc1", 1));
+        rig.payload("r1", 0, 0, "s", Some(b"p"), None);
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                restore(0, 0, "s", b"p", None),
+                Got::Check {
+                    seq: 1,
+                    db: 5,
+                    key: b"t:s".to_vec(),
+                    cmds: vec![argv(&["GET", "t:s"])],
+                },
+            ]
+        );
+        assert!(matches!(
+            unsettled_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(out.recopies.is_empty());
+    }
+}
