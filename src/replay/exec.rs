@@ -268,6 +268,8 @@ impl Replayer {
                 let mut done = None;
                 let mut collect = None;
                 let mut origin = Origin::Setup;
+                let db_before = db;
+                let mut forget_db = false;
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
                     if db != Some(want) {
                         encode_command(buf, &[b"SELECT", want.to_string().as_bytes()]);
@@ -291,6 +293,11 @@ impl Replayer {
                             encode_argv(&mut buf, argv);
                             replies += 1;
                         }
+                        // A group the target refuses before running it (`OOM` or `NOPERM` at
+                        // queue time: `EXECABORT`) runs none of its SELECTs either: when the
+                        // group ends in another db than it started in, the connection's db is
+                        // known again only after the next SELECT.
+                        forget_db = cmds.last().is_some_and(|(d, _)| Some(*d) != db_before);
                         encode_command(&mut buf, &[b"EXEC"]);
                         replies += 1;
                         origin = Origin::Atomic(cmds);
@@ -340,6 +347,9 @@ impl Replayer {
                         });
                         origin = Origin::Check;
                     }
+                }
+                if forget_db {
+                    db = None;
                 }
                 let mut pending = Some(Pending {
                     done,
@@ -1098,5 +1108,39 @@ mod tests {
         assert_eq!(r.stats.applied.load(Ordering::Relaxed), 3);
         let (stats, _) = r.finish().await;
         assert_eq!(stats.error_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_the_target_refuses_does_not_leave_later_writes_in_its_db() {
+        // A refused group runs none of its SELECTs: the executor must not believe it switched.
+        let server = Server::start();
+        let mut c0 = server.con(0).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory", "1"])
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        let r = Replay::start(&server);
+        r.send(vec![
+            cmd(1, 0, &["LPOP", "x"]),
+            Op::Atomic {
+                seq: 2,
+                cmds: vec![(1, argv(&["SET", "k", "v"]))],
+            },
+        ])
+        .await;
+        r.sync(3).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory", "0"])
+            .query_async(&mut c0)
+            .await
+            .unwrap();
+        r.send(vec![cmd(4, 1, &["SET", "j", "v"])]).await;
+        let (stats, _) = r.finish().await;
+        assert!(stats.target_error_count() > 0, "the group was refused");
+        let mut c1 = server.con(1).await;
+        let in_db1: bool = c1.exists("j").await.unwrap();
+        let in_db0: bool = c0.exists("j").await.unwrap();
+        assert!(in_db1 && !in_db0, "j in db1: {in_db1}, in db0: {in_db0}");
     }
 }
