@@ -33,16 +33,21 @@ echo "   RUNS=$RUNS KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES N=$N"
 
 # run LABEL BINARY BENCH: one run; appends "LABEL BENCH key=value…" to $OUT.
 run() {
-  local label=$1 bin=$2 bench=$3 line
+  local label=$1 bin=$2 bench=$3 line out
+  out=$(mktemp /tmp/ferry-compare-run.XXXXXX)
   case $bench in
-    snapshot) line=$(FERRY=$bin bash scripts/bench/snapshot.sh "$KEYS" "$VALUE_BYTES" 2>&1 | grep '^RESULT' || true) ;;
-    replay) line=$(FERRY=$bin ONLY_REPLAY=1 N=$N bash scripts/bench/replay.sh 2>&1 | grep '^RESULT' || true) ;;
+    snapshot) FERRY=$bin bash scripts/bench/snapshot.sh "$KEYS" "$VALUE_BYTES" >"$out" 2>&1 || true ;;
+    replay) FERRY=$bin ONLY_REPLAY=1 N=$N bash scripts/bench/replay.sh >"$out" 2>&1 || true ;;
   esac
+  line=$(grep '^RESULT' "$out" || true)
   if [ -z "$line" ]; then
-    echo "   $label $bench: FAILED" >&2
+    echo "   $label $bench: FAILED; its last lines:" >&2
+    tail -15 "$out" | sed 's/^/      /' >&2
+    rm -f "$out"
     FAILED=1
     return
   fi
+  rm -f "$out"
   echo "   $label $bench: ${line#RESULT }"
   echo "$label $bench ${line#RESULT }" >>"$OUT"
 }

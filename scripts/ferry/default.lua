@@ -5,7 +5,9 @@
 -- --target → TARGET_URL, --capture → FERRY_CAPTURE, --state-dir → FERRY_STATE_DIR, --verify →
 -- FERRY_VERIFY ("full" or a sample size; empty for no verify phase), --workers → FERRY_WORKERS,
 -- --max-source-ops → FERRY_MAX_SOURCE_OPS, --max-pause-ms → FERRY_MAX_PAUSE_MS,
--- --max-monitor-buffer → FERRY_MAX_MONITOR_BUFFER; for `ferry capture`, --queue → FERRY_QUEUE,
+-- --max-monitor-buffer → FERRY_MAX_MONITOR_BUFFER, --quiet-ms → FERRY_QUIET_MS,
+-- --max-trailing-ms → FERRY_MAX_TRAILING_MS, --on-conflict → FERRY_ON_CONFLICT, --hold-source →
+-- FERRY_HOLD_SOURCE=1; for `ferry capture`, --queue → FERRY_QUEUE,
 -- --shards → FERRY_SHARDS, --create-queue → FERRY_CREATE_QUEUE=1.
 local ferry = require "ferry"
 
@@ -29,6 +31,10 @@ end
 if ferry.env("FERRY_CUTOVER", "") == "1" then
   phases[#phases + 1] = ferry.cutover {
     reverse_sync = ferry.env("FERRY_REVERSE_SYNC", "") == "1",
+    hold_source = ferry.env("FERRY_HOLD_SOURCE", "") == "1",
+    quiet_ms = number "FERRY_QUIET_MS",
+    max_trailing_ms = number "FERRY_MAX_TRAILING_MS",
+    on_conflict = ferry.env("FERRY_ON_CONFLICT", "") ~= "" and ferry.env "FERRY_ON_CONFLICT" or nil,
     max_pause_ms = max_pause_ms,
     switch = function(ctx)
       ctx.log("Final fence reached: point your clients at the target now; held clients are disconnected so they reconnect.")

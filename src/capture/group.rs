@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use super::blocked::BlockedLedger;
+use super::late::LateWrites;
 use super::parse::{MonitorLine, Peer};
 use crate::command::{Argv, Class, CommandTable};
 use crate::journal::{EntryKind, Marker, parse_read_echo};
@@ -74,6 +75,8 @@ pub struct Grouper {
     blocked: BlockedLedger,
     /// Stream time of the last line.
     ts_us: u64,
+    /// Writes after the switch's fence, per client (armed by the switch marker).
+    late: Option<Arc<LateWrites>>,
 }
 
 impl Grouper {
@@ -88,7 +91,14 @@ impl Grouper {
             reads: HashMap::new(),
             blocked: BlockedLedger::default(),
             ts_us: 0,
+            late: None,
         }
+    }
+
+    /// Counts writes after the switch marker in `late`.
+    pub fn with_late(mut self, late: Arc<LateWrites>) -> Grouper {
+        self.late = Some(late);
+        self
     }
 
     /// True when a script's effects may still be arriving; the caller flushes after a short
@@ -102,6 +112,9 @@ impl Grouper {
         if let Some(writes) = self.script.take() {
             let start = out.len();
             emit_group(writes, out);
+            if let (Some(late), Some(peer)) = (&self.late, &self.last) {
+                late.record(&self.table, peer, self.ts_us, &out[start..]);
+            }
             self.mark_served(start, out);
         }
     }
@@ -151,6 +164,9 @@ impl Grouper {
         }
         let start = out.len();
         let top_level_write = self.push_line(line, out);
+        if let Some(late) = &self.late {
+            late.record(&self.table, &line.peer, line.ts_us, &out[start..]);
+        }
         self.mark_served(start, out);
         if top_level_write {
             // Entered after its own write was checked: a pop does not serve itself.
@@ -244,6 +260,11 @@ impl Grouper {
             if let Some(id) = parse_read_echo(arg1) {
                 self.reads.insert(addr, (id, 0));
             } else if let Some(marker) = Marker::from_control_echo(arg1) {
+                if marker.is_switch()
+                    && let Some(late) = &self.late
+                {
+                    late.arm();
+                }
                 out.push(EntryKind::Marker(marker));
             }
             return;

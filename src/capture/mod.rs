@@ -6,11 +6,15 @@
 
 mod blocked;
 mod group;
+mod late;
 mod monitor;
 pub mod parse;
 mod task;
 
 pub use group::{Grouper, PeerRegistry, Role};
+pub use late::{
+    ClientTally, LateKey, LateSummary, LateWrites, MAX_LATE_KEYS, peer_addr, short_command,
+};
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::group::{Grouper, PeerRegistry, Role};
+use super::late::LateWrites;
 use super::monitor::{CaptureError, MonitorStream};
 use crate::command::CommandTable;
 use crate::journal::EntryKind;
@@ -59,6 +60,7 @@ pub struct Capture {
     table: Arc<CommandTable>,
     peers: Arc<PeerRegistry>,
     cfg: CaptureConfig,
+    late: Option<Arc<LateWrites>>,
 }
 
 /// Handle on a running capture.
@@ -91,6 +93,7 @@ impl Capture {
         cfg: CaptureConfig,
     ) -> Capture {
         Capture {
+            late: None,
             source,
             table,
             peers,
@@ -98,7 +101,13 @@ impl Capture {
         }
     }
 
-    /// Starts the capture task.
+    /// Counts the writes after a cutover's switch marker in `late`.
+    pub fn with_late(mut self, late: Arc<LateWrites>) -> Capture {
+        self.late = Some(late);
+        self
+    }
+
+    /// Starts capturing into `sink`.
     pub fn spawn<S: CaptureSink>(self, sink: S) -> CaptureHandle {
         let (live_tx, live) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
@@ -113,6 +122,9 @@ impl Capture {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut grouper = Grouper::new(self.table.clone(), self.peers.clone());
+        if let Some(late) = &self.late {
+            grouper = grouper.with_late(late.clone());
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let reason = match self

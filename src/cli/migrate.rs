@@ -66,6 +66,25 @@ pub struct MigrateArgs {
     #[arg(long, requires = "cutover")]
     reverse_sync: bool,
 
+    /// With --cutover: the trailing window after the switch ends once the old source has had
+    /// no write for this long (writes that still reach it are replayed to the target).
+    #[arg(long, requires = "cutover", value_name = "MS")]
+    quiet_ms: Option<u64>,
+
+    /// With --cutover: the trailing window ends after this long at the latest.
+    #[arg(long, requires = "cutover", value_name = "MS")]
+    max_trailing_ms: Option<u64>,
+
+    /// With --cutover: what a late source write to a key the target changed since the switch
+    /// does: apply it and report the key, skip it, or stop at a fence with exit code 2.
+    #[arg(long, requires = "cutover", value_enum)]
+    on_conflict: Option<ferry::migration::ConflictPolicy>,
+
+    /// With --cutover: keep source writes paused through the trailing window and disconnect
+    /// the clients it holds, so late writers reconnect to the new primary.
+    #[arg(long, requires = "cutover", conflicts_with = "reverse_sync")]
+    hold_source: bool,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -122,6 +141,23 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),
         ("FERRY_CUTOVER".to_string(), flag(args.cutover)),
         ("FERRY_REVERSE_SYNC".to_string(), flag(args.reverse_sync)),
+        ("FERRY_HOLD_SOURCE".to_string(), flag(args.hold_source)),
+        (
+            "FERRY_QUIET_MS".to_string(),
+            args.quiet_ms.map(|n| n.to_string()).unwrap_or_default(),
+        ),
+        (
+            "FERRY_MAX_TRAILING_MS".to_string(),
+            args.max_trailing_ms
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "FERRY_ON_CONFLICT".to_string(),
+            args.on_conflict
+                .map(|p| p.name().to_string())
+                .unwrap_or_default(),
+        ),
         ("FERRY_WORKERS".to_string(), args.workers.to_string()),
         (
             "FERRY_MAX_SOURCE_OPS".to_string(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use ferry::migration::{Outcome, PlanRunner, RunReport, fatal};
+use ferry::migration::{Outcome, PlanRunner, RunError, RunReport, WindowReport, fatal};
 use ferry::plan::{self, Plan};
 
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
@@ -78,7 +78,29 @@ pub(super) async fn run_plan(plan: Plan, json: Option<PathBuf>) -> anyhow::Resul
             let _ = super::print_out(report.grouped(10));
         })
         .run()
-        .await?;
+        .await;
+    let outcome = match outcome {
+        Err(RunError::Conflict {
+            first,
+            count,
+            migration,
+        }) => {
+            // Stopped at a fence: the report still tells what happened.
+            if let Some(w) = &migration.window {
+                say_window(w);
+            }
+            if let Some(path) = &json {
+                let _ = std::fs::write(path, serde_json::to_vec_pretty(&*migration)?);
+            }
+            return Err(RunError::Conflict {
+                first,
+                count,
+                migration,
+            }
+            .into());
+        }
+        other => other?,
+    };
     match outcome {
         Outcome::NotStarted => {
             say!(
@@ -103,6 +125,9 @@ pub(super) async fn run_plan(plan: Plan, json: Option<PathBuf>) -> anyhow::Resul
                 );
             }
             let m = &report.migration;
+            if let Some(w) = &m.window {
+                say_window(w);
+            }
             say!(
                 "Migration stopped at the final fence (plan {}): {} snapshot keys, {} commands replayed, {} restores, source writes paused {} ms; errors: {}{}{}",
                 report.plan,
@@ -122,6 +147,50 @@ pub(super) async fn run_plan(plan: Plan, json: Option<PathBuf>) -> anyhow::Resul
         }
         _ => anyhow::bail!("plan {name}: an outcome this ferry does not know"),
     }
+}
+
+/// The trailing window's summary: late writes per client, conflicts (first and count).
+fn say_window(w: &WindowReport) {
+    let clients: Vec<String> = w
+        .late
+        .clients
+        .iter()
+        .take(5)
+        .map(|c| match &c.name {
+            Some(n) => format!("{} ({n}): {}", c.addr, c.writes),
+            None => format!("{}: {}", c.addr, c.writes),
+        })
+        .collect();
+    let more = w.late.clients.len().saturating_sub(clients.len());
+    say!(
+        "Trailing window: {} ms, ended {:?}; {} late writes replayed from {} clients{}{}; {} conflicts{}",
+        w.window_ms,
+        w.ended,
+        w.late.writes,
+        w.late.clients.len(),
+        if clients.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", clients.join(", "))
+        },
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+        w.conflicts.len(),
+        w.conflicts
+            .first()
+            .map(|c| format!(
+                " (first: db{} {}: source {} / target {}, {})",
+                c.db,
+                c.key,
+                c.source.as_ref().map_or("?", |s| s.command.as_str()),
+                c.target.command,
+                c.resolution
+            ))
+            .unwrap_or_default()
+    );
 }
 
 /// Writes the `--json` report.

@@ -34,6 +34,10 @@ const RECOPY_ALL: &str = "recopy:*";
 /// Id prefix of [`Marker::SnapshotDone`].
 const SNAPSHOT_DONE: &str = "snapshot-done-";
 
+/// Name prefix of the position marker placed at a cutover's switch, while source writes are
+/// paused: every write after it in the stream reached the old source after the switch.
+const SWITCH: &str = "switch-";
+
 /// Read ids of fenced verification reads start with this; snapshot reads never do.
 const CHECK_READ: &str = "v";
 
@@ -93,6 +97,16 @@ impl Marker {
             Marker::RecopyAll => [ECHO_RECOPY, b"*"].concat(),
             other => [ECHO_MARKER, other.id().as_bytes()].concat(),
         }
+    }
+
+    /// The switch marker of a cutover, numbered `n`.
+    pub fn switch(n: u64) -> Marker {
+        Marker::Position(format!("{SWITCH}{n}"))
+    }
+
+    /// True for a cutover's switch marker.
+    pub fn is_switch(&self) -> bool {
+        matches!(self, Marker::Position(name) if name.starts_with(SWITCH))
     }
 
     /// The marker an `ECHO` argument from ferry's own control connection places.

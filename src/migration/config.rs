@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::capture::CaptureConfig;
+use crate::capture::{CaptureConfig, LateWrites};
 use crate::command::{CommandTable, Mapper};
 use crate::journal::FsyncPolicy;
 use crate::snapshot::SnapshotConfig;
@@ -43,6 +43,9 @@ pub struct MigrateConfig {
     pub status_every: Option<Duration>,
     /// The plan's keyspace rules (filters, renames, db moves, hooks).
     pub mapper: Option<Arc<dyn Mapper>>,
+    /// The ledger of writes after a cutover's switch (the caller's, to check conflicts against
+    /// it); `None`: the migration makes its own.
+    pub late: Option<Arc<LateWrites>>,
     /// The source's command table, when the caller loaded it already (to build `mapper` from
     /// it); `None`: the migration loads it.
     pub table: Option<Arc<CommandTable>>,
@@ -70,6 +73,7 @@ impl MigrateConfig {
             status_every: Some(Duration::from_secs(1)),
             mapper: None,
             table: None,
+            late: None,
             replay_shards: crate::replay::DEFAULT_SHARDS,
             skip_snapshot: false,
             #[cfg(feature = "sqs")]

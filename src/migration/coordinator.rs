@@ -40,6 +40,30 @@ pub(super) struct Coordinator {
     pub(super) stitch_failed: mpsc::UnboundedReceiver<String>,
     pub(super) replay_broken: mpsc::UnboundedReceiver<String>,
     pub(super) stop: tokio::sync::watch::Receiver<bool>,
+    /// After a cutover's switch: no snapshot, resync or eviction handling (the target is the
+    /// primary now; any of them would undo its clients' writes), and a gap is an error.
+    pub(super) window: bool,
+}
+
+/// Where the coordinator reports that it failed for good.
+pub(super) type FailureTx = tokio::sync::watch::Sender<Option<Arc<MigrateError>>>;
+
+/// The coordinator's task: hands the coordinator (and the failure channel) back when stopped.
+pub(super) type CoordinatorTask =
+    tokio::task::JoinHandle<Result<(Coordinator, FailureTx), MigrateError>>;
+
+/// Runs `c` in the background; a failure is published on `failure_tx` for every waiter.
+pub(super) fn spawn_coordinator(c: Coordinator, failure_tx: FailureTx) -> CoordinatorTask {
+    tokio::spawn(async move {
+        match coordinate(c).await {
+            Ok(c) => Ok((c, failure_tx)),
+            Err(e) => {
+                let e = Arc::new(e);
+                failure_tx.send_replace(Some(e.clone()));
+                Err(MigrateError::Failed(e))
+            }
+        }
+    })
 }
 
 type SnapshotTask = tokio::task::JoinHandle<(
@@ -78,11 +102,9 @@ fn spawn_sweep(c: &Coordinator, from: u64) -> SweepTask {
     tokio::spawn(async move { (from, sweep(&source, &target, mapper.as_ref()).await) })
 }
 
-/// Runs the snapshot, resyncs after gaps and prints status until told to stop; hands the
-/// capture back for the final fence.
-pub(super) async fn coordinate(
-    mut c: Coordinator,
-) -> Result<crate::capture::CaptureHandle, MigrateError> {
+/// Runs the snapshot, resyncs after gaps and prints status until told to stop; hands itself
+/// back (with the capture) for the final fence.
+async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
     let mut snap_task = if c.skip_snapshot {
         None
     } else {
@@ -95,6 +117,12 @@ pub(super) async fn coordinate(
     let mut sweep_task: Option<SweepTask> = None;
     let mut evicted_seen = c.evictions.baseline;
     let mut events = c.evictions.events.lock().await.take();
+    // In the trailing window the old source's evictions no longer matter: the events are kept
+    // aside unread.
+    let mut held_events = None;
+    if c.window {
+        held_events = events.take();
+    }
     // A stop asked for while keys are still being read: the final fence waits for the reads,
     // since only a complete snapshot makes the target equal to the source.
     let mut stopping = false;
@@ -111,6 +139,12 @@ pub(super) async fn coordinate(
                 }
                 Some(e) = c.stitch_failed.recv() => return Err(stage("stitcher", e)),
                 Some(StitchEvent::Resync { epoch, reason }) = c.stitch_events.recv() => {
+                    if c.window {
+                        return Err(stage(
+                            "trailing window",
+                            format!("the old source's stream broke after the switch ({reason}): writes that reached it since may be missing on the target, which cannot be resynced while clients write to it; compare the keys the late-write report names"),
+                        ));
+                    }
                     tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");
                     if let Ok(mut r) = c.report.lock() {
                         r.resyncs += 1;
@@ -165,7 +199,9 @@ pub(super) async fn coordinate(
                         tracing::warn!(error = %e, "Could not trim the journal.");
                     }
                     c.markers.lock().await.place("tick-").await?;
-                    if let Some(n) = c.evictions.count().await {
+                    if !c.window
+                        && let Some(n) = c.evictions.count().await
+                    {
                         let ev = &c.evictions;
                         if n < evicted_seen {
                             // The counter went back (a restart, CONFIG RESETSTAT): what the
@@ -230,8 +266,8 @@ pub(super) async fn coordinate(
         // The final fence sweeps whatever it had not finished.
         t.abort();
     }
-    *c.evictions.events.lock().await = events;
-    result.map(|()| c.capture)
+    *c.evictions.events.lock().await = events.or(held_events);
+    result.map(|()| c)
 }
 
 fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {

@@ -44,6 +44,7 @@ mod runner;
 mod running;
 mod stop;
 mod switch;
+mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -65,9 +66,13 @@ pub use report::{MigrateError, MigrationReport, RunError};
 pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_config};
 pub use running::Running;
 pub use stop::Stop;
-pub use switch::Fenced;
+pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
+pub use window::{
+    Conflict, ConflictPolicy, TargetKey, TargetWrites, WindowEnd, WindowMapper, WindowReport,
+    WindowSpec,
+};
 
-use coordinator::{Coordinator, coordinate};
+use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};
 use markers::Markers;
 use replica::find_replica;
@@ -206,12 +211,14 @@ impl Migration {
             }
         });
 
+        let late = self.cfg.late.clone().unwrap_or_default();
         let mut capture = Capture::new(
             node.clone(),
             table.clone(),
             peers.clone(),
             self.cfg.capture_settings.clone(),
         )
+        .with_late(late.clone())
         .spawn(JournalSink(journal.clone()));
         if !capture.wait_live().await {
             let e = capture.stop().await.err().unwrap_or_default();
@@ -283,37 +290,31 @@ impl Migration {
         let report = Arc::new(std::sync::Mutex::new(report));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (failure_tx, failure) = tokio::sync::watch::channel(None);
-        let coordinator = coordinate(Coordinator {
-            node: node.clone(),
-            target: self.target.clone(),
-            snapshot_cfg: self.cfg.snapshot.clone(),
-            mapper: self.cfg.mapper.clone(),
-            store,
-            peers: peers.clone(),
-            capture,
-            journal: journal.clone(),
-            stats: stats.clone(),
-            shared: shared.clone(),
-            markers: markers.clone(),
-            evictions: evictions.clone(),
-            report: report.clone(),
-            status_every: self.cfg.status_every,
-            skip_snapshot: self.cfg.skip_snapshot,
-            stitch_events,
-            stitch_failed,
-            replay_broken,
-            stop: stop_rx,
-        });
-        let coordinator = tokio::spawn(async move {
-            match coordinator.await {
-                Ok(capture) => Ok(capture),
-                Err(e) => {
-                    let e = Arc::new(e);
-                    failure_tx.send_replace(Some(e.clone()));
-                    Err(MigrateError::Failed(e))
-                }
-            }
-        });
+        let coordinator = spawn_coordinator(
+            Coordinator {
+                node: node.clone(),
+                target: self.target.clone(),
+                snapshot_cfg: self.cfg.snapshot.clone(),
+                mapper: self.cfg.mapper.clone(),
+                store,
+                peers: peers.clone(),
+                capture,
+                journal: journal.clone(),
+                stats: stats.clone(),
+                shared: shared.clone(),
+                markers: markers.clone(),
+                evictions: evictions.clone(),
+                report: report.clone(),
+                status_every: self.cfg.status_every,
+                skip_snapshot: self.cfg.skip_snapshot,
+                stitch_events,
+                stitch_failed,
+                replay_broken,
+                stop: stop_rx,
+                window: false,
+            },
+            failure_tx,
+        );
         Ok(Running {
             source: self.source,
             target: self.target,
@@ -328,6 +329,8 @@ impl Migration {
             peers,
             evictions,
             report,
+            late,
+            in_window: false,
             stop_tx,
             coordinator,
             failure,

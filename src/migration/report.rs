@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::window::WindowReport;
 use crate::net::NetError;
 use crate::plan::HookError;
 use crate::replay::policy;
@@ -41,6 +42,11 @@ pub struct MigrationReport {
     pub held_clients_disconnected: u64,
     /// The pause ran out before the release.
     pub pause_expired: bool,
+    /// After a cutover's trailing window: the pause of the fence that ended it, in ms (the
+    /// switch's own pause is `pause_ms`).
+    pub final_pause_ms: u64,
+    /// The trailing window after a cutover's switch: late writes per client, conflicts.
+    pub window: Option<WindowReport>,
     /// Keys the source evicted during the run (invisible in `MONITOR`; see
     /// [`evictions`]).
     pub evicted_keys: u64,
@@ -156,6 +162,16 @@ pub enum RunError {
     /// The switch hook failed; the source was released and stays the primary.
     #[error("{0}; the source was unpaused and stays the primary")]
     Switch(HookError),
+    /// The trailing window met a conflict under `on_conflict = "fail"` and stopped at a fence.
+    #[error(
+        "the trailing window stopped at a final fence on {count} conflict(s) (on_conflict = \"fail\"); first: {first}"
+    )]
+    Conflict {
+        first: String,
+        count: usize,
+        /// The migration's report at that fence.
+        migration: Box<MigrationReport>,
+    },
     /// The reverse sync failed after the switch.
     #[error("reverse sync: {0}")]
     ReverseFailed(MigrateError),

@@ -21,13 +21,20 @@ use serde::Serialize;
 use crate::command::{CommandTable, Mapper, TableOrigin};
 use crate::journal::FsyncPolicy;
 use crate::net::{Endpoint, NetError};
-use crate::plan::{self, CaptureChoice, HookReport, JournalSpec, PhaseKind, Plan, PlanMapper};
+use crate::plan::{
+    self, CaptureChoice, HookReport, JournalSpec, OnConflict, PhaseKind, Plan, PlanMapper,
+};
 use crate::verify::VerifyReport;
 
 use super::phases::{Ctx, PreCtx, SwitchCtx, pre_start_phases, verify_phase};
 use super::report::RunError;
 use super::stop::Stop;
+use super::switch::{PauseEnd, reverse_sync as reverse_sync_from};
+use super::window::{
+    ConflictPolicy, WindowEnd, WindowMapper, WindowSpec, register_ferry_clients_all, watch_target,
+};
 use super::{CaptureMode, MigrateConfig, Migration, MigrationReport, Running};
+use crate::capture::LateWrites;
 
 /// How long a phase may wait for the snapshot, the lag or the replay processes.
 const PHASE_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -281,11 +288,26 @@ impl PlanRunner {
         }
 
         let table = load_table(&source).await?;
+        let (source_ep, target_ep) = (source.clone(), target.clone());
         let mapper = Arc::new(PlanMapper::new(plan.clone(), table.clone()));
         if PlanMapper::needed(&plan) {
             cfg.mapper = Some(mapper.clone() as Arc<dyn Mapper>);
         }
-        cfg.table = Some(table);
+        // A cutover's trailing window checks every late write for conflicts in front of the
+        // plan's own mapping.
+        let window = cutover_policy(&plan).map(|policy| {
+            let late = Arc::new(LateWrites::new());
+            cfg.late = Some(late.clone());
+            let w = Arc::new(WindowMapper::new(
+                cfg.mapper.take(),
+                table.clone(),
+                policy,
+                late,
+            ));
+            cfg.mapper = Some(w.clone() as Arc<dyn Mapper>);
+            w
+        });
+        cfg.table = Some(table.clone());
         // The dry run called the hook too; the report counts the run's calls only.
         let hook_baseline = plan.on_command.as_ref().map(|h| h.stats());
         let hook_report = || {
@@ -361,6 +383,7 @@ impl PlanRunner {
                     switch,
                     reverse_sync,
                     commands,
+                    hold_source,
                     ..
                 } => {
                     let lag = interruptible!(
@@ -376,29 +399,68 @@ impl PlanRunner {
                         lag_ms = lag.as_millis() as u64,
                         "Lag is under the cutover's threshold; pausing source writes."
                     );
-                    let r = running.take().expect("checked above");
+                    let mut r = running.take().expect("checked above");
                     let state_dir = r.state_dir().to_path_buf();
-                    let fenced = r.fence().await?;
+                    let pause = r.switch_fence().await?;
+                    // Everything before the switch marker is applied: from here, whatever
+                    // replay applies reached the old source after the switch.
+                    let window = window.as_ref().expect("a plan with a cutover has a window");
+                    window.arm();
                     tracing::info!(
-                        paused = fenced.paused(),
-                        fence_ms = fenced.paused_for().as_millis() as u64,
-                        "Final fence reached: the target equals the source. Switching."
+                        paused = pause.paused(),
+                        fence_ms = pause.paused_for().as_millis() as u64,
+                        "Switch fence reached: the target equals the source. Switching."
                     );
+                    // Watched from before the switch hook: no switched client's write is missed.
+                    let (watch_stop, watch_rx) = tokio::sync::watch::channel(false);
+                    let watcher = match watch_target(
+                        &target_ep,
+                        table.clone(),
+                        window.target_writes(),
+                        watch_rx,
+                    )
+                    .await
+                    {
+                        Ok(w) => Some(w),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot watch the target's writes: conflicts will not be detected.");
+                            None
+                        }
+                    };
                     if *reverse_sync {
                         let mut rcfg = MigrateConfig::new(state_dir.join("reverse"));
                         rcfg.status_every = Some(Duration::from_secs(5));
-                        match fenced.reverse(rcfg).await {
-                            Ok(rev) => reverse = Some(rev),
+                        match reverse_sync_from(&source_ep, &target_ep, rcfg).await {
+                            Ok(rev) => {
+                                // Neither direction may replay the other's writes back: each
+                                // capture drops the other direction's replay connections.
+                                let wait = Duration::from_secs(5);
+                                register_ferry_clients_all(
+                                    &target_ep,
+                                    &rev.peers,
+                                    r.cfg.replay_shards,
+                                    wait,
+                                )
+                                .await;
+                                register_ferry_clients_all(
+                                    &source_ep,
+                                    &r.peers,
+                                    rev.cfg.replay_shards,
+                                    wait,
+                                )
+                                .await;
+                                reverse = Some(rev)
+                            }
                             Err(e) => {
-                                fenced.release(false).await?;
+                                pause.release(false).await;
                                 return Err(RunError::ReverseSync(e));
                             }
                         }
                     }
                     if let Some(h) = switch {
                         let mut ctx = SwitchCtx {
-                            source: fenced.source().clone(),
-                            target: fenced.target().clone(),
+                            source: source_ep.clone(),
+                            target: target_ep.clone(),
                             commands: commands.clone(),
                             handle: tokio::runtime::Handle::current(),
                             conns: Default::default(),
@@ -406,20 +468,61 @@ impl PlanRunner {
                         if let Err(e) = tokio::task::block_in_place(|| h.call(&mut ctx)) {
                             // The clients may not have switched: the source stays the primary
                             // and its held writes run there, as if the cutover had not started.
-                            fenced.release(false).await?;
+                            pause.release(false).await;
                             if let Some(rev) = reverse.take() {
                                 let _ = rev.finish().await;
                             }
                             return Err(RunError::Switch(e));
                         }
                     }
-                    let done = fenced.release(true).await?;
+                    let spec = window_spec(phase);
+                    let hold = if *hold_source {
+                        tracing::info!(
+                            "Switched; source writes stay paused through the trailing window (hold_source)."
+                        );
+                        Some(pause)
+                    } else {
+                        let end = pause.release(true).await;
+                        r.note_switch(end);
+                        tracing::info!(
+                            pause_ms = end.pause_ms,
+                            held_clients_disconnected = end.held_clients_disconnected,
+                            "Switched; source writes resumed."
+                        );
+                        None
+                    };
+                    let hold_started = std::time::Instant::now();
+                    let wr = r
+                        .trailing_window(&spec, window, hold, &stop, reverse.as_ref())
+                        .await?;
+                    if *hold_source {
+                        r.note_switch(PauseEnd {
+                            pause_ms: hold_started.elapsed().as_millis() as u64,
+                            ..PauseEnd::default()
+                        });
+                    }
+                    let _ = watch_stop.send(true);
+                    if let Some(w) = watcher {
+                        let _ = w.await;
+                    }
+                    let done = r.fence().await?.release(true).await?;
                     tracing::info!(
-                        pause_ms = done.pause_ms,
-                        fence_ms = done.fence_ms,
-                        held_clients_disconnected = done.held_clients_disconnected,
-                        "Switched; source writes resumed."
+                        switch_pause_ms = done.pause_ms,
+                        final_pause_ms = done.final_pause_ms,
+                        late_writes = wr.late.writes,
+                        conflicts = wr.conflicts.len(),
+                        "Cutover done: the trailing window ended at a final fence."
                     );
+                    if wr.ended == WindowEnd::Conflict {
+                        let first = wr.conflicts.first().map_or_else(String::new, |c| {
+                            format!("db{} {} (target: {})", c.db, c.key, c.target.command)
+                        });
+                        return Err(RunError::Conflict {
+                            first,
+                            count: wr.conflicts.len(),
+                            migration: Box::new(done),
+                        });
+                    }
                     finished = Some(done);
                     continue;
                 }
@@ -462,6 +565,41 @@ impl PlanRunner {
             (None, None) => unreachable!("a cutover always leaves a report"),
         };
         Ok(Outcome::Finished(report(migration, verified, back)))
+    }
+}
+
+/// The conflict policy of the plan's cutover phase, when it has one.
+fn cutover_policy(plan: &Plan) -> Option<ConflictPolicy> {
+    plan.phases.iter().find_map(|p| match &p.kind {
+        PhaseKind::Cutover { on_conflict, .. } => Some(policy(*on_conflict)),
+        _ => None,
+    })
+}
+
+fn policy(on_conflict: OnConflict) -> ConflictPolicy {
+    match on_conflict {
+        OnConflict::Report => ConflictPolicy::Report,
+        OnConflict::TargetWins => ConflictPolicy::TargetWins,
+        OnConflict::Fail => ConflictPolicy::Fail,
+    }
+}
+
+/// The trailing window a cutover phase asks for.
+fn window_spec(phase: &plan::Phase) -> WindowSpec {
+    match &phase.kind {
+        PhaseKind::Cutover {
+            quiet_ms,
+            max_trailing_ms,
+            on_conflict,
+            hold_source,
+            ..
+        } => WindowSpec {
+            quiet: Duration::from_millis(*quiet_ms),
+            max: Duration::from_millis(*max_trailing_ms),
+            on_conflict: policy(*on_conflict),
+            hold_source: *hold_source,
+        },
+        _ => WindowSpec::default(),
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::capture::{CaptureHandle, PeerRegistry};
+use crate::capture::{LateWrites, PeerRegistry};
+
+use super::coordinator::CoordinatorTask;
 use crate::journal::Journal;
 use crate::net::Endpoint;
 use crate::replay::{ReplayStats, StitchShared};
@@ -31,7 +33,11 @@ pub struct Running {
     pub(super) evictions: Arc<Evictions>,
     pub(super) report: Arc<std::sync::Mutex<MigrationReport>>,
     pub(super) stop_tx: tokio::sync::watch::Sender<bool>,
-    pub(super) coordinator: tokio::task::JoinHandle<Result<CaptureHandle, MigrateError>>,
+    pub(super) coordinator: CoordinatorTask,
+    /// Writes reaching the source after a cutover's switch marker.
+    pub(super) late: Arc<LateWrites>,
+    /// True after a cutover's switch: the trailing window.
+    pub(super) in_window: bool,
     /// Set when the coordinator fails; closed (still `None`) when it ends any other way. Every
     /// wait selects on it, so a dead pipeline ends them at once instead of at their timeouts.
     pub(super) failure: tokio::sync::watch::Receiver<Option<Arc<MigrateError>>>,

@@ -17,8 +17,9 @@ use super::hooks::{PhaseHook, SharedRuntime};
 use super::runtime::{Limits, lua_type};
 use super::{
     API_VERSION, CaptureChoice, DEFAULT_JOURNAL_DIR, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_PAUSE_MS,
-    DEFAULT_TTL_TOLERANCE_MS, FinalFenceSpec, Glob, HookErrorPolicy, JournalSpec, KeyFilter, Phase,
-    PhaseKind, Plan, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
+    DEFAULT_MAX_TRAILING_MS, DEFAULT_QUIET_MS, DEFAULT_TTL_TOLERANCE_MS, FinalFenceSpec, Glob,
+    HookErrorPolicy, JournalSpec, KeyFilter, OnConflict, Phase, PhaseKind, Plan, Rule,
+    SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
 };
 use crate::command::Argv;
 
@@ -937,6 +938,10 @@ impl Decoder {
                         switch: None,
                         reverse_sync: false,
                         commands: Default::default(),
+                        quiet_ms: DEFAULT_QUIET_MS,
+                        max_trailing_ms: DEFAULT_MAX_TRAILING_MS,
+                        on_conflict: OnConflict::Report,
+                        hold_source: false,
                     })),
                     other => {
                         let hint = suggest(other, BUILTIN_PHASES.iter().copied())
@@ -973,6 +978,10 @@ impl Decoder {
                 "switch",
                 "reverse_sync",
                 "commands",
+                "quiet_ms",
+                "max_trailing_ms",
+                "on_conflict",
+                "hold_source",
                 "before",
                 "after",
             ],
@@ -1024,6 +1033,24 @@ impl Decoder {
                     .unwrap_or(false),
                 commands: self
                     .commands(&self.get(t, field, "commands")?, &join(field, "commands"))?,
+                quiet_ms: ms("quiet_ms", 0, 86_400_000)?.unwrap_or(DEFAULT_QUIET_MS),
+                max_trailing_ms: ms("max_trailing_ms", 0, 86_400_000 * 7)?
+                    .unwrap_or(DEFAULT_MAX_TRAILING_MS),
+                on_conflict: match self.choice(
+                    &self.get(t, field, "on_conflict")?,
+                    &join(field, "on_conflict"),
+                    &["report", "target_wins", "fail"],
+                )? {
+                    Some("target_wins") => OnConflict::TargetWins,
+                    Some("fail") => OnConflict::Fail,
+                    _ => OnConflict::Report,
+                },
+                hold_source: self
+                    .boolean(
+                        &self.get(t, field, "hold_source")?,
+                        &join(field, "hold_source"),
+                    )?
+                    .unwrap_or(false),
             },
             _ => {
                 let run = self.required(hook("run")?, &join(field, "run"))?;
@@ -1033,6 +1060,17 @@ impl Decoder {
                 }
             }
         };
+        if let PhaseKind::Cutover {
+            hold_source: true,
+            reverse_sync: true,
+            ..
+        } = &kind
+        {
+            return Err(self.invalid(
+                &join(field, "hold_source"),
+                "cannot be combined with reverse_sync: the held pause would block the reverse sync's writes to the old source during the trailing window",
+            ));
+        }
         Ok(Phase {
             kind,
             before,

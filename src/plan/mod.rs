@@ -57,6 +57,10 @@ pub const DEFAULT_MAX_LAG_MS: u64 = 1000;
 pub const DEFAULT_MAX_PAUSE_MS: u64 = 2000;
 /// `verify.ttl_tolerance_ms` when the plan gives none.
 pub const DEFAULT_TTL_TOLERANCE_MS: i64 = 1000;
+/// `cutover.quiet_ms` when the plan gives none.
+pub const DEFAULT_QUIET_MS: u64 = 5000;
+/// `cutover.max_trailing_ms` when the plan gives none.
+pub const DEFAULT_MAX_TRAILING_MS: u64 = 300_000;
 /// The embedded journal's folder (relative to the plan's folder) when the plan gives none.
 pub const DEFAULT_JOURNAL_DIR: &str = "ferry-state";
 
@@ -256,6 +260,19 @@ impl Phase {
     }
 }
 
+/// `cutover.on_conflict`: what a late source write to a key the target changed since the switch
+/// does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Apply it in arrival order and list the key.
+    #[default]
+    Report,
+    /// Skip it: the target's write stands.
+    TargetWins,
+    /// Skip it, end the window at a fence and fail the run.
+    Fail,
+}
+
 /// What a phase does.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -279,6 +296,15 @@ pub enum PhaseKind {
         reverse_sync: bool,
         /// Operator commands `switch` may run with `ctx.run(name)`: name → argv (no shell).
         commands: std::collections::BTreeMap<String, Vec<String>>,
+        /// The trailing window after the switch ends once the old source has had no write for
+        /// this long (0: at once).
+        quiet_ms: u64,
+        /// … or after this long, whatever happens.
+        max_trailing_ms: u64,
+        /// A late source write to a key the target changed since the switch.
+        on_conflict: OnConflict,
+        /// Keep source writes paused through the window, disconnecting held clients.
+        hold_source: bool,
     },
     /// The plan's own phase.
     Custom { name: String, run: PhaseHook },

@@ -18,25 +18,25 @@ use crate::support::{Dataset, OracleOptions, RedisServer, compare, fill};
 
 /// What the application did.
 #[derive(Debug, Default)]
-struct AppLog {
+pub(crate) struct AppLog {
     /// Acknowledged `SET app:w:<n> <n>`.
-    sets: Vec<u64>,
+    pub(crate) sets: Vec<u64>,
     /// Acknowledged `INCR app:counter`.
-    incrs: u64,
+    pub(crate) incrs: u64,
     /// Writes that failed on the source and succeeded on a retry.
-    retried: u64,
+    pub(crate) retried: u64,
     /// Writes that failed for good.
-    failed: u64,
+    pub(crate) failed: u64,
     /// Slowest acknowledged write.
-    max_latency: Duration,
+    pub(crate) max_latency: Duration,
     /// Writes acknowledged by each server.
-    on_source: u64,
-    on_target: u64,
+    pub(crate) on_source: u64,
+    pub(crate) on_target: u64,
 }
 
 /// Writes SET + INCR pairs every millisecond to the server `switched` points at; a write that fails
 /// (its connection was closed while the pause held it) is retried after reconnecting.
-fn app(
+pub(crate) fn app(
     source: String,
     target: String,
     flag: PathBuf,
@@ -114,7 +114,7 @@ fn app(
 }
 
 /// Acknowledged writes missing on `server`, described.
-fn missing_writes(server: &RedisServer, log: &AppLog) -> Vec<String> {
+pub(crate) fn missing_writes(server: &RedisServer, log: &AppLog) -> Vec<String> {
     let mut con = server.conn();
     let mut out = Vec::new();
     let counter: i64 = con.get("app:counter").unwrap_or(0);
@@ -200,7 +200,7 @@ fn start_run(
     FerryProcess::new(child, stderr_path)
 }
 
-fn seeded_source() -> RedisServer {
+pub(crate) fn seeded_source() -> RedisServer {
     let source = RedisServer::start();
     fill(
         &source,

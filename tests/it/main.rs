@@ -26,4 +26,5 @@ mod split;
 mod sqs;
 mod verify;
 mod verify_live;
+mod window;
 mod workload;
