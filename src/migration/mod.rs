@@ -44,6 +44,7 @@ mod runner;
 mod running;
 mod stop;
 mod switch;
+mod trailing;
 mod window;
 
 use std::sync::Arc;
@@ -67,10 +68,8 @@ pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_conf
 pub use running::Running;
 pub use stop::Stop;
 pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
-pub use window::{
-    Conflict, ConflictPolicy, TargetKey, TargetWrites, WindowEnd, WindowMapper, WindowReport,
-    WindowSpec,
-};
+pub use trailing::{Conflict, ConflictPolicy, TargetKey, WindowEnd, WindowReport, WindowSpec};
+pub use window::{TargetWrites, WindowMapper};
 
 use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::window::WindowReport;
+use super::trailing::WindowReport;
 use crate::net::NetError;
 use crate::plan::HookError;
 use crate::replay::policy;

@@ -30,9 +30,8 @@ use super::phases::{Ctx, PreCtx, SwitchCtx, pre_start_phases, verify_phase};
 use super::report::RunError;
 use super::stop::Stop;
 use super::switch::{PauseEnd, reverse_sync as reverse_sync_from};
-use super::window::{
-    ConflictPolicy, WindowEnd, WindowMapper, WindowSpec, register_ferry_clients_all, watch_target,
-};
+use super::trailing::{ConflictPolicy, WindowEnd, WindowSpec};
+use super::window::{WindowMapper, register_ferry_clients_all, watch_target};
 use super::{CaptureMode, MigrateConfig, Migration, MigrationReport, Running};
 use crate::capture::LateWrites;
 
