@@ -23,6 +23,7 @@ use super::rdb::{self, Payload, PayloadError, RdbWriter};
 use crate::clock::now_ms;
 use crate::escape::Quoted;
 use crate::net::{Endpoint, NetError, info_field};
+use crate::snapshot::expiry::ExpiryRead;
 
 /// Parallel readers, each with its own source connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -562,10 +563,11 @@ async fn read_db(
         .await
         .map_err(|e| cmd_err(source, "SELECT", &e))?;
     let mut skips = Skips::default();
+    let expiry = ExpiryRead::detect(con).await;
     loop {
         let batch = batches.lock().await.recv().await;
         let Some(keys) = batch else { break };
-        let entries = read_batch(source, con, db, version, keys, &mut skips).await?;
+        let entries = read_batch(source, con, (db, version, expiry), keys, &mut skips).await?;
         if !entries.is_empty() && to_writer.send(ToWriter::Keys(entries)).await.is_err() {
             break; // The writer failed; its error is reported.
         }
@@ -573,28 +575,27 @@ async fn read_db(
     Ok(skips)
 }
 
-/// One pipelined transaction of `DUMP` and `PEXPIRETIME` per key; checks each payload.
+/// One pipelined transaction of `DUMP` and the expiry read per key; checks each payload.
 async fn read_batch(
     source: &Endpoint,
     con: &mut MultiplexedConnection,
-    db: u32,
-    version: u16,
+    (db, version, expiry): (u32, u16, ExpiryRead),
     keys: Vec<Vec<u8>>,
     skips: &mut Skips,
 ) -> Result<Vec<Entry>, BackupError> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for k in &keys {
-        pipe.cmd("DUMP")
-            .arg(k.as_slice())
-            .cmd("PEXPIRETIME")
-            .arg(k.as_slice());
+        pipe.cmd("DUMP").arg(k.as_slice());
+        expiry.push(&mut pipe, k);
     }
+    expiry.finish(&mut pipe);
     let replies: Vec<Value> = pipe
         .query_async(con)
         .await
         .map_err(|e| cmd_err(source, "DUMP", &e))?;
-    if replies.len() != 2 * keys.len() {
+    let clock = expiry.clock(&replies);
+    if replies.len() != 2 * keys.len() + expiry.extra_replies() {
         return Err(BackupError::Command {
             endpoint: source.redacted().to_string(),
             command: "DUMP",
@@ -624,10 +625,7 @@ async fn read_batch(
                 continue;
             }
         };
-        let expire_at_ms = match ttl {
-            Some(Value::Int(t)) if t >= 0 => Some(t),
-            _ => None,
-        };
+        let expire_at_ms = ttl.and_then(|t| expiry.expire_at(&t, clock));
         if expire_at_ms.is_some_and(|t| t <= now) {
             skips.expired += 1;
             continue;

@@ -14,6 +14,7 @@ mod backup;
 mod migrate;
 mod monitor;
 mod plan;
+mod preflight;
 mod snapshot;
 #[cfg(feature = "sqs")]
 mod split;
@@ -40,6 +41,7 @@ enum Command {
     Run(plan::RunArgs),
     Check(plan::CheckArgs),
     Migrate(migrate::MigrateArgs),
+    Preflight(preflight::PreflightArgs),
     Monitor(monitor::MonitorArgs),
     Snapshot(snapshot::SnapshotArgs),
     Verify(verify::VerifyArgs),
@@ -176,6 +178,7 @@ pub fn main() -> ExitCode {
             Command::Snapshot(args) => snapshot::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            Command::Preflight(args) => preflight::run(args).await,
             #[cfg(feature = "sqs")]
             Command::Capture(args) => split::capture(args).await,
             #[cfg(feature = "sqs")]

@@ -38,6 +38,7 @@ mod evictions;
 mod fence;
 mod markers;
 mod phases;
+mod preflight;
 mod replica;
 mod report;
 mod runner;
@@ -56,13 +57,14 @@ use tokio::sync::mpsc;
 use crate::capture::{Capture, CaptureSink, PeerRegistry};
 use crate::command::CommandTable;
 use crate::journal::{EntryKind, Journal, JournalConfig};
-use crate::net::Endpoint;
+use crate::net::{Endpoint, Engine};
 use crate::replay::{
     Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
 };
 use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier};
 
 pub use config::{CaptureMode, MigrateConfig};
+pub use preflight::{Finding, Level, Preflight, PreflightReport};
 pub use report::{MigrateError, MigrationReport, RunError};
 pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_config};
 pub use running::Running;
@@ -87,6 +89,52 @@ impl CaptureSink for JournalSink {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// Why `source` (running `engines.0`) cannot be migrated live to `target` (`engines.1`), if it
+/// cannot.
+fn unsupported_pair(
+    source: &Endpoint,
+    target: &Endpoint,
+    (se, te): (Engine, Engine),
+) -> Option<String> {
+    if se.too_old() {
+        return Some(format!(
+            "{} runs {se}; ferry migrates from Redis 4.0 or later",
+            source.redacted()
+        ));
+    }
+    if !te.has_set_pxat() {
+        return Some(format!(
+            "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",
+            target.redacted()
+        ));
+    }
+    if te.rdb_version() < se.rdb_version() {
+        return Some(format!(
+            "{} runs {te}, whose RESTORE rejects the DUMP payloads of {} ({se}, RDB {} > {}); a live migration toward an older payload version is not supported yet (`ferry snapshot --type-aware` copies the keys once)",
+            target.redacted(),
+            source.redacted(),
+            se.rdb_version(),
+            te.rdb_version()
+        ));
+    }
+    None
+}
+
+/// Says which mechanics the engines call for, once.
+fn log_mechanics((se, te): (Engine, Engine)) {
+    let expiry = if se.has_pexpiretime() {
+        "PEXPIRETIME"
+    } else {
+        "PTTL with the server's TIME in the same transaction"
+    };
+    let pause = if se.has_pause_write() {
+        "CLIENT PAUSE … WRITE"
+    } else {
+        "none: the source has no CLIENT PAUSE … WRITE (Redis 6.2), so the final fence is taken without pausing writes"
+    };
+    tracing::info!(source = %se, target = %te, expiry, pause, "Engines.");
 }
 
 /// A migration, before it starts.
@@ -147,8 +195,14 @@ impl Migration {
     pub async fn start(self) -> Result<Running, MigrateError> {
         let started = Instant::now();
         let mut report = MigrationReport::default();
-        self.source.control().await?;
-        self.target.control().await?;
+        let engines = (
+            Engine::detect(&self.source).await?,
+            Engine::detect(&self.target).await?,
+        );
+        if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
+            return Err(MigrateError::Unsupported(reason));
+        }
+        log_mechanics(engines);
         let table = match &self.cfg.table {
             Some(t) => t.clone(),
             None => runner::load_table(&self.source).await?,

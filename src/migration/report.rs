@@ -111,6 +111,9 @@ pub enum MigrateError {
         stage: &'static str,
         message: String,
     },
+    /// The pair of servers is one this ferry cannot migrate live.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A background stage had already failed with this error (every wait that was cut short
     /// by it gets the same one).
     #[error(transparent)]

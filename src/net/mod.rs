@@ -4,10 +4,12 @@
 //! URLs follow redis-rs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS (certificates
 //! verified unless the URL ends in `#insecure`), and `redis+unix:///path?db=N&pass=…`.
 
+mod engine;
 pub mod framing;
 mod raw;
 pub mod resp;
 
+pub use engine::{Engine, EngineKind};
 use std::io;
 use std::time::Duration;
 

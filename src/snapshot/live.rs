@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use super::expiry::ExpiryRead;
 use crate::capture::{PeerRegistry, Role};
 use crate::journal::read_echo;
 use crate::net::Endpoint;
@@ -167,6 +168,7 @@ impl Recopier {
 pub(crate) struct FencedReader {
     con: redis::aio::MultiplexedConnection,
     db: Option<u32>,
+    expiry: ExpiryRead,
 }
 
 /// Ids of fenced reads: unique per process and run, so a restarted ferry never mistakes an old
@@ -193,7 +195,12 @@ impl FencedReader {
             .await
             .map_err(|e| e.to_string())?;
         peers.register(&addr, Role::Fence);
-        Ok(FencedReader { con, db: None })
+        let expiry = ExpiryRead::detect(&mut con).await;
+        Ok(FencedReader {
+            con,
+            db: None,
+            expiry,
+        })
     }
 
     /// Reads `keys` (sorted by db) with one fenced read per db, storing every payload.
@@ -276,30 +283,30 @@ impl FencedReader {
         pipe.atomic();
         pipe.cmd("ECHO").arg(read_echo(&id));
         for k in keys {
-            pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
+            pipe.cmd("DUMP").arg(*k);
+            self.expiry.push(&mut pipe, k);
         }
+        self.expiry.finish(&mut pipe);
         let replies: Vec<redis::Value> = pipe
             .query_async(&mut self.con)
             .await
             .map_err(|e| e.to_string())?;
-        if replies.len() != 2 * keys.len() + 1 {
+        if replies.len() != 2 * keys.len() + 1 + self.expiry.extra_replies() {
             return Err(format!(
                 "EXEC returned {} replies for {} reads",
                 replies.len(),
                 keys.len()
             ));
         }
+        let clock = self.expiry.clock(&replies);
         let mut bytes = 0;
-        for (ordinal, (k, pair)) in keys.iter().zip(replies[1..].chunks(2)).enumerate() {
+        for (ordinal, (k, pair)) in keys.iter().zip(replies[1..].chunks_exact(2)).enumerate() {
             let payload = match &pair[0] {
                 redis::Value::BulkString(p) => Some(p.clone()),
                 _ => None,
             };
             bytes += payload.as_ref().map_or(0, Vec::len) as u64;
-            let expire_at_ms = match pair[1] {
-                redis::Value::Int(t) if t >= 0 => Some(t),
-                _ => None,
-            };
+            let expire_at_ms = self.expiry.expire_at(&pair[1], clock);
             store.insert(
                 &id,
                 ordinal as u64,

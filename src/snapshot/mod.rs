@@ -20,6 +20,7 @@
 
 mod checkpoint;
 pub mod chunked;
+pub mod expiry;
 mod limit;
 mod live;
 mod progress;

@@ -10,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{Mutex, mpsc};
 
 use super::chunked::{ChunkedOptions, KeyType, copy_chunked, temp_key};
+use super::expiry::ExpiryRead;
 use super::tempkeys::TempKeys;
 use super::{
     Batch, BatchStats, Event, Failure, Fence, KeyCopy, RateLimiter, SnapshotConfig, SnapshotError,
@@ -68,6 +69,8 @@ struct Worker {
     ordinal: u64,
     /// Kept across reconnects: a temporary key outlives the connection that made it.
     temp: TempKeys,
+    /// How this source gives expiries.
+    expiry: ExpiryRead,
 }
 
 /// A failure that may go away with a new connection.
@@ -110,6 +113,7 @@ impl Worker {
                 command: "CLIENT INFO",
                 message: e.to_string(),
             })?;
+        let expiry = ExpiryRead::detect(&mut src).await;
         Ok(Worker {
             id,
             shared,
@@ -120,6 +124,7 @@ impl Worker {
             dst_db: None,
             ordinal: 0,
             temp,
+            expiry,
         })
     }
 
@@ -186,19 +191,22 @@ impl Worker {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for k in keys {
-            pipe.cmd("DUMP").arg(*k).cmd("PEXPIRETIME").arg(*k);
+            pipe.cmd("DUMP").arg(*k);
+            self.expiry.push(&mut pipe, k);
         }
+        self.expiry.finish(&mut pipe);
         self.shared.limit(2 * keys.len() + 2).await;
         let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
-        if replies.len() != 2 * keys.len() {
+        if replies.len() != 2 * keys.len() + self.expiry.extra_replies() {
             return Err(Retry(format!(
                 "EXEC returned {} replies for {} reads",
                 replies.len(),
                 2 * keys.len()
             )));
         }
+        let clock = self.expiry.clock(&replies);
         let mut out = Vec::with_capacity(keys.len());
-        for (k, pair) in keys.iter().zip(replies.chunks(2)) {
+        for (k, pair) in keys.iter().zip(replies.chunks_exact(2)) {
             let ordinal = self.ordinal;
             self.ordinal += 1;
             let payload = match &pair[0] {
@@ -208,10 +216,7 @@ impl Worker {
                     continue;
                 }
             };
-            let expire_at_ms = match pair[1] {
-                Value::Int(t) if t >= 0 => Some(t),
-                _ => None,
-            };
+            let expire_at_ms = self.expiry.expire_at(&pair[1], clock);
             out.push(KeyCopy {
                 db,
                 key: k.to_vec(),
@@ -292,13 +297,17 @@ impl Worker {
     /// Copies one key type-aware; the fence is `MULTI; TYPE k; PEXPIRETIME k; EXEC`.
     async fn chunked(&mut self, db: u32, key: &[u8], stats: &mut BatchStats) -> Result<(), Retry> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("TYPE")
-            .arg(key)
-            .cmd("PEXPIRETIME")
-            .arg(key);
+        pipe.atomic().cmd("TYPE").arg(key);
+        self.expiry.push(&mut pipe, key);
+        self.expiry.finish(&mut pipe);
         self.shared.limit(4).await;
-        let (ty, exp): (String, i64) = pipe.query_async(&mut self.src).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        let ty = match replies.first() {
+            Some(Value::SimpleString(t)) => t.clone(),
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => return Err(Retry(format!("TYPE returned {other:?}"))),
+        };
+        let exp = replies.get(1).cloned().unwrap_or(Value::Nil);
         self.ordinal += 1;
         let fail = |reason: String| Failure {
             db,
@@ -313,7 +322,7 @@ impl Worker {
             stats.failed.push(fail(format!("unsupported type {ty}")));
             return Ok(());
         };
-        let expire_at_ms = (exp >= 0).then_some(exp);
+        let expire_at_ms = self.expiry.expire_at(&exp, self.expiry.clock(&replies));
         if expire_at_ms.is_some_and(|t| t <= now_ms()) {
             stats.skipped_expired += 1;
             return Ok(());

@@ -208,6 +208,16 @@ impl FencedVerifier {
         if self.cfg.batch == 0 {
             return Err(VerifyError::Config("batch must be at least 1".into()));
         }
+        // Both sides answer the same reads at one stream position, expiry as an absolute time.
+        for ep in [&self.link.node, &self.link.target] {
+            let engine = crate::net::Engine::detect(ep).await?;
+            if !engine.has_pexpiretime() {
+                return Err(VerifyError::Config(format!(
+                    "fenced verification inside a run needs PEXPIRETIME (Redis 7.0 or later) on both sides, and {} runs {engine}; run `ferry verify` after the final fence instead",
+                    ep.redacted()
+                )));
+            }
+        }
         let started = Instant::now();
         let mut reader = Vec::with_capacity(READERS);
         for _ in 0..READERS {

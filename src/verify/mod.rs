@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::escape::quote;
 use crate::net::{Endpoint, NetError};
+use crate::snapshot::expiry::ExpiryRead;
 
 /// Default re-checks of a key that differs.
 pub const DEFAULT_RECHECKS: u32 = 3;
@@ -770,15 +771,19 @@ async fn fingerprints(
     con: &mut MultiplexedConnection,
     keys: &[Vec<u8>],
 ) -> redis::RedisResult<Vec<Fp>> {
+    // Before Redis 7.0 there is no PEXPIRETIME: the key's PTTL stands for it (the verifier
+    // compares expiries with a tolerance), read twice so that the reply shape stays one.
+    let expiry = ExpiryRead::detect(con).await;
     let mut pipe = redis::pipe();
     for k in keys {
         pipe.cmd("TYPE").arg(k);
         pipe.cmd("DUMP").arg(k);
-        pipe.cmd("PEXPIRETIME").arg(k);
+        pipe.cmd(expiry.command()).arg(k);
         pipe.cmd("PTTL").arg(k);
     }
     let replies: Vec<Value> = pipe.query_async(con).await?;
     let mut out = Vec::with_capacity(keys.len());
+    let now = crate::clock::now_ms();
     for r in replies.chunks(4) {
         let int = |v: &Value| match v {
             Value::Int(i) => *i,
@@ -791,7 +796,11 @@ async fn fingerprints(
                 Value::BulkString(b) => Some((digest::hash_parts(&[b]), b.len())),
                 v => Some((digest::hash_parts(&[&digest::bytes(v)]), 0)),
             },
-            expire_at: int(&r[2]),
+            expire_at: match (expiry, int(&r[2])) {
+                // ferry's clock stands in for the server's: within the TTL tolerance.
+                (ExpiryRead::PttlAndTime, t) if t >= 0 => now + t,
+                (_, t) => t,
+            },
             pttl: int(&r[3]),
             digest: None,
         });

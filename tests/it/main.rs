@@ -17,6 +17,7 @@ mod journal;
 mod migrate;
 mod parser;
 mod plan;
+mod preflight;
 mod rewrite;
 mod run;
 mod snapshot;

@@ -1,0 +1,406 @@
+//! [`Preflight`]: a readiness report on a source and a target before anything is copied:
+//! engines and the mechanics they call for, capture, pausing, payload compatibility, memory,
+//! eviction, dbs. Each finding is ok, warn or fail with what to do.
+//!
+//! ## Behavior
+//! - Only reads: `INFO`, `CONFIG GET` (when allowed), `COMMAND INFO`, a `MONITOR` opened and
+//!   closed at once, `SCAN` and `MEMORY USAGE` on a sample. Nothing is written anywhere.
+//! - A check that cannot be made (`CONFIG` renamed away, as on ElastiCache) is a warning that
+//!   says so, never a silent pass.
+//! - The verdict: fail when something blocks a migration, warn when something needs a look,
+//!   ok otherwise ([`PreflightReport::exit_code`]: 2, 1, 0).
+
+use serde::Serialize;
+
+use crate::capture::MonitorStream;
+use crate::net::{Endpoint, Engine, NetError, info_field};
+
+/// How a finding weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// `source`, `target` or `pair`.
+    pub side: &'static str,
+    /// What was checked.
+    pub check: &'static str,
+    pub level: Level,
+    /// What was found, and for warn/fail what to do.
+    pub detail: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    pub source_engine: Option<Engine>,
+    pub target_engine: Option<Engine>,
+    pub findings: Vec<Finding>,
+}
+
+impl PreflightReport {
+    /// The worst level found.
+    pub fn verdict(&self) -> Level {
+        self.findings
+            .iter()
+            .map(|f| f.level)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+
+    /// 0 ready, 1 warnings only, 2 something blocks.
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict() {
+            Level::Ok => 0,
+            Level::Warn => 1,
+            Level::Fail => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for PreflightReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for x in &self.findings {
+            let level = match x.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            writeln!(f, "{level} {:<6} {:<18} {}", x.side, x.check, x.detail)?;
+        }
+        let verdict = match self.verdict() {
+            Level::Ok => "ready",
+            Level::Warn => "ready, with warnings to look at",
+            Level::Fail => "not ready",
+        };
+        writeln!(f, "verdict: {verdict}")
+    }
+}
+
+/// A preflight of one pair.
+pub struct Preflight {
+    source: Endpoint,
+    target: Endpoint,
+    findings: Vec<Finding>,
+}
+
+/// Keys sampled for the biggest-key check.
+const SAMPLE_KEYS: usize = 200;
+
+impl Preflight {
+    /// A preflight of `source` → `target`.
+    pub fn new(source: Endpoint, target: Endpoint) -> Preflight {
+        Preflight {
+            source,
+            target,
+            findings: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, side: &'static str, check: &'static str, level: Level, detail: String) {
+        self.findings.push(Finding {
+            side,
+            check,
+            level,
+            detail,
+        });
+    }
+
+    /// Runs every check. Only a server that cannot be reached at all is an error.
+    pub async fn run(mut self) -> Result<PreflightReport, NetError> {
+        let (source, target) = (self.source.clone(), self.target.clone());
+        let mut src = source.control().await?;
+        let mut dst = target.control().await?;
+        let se = Engine::detect(&source).await?;
+        let te = Engine::detect(&target).await?;
+        self.engines(se, te);
+        let s_info = info(&mut src).await;
+        let t_info = info(&mut dst).await;
+        for (side, inf) in [("source", &s_info), ("target", &t_info)] {
+            if info_field(inf, "cluster_enabled") == Some("1") {
+                self.add(side, "cluster mode", Level::Fail, "cluster mode is on; ferry migrates standalone servers (Redis Cluster support is not in this release)".into());
+            }
+        }
+        self.monitor(&source).await;
+        self.replica(&s_info);
+        self.keyspace_events(&mut src).await;
+        self.memory(&s_info, &t_info, &mut dst).await;
+        self.dbs(&s_info, &mut dst).await;
+        self.biggest(&mut src).await;
+        Ok(PreflightReport {
+            source_engine: Some(se),
+            target_engine: Some(te),
+            findings: self.findings,
+        })
+    }
+
+    fn engines(&mut self, se: Engine, te: Engine) {
+        let src = if se.too_old() {
+            (
+                Level::Fail,
+                format!("{se}: ferry migrates from Redis 4.0 or later"),
+            )
+        } else {
+            (Level::Ok, se.to_string())
+        };
+        self.add("source", "engine", src.0, src.1);
+        let tgt = if te.has_set_pxat() {
+            (Level::Ok, te.to_string())
+        } else {
+            (
+                Level::Fail,
+                format!(
+                    "{te}: replay writes absolute expiries (SET … PXAT), so the target must run Redis 6.2 or later"
+                ),
+            )
+        };
+        self.add("target", "engine", tgt.0, tgt.1);
+        let expiry = if se.has_pexpiretime() {
+            (Level::Ok, "PEXPIRETIME".to_string())
+        } else {
+            (
+                Level::Ok,
+                "PTTL with the server's TIME in the same transaction (no PEXPIRETIME before Redis 7.0); fenced verification inside a run needs 7.0, run `ferry verify` after the final fence".to_string(),
+            )
+        };
+        self.add("source", "expiry reads", expiry.0, expiry.1);
+        let pause = if se.has_pause_write() {
+            (Level::Ok, "CLIENT PAUSE … WRITE".to_string())
+        } else {
+            (
+                Level::Warn,
+                "no CLIENT PAUSE … WRITE before Redis 6.2: the final fence is taken without pausing writes; at a cutover the trailing window carries the writes that still arrive".to_string(),
+            )
+        };
+        self.add("source", "write pause", pause.0, pause.1);
+        let payload = if te.rdb_version() >= se.rdb_version() {
+            (
+                Level::Ok,
+                format!(
+                    "DUMP payloads RDB {} restore on the target (RDB {})",
+                    se.rdb_version(),
+                    te.rdb_version()
+                ),
+            )
+        } else {
+            (
+                Level::Fail,
+                format!(
+                    "the target's RESTORE rejects RDB {} payloads (it reads up to RDB {}); a live migration toward an older payload version is not supported yet",
+                    se.rdb_version(),
+                    te.rdb_version()
+                ),
+            )
+        };
+        self.add("pair", "payloads", payload.0, payload.1);
+    }
+
+    async fn monitor(&mut self, source: &Endpoint) {
+        match MonitorStream::start(source).await {
+            Ok(stream) => {
+                drop(stream);
+                self.add("source", "MONITOR", Level::Ok, "allowed".into());
+            }
+            Err(e) => self.add(
+                "source",
+                "MONITOR",
+                Level::Fail,
+                format!("{e}: ferry captures writes with MONITOR; allow it for ferry's user (ACL +monitor) or use an endpoint that has it"),
+            ),
+        }
+    }
+
+    fn replica(&mut self, s_info: &str) {
+        let online = s_info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count();
+        if online > 0 {
+            self.add(
+                "source",
+                "replica",
+                Level::Ok,
+                format!(
+                    "{online} online: capture reads a replica's effect stream (`capture = auto`)"
+                ),
+            );
+        } else {
+            self.add(
+                "source",
+                "replica",
+                Level::Ok,
+                "none online: capture reads the primary's command stream (writes are rewritten for exact replay)".into(),
+            );
+        }
+    }
+
+    async fn keyspace_events(&mut self, src: &mut redis::aio::MultiplexedConnection) {
+        let policy = config_get(src, "maxmemory-policy").await;
+        let events = config_get(src, "notify-keyspace-events").await;
+        match (policy.as_deref(), events) {
+            (Some("noeviction"), _) => {
+                self.add("source", "evictions", Level::Ok, "maxmemory-policy noeviction".into())
+            }
+            (Some(p), Some(ev)) if ev.contains('E') && (ev.contains('e') || ev.contains('A')) => {
+                self.add(
+                    "source",
+                    "evictions",
+                    Level::Ok,
+                    format!("{p}, with keyspace events naming evicted keys: exact"),
+                )
+            }
+            (Some(p), _) => self.add(
+                "source",
+                "evictions",
+                Level::Warn,
+                format!("{p} may evict keys, and without notify-keyspace-events E+e ferry can only sweep for them; enable the events (an ElastiCache parameter group) or use noeviction during the migration"),
+            ),
+            (None, _) => self.add(
+                "source",
+                "evictions",
+                Level::Warn,
+                "CONFIG GET is not allowed here: cannot tell the eviction policy or keyspace events; check them in the provider's settings".into(),
+            ),
+        }
+    }
+
+    async fn memory(
+        &mut self,
+        s_info: &str,
+        t_info: &str,
+        dst: &mut redis::aio::MultiplexedConnection,
+    ) {
+        let num = |inf: &str, f: &str| info_field(inf, f).and_then(|v| v.parse::<u64>().ok());
+        let used = num(s_info, "used_memory").unwrap_or(0);
+        let t_used = num(t_info, "used_memory").unwrap_or(0);
+        let t_max = num(t_info, "maxmemory").unwrap_or(0);
+        let mb = |b: u64| b as f64 / 1048576.0;
+        if t_max == 0 {
+            self.add(
+                "target",
+                "memory",
+                Level::Ok,
+                format!("no maxmemory; the source uses {:.1} MB", mb(used)),
+            );
+        } else if t_max < t_used + used + used / 10 {
+            self.add(
+                "target",
+                "memory",
+                Level::Warn,
+                format!("maxmemory {:.1} MB, {:.1} MB used, and the source uses {:.1} MB: less than 10 % headroom; raise maxmemory or expect OOM replies (ferry reports them)", mb(t_max), mb(t_used), mb(used)),
+            );
+        } else {
+            self.add(
+                "target",
+                "memory",
+                Level::Ok,
+                format!(
+                    "maxmemory {:.1} MB for {:.1} MB of source data",
+                    mb(t_max),
+                    mb(used)
+                ),
+            );
+        }
+        match config_get(dst, "maxmemory-policy").await.as_deref() {
+            Some("noeviction") | None => {}
+            Some(p) if t_max > 0 => self.add(
+                "target",
+                "eviction policy",
+                Level::Warn,
+                format!("{p}: the target may evict keys silently when full; use noeviction for the migration"),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    async fn dbs(&mut self, s_info: &str, dst: &mut redis::aio::MultiplexedConnection) {
+        let used: Vec<u32> = s_info
+            .lines()
+            .filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok())
+            .collect();
+        let Some(&max) = used.iter().max() else {
+            self.add("source", "dbs", Level::Ok, "empty".into());
+            return;
+        };
+        match config_get(dst, "databases")
+            .await
+            .and_then(|d| d.parse::<u32>().ok())
+        {
+            Some(n) if max >= n => self.add(
+                "pair",
+                "dbs",
+                Level::Fail,
+                format!("the source uses db {max}, the target has {n} databases; raise `databases` on the target or move the db with the plan's move_db"),
+            ),
+            Some(_) => self.add("pair", "dbs", Level::Ok, format!("the source uses {} db(s), up to db {max}", used.len())),
+            None => self.add(
+                "pair",
+                "dbs",
+                Level::Warn,
+                format!("the source uses up to db {max}; CONFIG GET databases is not allowed on the target, check it has that many"),
+            ),
+        }
+    }
+
+    async fn biggest(&mut self, src: &mut redis::aio::MultiplexedConnection) {
+        let scan: redis::RedisResult<(String, Vec<Vec<u8>>)> = redis::cmd("SCAN")
+            .arg(0)
+            .arg("COUNT")
+            .arg(SAMPLE_KEYS)
+            .query_async(src)
+            .await;
+        let Ok((_, keys)) = scan else { return };
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(src).await.unwrap_or_default();
+        if let Some((k, b)) = keys
+            .iter()
+            .zip(sizes)
+            .filter_map(|(k, s)| Some((k, s?)))
+            .max_by_key(|(_, b)| *b)
+        {
+            let level = if b > crate::snapshot::DEFAULT_BIG_KEY_BYTES {
+                Level::Warn
+            } else {
+                Level::Ok
+            };
+            self.add(
+                "source",
+                "biggest key",
+                level,
+                format!(
+                    "{} is {:.1} MB in a sample of {} keys of db 0 (keys above 32 MB are copied type-aware, in chunks, which takes longer)",
+                    crate::escape::quote(k),
+                    b as f64 / 1048576.0,
+                    keys.len()
+                ),
+            );
+        }
+    }
+}
+
+async fn info(con: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("INFO")
+        .query_async(con)
+        .await
+        .unwrap_or_default()
+}
+
+/// `CONFIG GET name`'s value, `None` when `CONFIG` is not allowed.
+async fn config_get(con: &mut redis::aio::MultiplexedConnection, name: &str) -> Option<String> {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(con)
+        .await
+        .ok()?;
+    pair.into_iter().nth(1)
+}
