@@ -45,6 +45,9 @@ pub(super) struct Coordinator {
     pub(super) window: bool,
 }
 
+/// Identical stream breaks in a row, each before a resync finished, that end a run.
+const MAX_SAME_GAPS: u32 = 5;
+
 /// Where the coordinator reports that it failed for good.
 pub(super) type FailureTx = tokio::sync::watch::Sender<Option<Arc<MigrateError>>>;
 
@@ -112,6 +115,7 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
         Some(spawn_snapshot(&c, 0))
     };
     let mut snapshot_started = Instant::now();
+    let (mut last_gap, mut same_gaps): (Option<String>, u32) = (None, 0);
     let mut status = c.status_every.map(tokio::time::interval);
     let mut trim = tokio::time::interval(Duration::from_secs(1));
     let mut sweep_task: Option<SweepTask> = None;
@@ -143,6 +147,21 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
                         return Err(stage(
                             "trailing window",
                             format!("the old source's stream broke after the switch ({reason}): writes that reached it since may be missing on the target, which cannot be resynced while clients write to it; compare the keys the late-write report names"),
+                        ));
+                    }
+                    // The same break again and again, with no snapshot finishing in between, is
+                    // not transient: stop with it rather than resync for ever.
+                    if snap_task.is_some() && last_gap.as_deref() == Some(reason.as_str()) {
+                        same_gaps += 1;
+                    } else {
+                        same_gaps = 1;
+                    }
+                    last_gap = Some(reason.clone());
+                    if same_gaps >= MAX_SAME_GAPS {
+                        let why = if reason.is_empty() { "no reason given" } else { reason.as_str() };
+                        return Err(stage(
+                            "capture",
+                            format!("the stream broke {same_gaps} times in a row, each before a resync could finish, for the same reason ({why}); stopping instead of resyncing for ever"),
                         ));
                     }
                     tracing::warn!(%reason, epoch, "Gap in the stream: resyncing every key with fenced reads.");

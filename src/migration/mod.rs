@@ -104,6 +104,15 @@ fn unsupported_pair(
             source.redacted()
         ));
     }
+    if !se.has_pause_write() {
+        // Before 6.2: MONITOR stamps lines when commands start, capture's own bookkeeping
+        // (CLIENT INFO, CLIENT LIST filters) is missing, and a replica's stream is not in
+        // deterministic form (docs/redis-behaviour.md §16).
+        return Some(format!(
+            "{} runs {se}; live migration needs Redis 6.2 or later on the source (`ferry snapshot` copies older sources once, and `ferry backup` saves them)",
+            source.redacted()
+        ));
+    }
     if !te.has_set_pxat() {
         return Some(format!(
             "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",

@@ -141,10 +141,12 @@ impl Preflight {
     }
 
     fn engines(&mut self, se: Engine, te: Engine) {
-        let src = if se.too_old() {
+        let src = if !se.has_pause_write() {
             (
                 Level::Fail,
-                format!("{se}: ferry migrates from Redis 4.0 or later"),
+                format!(
+                    "{se}: live migration needs Redis 6.2 or later on the source (`ferry snapshot` copies it once)"
+                ),
             )
         } else {
             (Level::Ok, se.to_string())

@@ -252,12 +252,39 @@ pub fn install_crypto_provider() {
 pub async fn client_addr(
     con: &mut redis::aio::MultiplexedConnection,
 ) -> redis::RedisResult<String> {
-    let info: String = redis::cmd("CLIENT").arg("INFO").query_async(con).await?;
-    Ok(info
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("addr="))
-        .unwrap_or_default()
-        .to_string())
+    let field = |line: &str, k: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .map(str::to_string)
+    };
+    match redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async::<String>(con)
+        .await
+    {
+        Ok(info) => return Ok(field(&info, "addr=").unwrap_or_default()),
+        // `CLIENT INFO` is Redis 6.2's: before it, the connection names itself uniquely and
+        // finds that name in `CLIENT LIST` (named `ferry-…`, so ferry's own checks skip it).
+        Err(e) if !e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout() => {}
+        Err(e) => return Err(e),
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "ferry-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(&name)
+        .query_async::<()>(con)
+        .await?;
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(con).await?;
+    Ok(list
+        .lines()
+        .find(|l| field(l, "name=").as_deref() == Some(name.as_str()))
+        .and_then(|l| field(l, "addr="))
+        .unwrap_or_default())
 }
 
 /// A redis-rs error as one line, without the redundant kind prefix where there is a detail.

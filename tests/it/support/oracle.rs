@@ -527,6 +527,9 @@ struct Node {
     con: redis::Connection,
     /// `None` until we SELECT, since the URL may have picked a db.
     db: Option<u32>,
+    /// The server predates `PEXPIRETIME` (Redis 7.0): expiries come from `PTTL` and this
+    /// machine's clock, within the comparison's TTL tolerance.
+    pttl_only: bool,
 }
 
 impl Node {
@@ -534,10 +537,44 @@ impl Node {
         let con = redis::Client::open(url)
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
             .unwrap_or_else(|e| panic!("oracle: connect to {label} {url}: {e}"));
-        Node {
+        let mut node = Node {
             label: format!("{label} {url}"),
             con,
             db: None,
+            pttl_only: false,
+        };
+        let info: String = node.query(redis::cmd("INFO").arg("server").clone());
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+            .unwrap_or(7);
+        node.pttl_only = version < 7;
+        node
+    }
+
+    /// The command that reads `k`'s expiry here.
+    fn expiry_cmd(&self, k: &[u8]) -> redis::Cmd {
+        key_cmd(
+            if self.pttl_only {
+                "PTTL"
+            } else {
+                "PEXPIRETIME"
+            },
+            k,
+        )
+    }
+
+    /// An absolute expiry from the reply of [`Node::expiry_cmd`].
+    fn expire_at(&self, reply: &Value) -> i64 {
+        let v = as_int(reply).unwrap_or_else(|e| panic!("oracle: expiry on {}: {e}", self.label));
+        if self.pttl_only && v >= 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            now + v
+        } else {
+            v
         }
     }
 
@@ -569,11 +606,9 @@ impl Node {
 
     fn expiries(&mut self, db: u32, keys: &[&[u8]]) -> Vec<i64> {
         self.select(db);
-        let replies = self.pipe(keys.iter().map(|k| key_cmd("PEXPIRETIME", k)).collect());
-        replies
-            .iter()
-            .map(|r| as_int(r).unwrap_or_else(|e| panic!("oracle: PEXPIRETIME: {e}")))
-            .collect()
+        let cmds = keys.iter().map(|k| self.expiry_cmd(k)).collect();
+        let replies = self.pipe(cmds);
+        replies.iter().map(|r| self.expire_at(r)).collect()
     }
 
     /// Type, expiry and full value of each key: one pipeline for metadata, one for the first
@@ -584,7 +619,7 @@ impl Node {
         let mut cmds = Vec::with_capacity(2 * keys.len());
         for k in keys {
             cmds.push(key_cmd("TYPE", k));
-            cmds.push(key_cmd("PEXPIRETIME", k));
+            cmds.push(self.expiry_cmd(k));
         }
         let replies = self.pipe(cmds);
         let mut states: Vec<KeyState> = replies
@@ -593,8 +628,7 @@ impl Node {
                 let ty = as_bytes(&r[0])
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_else(|e| panic!("oracle: TYPE on {}: {e}", self.label));
-                let expire_at = as_int(&r[1])
-                    .unwrap_or_else(|e| panic!("oracle: PEXPIRETIME on {}: {e}", self.label));
+                let expire_at = self.expire_at(&r[1]);
                 KeyState {
                     ty,
                     expire_at,
