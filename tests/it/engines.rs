@@ -1,7 +1,7 @@
 //! The engine matrix against real servers: what each Redis / Valkey version does that ferry
-//! relies on (docs/redis-behaviour.md §1–§4, §9, §16). Each test runs every engine and asserts
-//! what was observed, so it documents the behaviour and guards it; a failure lists every engine
-//! that differs.
+//! relies on (docs/redis-behaviour.md §16, and the "Other engines" notes of §1–§4, §9–§12 and
+//! §14). Each test runs every engine and asserts what was observed, so it documents the
+//! behaviour and guards it; a failure lists every engine that differs.
 //!
 //! The servers come from `make servers` (tests/it/support/engines.rs); these tests are ignored
 //! by a plain `cargo test` and run by `make test-engines`, which fails, naming the server,
