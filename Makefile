@@ -39,6 +39,16 @@ deps:
 test: deps
 	$(CARGO) test --locked
 
+## Builds the engine matrix (Redis 4.0 to 7.4, Valkey 7.2 and 8.0) from ../shared/servers once,
+## into ~/.cache/ferry/servers (FERRY_SERVERS_CACHE), reusing what is built there.
+.PHONY: servers test-engines
+servers:
+	bash scripts/servers.sh
+
+## The engine tests against every engine of the matrix; they fail when a server is missing.
+test-engines: deps servers
+	FERRY_ENGINES=1 $(CARGO) test --locked --test it engines:: -- --include-ignored
+
 ## A whole live migration between two local servers, checked by the oracle.
 demo: deps
 	bash scripts/demo.sh

@@ -10,6 +10,7 @@ mod chunked;
 mod cli;
 mod command_table;
 mod cutover;
+mod engines;
 mod evictions;
 mod expiry;
 mod fixtures;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod engines;
 pub mod fill;
 #[cfg(feature = "sqs")]
 pub mod moto;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod workload;
 
 pub use cluster::Cluster;
+pub use engines::{Engine, Feature};
 pub use fill::{Dataset, FillReport, fill, fill_cluster};
 #[cfg(feature = "sqs")]
 pub use moto::Moto;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::engines::{Engine, Feature};
+
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLICA_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Another test (or any other process) may grab the port between our probe bind and
@@ -53,6 +55,11 @@ pub struct ServerOptions {
     pub cluster: bool,
     /// An RDB file to load at startup: copied into the server's dir as its `dbfilename`.
     pub rdb: Option<PathBuf>,
+    /// Which server to run, built by `make servers` (see [`super::engines`]); `None` is
+    /// `FERRY_REDIS_SERVER` or the `redis-server` on `PATH` (Debian's 7.0). The config written
+    /// follows the engine's version: `slaveof` before 5.0, no `cluster-port` before 7.0, only
+    /// the ElastiCache commands that exist.
+    pub engine: Option<Engine>,
 }
 
 impl ServerOptions {
@@ -94,6 +101,15 @@ impl RedisServer {
         Self::start_inner(options, &[])
     }
 
+    /// A server of `engine` (see [`super::engines`]) with `options`; panics, naming the server
+    /// and `make servers`, when the engine's binary is not built.
+    pub fn start_engine(engine: Engine, options: ServerOptions) -> Self {
+        Self::start_with(ServerOptions {
+            engine: Some(engine),
+            ..options
+        })
+    }
+
     /// A stock server that loaded `rdb` at startup, returned once loading has finished.
     pub fn start_with_rdb(rdb: &Path) -> Self {
         let server = Self::start_with(ServerOptions {
@@ -105,12 +121,13 @@ impl RedisServer {
     }
 
     /// A replica of `primary` with the primary's password (so one set of credentials works
-    /// for both), returned once the initial sync has completed.
+    /// for both) and engine, returned once the initial sync has completed.
     pub fn replica_of(primary: &RedisServer) -> Self {
         Self::replica_of_with(
             primary,
             ServerOptions {
                 password: primary.options.password.clone(),
+                engine: primary.options.engine,
                 ..ServerOptions::default()
             },
         )
@@ -124,7 +141,12 @@ impl RedisServer {
             "an ElastiCache-like primary has PSYNC disabled, so nothing can replicate from it; \
              make the primary plain and the replica ElastiCache-like instead"
         );
-        let mut lines = vec![format!("replicaof 127.0.0.1 {}", primary.port)];
+        // `replicaof` is 5.0's name for `slaveof`, which every version still accepts.
+        let directive = match options.engine {
+            Some(engine) if !engine.supports(Feature::ReplicaOf) => "slaveof",
+            _ => "replicaof",
+        };
+        let mut lines = vec![format!("{directive} 127.0.0.1 {}", primary.port)];
         if let Some(pw) = &primary.options.password {
             lines.push(format!("masterauth {}", quote_config(pw)));
         }
@@ -134,18 +156,14 @@ impl RedisServer {
     }
 
     fn start_inner(options: ServerOptions, role_lines: &[String]) -> Self {
-        let binary = redis_server_binary();
+        let binary = server_binary(&options);
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
                 .prefix("ferry-redis-")
                 .tempdir()
                 .expect("create temp dir for redis-server");
-            let port = free_port();
-            let cluster_port = options
-                .cluster
-                .then(|| std::iter::repeat_with(free_port).find(|&p| p != port))
-                .flatten();
+            let (port, cluster_port) = pick_ports(&options);
             let config = render_config(&options, dir.path(), port, cluster_port, role_lines);
             let conf_path = dir.path().join("redis.conf");
             fs::write(&conf_path, config).expect("write redis.conf");
@@ -193,7 +211,7 @@ impl RedisServer {
     /// so it comes back empty, as after a crash of a cache without persistence.
     pub fn restart(&mut self) {
         self.kill();
-        let binary = redis_server_binary();
+        let binary = server_binary(&self.options);
         let conf_path = self.dir.path().join("redis.conf");
         let stderr = fs::File::create(self.dir.path().join("stderr.log")).expect("stderr.log");
         let child = Command::new(&binary)
@@ -314,6 +332,11 @@ impl RedisServer {
 
     pub fn options(&self) -> &ServerOptions {
         &self.options
+    }
+
+    /// The engine it runs; `None` for the default `redis-server`.
+    pub fn engine(&self) -> Option<Engine> {
+        self.options.engine
     }
 
     pub fn password(&self) -> Option<&str> {
@@ -456,6 +479,34 @@ enum StartError {
     Fatal(String),
 }
 
+/// The engine's binary, or [`redis_server_binary`] without one.
+fn server_binary(options: &ServerOptions) -> PathBuf {
+    options
+        .engine
+        .map_or_else(redis_server_binary, Engine::binary)
+}
+
+/// The server's port and, in cluster mode, its bus port: a free one where `cluster-port` exists
+/// (7.0+), else the fixed `port + 10000`, so `port` must leave room for it.
+fn pick_ports(options: &ServerOptions) -> (u16, Option<u16>) {
+    if !options.cluster {
+        return (free_port(), None);
+    }
+    match options.engine {
+        Some(engine) if !engine.supports(Feature::ClusterPortConfig) => {
+            let port = std::iter::repeat_with(free_port)
+                .find(|&p| p <= u16::MAX - 10000)
+                .expect("a free port below 55536");
+            (port, Some(port + 10000))
+        }
+        _ => {
+            let port = free_port();
+            let cluster_port = std::iter::repeat_with(free_port).find(|&p| p != port);
+            (port, cluster_port)
+        }
+    }
+}
+
 /// `redis-server` from `FERRY_REDIS_SERVER`, else from `PATH`.
 pub fn redis_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("FERRY_REDIS_SERVER") {
@@ -537,10 +588,20 @@ fn render_config(
     if let Some(cport) = cluster_port {
         line("cluster-enabled yes".into());
         line("cluster-config-file nodes.conf".into());
-        line(format!("cluster-port {cport}"));
+        if options
+            .engine
+            .is_none_or(|e| e.supports(Feature::ClusterPortConfig))
+        {
+            line(format!("cluster-port {cport}"));
+        }
     }
     if options.elasticache_like {
-        for name in ELASTICACHE_DISABLED_COMMANDS {
+        // Renaming a command the version lacks is a fatal config error.
+        let names = match options.engine {
+            Some(engine) => engine.elasticache_disabled_commands(),
+            None => ELASTICACHE_DISABLED_COMMANDS.to_vec(),
+        };
+        for name in names {
             line(format!("rename-command {name} \"\""));
         }
     }
