@@ -191,7 +191,7 @@ impl Live<'_> {
 
 /// Runs the workload for `secs` while ferry migrates (calling `during` meanwhile), stops the
 /// workload, stops ferry at its final fence, and compares.
-fn migrate_under_load(
+pub(crate) fn migrate_under_load(
     source: &RedisServer,
     target: &mut RedisServer,
     secs: u64,
@@ -200,7 +200,21 @@ fn migrate_under_load(
 ) -> String {
     fill(source, &dataset());
     let state = tempfile::tempdir().unwrap();
-    let load = workload::start(&source.url(), WorkloadOptions::default());
+    // Older engines lack `EXPIRE … GT|NX` (7.0).
+    let version: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut source.conn())
+        .unwrap_or_default();
+    let expire_flags = crate::support::server::info_field(&version, "redis_version")
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        .is_none_or(|major| major >= 7);
+    let load = workload::start(
+        &source.url(),
+        WorkloadOptions {
+            expire_flags,
+            ..WorkloadOptions::default()
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     let ferry = start_migrate(&source.url(), &target.url(), state.path(), extra);
     let started = Instant::now();

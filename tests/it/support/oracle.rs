@@ -210,6 +210,11 @@ pub fn compare_nodes<S: AsRef<str>, T: AsRef<str>>(
     let started = Instant::now();
     let mut src = Side::connect("source", source_urls);
     let mut tgt = Side::connect("target", target_urls);
+    // Stream metadata that only Redis 7.0 reports is compared only when both sides report it.
+    let legacy = src.nodes.iter().chain(&tgt.nodes).any(|n| n.pttl_only);
+    for n in src.nodes.iter_mut().chain(tgt.nodes.iter_mut()) {
+        n.legacy_streams = legacy;
+    }
     let tolerance = opts.ttl_tolerance_ms;
 
     let dbs: BTreeSet<u32> = match &opts.dbs {
@@ -530,6 +535,9 @@ struct Node {
     /// The server predates `PEXPIRETIME` (Redis 7.0): expiries come from `PTTL` and this
     /// machine's clock, within the comparison's TTL tolerance.
     pttl_only: bool,
+    /// One side predates Redis 7.0's stream metadata (`max-deleted-entry-id`,
+    /// `entries-added`, a group's `entries-read`): neither side's is compared.
+    legacy_streams: bool,
 }
 
 impl Node {
@@ -542,6 +550,7 @@ impl Node {
             con,
             db: None,
             pttl_only: false,
+            legacy_streams: false,
         };
         let info: String = node.query(redis::cmd("INFO").arg("server").clone());
         let version = info
@@ -789,11 +798,15 @@ impl Node {
             meta: vec![
                 ("length", field("length")?),
                 ("last-generated-id", field("last-generated-id")?),
-                ("max-deleted-entry-id", field("max-deleted-entry-id")?),
-                ("entries-added", field("entries-added")?),
             ],
             groups: Vec::new(),
         };
+        if !self.legacy_streams {
+            stream
+                .meta
+                .push(("max-deleted-entry-id", field("max-deleted-entry-id")?));
+            stream.meta.push(("entries-added", field("entries-added")?));
+        }
 
         let groups = as_array(parts.groups.as_ref().ok_or("XINFO GROUPS missing")?)?;
         let mut cmds = Vec::new();
@@ -821,16 +834,19 @@ impl Node {
                     .arg(CHUNK)
                     .clone(),
             );
+            let mut meta = vec![
+                (
+                    "last-delivered-id",
+                    display_value(&get("last-delivered-id")),
+                ),
+                ("pending", display_value(&get("pending"))),
+            ];
+            if !self.legacy_streams {
+                meta.push(("entries-read", display_value(&get("entries-read"))));
+            }
             stream.groups.push(GroupVal {
                 name,
-                meta: vec![
-                    (
-                        "last-delivered-id",
-                        display_value(&get("last-delivered-id")),
-                    ),
-                    ("pending", display_value(&get("pending"))),
-                    ("entries-read", display_value(&get("entries-read"))),
-                ],
+                meta,
                 consumers: Vec::new(),
                 pel: Vec::new(),
             });

@@ -156,6 +156,8 @@ pub struct WorkloadOptions {
     pub seed: u64,
     /// BRPOP consumer threads; when non-zero, one BLMOVE (super-fetch) consumer runs as well.
     pub blocking_consumers: usize,
+    /// The server has `EXPIRE … GT|NX` (Redis 7.0); without, those kinds send plain `EXPIRE`.
+    pub expire_flags: bool,
 }
 
 impl Default for WorkloadOptions {
@@ -165,6 +167,7 @@ impl Default for WorkloadOptions {
             rate: 2000,
             seed: 0xF0_4B_3E_11,
             blocking_consumers: 2,
+            expire_flags: true,
         }
     }
 }
@@ -240,6 +243,9 @@ pub fn start(url: &str, opts: WorkloadOptions) -> Workload {
 
     let started = Instant::now();
     let shared = Arc::new(Shared::default());
+    shared
+        .expire_flags
+        .store(opts.expire_flags, Ordering::Relaxed);
     let rate = f64::from(opts.rate.max(1));
     let mut seeds = Rng::new(opts.seed);
     let mut threads = Vec::new();
@@ -366,6 +372,7 @@ impl Drop for Workload {
 struct Shared {
     stop: AtomicBool,
     ops: AtomicU64,
+    expire_flags: AtomicBool,
 }
 
 #[derive(Default)]
@@ -772,10 +779,20 @@ fn ttl_step(w: &mut Worker) {
             w.op::<i64, _>(db, "expire", cmd("EXPIRE").arg(&key).arg(secs));
         }
         6 => {
-            w.op::<i64, _>(db, "expire_gt", cmd("EXPIRE").arg(&key).arg(secs).arg("GT"));
+            let mut c = cmd("EXPIRE");
+            c.arg(&key).arg(secs);
+            if w.shared.expire_flags.load(Ordering::Relaxed) {
+                c.arg("GT");
+            }
+            w.op::<i64, _>(db, "expire_gt", &c);
         }
         7 => {
-            w.op::<i64, _>(db, "expire_nx", cmd("EXPIRE").arg(&key).arg(secs).arg("NX"));
+            let mut c = cmd("EXPIRE");
+            c.arg(&key).arg(secs);
+            if w.shared.expire_flags.load(Ordering::Relaxed) {
+                c.arg("NX");
+            }
+            w.op::<i64, _>(db, "expire_nx", &c);
         }
         8 => {
             w.op::<i64, _>(db, "pexpire", cmd("PEXPIRE").arg(&key).arg(ms));
