@@ -13,6 +13,7 @@ mod cutover;
 mod evictions;
 mod expiry;
 mod fixtures;
+mod functions;
 mod journal;
 mod migrate;
 mod parser;
