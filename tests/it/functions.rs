@@ -371,3 +371,92 @@ fn a_library_loaded_during_the_run_fails_the_run_on_a_target_without_functions()
         "{line}"
     );
 }
+
+/// A target library that defines one of the source's functions under another library name
+/// would make `FUNCTION RESTORE … REPLACE` refuse the whole copy: refused at start instead.
+#[test]
+fn a_clashing_target_library_is_refused_at_start() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    function_load(&mut source.conn(), &lib_a(1), false);
+    function_load(
+        &mut target.conn(),
+        "#!lua name=mine\nredis.register_function('a_set', function() return 0 end)",
+        false,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    let code = ferry.wait(Duration::from_secs(30));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(
+            "functions: the target's function library 'mine' defines 'a_set', which the source's library 'libA' defines too"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(!stderr.contains("Snapshot started"), "{stderr}");
+}
+
+/// The target lets ferry list functions but not restore them (an ACL): the copy at the
+/// snapshot's read fails only on the target, the error says so, and the final fence fails the
+/// run (exit 2) although every key arrived.
+#[test]
+fn a_refused_copy_of_the_libraries_fails_the_run_at_the_final_fence() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let mut src = source.conn();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut src).unwrap();
+    function_load(&mut src, &lib_a(1), false);
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("ferry")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-function|restore")
+        .query(&mut target.conn())
+        .unwrap();
+    let target_url = format!("redis://ferry:pw@{}", target.addr());
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.url(),
+        &target_url,
+        state.path(),
+        &["--capture", "primary"],
+    );
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(30));
+    ferry.wait_log(
+        "The target refused the copy of the source's function libraries",
+        Duration::from_secs(10),
+    );
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    eprintln!("--- ferry stderr (tail) ---\n{}", tail(&stderr, 6));
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("ferry: error"))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(
+        line.contains("the target differs from the source")
+            && line.contains("FUNCTION RESTORE (the function libraries): NOPERM"),
+        "{line}"
+    );
+    let value: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(value, "v", "the keys arrived");
+}
