@@ -9,7 +9,8 @@
 //! - A script line (`EVAL`…) is followed by its `[db lua]` lines (§3); their writes form one
 //!   atomic group, inside the caller's `MULTI` buffer when there is one.
 //! - Lines from a registered fence connection: inside a fenced read (opened by
-//!   `ECHO ferry-read:<id>`), `DUMP k` / `TYPE k` are key reads numbered within the read;
+//!   `ECHO ferry-read:<id>`), `DUMP k` / `TYPE k` are key reads numbered within the read, and
+//!   `FUNCTION DUMP` is a [`Marker::Functions`] (the function libraries read there);
 //!   `ECHO ferry:<id>` is a marker.
 //! - A write that may have served a blocked client (see [`super::blocked`]) is followed by a
 //!   marker `dirty:<db>:<hex key>` for each key the invisible pop changed.
@@ -274,6 +275,17 @@ impl Grouper {
             return;
         }
         if role == Role::Fence
+            && name == b"FUNCTION"
+            && line.argv.len() == 2
+            && arg1.eq_ignore_ascii_case(b"DUMP")
+            && let Some((id, _)) = self.reads.get(&addr)
+        {
+            out.push(EntryKind::Marker(Marker::Functions {
+                read_id: id.clone(),
+            }));
+            return;
+        }
+        if role == Role::Fence
             && (name == b"DUMP" || name == b"TYPE")
             && line.argv.len() == 2
             && let Some((id, next)) = self.reads.get_mut(&addr)
@@ -444,6 +456,15 @@ mod tests {
                 r#"+1.000009 [0 127.0.0.1:9] "ECHO" "ferry-read:r2""#,
                 r#"+1.000009 [0 127.0.0.1:9] "TYPE" "big""#,
                 r#"+1.000009 [0 127.0.0.1:9] "EXEC""#,
+                // The function libraries, read inside a fenced read; outside one, nothing.
+                r#"+1.000010 [0 127.0.0.1:9] "FUNCTION" "DUMP""#,
+                r#"+1.000011 [0 127.0.0.1:9] "MULTI""#,
+                r#"+1.000011 [0 127.0.0.1:9] "ECHO" "ferry-read:r3""#,
+                r#"+1.000011 [0 127.0.0.1:9] "FUNCTION" "DUMP""#,
+                r#"+1.000011 [0 127.0.0.1:9] "EXEC""#,
+                // A client's own FUNCTION DUMP is a read like any other.
+                r#"+1.000012 [0 127.0.0.1:7] "FUNCTION" "DUMP""#,
+                r##"+1.000013 [0 127.0.0.1:7] "FUNCTION" "LOAD" "#!lua name=l\n""##,
             ],
             &[("127.0.0.1:9", Role::Fence), ("127.0.0.1:8", Role::Control)],
         );
@@ -460,6 +481,13 @@ mod tests {
                 read(3, "k2", "r1", 1),
                 EntryKind::Marker(Marker::Position("final-1".into())),
                 read(0, "big", "r2", 0),
+                EntryKind::Marker(Marker::Functions {
+                    read_id: "r3".into()
+                }),
+                EntryKind::Write {
+                    db: 0,
+                    argv: Argv::from_args(["FUNCTION", "LOAD", "#!lua name=l\n"]),
+                },
             ]
         );
     }

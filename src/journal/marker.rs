@@ -8,6 +8,8 @@
 //!   ferry-recopy:<db>:<hex key>` / `ECHO ferry-recopy:*` (a replay worker's re-copy request;
 //!   any process may send it). `ECHO` writes nothing, and `MONITOR` shows it at the position
 //!   where it ran (docs/redis-behaviour.md §6).
+//! - One marker has no `ECHO` of its own: capture makes [`Marker::Functions`] from the `FUNCTION
+//!   DUMP` line inside a fenced read, the point where the source's function libraries were read.
 //! - In the journal a marker is stored by its id ([`Marker::id`]), so the on-disk and SQS
 //!   formats stay plain text; [`Marker::parse`] is its exact inverse.
 //! - Keys inside ids are `<db>:<hex key>` ([`key_id`]): binary-safe and free of the
@@ -33,6 +35,8 @@ const RECOPY: &str = "recopy:";
 const RECOPY_ALL: &str = "recopy:*";
 /// Id prefix of [`Marker::SnapshotDone`].
 const SNAPSHOT_DONE: &str = "snapshot-done-";
+/// Id prefix of [`Marker::Functions`].
+const FUNCTIONS: &str = "functions:";
 
 /// Name prefix of the position marker placed at a cutover's switch, while source writes are
 /// paused: every write after it in the stream reached the old source after the switch.
@@ -57,6 +61,10 @@ pub enum Marker {
     Recopy { db: u32, key: Vec<u8> },
     /// A replay worker lost entries it cannot name: resync everything.
     RecopyAll,
+    /// The source's function libraries were read here: the `FUNCTION DUMP` of fenced read
+    /// `read_id`. Replay restores that dump on the target at this position, so the libraries
+    /// that `FUNCTION` commands before it changed are in it, and none after it.
+    Functions { read_id: String },
 }
 
 impl Marker {
@@ -68,6 +76,7 @@ impl Marker {
             Marker::Dirty { db, key } => format!("{DIRTY}{}", key_id(*db, key)),
             Marker::Recopy { db, key } => format!("{RECOPY}{}", key_id(*db, key)),
             Marker::RecopyAll => RECOPY_ALL.to_string(),
+            Marker::Functions { read_id } => format!("{FUNCTIONS}{read_id}"),
         }
     }
 
@@ -85,6 +94,11 @@ impl Marker {
         }
         if let Some(epoch) = id.strip_prefix(SNAPSHOT_DONE).and_then(|e| e.parse().ok()) {
             return Marker::SnapshotDone(epoch);
+        }
+        if let Some(read_id) = id.strip_prefix(FUNCTIONS).filter(|r| !r.is_empty()) {
+            return Marker::Functions {
+                read_id: read_id.to_string(),
+            };
         }
         Marker::Position(id.to_string())
     }
@@ -192,6 +206,9 @@ mod tests {
                 key: b"user:1".to_vec(),
             },
             Marker::RecopyAll,
+            Marker::Functions {
+                read_id: "1f-3".into(),
+            },
         ]
     }
 
@@ -231,6 +248,10 @@ mod tests {
         assert_eq!(r.id(), "recopy:0:6b");
         assert_eq!(Marker::RecopyAll.echo(), b"ferry-recopy:*");
         assert_eq!(Marker::SnapshotDone(4).id(), "snapshot-done-4");
+        let f = Marker::Functions {
+            read_id: "1f-3".into(),
+        };
+        assert_eq!(f.id(), "functions:1f-3");
         assert_eq!(read_echo("r1"), b"ferry-read:r1");
         assert_eq!(parse_read_echo(b"ferry-read:r1").as_deref(), Some("r1"));
         assert_eq!(parse_read_echo(b"ferry:r1"), None);

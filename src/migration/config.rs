@@ -54,6 +54,9 @@ pub struct MigrateConfig {
     /// The target already equals the source (a reverse sync started at a cutover's final
     /// fence): replay the stream from the start, with no snapshot.
     pub skip_snapshot: bool,
+    /// Copy the source's function libraries with every snapshot (when the source has
+    /// `FUNCTION`); off when the plan drops `FUNCTION` or `FUNCTION RESTORE`.
+    pub functions: bool,
     /// Publish replay operations to SQS for `ferry replay` processes instead of applying them
     /// here (`ferry capture`); the flag creates the queues when missing.
     #[cfg(feature = "sqs")]
@@ -76,6 +79,7 @@ impl MigrateConfig {
             late: None,
             replay_shards: crate::replay::DEFAULT_SHARDS,
             skip_snapshot: false,
+            functions: true,
             #[cfg(feature = "sqs")]
             publish: None,
         }

@@ -8,6 +8,7 @@
 //! - `coordinator.rs`: the background loop (snapshot, resyncs, trimming, evictions, status).
 //! - `running.rs` ([`Running`]): waits, lag, fenced verification while it runs.
 //! - `markers.rs`: positions placed in the source's stream.
+//! - `functions.rs`: whether the source's function libraries are copied, or the run refused.
 //! - `fence.rs`, `switch.rs` ([`Fenced`]): the final fence, the switch and the reverse sync.
 //! - `evictions.rs`, `replica.rs`: what `MONITOR` does not show (evictions) or cannot carry
 //!   (a replica's stream-group positions).
@@ -20,6 +21,10 @@
 //!   when a replica answers): a replica's stream carries effects, so nothing needs rewriting.
 //!   Snapshot reads then go to the same replica, so that fences and writes share one order.
 //! - A gap (capture or the target connection broke) triggers a fenced resync of every key.
+//! - Function libraries go with every snapshot and resync: a fenced `FUNCTION DUMP` before the
+//!   keys, restored at its position in the stream; the stream's `FUNCTION` and `SCRIPT LOAD`
+//!   commands replay around it. A target that cannot take the source's libraries is refused
+//!   at start (`functions.rs`).
 //! - A stage that fails for good (the stitcher, when a plan hook fails under `fail`) ends the
 //!   coordinator; [`Running::failure`] then resolves with its error, and every wait of
 //!   [`Running`] ends with it at once rather than at its timeout.
@@ -36,6 +41,7 @@ mod config;
 mod coordinator;
 mod evictions;
 mod fence;
+mod functions;
 mod markers;
 mod phases;
 mod preflight;
@@ -201,7 +207,7 @@ impl Migration {
     }
 
     /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
-    pub async fn start(self) -> Result<Running, MigrateError> {
+    pub async fn start(mut self) -> Result<Running, MigrateError> {
         let started = Instant::now();
         let mut report = MigrationReport::default();
         let engines = (
@@ -216,6 +222,11 @@ impl Migration {
             Some(t) => t.clone(),
             None => runner::load_table(&self.source).await?,
         };
+        // Before anything is copied: a target that cannot take the source's function
+        // libraries is refused here, not found out when the application calls them.
+        self.cfg.snapshot.functions = self.cfg.functions
+            && !self.cfg.skip_snapshot
+            && functions::check(&self.source, &self.target).await?;
 
         let replica = match self.cfg.capture {
             CaptureMode::Primary => None,

@@ -115,6 +115,11 @@ pub fn migrate_config(plan: &Plan) -> Result<MigrateConfig, RunError> {
         cfg.snapshot.workers = w;
     }
     cfg.snapshot.max_source_ops = plan.snapshot.max_source_ops;
+    // The snapshot's copy of the function libraries is a `FUNCTION RESTORE`.
+    cfg.functions = !crate::plan::dropped(
+        &plan.rewrite,
+        &crate::command::Argv::from_args(["FUNCTION", "RESTORE"]),
+    );
     if let Some(ms) = plan.final_fence.max_pause_ms {
         cfg.max_pause = Duration::from_millis(ms);
     }

@@ -38,7 +38,7 @@ pub use hooks::{
     PhaseContext, PhaseHook, Reply,
 };
 pub use mapper::{HookReport, PlanMapper, PlanRules};
-pub use rules::{Applied, Rule, apply_rules, map_db, rename_key};
+pub use rules::{Applied, Rule, apply_rules, dropped, map_db, rename_key};
 pub use runtime::{
     DEFAULT_HOOK_INSTRUCTIONS, DEFAULT_LOAD_INSTRUCTIONS, DEFAULT_MEMORY_BYTES,
     DEFAULT_PHASE_INSTRUCTIONS, Limits,

@@ -61,7 +61,7 @@ pub fn apply_rules(
     if argv.is_empty() {
         return Applied::Excluded;
     }
-    if rules.iter().any(|r| drops(r, &argv)) {
+    if dropped(rules, &argv) {
         return Applied::Dropped;
     }
     if !filter.allows_db(db) {
@@ -129,6 +129,11 @@ pub fn map_db(rules: &[Rule], db: u32) -> u32 {
             _ => None,
         })
         .unwrap_or(db)
+}
+
+/// True when a `drop_commands` rule names the command `argv` (its name, or `NAME|SUB`).
+pub fn dropped(rules: &[Rule], argv: &Argv) -> bool {
+    rules.iter().any(|r| drops(r, argv))
 }
 
 fn drops(rule: &Rule, argv: &Argv) -> bool {

@@ -132,6 +132,8 @@ enum Origin {
     Cmd(u32, Argv),
     Atomic(Vec<(u32, Argv)>),
     Restore(u32, Vec<u8>),
+    /// The snapshot's copy of the function libraries.
+    Functions,
     Check,
 }
 
@@ -329,6 +331,12 @@ impl Replayer {
                         stats.restores.fetch_add(1, Ordering::Relaxed);
                         origin = Origin::Restore(d, key);
                     }
+                    Op::Functions { payload, .. } => {
+                        // Libraries are server-wide: no SELECT.
+                        encode_command(&mut buf, &[b"FUNCTION", b"RESTORE", &payload, b"REPLACE"]);
+                        replies += 1;
+                        origin = Origin::Functions;
+                    }
                     Op::Barrier { done: d, .. } => done = Some(d),
                     // Unwrapped above.
                     Op::Expiring { .. } => {}
@@ -500,7 +508,7 @@ impl Failures {
             }
             (_, ErrorClass::Transient) => ErrorClass::Transient,
             // The source produced this payload a moment ago: any failure is the target's.
-            (Origin::Restore(..), _) => ErrorClass::TargetOnly,
+            (Origin::Restore(..) | Origin::Functions, _) => ErrorClass::TargetOnly,
             (_, c) => c,
         };
         if class == ErrorClass::AsOnSource {
@@ -515,7 +523,9 @@ impl Failures {
         if class == ErrorClass::Transient {
             return Err(ReplayError::Transient { line });
         }
-        if seen <= LOGGED_FAILURES {
+        if matches!(p.origin, Origin::Functions) {
+            tracing::error!(error = %line, "The target refused the copy of the source's function libraries (FUNCTION RESTORE … REPLACE): FCALL of them would fail there.");
+        } else if seen <= LOGGED_FAILURES {
             let (what, name) = match &p.origin {
                 Origin::Restore(..) => ("restore", "RESTORE".to_string()),
                 Origin::Cmd(_, argv) => {
@@ -538,6 +548,13 @@ impl Failures {
                 for (db, argv) in cmds {
                     self.keys_of(*db, argv, &line, &mut requests);
                 }
+            }
+            // Nothing to re-copy: a resync's copy could only fail the same way. The ledger
+            // keeps it, so the final fence fails rather than claim the target has them.
+            Origin::Functions => {
+                stats.with_diverged(|d| {
+                    d.mark_keyless(format!("FUNCTION RESTORE (the function libraries): {line}"))
+                });
             }
             Origin::Setup | Origin::Check => {}
         }

@@ -20,6 +20,10 @@ pub enum Op {
         payload: Option<Vec<u8>>,
         expire_at_ms: Option<i64>,
     },
+    /// Restore the source's function libraries (a `FUNCTION DUMP` payload) with `FUNCTION
+    /// RESTORE <payload> REPLACE`. The source just produced the payload, so any failure is the
+    /// target's.
+    Functions { seq: u64, payload: Vec<u8> },
     /// Answered once everything before it is applied.
     Barrier { seq: u64, done: oneshot::Sender<()> },
     /// Read-only commands run at this position in the key's order; their replies go back to
@@ -49,6 +53,7 @@ impl Op {
             Op::Cmd { seq, .. }
             | Op::Atomic { seq, .. }
             | Op::Restore { seq, .. }
+            | Op::Functions { seq, .. }
             | Op::Barrier { seq, .. }
             | Op::Check { seq, .. } => *seq,
             Op::Expiring { op, .. } => op.seq(),

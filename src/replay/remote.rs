@@ -328,6 +328,12 @@ impl Publisher {
                 }
                 parts
             }
+            // Keyless, like the FUNCTION commands of the stream: shard 0 keeps them in order.
+            Op::Functions { seq, payload } => {
+                let argv = Argv::from_args([&b"FUNCTION"[..], b"RESTORE", &payload, b"REPLACE"]);
+                push(pending, 0, seq, EntryKind::Write { db: 0, argv });
+                1
+            }
             Op::Barrier { .. } | Op::Check { .. } => 0,
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! ## Behavior
 //! - An operation whose keys all hash to one shard goes to that shard.
-//! - An operation without keys (`FLUSHALL`, `SCRIPT LOAD`) or with keys on several shards
+//! - An operation without keys (`FLUSHALL`, `SCRIPT LOAD`, `FUNCTION LOAD`, the snapshot's
+//!   copy of the function libraries) or with keys on several shards
 //!   waits at a barrier: every shard drains, the operation runs alone, then replay goes on.
 //! - A marker's barrier is answered once every shard has applied what came before it, without
 //!   holding the other operations back.
@@ -98,7 +99,7 @@ fn route(
         Op::Cmd { argv, .. } => command(argv),
         Op::Atomic { cmds, .. } => cmds.iter().all(|(_, a)| command(a)),
         Op::Restore { key, .. } | Op::Check { key, .. } => add(shard_of(key, shards)),
-        Op::Barrier { .. } | Op::Expiring { .. } => false,
+        Op::Functions { .. } | Op::Barrier { .. } | Op::Expiring { .. } => false,
     };
     if ok { shard } else { None }
 }

@@ -14,6 +14,10 @@
 //! - A write that reaches a key close to its expiry (see [`super::expiry`]) goes out as
 //!   [`Op::Expiring`]: if replay applies it after that time, the key may be gone on the target
 //!   although it was alive on the source, and replay asks for its written keys to be re-copied.
+//! - The source's function libraries (a `FUNCTION DUMP` read at the start of every snapshot or
+//!   resync) are restored at their position with `FUNCTION RESTORE … REPLACE`
+//!   ([`Op::Functions`]); `FUNCTION LOAD/DELETE/FLUSH/RESTORE` and `SCRIPT LOAD/FLUSH` of the
+//!   stream are keyless writes, replayed in order around it.
 //! - A gap (lost lines) unsettles everything and asks the coordinator for a resync.
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +35,7 @@ use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::command::{Mapper, mixed_keys};
 use crate::journal::{EntryKind, JournalReader, Marker, is_check_read};
-use crate::snapshot::{PayloadStore, Recopier};
+use crate::snapshot::{PayloadStore, Recopier, dump_holds_libraries};
 
 /// What a verification probe reads on the target for one key, at the key's fence.
 #[derive(Debug)]
@@ -485,6 +489,28 @@ impl Stitcher {
                     self.mark_dirty(db, &key);
                     None
                 }
+                EntryKind::Marker(Marker::Functions { read_id }) => {
+                    // The source's function libraries as read here: `FUNCTION` writes before
+                    // this point are in the payload, later ones follow it.
+                    match self
+                        .store
+                        .take_functions(&read_id, self.cfg.payload_timeout)
+                        .await
+                    {
+                        Some(payload) if dump_holds_libraries(&payload) => {
+                            Some(Op::Functions { seq, payload })
+                        }
+                        // No library on the source here: nothing to restore.
+                        Some(_) => None,
+                        None => {
+                            // The read's reply was lost (its connection broke): only a new
+                            // snapshot reads the libraries again.
+                            self.shared.missing_payloads.fetch_add(1, Ordering::Relaxed);
+                            self.gap("the read of the function libraries lost its reply", &events);
+                            None
+                        }
+                    }
+                }
                 EntryKind::Marker(Marker::RecopyAll) => {
                     // A replay worker lost entries it cannot name: everything is re-copied.
                     self.gap("a replay worker lost queue entries", &events);
@@ -611,6 +637,10 @@ mod tests {
             payload: Option<Vec<u8>>,
             expire_at_ms: Option<i64>,
         },
+        Functions {
+            seq: u64,
+            payload: Vec<u8>,
+        },
         Barrier {
             seq: u64,
         },
@@ -650,6 +680,10 @@ mod tests {
                 key: key.clone(),
                 payload: payload.clone(),
                 expire_at_ms: *expire_at_ms,
+            },
+            Op::Functions { seq, payload } => Got::Functions {
+                seq: *seq,
+                payload: payload.clone(),
             },
             Op::Barrier { seq, .. } => Got::Barrier { seq: *seq },
             Op::Check {
@@ -899,6 +933,47 @@ mod tests {
         assert!(out.shared.snapshot_mode.load(Ordering::Relaxed));
         assert_eq!(out.shared.forwarded.load(Ordering::Relaxed), 5);
         assert!(out.events.is_empty());
+    }
+
+    /// The function libraries' read becomes a restore at its position, between the stream's
+    /// own `FUNCTION` writes around it; a dump without a library restores nothing; one whose
+    /// payload never comes asks for a resync (only a snapshot reads the libraries again).
+    #[tokio::test(start_paused = true)]
+    async fn the_function_libraries_are_restored_at_their_read() {
+        let rig = Rig::new();
+        let libs = b"\xf5\xc3libA...\x0a\x00crc-64..".to_vec();
+        let empty = b"\x0a\x00crc-64..".to_vec();
+        let functions = |id: &str| marker(Marker::Functions { read_id: id.into() });
+        rig.append(write(0, &["FUNCTION", "LOAD", "#!lua name=libA"]));
+        rig.append(functions("f1"));
+        rig.append(write(3, &["FUNCTION", "DELETE", "libA"]));
+        rig.append(functions("f2"));
+        rig.append(write(0, &["SCRIPT", "LOAD", "return 1"]));
+        rig.append(functions("f3"));
+        rig.store.insert_functions("f1", libs.clone());
+        rig.store.insert_functions("f2", empty);
+        let out = rig.run().await;
+        assert_eq!(
+            out.got(),
+            vec![
+                cmd(0, 0, &["FUNCTION", "LOAD", "#!lua name=libA"]),
+                Got::Functions {
+                    seq: 1,
+                    payload: libs
+                },
+                cmd(2, 3, &["FUNCTION", "DELETE", "libA"]),
+                cmd(4, 0, &["SCRIPT", "LOAD", "return 1"]),
+            ]
+        );
+        assert_eq!(out.shared.missing_payloads.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            out.events,
+            vec![StitchEvent::Resync {
+                epoch: 1,
+                reason: "the read of the function libraries lost its reply".into()
+            }]
+        );
+        assert!(out.recopies.is_empty());
     }
 
     /// A fence waits (paused time) for a payload that arrives late; one whose payload never

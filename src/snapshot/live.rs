@@ -37,6 +37,8 @@ pub const DEFAULT_PAYLOAD_BUDGET: u64 = 64 << 20;
 #[derive(Debug)]
 pub struct PayloadStore {
     map: Mutex<HashMap<(String, u64), Payload>>,
+    /// `FUNCTION DUMP` payloads by read id (see [`FencedReader::read_functions`]).
+    functions: Mutex<HashMap<String, Vec<u8>>>,
     arrived: Notify,
     freed: Notify,
     bytes: AtomicU64,
@@ -48,6 +50,7 @@ impl PayloadStore {
     pub fn new(budget: u64) -> PayloadStore {
         PayloadStore {
             map: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
             freed: Notify::new(),
             bytes: AtomicU64::new(0),
@@ -87,6 +90,34 @@ impl PayloadStore {
         }
     }
 
+    /// Stores the `FUNCTION DUMP` payload of fenced read `read_id`. Not counted in the budget:
+    /// one per snapshot.
+    pub fn insert_functions(&self, read_id: &str, payload: Vec<u8>) {
+        if let Ok(mut m) = self.functions.lock() {
+            m.insert(read_id.to_string(), payload);
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Takes the `FUNCTION DUMP` payload of fenced read `read_id`, waiting up to `timeout`.
+    pub async fn take_functions(&self, read_id: &str, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let found = self
+                .functions
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(read_id));
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Waits until the store is under its budget.
     pub async fn wait_for_space(&self) {
         loop {
@@ -103,6 +134,15 @@ impl PayloadStore {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Length of a `FUNCTION DUMP` payload with no library in it: the RDB version (2 bytes) and the
+/// CRC-64 (8 bytes) only (docs/redis-behaviour.md §9).
+const EMPTY_FUNCTION_DUMP: usize = 10;
+
+/// True when a `FUNCTION DUMP` payload holds at least one library.
+pub fn dump_holds_libraries(payload: &[u8]) -> bool {
+    payload.len() > EMPTY_FUNCTION_DUMP
 }
 
 /// Requests for fenced re-reads of keys, served by [`Recopier::run`].
@@ -256,6 +296,25 @@ impl FencedReader {
             .iter()
             .map(|cmds| it.by_ref().take(cmds.len()).collect())
             .collect())
+    }
+
+    /// Reads the source's function libraries with one fenced read, `MULTI; ECHO
+    /// ferry-read:<id>; FUNCTION DUMP; EXEC`: capture turns its `FUNCTION DUMP` line into a
+    /// [`crate::journal::Marker::Functions`], and the payload waits in `store` under `<id>`.
+    /// Returns whether the payload holds a library.
+    pub(crate) async fn read_functions(&mut self, store: &PayloadStore) -> Result<bool, String> {
+        let id = next_read_id();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ECHO").arg(read_echo(&id));
+        pipe.cmd("FUNCTION").arg("DUMP");
+        let (_, payload): (redis::Value, Vec<u8>) = pipe
+            .query_async(&mut self.con)
+            .await
+            .map_err(|e| e.to_string())?;
+        let libraries = dump_holds_libraries(&payload);
+        store.insert_functions(&id, payload);
+        Ok(libraries)
     }
 
     async fn select(&mut self, db: u32) -> Result<(), String> {

@@ -12,6 +12,9 @@
 //! - Keys past [`SnapshotConfig::big_key_bytes`] (by `MEMORY USAGE`), keys whose payload the
 //!   target rejects (a newer RDB version), and every key in type-aware mode go through
 //!   [`chunked::copy_chunked`] with bounded memory.
+//! - A live snapshot with [`SnapshotConfig::functions`] first reads the source's function
+//!   libraries with a fenced `FUNCTION DUMP` ([`FencedReader::read_functions`]); replay
+//!   restores them at that point of the stream.
 //! - A failed key is recorded with its reason and the run goes on; the report says what failed.
 //! - With a state dir, progress is checkpointed (per-db `SCAN` cursor below which every batch is
 //!   done, and the failed keys below it); a rerun resumes there instead of starting over, and
@@ -41,7 +44,9 @@ use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
 pub use limit::RateLimiter;
-pub use live::{DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier};
+pub use live::{
+    DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier, dump_holds_libraries,
+};
 pub(crate) use live::{FencedReader, next_read_id};
 
 /// Parallel workers, each with one source and one target connection.
@@ -82,6 +87,10 @@ pub struct SnapshotConfig {
     pub state_dir: Option<PathBuf>,
     /// Show a progress bar (when stderr is a terminal) or periodic log lines.
     pub progress: bool,
+    /// Live snapshots only: read the source's function libraries first (`FUNCTION DUMP` in a
+    /// fenced read), for replay to restore at that position. Off for a source without
+    /// `FUNCTION`; a standalone snapshot copies keys only.
+    pub functions: bool,
 }
 
 impl Default for SnapshotConfig {
@@ -97,6 +106,7 @@ impl Default for SnapshotConfig {
             type_aware: false,
             state_dir: None,
             progress: false,
+            functions: false,
         }
     }
 }
@@ -392,6 +402,10 @@ impl Snapshotter {
             Vec::new()
         };
 
+        if let Some(sink) = live.as_ref().filter(|_| self.cfg.functions) {
+            self.read_functions(sink).await?;
+        }
+
         let mut checkpoint = match (&self.cfg.state_dir, &live) {
             (Some(dir), None) => Checkpoint::open(dir, &self.source, &self.target, &dbs)?,
             _ => Checkpoint::in_memory(&dbs),
@@ -584,6 +598,44 @@ impl Snapshotter {
         progress.finish();
         report.elapsed_secs = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// The fenced read of the source's function libraries, before any key is read. Retried
+    /// on a new connection like a worker's reads; a source that keeps refusing it stops the
+    /// snapshot (a silent loss of the libraries would surface only when a client calls them).
+    async fn read_functions(&self, sink: &LiveSink) -> Result<(), SnapshotError> {
+        let mut attempt = 0;
+        loop {
+            let result = async {
+                let mut reader = FencedReader::connect(&self.source, &sink.peers).await?;
+                reader.read_functions(&sink.store).await
+            }
+            .await;
+            match result {
+                Ok(true) => {
+                    tracing::info!(
+                        "Function libraries read; replay restores them at this point of the stream."
+                    );
+                    return Ok(());
+                }
+                Ok(false) => {
+                    tracing::info!("The source has no function libraries at this point.");
+                    return Ok(());
+                }
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "Reading the function libraries failed; retrying.");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(message) => {
+                    return Err(SnapshotError::Command {
+                        endpoint: self.source.redacted().to_string(),
+                        command: "FUNCTION DUMP",
+                        message,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod engines;
 mod evictions;
 mod expiry;
 mod fixtures;
+mod functions;
 mod journal;
 mod migrate;
 mod parser;
