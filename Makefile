@@ -15,6 +15,12 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	fi
 	@redis-server --version
+	@# openssl makes the certificate of the TLS test server.
+	@if ! command -v openssl >/dev/null; then \
+		echo "Installing openssl through apt-get..."; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; \
+	fi
 	@# The built-in command table (and its test) is Redis 7.0's; other majors differ in commands.
 	@# The tests run FERRY_REDIS_SERVER when set, so that is the binary to check.
 	@bin="$${FERRY_REDIS_SERVER:-redis-server}"; \

@@ -564,3 +564,57 @@ fn man_writes_a_page_per_command() {
     assert!(migrate.contains("max\\-monitor\\-buffer"), "{migrate}");
 }
 
+/// `rediss://…#insecure` reaches a server whose certificate no public CA signed (a private CA,
+/// a self-signed test server), as README and docs/troubleshooting.md promise; without the
+/// fragment, the certificate check refuses it with a one-line TLS error.
+#[test]
+fn insecure_tls_reaches_a_self_signed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (make deps installs it) makes the test server's certificate");
+    assert!(made.status.success(), "{made:?}");
+    let tls_port = free_port();
+    let (cert, key) = (cert.display(), key.display());
+    let _server = RedisServer::start_with(ServerOptions {
+        extra_config: vec![
+            format!("tls-port {tls_port}"),
+            format!("tls-cert-file {cert}"),
+            format!("tls-key-file {key}"),
+            format!("tls-ca-cert-file {cert}"),
+            "tls-auth-clients no".into(),
+        ],
+        ..ServerOptions::default()
+    });
+    let url = format!("rediss://:hunter2@127.0.0.1:{tls_port}");
+
+    let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
+    assert_one_line_error(
+        &out,
+        &format!("TLS with rediss://:***@127.0.0.1:{tls_port} failed: invalid peer certificate"),
+        Some("hunter2"),
+    );
+
+    // The server has no password: AUTH fails, after the handshake that `#insecure` lets through.
+    let out = run_ferry(&[
+        "verify",
+        "--source",
+        &format!("{url}#insecure"),
+        "--target",
+        &url,
+    ]);
+    assert_one_line_error(&out, "authentication failed", Some("hunter2"));
+    let url = format!("rediss://127.0.0.1:{tls_port}#insecure");
+    let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("0 differences"), "{stderr}");
+}
