@@ -24,6 +24,7 @@ mod snapshot;
 mod split;
 #[cfg(feature = "sqs")]
 mod sqs;
+mod troubleshooting;
 mod verify;
 mod verify_live;
 mod workload;
