@@ -7,6 +7,8 @@ use clap::Args;
 use ferry::backup::{self, Backup, BackupConfig};
 use ferry::net::Endpoint;
 
+/// Write the source to an RDB file with SCAN, DUMP and PEXPIRETIME only
+///
 /// Write every key of the source (values and expiry times) to an RDB file, using only `SCAN`,
 /// `DUMP` and `PEXPIRETIME`, so it works where `SAVE`/`BGSAVE` do not (ElastiCache). The file
 /// appears under its name only once complete.

@@ -9,6 +9,8 @@ use ferry::migration::CaptureMode;
 use ferry::net::Endpoint;
 use ferry::snapshot;
 
+/// Migrate a live source to a target until stopped, then stop at a final fence
+///
 /// Migrate a live source to a target: capture writes from MONITOR into the on-disk journal,
 /// copy every key with fenced reads, and replay in order until stopped (Ctrl-C or SIGTERM).
 /// On stop, ferry pauses source writes briefly, drains to a final fence and exits 0: the target

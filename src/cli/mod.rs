@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod backup;
+mod generate;
 mod migrate;
 mod monitor;
 mod plan;
@@ -24,9 +25,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// What `ferry --version` prints after `ferry `: the crate version, the commit it was built
+/// from and the enabled cargo features (from `build.rs`).
+const VERSION: &str = env!("FERRY_VERSION");
+
 /// Move a live Redis dataset to another server with zero downtime, exactly.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None)]
+#[command(name = "ferry", version = VERSION, about, long_about = None)]
 struct Cli {
     /// Log verbosity: -v for debug, -vv for trace. `FERRY_LOG` (tracing filter syntax) overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -50,6 +55,9 @@ enum Command {
     Capture(split::CaptureArgs),
     #[cfg(feature = "sqs")]
     Replay(split::ReplayArgs),
+    Completions(generate::CompletionsArgs),
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 /// Exit code for an error (bad input, unreachable server, failed run).
@@ -183,6 +191,8 @@ pub fn main() -> ExitCode {
             Command::Capture(args) => split::capture(args).await,
             #[cfg(feature = "sqs")]
             Command::Replay(args) => split::replay(args).await,
+            Command::Completions(args) => generate::completions(args),
+            Command::Man(args) => generate::man(args),
         }
     });
     match result {

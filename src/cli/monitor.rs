@@ -10,6 +10,8 @@ use ferry::command::{Class, CommandTable, KeyRef, TableOrigin};
 use ferry::escape::quote_into;
 use ferry::net::Endpoint;
 
+/// Show the writes ferry captures from the source, parsed and classified
+///
 /// Print the source's write commands as ferry sees them: db, keys, and arguments quoted as Redis
 /// shows them. A debugging aid: it runs MONITOR, which costs the source CPU.
 #[derive(Debug, Args)]

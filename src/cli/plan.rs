@@ -7,6 +7,8 @@ use clap::Args;
 use ferry::migration::{Outcome, PlanRunner, RunError, RunReport, WindowReport, fatal};
 use ferry::plan::{self, Plan};
 
+/// Run a Lua migration plan: its phases, filters, renames, db moves and hooks
+///
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
 /// The snapshot starts with the migration, before the first built-in phase; custom phases
 /// listed before a leading "snapshot" run before anything is copied. Without a cutover phase,
@@ -23,6 +25,8 @@ pub struct RunArgs {
     json: Option<PathBuf>,
 }
 
+/// Validate a plan and dry-run its rules without touching a server
+///
 /// Validate a plan without touching any server: load it, then dry-run its filters, rewrites
 /// and hook over sample commands. Exit 0 when the plan is valid, 2 otherwise.
 #[derive(Debug, Args)]

@@ -7,6 +7,8 @@ use clap::Args;
 use ferry::net::Endpoint;
 use ferry::snapshot::{self, SnapshotConfig, Snapshotter};
 
+/// Copy every key once with fenced, parallel, pipelined DUMP/RESTORE; resumable
+///
 /// Copy every key of the source to the target with parallel, pipelined, fenced DUMP/RESTORE;
 /// big keys and keys the target cannot RESTORE are copied type-aware in chunks.
 #[derive(Debug, Args)]

@@ -12,6 +12,8 @@ use ferry::net::Endpoint;
 use ferry::replay::DEFAULT_SHARDS;
 use ferry::replay::remote::{QueueSpec, Worker, WorkerConfig};
 
+/// Scale-out capture: capture and snapshot, publishing replay operations to SQS
+///
 /// Capture the source's writes, snapshot it with fenced reads, and publish the ordered replay
 /// operations to SQS (one message group per shard) for `ferry replay` processes, until
 /// Ctrl-C/SIGTERM; then pause source writes briefly and publish up to a final fence.
@@ -83,6 +85,8 @@ pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     super::plan::run_plan(plan, args.json).await
 }
 
+/// Scale-out replay: apply what `ferry capture` publishes to the target
+///
 /// Apply the operations `ferry capture` publishes to the target, until Ctrl-C/SIGTERM. Several
 /// processes may share the work: on one FIFO queue SQS hands each message group (shard) to one
 /// of them at a time; with one queue per shard (`{shard}` in the URL), `--worker K/N` picks the

@@ -8,6 +8,8 @@ use clap::Args;
 use ferry::net::Endpoint;
 use ferry::verify::{self, Verifier, VerifyConfig};
 
+/// Compare the source and the target key by key; exit 1 when they differ
+///
 /// Compare every key (or a sample) of the source with the target, in both directions. Keys
 /// that differ are re-checked so a target still catching up is not reported. With `--plan`,
 /// the plan's key filter, renames, db moves and verify rules apply, and its servers are the

@@ -385,3 +385,236 @@ fn monitor_falls_back_to_the_builtin_table_without_command() {
         "{stderr}"
     );
 }
+
+/// The commands `ferry --help` lists, in order.
+fn commands() -> Vec<&'static str> {
+    let mut commands = vec![
+        "run", "check", "migrate", "monitor", "snapshot", "verify", "backup",
+    ];
+    if cfg!(feature = "sqs") {
+        commands.extend(["capture", "replay"]);
+    }
+    commands.extend(["completions", "help"]);
+    commands
+}
+
+/// `ferry --help` reads like `git`'s or `rg`'s: one line per command, the whole screen at most;
+/// the long text is under `ferry help CMD`.
+#[test]
+fn help_lists_one_line_per_command_and_fits_a_screen() {
+    for flag in ["--help", "-h"] {
+        let out = run_ferry(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        assert!(
+            lines.len() <= 30,
+            "ferry {flag} has {} lines, more than 30:\n{help}",
+            lines.len()
+        );
+        let start = lines
+            .iter()
+            .position(|l| *l == "Commands:")
+            .unwrap_or_else(|| panic!("no Commands: section in\n{help}"));
+        let listed: Vec<&str> = lines[start + 1..]
+            .iter()
+            .take_while(|l| !l.is_empty())
+            .copied()
+            .collect();
+        let mut names = Vec::new();
+        for line in &listed {
+            // `  name   about`: a line that starts deeper is a wrapped about, i.e. a second line.
+            let rest = line
+                .strip_prefix("  ")
+                .filter(|r| !r.starts_with(' '))
+                .unwrap_or_else(|| panic!("not a command line: {line:?} in\n{help}"));
+            let (name, about) = rest
+                .split_once("  ")
+                .unwrap_or_else(|| panic!("a command without its one-line summary: {line:?}"));
+            assert!(
+                !about.trim().is_empty() && !about.trim().ends_with('.'),
+                "summary of {name}: {about:?}"
+            );
+            names.push(name);
+        }
+        assert_eq!(names, commands(), "ferry {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn help_cmd_shows_the_long_text() {
+    let out = run_ferry(&["help", "migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.starts_with("Migrate a live source to a target until stopped"),
+        "{help}"
+    );
+    for long in [
+        "drains to a final fence",
+        "--max-monitor-buffer",
+        "--cutover",
+    ] {
+        assert!(
+            help.contains(long),
+            "{long:?} missing from ferry help migrate:\n{help}"
+        );
+    }
+    let out = run_ferry(&["check", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Exit 0 when the plan is valid"), "{help}");
+}
+
+/// `ferry --version`: `ferry <crate version> (commit <short HEAD>, features: <enabled>)`; the
+/// commit is `unknown` outside a git checkout.
+#[test]
+fn version_names_the_commit_and_the_features() {
+    let out = run_ferry(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let line = line.trim_end();
+    let rest = line
+        .strip_prefix(&format!("ferry {} (commit ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (commit, features) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", features: "))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let features: Vec<&str> = features.split(", ").collect();
+    assert_eq!(features.contains(&"sqs"), cfg!(feature = "sqs"), "{line:?}");
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let in_checkout = git(&["rev-parse", "--show-toplevel"])
+        .is_some_and(|top| std::fs::canonicalize(top).ok() == std::fs::canonicalize(dir).ok());
+    if in_checkout && std::env::var_os("FERRY_COMMIT").is_none() {
+        assert_eq!(
+            Some(commit.to_string()),
+            git(&["rev-parse", "--short", "HEAD"]),
+            "{line:?}"
+        );
+    } else {
+        assert!(
+            commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for (shell, marker) in [
+        ("bash", "complete -F _ferry"),
+        ("zsh", "#compdef ferry"),
+        ("fish", "complete -c ferry"),
+    ] {
+        let out = run_ferry(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {marker:?} missing");
+        for word in ["migrate", "max-monitor-buffer", "completions"] {
+            assert!(script.contains(word), "{shell}: {word:?} missing");
+        }
+    }
+    let out = run_ferry(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// The hidden `ferry man DIR`: a page for ferry and one per command, from the clap definitions.
+#[test]
+fn man_writes_a_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("man1");
+    let out = run_ferry(&["man", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut pages: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    let mut expected: Vec<String> = commands()
+        .iter()
+        .filter(|c| **c != "help")
+        .map(|c| format!("ferry-{c}.1"))
+        .chain(["ferry.1".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(pages, expected);
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), expected.len(), "{printed}");
+
+    // roff: `\-` is a hyphen.
+    let root = std::fs::read_to_string(out_dir.join("ferry.1")).unwrap();
+    assert!(root.contains(".TH ferry 1"), "{root}");
+    assert!(root.contains("ferry\\-migrate(1)"), "{root}");
+    assert!(root.contains("Exit status: 0 on success"), "{root}");
+    assert!(
+        !root.contains("ferry\\-man"),
+        "the hidden command is listed:\n{root}"
+    );
+    let migrate = std::fs::read_to_string(out_dir.join("ferry-migrate.1")).unwrap();
+    assert!(migrate.contains(".TH ferry-migrate 1"), "{migrate}");
+    assert!(migrate.contains("max\\-monitor\\-buffer"), "{migrate}");
+}
+
+/// `rediss://…#insecure` reaches a server whose certificate no public CA signed (a private CA,
+/// a self-signed test server), as README and docs/troubleshooting.md promise; without the
+/// fragment, the certificate check refuses it with a one-line TLS error.
+#[test]
+fn insecure_tls_reaches_a_self_signed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (make deps installs it) makes the test server's certificate");
+    assert!(made.status.success(), "{made:?}");
+    let tls_port = free_port();
+    let (cert, key) = (cert.display(), key.display());
+    let _server = RedisServer::start_with(ServerOptions {
+        extra_config: vec![
+            format!("tls-port {tls_port}"),
+            format!("tls-cert-file {cert}"),
+            format!("tls-key-file {key}"),
+            format!("tls-ca-cert-file {cert}"),
+            "tls-auth-clients no".into(),
+        ],
+        ..ServerOptions::default()
+    });
+    let url = format!("rediss://:hunter2@127.0.0.1:{tls_port}");
+
+    let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
+    assert_one_line_error(
+        &out,
+        &format!("TLS with rediss://:***@127.0.0.1:{tls_port} failed: invalid peer certificate"),
+        Some("hunter2"),
+    );
+
+    // The server has no password: AUTH fails, after the handshake that `#insecure` lets through.
+    let out = run_ferry(&[
+        "verify",
+        "--source",
+        &format!("{url}#insecure"),
+        "--target",
+        &url,
+    ]);
+    assert_one_line_error(&out, "authentication failed", Some("hunter2"));
+    let url = format!("rediss://127.0.0.1:{tls_port}#insecure");
+    let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("0 differences"), "{stderr}");
+}

@@ -27,6 +27,7 @@ mod snapshot;
 mod split;
 #[cfg(feature = "sqs")]
 mod sqs;
+mod troubleshooting;
 mod verify;
 mod verify_live;
 mod window;
