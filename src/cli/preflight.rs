@@ -7,10 +7,12 @@ use clap::Args;
 use ferry::migration::Preflight;
 use ferry::net::Endpoint;
 
-/// Check a source and a target before a migration: engines and the mechanics they call for,
-/// MONITOR, write pause, payload compatibility, evictions, memory headroom, dbs, the biggest
-/// keys. Each line is ok, warn or FAIL with what to do. Exit 0 when ready, 1 with warnings
-/// only, 2 when something blocks. Nothing is written to either server.
+/// Check whether a source and a target are ready to migrate, before anything is copied
+///
+/// Checks engines and the mechanics they call for, MONITOR, write pause, payload
+/// compatibility, evictions, memory headroom, dbs, the biggest keys. Each line is ok, warn or
+/// FAIL with what to do. Exit 0 when ready, 1 with warnings only, 2 when something blocks.
+/// Nothing is written to either server.
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
     /// The server to migrate from.

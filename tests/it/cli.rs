@@ -389,7 +389,14 @@ fn monitor_falls_back_to_the_builtin_table_without_command() {
 /// The commands `ferry --help` lists, in order.
 fn commands() -> Vec<&'static str> {
     let mut commands = vec![
-        "run", "check", "migrate", "monitor", "snapshot", "verify", "backup",
+        "run",
+        "check",
+        "migrate",
+        "preflight",
+        "monitor",
+        "snapshot",
+        "verify",
+        "backup",
     ];
     if cfg!(feature = "sqs") {
         commands.extend(["capture", "replay"]);
