@@ -129,15 +129,7 @@ impl Running {
             return Err(stage("final fence", "replay did not catch up"));
         }
         if evictions {
-            final_evictions(
-                &self.evictions,
-                (&self.node, &self.target),
-                self.cfg.mapper.as_ref(),
-                &self.report,
-                markers,
-                None,
-            )
-            .await?;
+            self.final_evictions(markers, None).await?;
         }
         let mut src = self.source.control().await?;
         let pause_started = Instant::now();
@@ -156,6 +148,23 @@ impl Running {
         Ok((src, pause_started, paused.is_ok()))
     }
 
+    /// Handles every eviction counted so far (see [`final_evictions`]), within `limit`.
+    async fn final_evictions(
+        &self,
+        markers: &mut Markers,
+        limit: Option<Duration>,
+    ) -> Result<(), MigrateError> {
+        final_evictions(
+            &self.evictions,
+            (&self.node, &self.target),
+            self.cfg.mapper.as_ref(),
+            &self.report,
+            markers,
+            limit,
+        )
+        .await
+    }
+
     /// Under the write pause: the last evictions (when asked), a drain marker, the re-copies
     /// replay asked for, the dirty set, a replica's stream-group positions, then the `last`
     /// marker, applied; fails when keys still differ on the target.
@@ -168,15 +177,8 @@ impl Running {
     ) -> Result<(), MigrateError> {
         let shared = &self.shared;
         if evictions {
-            final_evictions(
-                &self.evictions,
-                (&self.node, &self.target),
-                self.cfg.mapper.as_ref(),
-                &self.report,
-                markers,
-                Some(self.cfg.max_pause / 2),
-            )
-            .await?;
+            self.final_evictions(markers, Some(self.cfg.max_pause / 2))
+                .await?;
         }
         let drain = markers.place("drain-").await?;
         if !shared.wait_marker(&drain, self.cfg.max_pause * 4).await {

@@ -214,6 +214,8 @@ pub struct Verifier {
     rules: Option<std::sync::Arc<dyn VerifyRules>>,
     /// Source connections by db for [`orphans`].
     orphan_conns: HashMap<u32, MultiplexedConnection>,
+    /// How each side reads expiries (source, target), found once per run.
+    expiry: (ExpiryRead, ExpiryRead),
 }
 
 impl Verifier {
@@ -227,6 +229,7 @@ impl Verifier {
             mapper: None,
             rules: None,
             orphan_conns: HashMap::new(),
+            expiry: (ExpiryRead::Pexpiretime, ExpiryRead::Pexpiretime),
         }
     }
 
@@ -262,6 +265,10 @@ impl Verifier {
             return Err(VerifyError::Config("batch must be at least 1".into()));
         }
         let started = Instant::now();
+        self.expiry = (
+            ExpiryRead::for_engine(&crate::net::Engine::detect(&self.source).await?),
+            ExpiryRead::for_engine(&crate::net::Engine::detect(&self.target).await?),
+        );
         let src_ks = self.keyspace(Side::Source).await?;
         let tgt_ks = self.keyspace(Side::Target).await?;
         let dbs: Vec<u32> = match &self.cfg.dbs {
@@ -511,14 +518,16 @@ impl Verifier {
             let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
             groups.push((self.conn(Side::Target, tdb).await?, idx, tkeys));
         }
+        let (s_expiry, t_expiry) = self.expiry;
         let target_side = async {
             let mut out = Vec::with_capacity(groups.len());
             for (mut con, idx, tkeys) in groups {
-                out.push((idx, fingerprints(&mut con, &tkeys).await));
+                out.push((idx, fingerprints(&mut con, &tkeys, t_expiry).await));
             }
             out
         };
-        let (src, tgt_groups) = tokio::join!(fingerprints(&mut scon, &skeys), target_side);
+        let (src, tgt_groups) =
+            tokio::join!(fingerprints(&mut scon, &skeys, s_expiry), target_side);
         let src = src.map_err(|e| self.net(Side::Source, &e))?;
         let mut tgt: Vec<Option<Fp>> = vec![None; probes.len()];
         for (idx, fps) in tgt_groups {
@@ -770,10 +779,10 @@ pub(crate) async fn orphans(
 async fn fingerprints(
     con: &mut MultiplexedConnection,
     keys: &[Vec<u8>],
+    expiry: ExpiryRead,
 ) -> redis::RedisResult<Vec<Fp>> {
     // Before Redis 7.0 there is no PEXPIRETIME: the key's PTTL stands for it (the verifier
     // compares expiries with a tolerance), read twice so that the reply shape stays one.
-    let expiry = ExpiryRead::detect(con).await;
     let mut pipe = redis::pipe();
     for k in keys {
         pipe.cmd("TYPE").arg(k);
