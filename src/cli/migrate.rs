@@ -177,5 +177,5 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         ),
     ]);
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;
-    super::plan::run_plan(plan, args.json).await
+    super::plan::run_plan(plan, args.json, false).await
 }

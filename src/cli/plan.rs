@@ -12,7 +12,8 @@ use ferry::plan::{self, Plan};
 /// Run a migration plan: its phases in order (snapshot, catch_up, cutover, custom Lua phases).
 /// The snapshot starts with the migration, before the first built-in phase; custom phases
 /// listed before a leading "snapshot" run before anything is copied. Without a cutover phase,
-/// replay goes on until Ctrl-C/SIGTERM, then stops at a final fence.
+/// replay goes on until Ctrl-C/SIGTERM (or, with --stop-after-phases, until the phases are
+/// done), then stops at a final fence.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plan file.
@@ -23,6 +24,10 @@ pub struct RunArgs {
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Without a cutover phase, stop at a final fence once the phases are done instead of
+    /// replaying until Ctrl-C/SIGTERM (a rehearsal on a quiet copy ends by itself).
+    #[arg(long)]
+    stop_after_phases: bool,
 }
 
 /// Validate a plan and dry-run its rules without touching a server
@@ -68,15 +73,20 @@ fn fatal_hook_errors(report: &plan::CheckReport) -> usize {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan = plan::load(&args.plan, &args.set)?;
-    run_plan(plan, args.json).await
+    run_plan(plan, args.json, args.stop_after_phases).await
 }
 
 /// Runs a loaded plan until its phases end or a stop signal, prints what it did and maps the
 /// outcome to the exit code: 0 done, 1 differences found, 2 (an error) otherwise.
-pub(super) async fn run_plan(plan: Plan, json: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(super) async fn run_plan(
+    plan: Plan,
+    json: Option<PathBuf>,
+    stop_after_phases: bool,
+) -> anyhow::Result<ExitCode> {
     let name = plan.name.clone();
     let stop = super::stop_on_signals();
     let outcome = PlanRunner::new(plan, stop)
+        .stop_after_phases(stop_after_phases)
         .on_verify(|report| {
             // A reader that went away is not the run's failure.
             let _ = super::print_out(report.grouped(10));

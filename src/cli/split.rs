@@ -82,7 +82,7 @@ pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ),
     ]);
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;
-    super::plan::run_plan(plan, args.json).await
+    super::plan::run_plan(plan, args.json, false).await
 }
 
 /// Scale-out replay: apply what `ferry capture` publishes to the target

@@ -227,6 +227,7 @@ pub struct PlanRunner {
     plan: Plan,
     stop: Stop,
     on_verify: Box<dyn Fn(&VerifyReport) + Send + Sync>,
+    stop_after_phases: bool,
 }
 
 impl PlanRunner {
@@ -236,7 +237,16 @@ impl PlanRunner {
             plan,
             stop,
             on_verify: Box::new(|_| {}),
+            stop_after_phases: false,
         }
+    }
+
+    /// Without a cutover phase, stop at a final fence once the phases are done instead of
+    /// replaying until Ctrl-C/SIGTERM: a rehearsal on a quiet copy, or a scripted check, ends
+    /// by itself.
+    pub fn stop_after_phases(mut self, yes: bool) -> PlanRunner {
+        self.stop_after_phases = yes;
+        self
     }
 
     /// Called with each fenced verification's report as soon as it is known (the binary prints
@@ -252,6 +262,7 @@ impl PlanRunner {
             plan,
             stop,
             on_verify,
+            stop_after_phases,
         } = self;
         let on_verify: &(dyn Fn(&VerifyReport) + Send + Sync) = &*on_verify;
         dry_run(&plan)?;
@@ -557,12 +568,16 @@ impl PlanRunner {
                 (migration, back)
             }
             (None, Some(r)) => {
-                if !stop.requested() {
-                    tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
-                }
-                tokio::select! {
-                    _ = stop.wait() => {}
-                    e = r.failure() => return Err(e.into()),
+                if stop_after_phases {
+                    tracing::info!("Plan phases done; stopping at a final fence.");
+                } else {
+                    if !stop.requested() {
+                        tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
+                    }
+                    tokio::select! {
+                        _ = stop.wait() => {}
+                        e = r.failure() => return Err(e.into()),
+                    }
                 }
                 (r.finish().await?, None)
             }
