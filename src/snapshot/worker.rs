@@ -71,6 +71,8 @@ struct Worker {
     temp: TempKeys,
     /// How this source gives expiries.
     expiry: ExpiryRead,
+    /// Both sides have hash-field TTLs (Redis 7.4): the chunked copy copies them.
+    field_ttls: bool,
 }
 
 /// A failure that may go away with a new connection.
@@ -114,6 +116,12 @@ impl Worker {
                 message: e.to_string(),
             })?;
         let expiry = ExpiryRead::detect(&mut src).await;
+        let field_ttls = crate::net::Engine::detect(&shared.source)
+            .await?
+            .has_hash_field_expiry()
+            && crate::net::Engine::detect(&shared.target)
+                .await?
+                .has_hash_field_expiry();
         Ok(Worker {
             id,
             shared,
@@ -125,6 +133,7 @@ impl Worker {
             ordinal: 0,
             temp,
             expiry,
+            field_ttls,
         })
     }
 
@@ -334,7 +343,8 @@ impl Worker {
             .map_err(|e| Retry(e.to_string()))?;
         let opts = ChunkedOptions::new(self.shared.cfg.chunk)
             .with_limiter(self.shared.limiter.clone())
-            .with_temp_key(tmp.clone());
+            .with_temp_key(tmp.clone())
+            .with_field_ttls(self.field_ttls);
         let result = copy_chunked(
             &mut self.src,
             &mut self.dst,
