@@ -1,0 +1,262 @@
+//! Redis 7.4's hash-field expiry (`HEXPIRE` family) through ferry: a live migration 7.4 → 7.4
+//! with field TTLs set, changed, removed and expiring during the run; the type-aware snapshot's
+//! copy of field TTLs; a target without field TTLs refused or given the fields without them.
+//! Every result is checked by the oracle, which compares field TTLs itself (`HPEXPIRETIME`).
+//!
+//! Engine tests: ignored by a plain `cargo test`, run by `make test-engines`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cli::ferry;
+use crate::migrate::{start_past_snapshot, tail};
+use crate::support::{Engine, OracleOptions, OracleReport, RedisServer, ServerOptions, compare};
+
+fn redis74() -> RedisServer {
+    RedisServer::start_engine(Engine::Redis74, ServerOptions::default())
+}
+
+fn oracle(source: &RedisServer, target: &RedisServer, ignore_field_ttls: bool) -> OracleReport {
+    let opts = OracleOptions {
+        ttl_tolerance_ms: 1000,
+        ignore_field_ttls,
+        ..OracleOptions::default()
+    };
+    compare(&source.url(), &target.url(), &opts)
+}
+
+/// Fields of `key` on `server` that have a TTL.
+fn fields_with_ttl(server: &RedisServer, key: &str) -> usize {
+    let mut con = server.conn();
+    let fields: Vec<Vec<u8>> = redis::cmd("HKEYS").arg(key).query(&mut con).unwrap();
+    if fields.is_empty() {
+        return 0;
+    }
+    let times: Vec<i64> = redis::cmd("HPEXPIRETIME")
+        .arg(key)
+        .arg("FIELDS")
+        .arg(fields.len())
+        .arg(&fields)
+        .query(&mut con)
+        .unwrap();
+    times.iter().filter(|t| **t >= 0).count()
+}
+
+/// Hashes with fields that have TTLs: long ones (past the test), and short ones that expire
+/// while ferry runs.
+fn seed(server: &RedisServer, hashes: usize) {
+    let mut con = server.conn();
+    let mut pipe = redis::pipe();
+    for h in 0..hashes {
+        let key = format!("fh:{h}");
+        for f in 0..20 {
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(format!("f{f}"))
+                .arg(h * f)
+                .ignore();
+        }
+        pipe.cmd("HEXPIRE")
+            .arg(&key)
+            .arg(3600)
+            .arg("FIELDS")
+            .arg(2)
+            .arg("f0")
+            .arg("f1")
+            .ignore();
+        pipe.cmd("HPEXPIRE")
+            .arg(&key)
+            .arg(1500 + 100 * h as u64)
+            .arg("FIELDS")
+            .arg(1)
+            .arg("f19")
+            .ignore();
+    }
+    // A hash all of whose fields expire during the run: the key goes too.
+    pipe.cmd("HSET").arg("fh:gone").arg("a").arg(1).ignore();
+    pipe.cmd("HPEXPIRE")
+        .arg("fh:gone")
+        .arg(2000)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("a")
+        .ignore();
+    let _: () = pipe.query(&mut con).unwrap();
+}
+
+/// Writes to a few hot hashes until `stop`: values, relative field TTLs with every condition,
+/// absolute ones, `HPERSIST`, and fresh fields with short TTLs that expire while it runs.
+/// Hot fields get TTLs far in the future, so no write races a field's own expiry.
+fn workload(mut con: redis::Connection, stop: Arc<AtomicBool>) -> u64 {
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("fh:{}", n % 8);
+        let f = format!("f{}", 2 + n % 10);
+        let far = 600 + n % 50;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg(&key).arg(&f).arg(n).ignore();
+        pipe.cmd("HINCRBY").arg(&key).arg("f3").arg(1).ignore();
+        match n % 7 {
+            0 => pipe
+                .cmd("HEXPIRE")
+                .arg(&key)
+                .arg(far)
+                .arg("FIELDS")
+                .arg(1)
+                .arg(&f),
+            1 => pipe
+                .cmd("HPEXPIRE")
+                .arg(&key)
+                .arg(far * 1000)
+                .arg("NX")
+                .arg("FIELDS")
+                .arg(2)
+                .arg(&f)
+                .arg("f3"),
+            2 => pipe
+                .cmd("HEXPIRE")
+                .arg(&key)
+                .arg(far + 100)
+                .arg("GT")
+                .arg("FIELDS")
+                .arg(1)
+                .arg(&f),
+            3 => pipe
+                .cmd("HPEXPIRE")
+                .arg(&key)
+                .arg(far * 1000 - 5)
+                .arg("LT")
+                .arg("FIELDS")
+                .arg(1)
+                .arg("f3"),
+            4 => pipe
+                .cmd("HEXPIRE")
+                .arg(&key)
+                .arg(far)
+                .arg("XX")
+                .arg("FIELDS")
+                .arg(2)
+                .arg(&f)
+                .arg("missing"),
+            5 => pipe.cmd("HPERSIST").arg(&key).arg("FIELDS").arg(1).arg(&f),
+            _ => pipe
+                .cmd("HPEXPIREAT")
+                .arg(&key)
+                .arg(crate::support::fill::now_ms() + 900_000)
+                .arg("FIELDS")
+                .arg(1)
+                .arg(&f),
+        }
+        .ignore();
+        // A fresh field that expires within a second or two, never written again.
+        let short = format!("s{n}");
+        pipe.cmd("HSET").arg(&key).arg(&short).arg(n).ignore();
+        pipe.cmd("HPEXPIRE")
+            .arg(&key)
+            .arg(300 + (n % 20) * 50)
+            .arg("FIELDS")
+            .arg(1)
+            .arg(&short)
+            .ignore();
+        if n % 13 == 0 {
+            // Zero deletes the field at once.
+            pipe.cmd("HEXPIRE")
+                .arg(&key)
+                .arg(0)
+                .arg("FIELDS")
+                .arg(1)
+                .arg("f9")
+                .ignore();
+        }
+        let _: () = pipe.query(&mut con).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
+}
+
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_74_to_74_keeps_field_ttls_exactly() {
+    let source = redis74();
+    let target = redis74();
+    seed(&source, 30);
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, con) = (stop.clone(), source.conn());
+        std::thread::spawn(move || workload(con, stop))
+    };
+    // Long enough for the seeded short TTLs (1.5–4.5 s) to expire while ferry runs.
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let batches = writer.join().unwrap();
+    let code = ferry.terminate(Duration::from_secs(90));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "ferry migrate failed:\n{stderr}");
+    let report = oracle(&source, &target, false);
+    eprintln!(
+        "{report}\n--- ferry stderr (tail) ---\n{}",
+        tail(&stderr, 8)
+    );
+    report.assert_identical();
+    assert!(batches > 100, "the workload ran {batches} batches");
+    // The comparison covered real field TTLs: every hot hash has some on the target.
+    let with_ttl: usize = (0..8)
+        .map(|h| fields_with_ttl(&target, &format!("fh:{h}")))
+        .sum();
+    assert!(with_ttl >= 8, "{with_ttl} fields with TTLs on the target");
+    let mut con = target.conn();
+    let exists: i64 = redis::cmd("EXISTS").arg("fh:gone").query(&mut con).unwrap();
+    assert_eq!(
+        exists, 0,
+        "a hash whose fields all expired is gone on the target"
+    );
+}
+
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn type_aware_snapshot_copies_field_ttls() {
+    let source = redis74();
+    let target = redis74();
+    seed(&source, 5);
+    // A big hash (many windows) with a TTL on every third field, some already gone.
+    let mut con = source.conn();
+    let mut pipe = redis::pipe();
+    for f in 0..3000 {
+        pipe.cmd("HSET")
+            .arg("big")
+            .arg(format!("f{f}"))
+            .arg(f)
+            .ignore();
+    }
+    for f in (0..3000).step_by(3) {
+        pipe.cmd("HPEXPIRE")
+            .arg("big")
+            .arg(3_600_000 + f)
+            .arg("FIELDS")
+            .arg(1)
+            .arg(format!("f{f}"))
+            .ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    let started = Instant::now();
+    let out = ferry()
+        .args(["snapshot", "--type-aware", "--source", &source.url()])
+        .args(["--target", &target.url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report = oracle(&source, &target, false);
+    eprintln!("{report} (snapshot took {:.1?})", started.elapsed());
+    report.assert_identical();
+    assert_eq!(fields_with_ttl(&target, "big"), 1000);
+    assert_eq!(
+        fields_with_ttl(&target, "fh:0"),
+        fields_with_ttl(&source, "fh:0")
+    );
+    assert!(fields_with_ttl(&target, "fh:0") >= 2);
+}
