@@ -160,6 +160,8 @@ pub struct SnapshotReport {
     pub bytes: u64,
     /// Keys copied with the chunked, type-aware path.
     pub chunked_keys: u64,
+    /// Hash fields the chunked path copied with their TTL (Redis 7.4 on both sides).
+    pub field_ttls: u64,
     /// Keys that expired before they could be restored.
     pub skipped_expired: u64,
     /// Temporary keys of chunked copies that a killed run left on the target, deleted at start.
@@ -200,8 +202,13 @@ impl SnapshotReport {
                 .collect();
             format!("{} ({})", self.failed_count(), parts.join(", "))
         };
+        let field_ttls = if self.field_ttls > 0 {
+            format!(" ({} field TTLs)", self.field_ttls)
+        } else {
+            String::new()
+        };
         format!(
-            "Snapshot {}: {} keys, {:.1} MB in {:.1} s ({:.0} keys/s); chunked {}; skipped {} expired, {} vanished; failed {}",
+            "Snapshot {}: {} keys, {:.1} MB in {:.1} s ({:.0} keys/s); chunked {}{field_ttls}; skipped {} expired, {} vanished; failed {}",
             if self.resumed {
                 "resumed and done"
             } else {
@@ -222,6 +229,7 @@ impl SnapshotReport {
         self.keys += o.keys;
         self.bytes += o.bytes;
         self.chunked_keys += o.chunked_keys;
+        self.field_ttls += o.field_ttls;
         self.skipped_expired += o.skipped_expired;
         self.vanished += o.vanished;
         for f in o.failed {
@@ -284,6 +292,7 @@ struct BatchStats {
     keys: u64,
     bytes: u64,
     chunked_keys: u64,
+    field_ttls: u64,
     skipped_expired: u64,
     vanished: u64,
     failed: Vec<Failure>,

@@ -372,6 +372,7 @@ impl Worker {
             Ok(s) => {
                 stats.keys += 1;
                 stats.chunked_keys += 1;
+                stats.field_ttls += s.field_ttls;
                 stats.bytes += s.bytes;
             }
             Err(e) => stats.failed.push(fail(format!("chunked copy: {e}"))),

@@ -249,14 +249,59 @@ fn type_aware_snapshot_copies_field_ttls() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report = oracle(&source, &target, false);
-    eprintln!("{report} (snapshot took {:.1?})", started.elapsed());
+    eprintln!(
+        "{report} (snapshot took {:.1?})\n{stdout}{stderr}",
+        started.elapsed()
+    );
     report.assert_identical();
+    // The chunked path copied them: 1000 of big, 3 per seeded hash (f19 may have expired).
+    assert!(
+        format!("{stdout}{stderr}").contains("field TTLs)"),
+        "the summary counts field TTLs:\n{stdout}{stderr}"
+    );
     assert_eq!(fields_with_ttl(&target, "big"), 1000);
     assert_eq!(
         fields_with_ttl(&target, "fh:0"),
         fields_with_ttl(&source, "fh:0")
     );
     assert!(fields_with_ttl(&target, "fh:0") >= 2);
+
+    // The oracle sees a field TTL that differs, one that is missing, and one that a target
+    // cannot hold only when told to ignore it.
+    let mut t = target.conn();
+    let _: () = redis::cmd("HPEXPIRE")
+        .arg("fh:1")
+        .arg(7_200_000)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("f0")
+        .query(&mut t)
+        .unwrap();
+    let _: () = redis::cmd("HPERSIST")
+        .arg("big")
+        .arg("FIELDS")
+        .arg(2)
+        .arg("f0")
+        .arg("f3")
+        .query(&mut t)
+        .unwrap();
+    let report = oracle(&source, &target, false);
+    let kinds: Vec<String> = report.diffs.iter().map(|d| d.to_string()).collect();
+    assert_eq!(report.diffs.len(), 2, "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k.contains("\"fh:1\": field \"f0\" expiry differs")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k.contains("\"big\": field") && k.contains("(2 field(s) differ)")),
+        "{kinds:?}"
+    );
+    assert!(oracle(&source, &target, true).is_identical());
 }
