@@ -14,6 +14,7 @@ mod digest;
 
 mod fenced;
 
+pub(crate) use digest::field_expiries;
 pub use fenced::{FenceLink, FencedVerifier, KeyView, LOGICAL_MAX_BYTES, VerifyRules};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
