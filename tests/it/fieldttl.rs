@@ -305,3 +305,131 @@ fn type_aware_snapshot_copies_field_ttls() {
     );
     assert!(oracle(&source, &target, true).is_identical());
 }
+
+/// `ferry preflight` (with or without a plan) on `source` → `target`, as JSON.
+fn preflight(
+    source: &RedisServer,
+    target: &RedisServer,
+    plan: Option<&std::path::Path>,
+) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = ferry();
+    cmd.args(["preflight", "--json", "-", "--source", &source.url()])
+        .args(["--target", &target.url()]);
+    if let Some(p) = plan {
+        cmd.arg("--plan").arg(p);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), json)
+}
+
+fn field_ttl_finding(report: &serde_json::Value) -> (String, String) {
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "field TTLs")
+        .unwrap_or_else(|| panic!("no field TTLs finding in {report:#}"));
+    (
+        f["level"].as_str().unwrap().to_string(),
+        f["detail"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn toward_a_target_without_field_ttls_the_run_is_refused_naming_the_hashes() {
+    let source = redis74();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let _: () = redis::cmd("SET")
+        .arg("plain")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    for db in [0, 2] {
+        let _: () = redis::cmd("SELECT").arg(db).query(&mut con).unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("only")
+            .arg("f")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("fh:ttl")
+            .arg("f")
+            .arg(1)
+            .arg("g")
+            .arg(2)
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("HEXPIRE")
+            .arg("fh:ttl")
+            .arg(3600)
+            .arg("FIELDS")
+            .arg(1)
+            .arg("g")
+            .query(&mut con)
+            .unwrap();
+    }
+
+    // `ferry migrate` (no plan: the default policy refuses): exit 2, one line naming the
+    // count and the first hash, nothing copied.
+    let state = tempfile::tempdir().unwrap();
+    let out = ferry()
+        .args([
+            "migrate",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let error: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error:"))
+        .collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains("2 hash(es) with field TTLs (first: db0 \"fh:ttl\")")
+            && error[0].contains("on_field_ttls = \"drop_field_ttls\""),
+        "{stderr}"
+    );
+    let mut t = target.conn();
+    let keys: i64 = redis::cmd("DBSIZE").query(&mut t).unwrap();
+    assert_eq!(keys, 0, "nothing may be copied");
+
+    // Preflight says the same, and fails.
+    let (code, r) = preflight(&source, &target, None);
+    assert_eq!(code, Some(2), "{r:#}");
+    let (level, detail) = field_ttl_finding(&r);
+    assert_eq!(level, "fail");
+    assert!(detail.contains("(first: db0 \"fh:ttl\")"), "{detail}");
+
+    // A plan that drops them turns the finding into a warning.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("drop.lua");
+    std::fs::write(
+        &plan,
+        "local ferry = require \"ferry\"\nreturn ferry.plan {\n  api_version = 1,\n  source = \"redis://127.0.0.1:1\",\n  target = \"redis://127.0.0.1:2\",\n  on_field_ttls = \"drop_field_ttls\",\n}\n",
+    )
+    .unwrap();
+    let (_, r) = preflight(&source, &target, Some(&plan));
+    let (level, detail) = field_ttl_finding(&r);
+    assert_eq!(level, "warn", "{detail}");
+    assert!(detail.contains("2 hash(es) with field TTLs"), "{detail}");
+
+    // Between two 7.4 servers they are kept, and a source without any is fine anywhere.
+    let (_, r) = preflight(&source, &redis74(), None);
+    assert_eq!(field_ttl_finding(&r).0, "ok");
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    let (_, r) = preflight(&source, &target, None);
+    assert_eq!(field_ttl_finding(&r).0, "ok");
+}
