@@ -360,6 +360,9 @@ impl Migration {
             exact_effects: report.from_replica,
             mapper: self.cfg.mapper.clone(),
             split_shards,
+            drop_field_ttls: self.cfg.drop_field_ttls
+                && engines.0.has_hash_field_expiry()
+                && !engines.1.has_hash_field_expiry(),
             ..StitchConfig::default()
         };
         let (stitch_tx, stitch_events) = mpsc::unbounded_channel();

@@ -371,6 +371,44 @@ fn hexpire(argv: Argv, unit_ms: i64, now_ms: i64) -> Argv {
     out
 }
 
+/// What a target without hash-field TTLs (a plan's `drop_field_ttls`) gets instead of a
+/// field-TTL command, as [`rewrite`] left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldTtlDrop {
+    /// Not a field-TTL command: send it.
+    Keep,
+    /// A TTL set in the future, or `HPERSIST`: the target's fields have no TTL anyway, so
+    /// nothing is sent (one TTL dropped).
+    Drop,
+    /// A time at or before the command's own: the source deleted the fields (if the condition
+    /// held), which only a re-copy of the key can tell; nothing is sent, the key is dirty.
+    Recopy,
+}
+
+/// Decides [`FieldTtlDrop`] for `argv` after [`rewrite`] (so relative forms are already
+/// `HPEXPIREAT`), logged by the source at `ts_us`. A command whose time does not parse failed
+/// on the source and changed nothing: dropped.
+pub fn drop_field_ttl(argv: &Argv, ts_us: u64) -> FieldTtlDrop {
+    let name = argv.name();
+    let unit_ms = if name.eq_ignore_ascii_case(b"HPEXPIREAT") {
+        1
+    } else if name.eq_ignore_ascii_case(b"HEXPIREAT") {
+        1000
+    } else if name.eq_ignore_ascii_case(b"HPERSIST")
+        || name.eq_ignore_ascii_case(b"HEXPIRE")
+        || name.eq_ignore_ascii_case(b"HPEXPIRE")
+    {
+        // HEXPIRE/HPEXPIRE left as they were were errors on the source.
+        return FieldTtlDrop::Drop;
+    } else {
+        return FieldTtlDrop::Keep;
+    };
+    match parse_ll(arg(argv, 2)).and_then(|t| t.checked_mul(unit_ms)) {
+        Some(at) if at <= now_ms(ts_us) => FieldTtlDrop::Recopy,
+        _ => FieldTtlDrop::Drop,
+    }
+}
+
 /// `RESTORE k ttl payload [REPLACE] [IDLETIME n] [FREQ n]` with a positive relative ttl →
 /// absolute ttl plus `ABSTTL`. Options must parse as Redis parses them, else the source failed.
 fn restore(mut argv: Argv, now_ms: i64) -> Argv {
@@ -858,6 +896,46 @@ mod tests {
         unchanged(&["HEXPIREAT", "h", "4102444800", "FIELDS", "1", "f"]);
         unchanged(&["HPEXPIREAT", "h", "4102444800000", "XX", "FIELDS", "1", "f"]);
         unchanged(&["HPERSIST", "h", "FIELDS", "1", "f"]);
+    }
+
+    #[test]
+    fn field_ttls_dropped_for_a_target_without_them() {
+        let drop = |args: &[&str]| {
+            let r = rw(args);
+            drop_field_ttl(&r.argv.unwrap(), TS)
+        };
+        assert_eq!(
+            drop(&["HEXPIRE", "h", "50", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPERSIST", "h", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPEXPIREAT", "h", "4102444800000", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        // Zero, or a time already past, deletes the fields on the source.
+        assert_eq!(
+            drop(&["HPEXPIRE", "h", "0", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Recopy
+        );
+        assert_eq!(
+            drop(&["HEXPIREAT", "h", "1", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Recopy
+        );
+        // The source's errors changed nothing.
+        assert_eq!(
+            drop(&["HEXPIRE", "h", "-1", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPEXPIREAT", "h", "x", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(drop(&["HSET", "h", "f", "v"]), FieldTtlDrop::Keep);
+        assert_eq!(drop(&["EXPIRE", "h", "0"]), FieldTtlDrop::Keep);
     }
 
     #[test]
