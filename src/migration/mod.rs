@@ -70,7 +70,7 @@ use crate::replay::{
 use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier};
 
 pub use config::{CaptureMode, MigrateConfig};
-pub use preflight::{FieldTtlHashes, Finding, Level, Preflight, PreflightReport, field_ttl_hashes};
+pub use preflight::{Finding, Level, Preflight, PreflightReport};
 pub use report::{MigrateError, MigrationReport, RunError};
 pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_config};
 pub use running::Running;
@@ -212,16 +212,19 @@ impl Migration {
         if !se.has_hash_field_expiry() || te.has_hash_field_expiry() {
             return Ok(());
         }
-        let found = preflight::field_ttl_hashes(&self.source).await?;
+        let found = crate::snapshot::field_ttl_hashes(&self.source).await?;
         if found.hashes == 0 {
             return Ok(());
         }
         if !self.cfg.drop_field_ttls {
-            return Err(MigrateError::Unsupported(preflight::field_ttls_refusal(
-                &self.target,
-                te,
-                &found,
-            )));
+            return Err(MigrateError::Unsupported(
+                crate::snapshot::field_ttls_refusal(
+                    &self.target,
+                    te,
+                    &found,
+                    crate::snapshot::PLAN_REMEDY,
+                ),
+            ));
         }
         tracing::warn!(
             hashes = found.hashes,

@@ -78,6 +78,8 @@ pub struct ChunkedStats {
     pub bytes: u64,
     /// Hash fields copied with their TTL.
     pub field_ttls: u64,
+    /// Hash fields copied without the TTL they have on the source ([`FieldTtls::Drop`]).
+    pub field_ttls_dropped: u64,
 }
 
 /// Why a chunked copy failed. The target key is left as it was.
@@ -108,9 +110,21 @@ pub struct ChunkedOptions {
     /// The temporary key on the target; `None` picks a fresh one with [`temp_key`]. It must be
     /// in the hash slot of the key (as [`temp_key`] makes it) and must not exist.
     pub temp_key: Option<Vec<u8>>,
-    /// Copy hash-field TTLs (`HPEXPIRETIME` → `HPEXPIREAT`): both sides run Redis 7.4 or later.
-    /// Without it the fields are copied without TTLs.
-    pub field_ttls: bool,
+    /// What becomes of hash-field TTLs (Redis 7.4).
+    pub field_ttls: FieldTtls,
+}
+
+/// What a chunked copy does with hash-field TTLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldTtls {
+    /// The source has none (before Redis 7.4, Valkey): nothing is read.
+    #[default]
+    None,
+    /// Both sides have them: `HPEXPIRETIME` → `HPEXPIREAT`.
+    Copy,
+    /// The target has none and the caller drops them: read and counted
+    /// ([`ChunkedStats::field_ttls_dropped`]), the fields copied without them.
+    Drop,
 }
 
 impl ChunkedOptions {
@@ -120,13 +134,13 @@ impl ChunkedOptions {
             chunk,
             limiter: None,
             temp_key: None,
-            field_ttls: false,
+            field_ttls: FieldTtls::None,
         }
     }
 
-    /// Copies hash-field TTLs too (both sides have them).
-    pub fn with_field_ttls(mut self, on: bool) -> ChunkedOptions {
-        self.field_ttls = on;
+    /// What to do with hash-field TTLs.
+    pub fn with_field_ttls(mut self, mode: FieldTtls) -> ChunkedOptions {
+        self.field_ttls = mode;
         self
     }
 
@@ -167,7 +181,8 @@ pub async fn copy_chunked(
         KeyType::ZSet => Box::new(ScanCopier::new(Scan::ZSet, read_key, &tmp, chunk)),
         KeyType::Hash => {
             let mut c = ScanCopier::new(Scan::Hash, read_key, &tmp, chunk);
-            c.field_ttls = opts.field_ttls.then(Vec::new);
+            c.field_ttls = (opts.field_ttls != FieldTtls::None).then(Vec::new);
+            c.drop_ttls = opts.field_ttls == FieldTtls::Drop;
             Box::new(c)
         }
         KeyType::Stream => Box::new(StreamCopier::new(read_key, &tmp, chunk)),
@@ -503,6 +518,8 @@ struct ScanCopier {
     field_ttls: Option<Vec<Vec<u8>>>,
     /// The read in flight is the `HPEXPIRETIME` of `field_ttls`.
     reading_ttls: bool,
+    /// Field TTLs are counted, not written ([`FieldTtls::Drop`]).
+    drop_ttls: bool,
 }
 
 impl ScanCopier {
@@ -517,6 +534,7 @@ impl ScanCopier {
             seen: 0,
             field_ttls: None,
             reading_ttls: false,
+            drop_ttls: false,
         }
     }
 
@@ -548,6 +566,10 @@ impl ScanCopier {
         let mut pipe = redis::pipe();
         if !gone.is_empty() {
             pipe.cmd("HDEL").arg(&self.tmp).arg(gone).ignore();
+        }
+        if self.drop_ttls {
+            stats.field_ttls_dropped += by_time.values().map(|fs| fs.len() as u64).sum::<u64>();
+            return Ok(pipe);
         }
         for (t, fs) in by_time {
             stats.field_ttls += fs.len() as u64;

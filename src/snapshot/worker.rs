@@ -71,8 +71,8 @@ struct Worker {
     temp: TempKeys,
     /// How this source gives expiries.
     expiry: ExpiryRead,
-    /// Both sides have hash-field TTLs (Redis 7.4): the chunked copy copies them.
-    field_ttls: bool,
+    /// What the chunked copy does with hash-field TTLs (Redis 7.4).
+    field_ttls: super::chunked::FieldTtls,
 }
 
 /// A failure that may go away with a new connection.
@@ -116,12 +116,19 @@ impl Worker {
                 message: e.to_string(),
             })?;
         let expiry = ExpiryRead::detect(&mut src).await;
-        let field_ttls = crate::net::Engine::detect(&shared.source)
-            .await?
-            .has_hash_field_expiry()
-            && crate::net::Engine::detect(&shared.target)
+        let field_ttls = match (
+            crate::net::Engine::detect(&shared.source)
                 .await?
-                .has_hash_field_expiry();
+                .has_hash_field_expiry(),
+            crate::net::Engine::detect(&shared.target)
+                .await?
+                .has_hash_field_expiry(),
+        ) {
+            (false, _) => super::chunked::FieldTtls::None,
+            (true, true) => super::chunked::FieldTtls::Copy,
+            // The snapshot refused to start unless the caller drops them.
+            (true, false) => super::chunked::FieldTtls::Drop,
+        };
         Ok(Worker {
             id,
             shared,
@@ -373,6 +380,7 @@ impl Worker {
                 stats.keys += 1;
                 stats.chunked_keys += 1;
                 stats.field_ttls += s.field_ttls;
+                stats.field_ttls_dropped += s.field_ttls_dropped;
                 stats.bytes += s.bytes;
             }
             Err(e) => stats.failed.push(fail(format!("chunked copy: {e}"))),

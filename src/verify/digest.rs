@@ -81,47 +81,7 @@ async fn list(con: &mut MultiplexedConnection, key: &[u8]) -> redis::RedisResult
     }
 }
 
-/// The absolute expiry (ms) of every field of hash `key` that has one, read in windows: `HSCAN`
-/// then `HPEXPIRETIME` on that window's fields (Redis 7.4). Only fields with a TTL are held, so
-/// a big hash without field TTLs costs its scan and nothing more.
-pub(crate) async fn field_expiries(
-    con: &mut MultiplexedConnection,
-    key: &[u8],
-) -> redis::RedisResult<std::collections::BTreeMap<Vec<u8>, i64>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, items): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-            .arg(key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(WINDOW)
-            .query_async(con)
-            .await?;
-        let fields: Vec<&Vec<u8>> = items.iter().step_by(2).collect();
-        if !fields.is_empty() {
-            let times: Vec<i64> = redis::cmd("HPEXPIRETIME")
-                .arg(key)
-                .arg("FIELDS")
-                .arg(fields.len())
-                .arg(&fields)
-                .query_async(con)
-                .await?;
-            for (f, t) in fields.into_iter().zip(times) {
-                if t >= 0 {
-                    out.insert(f.clone(), t);
-                }
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// How two hashes' field expiries (from [`field_expiries`]) differ beyond `tol` ms, described
+/// How two hashes' field expiries (from `snapshot::field_expiries`) differ beyond `tol` ms, described
 /// by the first field that differs and a count; `None` when they agree.
 pub(crate) fn field_ttl_difference(
     source: &std::collections::BTreeMap<Vec<u8>, i64>,

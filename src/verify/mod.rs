@@ -14,7 +14,6 @@ mod digest;
 
 mod fenced;
 
-pub(crate) use digest::field_expiries;
 pub use fenced::{FenceLink, FencedVerifier, KeyView, LOGICAL_MAX_BYTES, VerifyRules};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -670,10 +669,10 @@ impl Verifier {
             // Equal payloads carry equal field TTLs (RDB 12 holds them); equal values in
             // different payloads may still differ in them.
             if self.field_ttls && src.ty == "hash" {
-                let a = digest::field_expiries(&mut s, key)
+                let a = crate::snapshot::field_expiries(&mut s, key)
                     .await
                     .map_err(|e| self.net(Side::Source, &e))?;
-                let b = digest::field_expiries(&mut t, &p.tkey)
+                let b = crate::snapshot::field_expiries(&mut t, &p.tkey)
                     .await
                     .map_err(|e| self.net(Side::Target, &e))?;
                 if let Some(d) = digest::field_ttl_difference(&a, &b, tol) {

@@ -433,3 +433,67 @@ fn toward_a_target_without_field_ttls_the_run_is_refused_naming_the_hashes() {
     let (_, r) = preflight(&source, &target, None);
     assert_eq!(field_ttl_finding(&r).0, "ok");
 }
+
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn a_snapshot_toward_a_target_without_field_ttls_refuses_or_drops_them_counted() {
+    let source = redis74();
+    let target = RedisServer::start();
+    seed(&source, 6);
+    let snapshot = |extra: &[&str]| {
+        let out = ferry()
+            .args(["snapshot", "--quiet", "--source", &source.url()])
+            .args(["--target", &target.url()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = snapshot(&[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("7 hash(es) with field TTLs (first: db0 \"fh:")
+            && text.contains("pass --drop-field-ttls"),
+        "{text}"
+    );
+    let mut t = target.conn();
+    let keys: i64 = redis::cmd("DBSIZE").query(&mut t).unwrap();
+    assert_eq!(keys, 0, "nothing may be copied");
+
+    // Dropped: every field arrives (the target rejects RDB 12 payloads, so the copy is
+    // type-aware), without its TTL, and the count says how many were dropped.
+    let (code, text) = snapshot(&["--drop-field-ttls"]);
+    assert_eq!(code, Some(0), "{text}");
+    let dropped: u64 = text
+        .split(" field TTLs dropped)")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped count in {text}"));
+    // f0 and f1 of each hash, f19 and fh:gone's field where they have not expired yet.
+    assert!((12..=19).contains(&dropped), "{dropped} dropped:\n{text}");
+    let report = oracle(&source, &target, true);
+    eprintln!("{report}\n{text}");
+    report.assert_identical();
+    // The oracle, not told to ignore them, names the lost TTLs.
+    let strict = oracle(&source, &target, false);
+    // Six hashes keep f0/f1 for an hour; fh:gone may be expiring by now.
+    assert!((6..=7).contains(&strict.diffs.len()), "{strict}");
+    assert!(
+        strict
+            .diffs
+            .iter()
+            .all(|d| d.to_string().contains("target -3")),
+        "{:?}",
+        strict
+            .diffs
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+    );
+}
