@@ -159,7 +159,7 @@ fn workload(mut con: redis::Connection, stop: Arc<AtomicBool>) -> u64 {
             .arg(1)
             .arg(&short)
             .ignore();
-        if n % 13 == 0 {
+        if n.is_multiple_of(13) {
             // Zero deletes the field at once.
             pipe.cmd("HEXPIRE")
                 .arg(&key)
