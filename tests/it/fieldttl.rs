@@ -497,3 +497,81 @@ fn a_snapshot_toward_a_target_without_field_ttls_refuses_or_drops_them_counted()
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn verify_inside_a_run_and_after_it_compares_field_ttls() {
+    use ferry::migration::{CaptureMode, MigrateConfig, Migration};
+    use ferry::net::Endpoint;
+    use ferry::verify::{Verifier, VerifyConfig};
+
+    let source = redis74();
+    let target = redis74();
+    seed(&source, 10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (s_ep, t_ep) = (
+        Endpoint::parse(&source.url()).unwrap(),
+        Endpoint::parse(&target.url()).unwrap(),
+    );
+    let running = rt.block_on(async {
+        let mut cfg = MigrateConfig::new(state.path());
+        cfg.capture = CaptureMode::Primary;
+        cfg.status_every = None;
+        Migration::new(s_ep.clone(), t_ep.clone(), cfg)
+            .start()
+            .await
+            .unwrap()
+    });
+    rt.block_on(running.wait_snapshot(Duration::from_secs(60)))
+        .unwrap();
+    let cfg = || VerifyConfig {
+        rechecks: 1,
+        recheck_delay: Duration::from_millis(100),
+        ..VerifyConfig::default()
+    };
+    let clean = rt.block_on(running.verify(cfg(), None)).unwrap();
+    assert!(clean.is_identical(), "{:?}", clean.differences);
+    assert!(clean.keys_checked >= 10, "{clean:?}");
+
+    // Only the target's field TTLs change: the values stay equal, the payloads differ.
+    let mut t = target.conn();
+    let _: () = redis::cmd("HPEXPIRE")
+        .arg("fh:3")
+        .arg(7_200_000)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("f0")
+        .query(&mut t)
+        .unwrap();
+    let _: () = redis::cmd("HPERSIST")
+        .arg("fh:4")
+        .arg("FIELDS")
+        .arg(1)
+        .arg("f1")
+        .query(&mut t)
+        .unwrap();
+    let fenced = rt.block_on(running.verify(cfg(), None)).unwrap();
+    let standalone = rt.block_on(Verifier::new(s_ep, t_ep, cfg()).run()).unwrap();
+    let _ = rt.block_on(running.finish());
+    for report in [&fenced, &standalone] {
+        let found: Vec<(String, String)> = report
+            .differences
+            .iter()
+            .map(|d| (d.key.clone(), format!("{}: {}", d.kind, d.detail)))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].0 == "\"fh:3\"" && found[0].1.starts_with("field ttl: field \"f0\""),
+            "{found:?}"
+        );
+        assert!(
+            found[1].0 == "\"fh:4\"" && found[1].1.contains("target no TTL"),
+            "{found:?}"
+        );
+    }
+}
