@@ -12,24 +12,58 @@ use ferry::net::Endpoint;
 /// Checks engines and the mechanics they call for, MONITOR, write pause, payload
 /// compatibility, evictions, memory headroom, dbs, the biggest keys. Each line is ok, warn or
 /// FAIL with what to do. Exit 0 when ready, 1 with warnings only, 2 when something blocks.
-/// Nothing is written to either server.
+/// Nothing is written to either server. With --plan, the servers and the plan's options (such
+/// as on_field_ttls) come from the plan file, as `ferry run` reads it; --source and --target
+/// then override the plan's servers.
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
     /// The server to migrate from.
-    #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
-    source: String,
+    #[arg(
+        long,
+        env = "FERRY_SOURCE",
+        value_name = "URL",
+        required_unless_present = "plan"
+    )]
+    source: Option<String>,
     /// The server to migrate to.
-    #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
-    target: String,
+    #[arg(
+        long,
+        env = "FERRY_TARGET",
+        value_name = "URL",
+        required_unless_present = "plan"
+    )]
+    target: Option<String>,
+    /// A plan file: its source, target and options.
+    #[arg(long, value_name = "PLAN.lua")]
+    plan: Option<PathBuf>,
+    /// `key=value`, seen by the plan's `ferry.env(key)` before the environment; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::plan::parse_set, requires = "plan")]
+    set: Vec<(String, String)>,
     /// Write the report as JSON to this file (`-` for stdout, instead of the text report).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
 pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
-    let target = Endpoint::parse(&args.target)?;
-    let report = Preflight::new(source, target).run().await?;
+    let plan = match &args.plan {
+        Some(path) => Some(ferry::plan::load(path, &args.set)?),
+        None => None,
+    };
+    let url = |given: &Option<String>, planned: fn(&ferry::plan::Plan) -> &str, flag: &str| {
+        given
+            .clone()
+            .or_else(|| plan.as_ref().map(|p| planned(p).to_string()))
+            .ok_or_else(|| anyhow::anyhow!("{flag} is required without --plan"))
+    };
+    let source = Endpoint::parse(&url(&args.source, |p| &p.source.url, "--source")?)?;
+    let target = Endpoint::parse(&url(&args.target, |p| &p.target.url, "--target")?)?;
+    let drop_field_ttls = plan
+        .as_ref()
+        .is_some_and(|p| p.on_field_ttls == ferry::plan::FieldTtlPolicy::DropFieldTtls);
+    let report = Preflight::new(source, target)
+        .drop_field_ttls(drop_field_ttls)
+        .run()
+        .await?;
     match args.json.as_deref() {
         Some(p) if p.as_os_str() == "-" => {
             super::print_out(format!("{}\n", serde_json::to_string_pretty(&report)?))?

@@ -45,6 +45,11 @@ pub struct SnapshotArgs {
     #[arg(long)]
     type_aware: bool,
 
+    /// Toward a target without hash-field TTLs (before Redis 7.4, Valkey), copy the fields of
+    /// hashes that have TTLs without them (counted); without it such a copy is refused.
+    #[arg(long)]
+    drop_field_ttls: bool,
+
     /// Directory for the checkpoint; a rerun with the same directory resumes, retries the keys
     /// that failed, and deletes temporary keys that a killed run left on the target.
     #[arg(long, value_name = "DIR")]
@@ -71,6 +76,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     cfg.max_source_ops = args.max_source_ops;
     cfg.big_key_bytes = args.big_key_bytes;
     cfg.type_aware = args.type_aware;
+    cfg.drop_field_ttls = args.drop_field_ttls;
     cfg.state_dir = args.state_dir;
     cfg.progress = !args.quiet;
     let report = Snapshotter::new(source, target, cfg).run().await?;

@@ -57,6 +57,9 @@ pub struct MigrateConfig {
     /// Copy the source's function libraries with every snapshot (when the source has
     /// `FUNCTION`); off when the plan drops `FUNCTION` or `FUNCTION RESTORE`.
     pub functions: bool,
+    /// Copy hash fields without their TTLs toward a target that has none (a plan's
+    /// `on_field_ttls = "drop_field_ttls"`); otherwise such a run is refused at start.
+    pub drop_field_ttls: bool,
     /// Publish replay operations to SQS for `ferry replay` processes instead of applying them
     /// here (`ferry capture`); the flag creates the queues when missing.
     #[cfg(feature = "sqs")]
@@ -80,6 +83,7 @@ impl MigrateConfig {
             replay_shards: crate::replay::DEFAULT_SHARDS,
             skip_snapshot: false,
             functions: true,
+            drop_field_ttls: false,
             #[cfg(feature = "sqs")]
             publish: None,
         }

@@ -56,6 +56,7 @@ impl Running {
         report.source_errors = self.stats.source_errors.load(Ordering::Relaxed);
         report.target_errors = self.stats.target_errors_by_code();
         report.fence_ms = fenced_ms;
+        report.field_ttls_dropped = self.shared.field_ttls_dropped.load(Ordering::Relaxed);
         Ok(Fenced::new(
             self.source,
             self.target,

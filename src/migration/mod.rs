@@ -206,6 +206,34 @@ impl Migration {
         Ok(None)
     }
 
+    /// A source with hash-field TTLs (Redis 7.4) toward a target without them: refused with
+    /// the hashes named, unless the plan drops the TTLs (then said once, in the log).
+    async fn check_field_ttls(&self, (se, te): (Engine, Engine)) -> Result<(), MigrateError> {
+        if !se.has_hash_field_expiry() || te.has_hash_field_expiry() {
+            return Ok(());
+        }
+        let found = crate::snapshot::field_ttl_hashes(&self.source).await?;
+        if found.hashes == 0 {
+            return Ok(());
+        }
+        if !self.cfg.drop_field_ttls {
+            return Err(MigrateError::Unsupported(
+                crate::snapshot::field_ttls_refusal(
+                    &self.target,
+                    te,
+                    &found,
+                    crate::snapshot::PLAN_REMEDY,
+                ),
+            ));
+        }
+        tracing::warn!(
+            hashes = found.hashes,
+            first = %found,
+            "Field TTLs dropped: the target has no hash-field TTLs, and the plan's on_field_ttls = \"drop_field_ttls\" copies those fields without them."
+        );
+        Ok(())
+    }
+
     /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
     pub async fn start(mut self) -> Result<Running, MigrateError> {
         let started = Instant::now();
@@ -214,6 +242,9 @@ impl Migration {
             Engine::detect(&self.source).await?,
             Engine::detect(&self.target).await?,
         );
+        // First, so that the refusal names the hashes even where the payloads would refuse
+        // the pair too.
+        self.check_field_ttls(engines).await?;
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
@@ -332,6 +363,9 @@ impl Migration {
             exact_effects: report.from_replica,
             mapper: self.cfg.mapper.clone(),
             split_shards,
+            drop_field_ttls: self.cfg.drop_field_ttls
+                && engines.0.has_hash_field_expiry()
+                && !engines.1.has_hash_field_expiry(),
             ..StitchConfig::default()
         };
         let (stitch_tx, stitch_events) = mpsc::unbounded_channel();

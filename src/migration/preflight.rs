@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::capture::MonitorStream;
 use crate::net::{Endpoint, Engine, NetError, info_field};
+use crate::snapshot::{PLAN_REMEDY, field_ttl_hashes, field_ttls_refusal};
 
 /// How a finding weighs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -88,6 +89,9 @@ pub struct Preflight {
     source: Endpoint,
     target: Endpoint,
     findings: Vec<Finding>,
+    /// A plan's `on_field_ttls = "drop_field_ttls"`: field TTLs a target cannot hold are a
+    /// warning, not a failure.
+    drop_field_ttls: bool,
 }
 
 /// Keys sampled for the biggest-key check.
@@ -100,7 +104,15 @@ impl Preflight {
             source,
             target,
             findings: Vec::new(),
+            drop_field_ttls: false,
         }
+    }
+
+    /// Field TTLs toward a target without them are dropped (a plan's `on_field_ttls`), so they
+    /// warn instead of failing.
+    pub fn drop_field_ttls(mut self, drop: bool) -> Preflight {
+        self.drop_field_ttls = drop;
+        self
     }
 
     fn add(&mut self, side: &'static str, check: &'static str, level: Level, detail: String) {
@@ -120,6 +132,7 @@ impl Preflight {
         let se = Engine::detect(&source).await?;
         let te = Engine::detect(&target).await?;
         self.engines(se, te);
+        self.field_ttls(se, te).await?;
         let s_info = info(&mut src).await;
         let t_info = info(&mut dst).await;
         for (side, inf) in [("source", &s_info), ("target", &t_info)] {
@@ -201,6 +214,42 @@ impl Preflight {
             )
         };
         self.add("pair", "payloads", payload.0, payload.1);
+    }
+
+    /// Hash-field TTLs (Redis 7.4): kept when both sides have them; toward a target without
+    /// them, the hashes affected are named and the plan's policy decides.
+    async fn field_ttls(&mut self, se: Engine, te: Engine) -> Result<(), NetError> {
+        if !se.has_hash_field_expiry() {
+            return Ok(());
+        }
+        if te.has_hash_field_expiry() {
+            self.add(
+                "pair",
+                "field TTLs",
+                Level::Ok,
+                "kept: copied as absolute times, HEXPIRE/HPEXPIRE replayed as HPEXPIREAT".into(),
+            );
+            return Ok(());
+        }
+        let found = field_ttl_hashes(&self.source).await?;
+        let (level, detail) = match (found.hashes, self.drop_field_ttls) {
+            (0, _) => (
+                Level::Ok,
+                format!("none on the source ({te} has no field TTLs)"),
+            ),
+            (_, true) => (
+                Level::Warn,
+                format!(
+                    "{found}: {te} has no field TTLs, and the plan's on_field_ttls = \"drop_field_ttls\" copies those fields without them"
+                ),
+            ),
+            (_, false) => (
+                Level::Fail,
+                field_ttls_refusal(&self.target, te, &found, PLAN_REMEDY),
+            ),
+        };
+        self.add("pair", "field TTLs", level, detail);
+        Ok(())
     }
 
     async fn monitor(&mut self, source: &Endpoint) {

@@ -58,6 +58,9 @@ pub struct MigrationReport {
     /// Keys re-copied because replay reached them after their expiry on the target (a write
     /// the source applied while they were alive).
     pub expiry_recopies: u64,
+    /// Field-TTL commands (`HEXPIRE` family, `HPERSIST`) not replayed to a target without
+    /// hash-field TTLs, under a plan's `on_field_ttls = "drop_field_ttls"`.
+    pub field_ttls_dropped: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -91,6 +94,12 @@ impl MigrationReport {
                     }
                     s
                 }
+            }
+            + &match self.field_ttls_dropped {
+                0 => String::new(),
+                n => format!(
+                    "; {n} hash-field TTL commands dropped (on_field_ttls = \"drop_field_ttls\")"
+                ),
             }
     }
 }

@@ -120,6 +120,7 @@ pub fn migrate_config(plan: &Plan) -> Result<MigrateConfig, RunError> {
         &plan.rewrite,
         &crate::command::Argv::from_args(["FUNCTION", "RESTORE"]),
     );
+    cfg.drop_field_ttls = plan.on_field_ttls == crate::plan::FieldTtlPolicy::DropFieldTtls;
     if let Some(ms) = plan.final_fence.max_pause_ms {
         cfg.max_pause = Duration::from_millis(ms);
     }

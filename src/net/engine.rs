@@ -95,6 +95,11 @@ impl Engine {
         self.redis_level() >= (6, 2)
     }
 
+    /// Hash-field expiry, the `HEXPIRE` family (Redis 7.4; no Valkey release up to 8.0).
+    pub fn has_hash_field_expiry(&self) -> bool {
+        self.kind == EngineKind::Redis && self.redis_level() >= (7, 4)
+    }
+
     /// The RDB version of this engine's `DUMP` payloads.
     pub fn rdb_version(&self) -> u16 {
         match self.kind {
@@ -148,6 +153,9 @@ mod tests {
         assert!(v80.has_pexpiretime() && v80.has_functions());
         assert_eq!(v80.rdb_version(), 11);
         assert_eq!(engine("redis_version:7.4.1\r\n").rdb_version(), 12);
+        assert!(engine("redis_version:7.4.1\r\n").has_hash_field_expiry());
+        assert!(!v80.has_hash_field_expiry() && !r62.has_hash_field_expiry());
+        assert!(!engine("redis_version:7.2.6\r\n").has_hash_field_expiry());
         assert_eq!(engine("redis_version:7.0.15\r\n").rdb_version(), 10);
         assert!(engine("redis_version:3.2.12\r\n").too_old());
         assert!(Engine::from_info("nothing here").is_none());

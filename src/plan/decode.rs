@@ -17,9 +17,9 @@ use super::hooks::{PhaseHook, SharedRuntime};
 use super::runtime::{Limits, lua_type};
 use super::{
     API_VERSION, CaptureChoice, DEFAULT_JOURNAL_DIR, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_PAUSE_MS,
-    DEFAULT_MAX_TRAILING_MS, DEFAULT_QUIET_MS, DEFAULT_TTL_TOLERANCE_MS, FinalFenceSpec, Glob,
-    HookErrorPolicy, JournalSpec, KeyFilter, OnConflict, Phase, PhaseKind, Plan, Rule,
-    SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
+    DEFAULT_MAX_TRAILING_MS, DEFAULT_QUIET_MS, DEFAULT_TTL_TOLERANCE_MS, FieldTtlPolicy,
+    FinalFenceSpec, Glob, HookErrorPolicy, JournalSpec, KeyFilter, OnConflict, Phase, PhaseKind,
+    Plan, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
 };
 use crate::command::Argv;
 
@@ -38,6 +38,7 @@ const TOP_FIELDS: &[&str] = &[
     "phases",
     "check",
     "final_fence",
+    "on_field_ttls",
 ];
 
 const BUILTIN_PHASES: &[&str] = &["snapshot", "catch_up", "verify", "cutover"];
@@ -390,6 +391,14 @@ impl Decoder {
         let phases = self.phases(&self.get(t, "", "phases")?, &name)?;
         let check_samples = self.check(&self.get(t, "", "check")?)?;
         let final_fence = self.final_fence(&self.get(t, "", "final_fence")?)?;
+        let on_field_ttls = match self.choice(
+            &self.get(t, "", "on_field_ttls")?,
+            "on_field_ttls",
+            &["refuse", "drop_field_ttls"],
+        )? {
+            Some("drop_field_ttls") => FieldTtlPolicy::DropFieldTtls,
+            _ => FieldTtlPolicy::Refuse,
+        };
 
         Ok(Decoded {
             plan: Plan {
@@ -408,6 +417,7 @@ impl Decoder {
                 phases,
                 check_samples,
                 final_fence,
+                on_field_ttls,
             },
             has_on_command,
             compare_rules,

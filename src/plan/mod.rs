@@ -98,6 +98,9 @@ pub struct Plan {
     pub check_samples: Vec<(u32, Argv)>,
     /// The final fence of a stop without a cutover phase.
     pub final_fence: FinalFenceSpec,
+    /// `on_field_ttls`: what to do when the source has hash-field TTLs (Redis 7.4) and the
+    /// target cannot hold them.
+    pub on_field_ttls: FieldTtlPolicy,
 }
 
 /// `final_fence`: the stop's final fence when no cutover phase sets its own bound.
@@ -233,6 +236,16 @@ pub enum HookErrorPolicy {
     Fail,
     /// Drop the command and record the error.
     Skip,
+}
+
+/// `on_field_ttls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldTtlPolicy {
+    /// Stop before anything is copied, naming the hashes affected.
+    #[default]
+    Refuse,
+    /// Copy the fields without their TTLs, counted and reported.
+    DropFieldTtls,
 }
 
 /// One entry of `phases`.

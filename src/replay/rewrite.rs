@@ -4,7 +4,9 @@
 //! ## Behavior
 //! - Relative TTLs become absolute with `floor(ts_us / 1000) + ttl_ms`, the primary's own replica
 //!   rewrite (docs/redis-behaviour.md §5, §14): `SET … EX|PX` and `GETEX … EX|PX` → `PXAT`, `SETEX`/`PSETEX`
-//!   → `SET … PXAT`, `EXPIRE`/`PEXPIRE` → `PEXPIREAT`, `RESTORE ttl` → `RESTORE abs … ABSTTL`.
+//!   → `SET … PXAT`, `EXPIRE`/`PEXPIRE` → `PEXPIREAT`, `RESTORE ttl` → `RESTORE abs … ABSTTL`,
+//!   and Redis 7.4's hash-field `HEXPIRE`/`HPEXPIRE` → `HPEXPIREAT` (what a 7.4 primary sends
+//!   its replicas; `HEXPIREAT`, `HPEXPIREAT` and `HPERSIST` are already exact).
 //!   Replay lag then no longer stretches TTLs on the target.
 //! - Blocking commands become their non-blocking forms (`BLPOP` → `LMPOP`, `BLMOVE` → `LMOVE`,
 //!   `XREADGROUP BLOCK` without `BLOCK` …) and are dirty: a blocked client served later by
@@ -75,6 +77,8 @@ pub fn rewrite(table: &CommandTable, argv: Argv, ts_us: u64) -> Rewritten {
         b"PSETEX" => Rewritten::send(setex(argv, 1, now_ms)),
         b"EXPIRE" => Rewritten::send(expire(argv, 1000, now_ms)),
         b"PEXPIRE" => Rewritten::send(expire(argv, 1, now_ms)),
+        b"HEXPIRE" => Rewritten::send(hexpire(argv, 1000, now_ms)),
+        b"HPEXPIRE" => Rewritten::send(hexpire(argv, 1, now_ms)),
         b"RESTORE" | b"RESTORE-ASKING" => Rewritten::send(restore(argv, now_ms)),
 
         b"BLPOP" => Rewritten::send_dirty(pop_first(argv, b"LMPOP", b"LEFT", now_ms)),
@@ -331,6 +335,78 @@ fn expire(argv: Argv, unit_ms: i64, now_ms: i64) -> Argv {
         out.push(a);
     }
     out
+}
+
+/// The largest absolute field expiry Redis 7.4 accepts, in ms (`HFE_MAX_ABS_TIME_MSEC`,
+/// `EB_EXPIRE_TIME_MAX >> 2` in t_hash.c).
+const HFE_MAX_ABS_TIME_MS: i64 = 0x0000_FFFF_FFFF_FFFF >> 2;
+
+/// `HEXPIRE k s [NX|XX|GT|LT] FIELDS n f…` / `HPEXPIRE k ms …` → `HPEXPIREAT k abs …`, checked
+/// as t_hash.c's `hexpireGenericCommand` checks it: a negative TTL, seconds past the bound, or an
+/// absolute time past `HFE_MAX_ABS_TIME_MSEC` was an error on the source, so the command stays
+/// as it was. A zero TTL deletes the fields on the source; a past `HPEXPIREAT` does the same.
+/// The condition, `FIELDS` and the fields are kept in place: the source checked them, and the
+/// target checks the same words the same way.
+fn hexpire(argv: Argv, unit_ms: i64, now_ms: i64) -> Argv {
+    if argv.len() < 6 {
+        return argv;
+    }
+    let Some(ttl) = parse_ll(arg(&argv, 2)).filter(|v| *v >= 0) else {
+        return argv;
+    };
+    if unit_ms == 1000 && ttl > HFE_MAX_ABS_TIME_MS / 1000 {
+        return argv;
+    }
+    let ttl_ms = ttl * unit_ms;
+    if ttl_ms > HFE_MAX_ABS_TIME_MS.saturating_sub(now_ms) {
+        return argv;
+    }
+    let mut out = Argv::new();
+    out.push(b"HPEXPIREAT");
+    out.push(arg(&argv, 1));
+    out.push(&num(now_ms + ttl_ms));
+    for a in argv.iter().skip(3) {
+        out.push(a);
+    }
+    out
+}
+
+/// What a target without hash-field TTLs (a plan's `drop_field_ttls`) gets instead of a
+/// field-TTL command, as [`rewrite`] left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldTtlDrop {
+    /// Not a field-TTL command: send it.
+    Keep,
+    /// A TTL set in the future, or `HPERSIST`: the target's fields have no TTL anyway, so
+    /// nothing is sent (one TTL dropped).
+    Drop,
+    /// A time at or before the command's own: the source deleted the fields (if the condition
+    /// held), which only a re-copy of the key can tell; nothing is sent, the key is dirty.
+    Recopy,
+}
+
+/// Decides [`FieldTtlDrop`] for `argv` after [`rewrite`] (so relative forms are already
+/// `HPEXPIREAT`), logged by the source at `ts_us`. A command whose time does not parse failed
+/// on the source and changed nothing: dropped.
+pub fn drop_field_ttl(argv: &Argv, ts_us: u64) -> FieldTtlDrop {
+    let name = argv.name();
+    let unit_ms = if name.eq_ignore_ascii_case(b"HPEXPIREAT") {
+        1
+    } else if name.eq_ignore_ascii_case(b"HEXPIREAT") {
+        1000
+    } else if name.eq_ignore_ascii_case(b"HPERSIST")
+        || name.eq_ignore_ascii_case(b"HEXPIRE")
+        || name.eq_ignore_ascii_case(b"HPEXPIRE")
+    {
+        // HEXPIRE/HPEXPIRE left as they were were errors on the source.
+        return FieldTtlDrop::Drop;
+    } else {
+        return FieldTtlDrop::Keep;
+    };
+    match parse_ll(arg(argv, 2)).and_then(|t| t.checked_mul(unit_ms)) {
+        Some(at) if at <= now_ms(ts_us) => FieldTtlDrop::Recopy,
+        _ => FieldTtlDrop::Drop,
+    }
 }
 
 /// `RESTORE k ttl payload [REPLACE] [IDLETIME n] [FREQ n]` with a positive relative ttl →
@@ -746,6 +822,120 @@ mod tests {
         unchanged(&["EXPIREAT", "k", "4102444800"]);
         unchanged(&["PEXPIREAT", "k", "4102444800000", "GT"]);
         unchanged(&["PERSIST", "k"]);
+    }
+
+    #[test]
+    fn rewrite_hexpire_hpexpire() {
+        assert_eq!(
+            rw(&["HEXPIRE", "h", "50", "FIELDS", "1", "f"]),
+            send(&["HPEXPIREAT", "h", "1795658150048", "FIELDS", "1", "f"])
+        );
+        assert_eq!(
+            rw(&["hpexpire", "h", "50000", "gt", "fields", "2", "a", "b"]),
+            send(&[
+                "HPEXPIREAT",
+                "h",
+                "1795658150048",
+                "gt",
+                "fields",
+                "2",
+                "a",
+                "b"
+            ])
+        );
+        for cond in ["NX", "XX", "GT", "LT"] {
+            assert_eq!(
+                rw(&["HEXPIRE", "h", "1", cond, "FIELDS", "1", "f"]),
+                send(&["HPEXPIREAT", "h", "1795658101048", cond, "FIELDS", "1", "f"])
+            );
+        }
+        // Zero deletes the fields on the source: a past HPEXPIREAT does the same.
+        assert_eq!(
+            rw(&["HPEXPIRE", "h", "0", "FIELDS", "1", "f"]),
+            send(&["HPEXPIREAT", "h", "1795658100048", "FIELDS", "1", "f"])
+        );
+        // The largest accepted values still rewrite; one more is the source's error.
+        let max_s = (HFE_MAX_ABS_TIME_MS - 1_795_658_100_048) / 1000;
+        assert!(
+            rw(&["HEXPIRE", "h", &max_s.to_string(), "FIELDS", "1", "f"])
+                .argv
+                .unwrap()
+                .name()
+                == b"HPEXPIREAT"
+        );
+        let max_ms = HFE_MAX_ABS_TIME_MS - 1_795_658_100_048;
+        assert_eq!(
+            rw(&["HPEXPIRE", "h", &max_ms.to_string(), "FIELDS", "1", "f"]),
+            send(&[
+                "HPEXPIREAT",
+                "h",
+                &HFE_MAX_ABS_TIME_MS.to_string(),
+                "FIELDS",
+                "1",
+                "f"
+            ])
+        );
+        for args in [
+            &["HEXPIRE", "h", "50", "FIELDS", "1"][..],
+            &["HEXPIRE", "h", "-1", "FIELDS", "1", "f"],
+            &["HEXPIRE", "h", "ten", "FIELDS", "1", "f"],
+            &["HEXPIRE", "h", "17592186044416", "FIELDS", "1", "f"],
+            &[
+                "HPEXPIRE",
+                "h",
+                &(max_ms + 1).to_string(),
+                "FIELDS",
+                "1",
+                "f",
+            ],
+            &["HPEXPIRE", "h", "9223372036854775807", "FIELDS", "1", "f"],
+        ] {
+            unchanged(args);
+        }
+        // Absolute forms and HPERSIST are already exact.
+        unchanged(&["HEXPIREAT", "h", "4102444800", "FIELDS", "1", "f"]);
+        unchanged(&["HPEXPIREAT", "h", "4102444800000", "XX", "FIELDS", "1", "f"]);
+        unchanged(&["HPERSIST", "h", "FIELDS", "1", "f"]);
+    }
+
+    #[test]
+    fn field_ttls_dropped_for_a_target_without_them() {
+        let drop = |args: &[&str]| {
+            let r = rw(args);
+            drop_field_ttl(&r.argv.unwrap(), TS)
+        };
+        assert_eq!(
+            drop(&["HEXPIRE", "h", "50", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPERSIST", "h", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPEXPIREAT", "h", "4102444800000", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        // Zero, or a time already past, deletes the fields on the source.
+        assert_eq!(
+            drop(&["HPEXPIRE", "h", "0", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Recopy
+        );
+        assert_eq!(
+            drop(&["HEXPIREAT", "h", "1", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Recopy
+        );
+        // The source's errors changed nothing.
+        assert_eq!(
+            drop(&["HEXPIRE", "h", "-1", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(
+            drop(&["HPEXPIREAT", "h", "x", "FIELDS", "1", "f"]),
+            FieldTtlDrop::Drop
+        );
+        assert_eq!(drop(&["HSET", "h", "f", "v"]), FieldTtlDrop::Keep);
+        assert_eq!(drop(&["EXPIRE", "h", "0"]), FieldTtlDrop::Keep);
     }
 
     #[test]
@@ -1242,7 +1432,7 @@ mod tests {
         #[test]
         fn rewrite_never_panics_and_never_emits_a_new_blocking_command(
             name in proptest::sample::select(&[
-                "SET", "set", "GETEX", "SETEX", "PSETEX", "EXPIRE", "pexpire", "RESTORE", "BLPOP",
+                "SET", "set", "GETEX", "SETEX", "PSETEX", "EXPIRE", "pexpire", "HEXPIRE", "hpexpire", "RESTORE", "BLPOP",
                 "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "bzmpop",
                 "XREADGROUP", "XREAD", "XADD", "XTRIM", "MIGRATE", "SELECT", "SPOP", "LPUSH",
             ][..]),

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::expiry::Expiries;
 use super::op::Op;
-use super::rewrite::rewrite;
+use super::rewrite::{FieldTtlDrop, drop_field_ttl, rewrite};
 use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::command::{Mapper, mixed_keys};
@@ -102,6 +102,8 @@ pub struct StitchShared {
     pub applied_through: AtomicU64,
     /// Verification probes waiting for their fences.
     pub checks: CheckRegistry,
+    /// Field-TTL commands not sent to a target without field TTLs (`drop_field_ttls`).
+    pub field_ttls_dropped: AtomicU64,
 }
 
 impl StitchShared {
@@ -147,6 +149,9 @@ pub struct StitchConfig {
     /// Replay runs as separate processes, one per group of `n` shards, with no barrier between
     /// them: a command whose keys span shards is not sent; its written keys are re-copied.
     pub split_shards: Option<usize>,
+    /// The target has no hash-field TTLs and the plan drops them: field-TTL commands are not
+    /// sent ([`super::rewrite::drop_field_ttl`]), and counted.
+    pub drop_field_ttls: bool,
 }
 
 impl Default for StitchConfig {
@@ -156,6 +161,7 @@ impl Default for StitchConfig {
             payload_timeout: DEFAULT_PAYLOAD_TIMEOUT,
             mapper: None,
             split_shards: None,
+            drop_field_ttls: false,
         }
     }
 }
@@ -248,6 +254,19 @@ impl Stitcher {
         } else {
             let r = rewrite(&self.table, argv.clone(), ts_us);
             (r.argv, r.dirty)
+        };
+        let (out, dirty) = match out {
+            Some(sent) if self.cfg.drop_field_ttls => match drop_field_ttl(&sent, ts_us) {
+                FieldTtlDrop::Keep => (Some(sent), dirty),
+                FieldTtlDrop::Drop => {
+                    self.shared
+                        .field_ttls_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    (None, dirty)
+                }
+                FieldTtlDrop::Recopy => (None, true),
+            },
+            out => (out, dirty),
         };
         for k in &keys {
             let key = argv.get(k.pos).unwrap_or_default();

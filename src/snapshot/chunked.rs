@@ -11,6 +11,10 @@
 //!   lists are held whole (they are small in practice).
 //! - At the end `MULTI; RENAME tmp key; PEXPIREAT key ms; EXEC` swaps the value in, so the target
 //!   never shows a half-copied key.
+//! - Hash-field TTLs (Redis 7.4), with [`ChunkedOptions::field_ttls`]: after each `HSCAN` window,
+//!   `HPEXPIRETIME` of its fields, then `HPEXPIREAT` of those that have one on the temporary key
+//!   (absolute times, so the copy's duration does not stretch them), and `HDEL` of a field that
+//!   expired between the two reads.
 //! - Streams keep their IDs, `last-generated-id`, `entries-added`, `max-deleted-entry-id`, and
 //!   every consumer group's `last-delivered-id`, `entries-read`, consumers and pending entries
 //!   (owner, delivery count, idle time up to the copy's duration), including pending entries
@@ -72,6 +76,10 @@ pub struct ChunkedStats {
     /// Bytes of element data read (members, fields, values, scores as text), without protocol
     /// overhead.
     pub bytes: u64,
+    /// Hash fields copied with their TTL.
+    pub field_ttls: u64,
+    /// Hash fields copied without the TTL they have on the source ([`FieldTtls::Drop`]).
+    pub field_ttls_dropped: u64,
 }
 
 /// Why a chunked copy failed. The target key is left as it was.
@@ -102,6 +110,21 @@ pub struct ChunkedOptions {
     /// The temporary key on the target; `None` picks a fresh one with [`temp_key`]. It must be
     /// in the hash slot of the key (as [`temp_key`] makes it) and must not exist.
     pub temp_key: Option<Vec<u8>>,
+    /// What becomes of hash-field TTLs (Redis 7.4).
+    pub field_ttls: FieldTtls,
+}
+
+/// What a chunked copy does with hash-field TTLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldTtls {
+    /// The source has none (before Redis 7.4, Valkey): nothing is read.
+    #[default]
+    None,
+    /// Both sides have them: `HPEXPIRETIME` → `HPEXPIREAT`.
+    Copy,
+    /// The target has none and the caller drops them: read and counted
+    /// ([`ChunkedStats::field_ttls_dropped`]), the fields copied without them.
+    Drop,
 }
 
 impl ChunkedOptions {
@@ -111,7 +134,14 @@ impl ChunkedOptions {
             chunk,
             limiter: None,
             temp_key: None,
+            field_ttls: FieldTtls::None,
         }
+    }
+
+    /// What to do with hash-field TTLs.
+    pub fn with_field_ttls(mut self, mode: FieldTtls) -> ChunkedOptions {
+        self.field_ttls = mode;
+        self
     }
 
     /// Paces the source reads with `limiter`.
@@ -149,7 +179,12 @@ pub async fn copy_chunked(
         KeyType::List => Box::new(ListCopier::new(read_key, &tmp, chunk)),
         KeyType::Set => Box::new(ScanCopier::new(Scan::Set, read_key, &tmp, chunk)),
         KeyType::ZSet => Box::new(ScanCopier::new(Scan::ZSet, read_key, &tmp, chunk)),
-        KeyType::Hash => Box::new(ScanCopier::new(Scan::Hash, read_key, &tmp, chunk)),
+        KeyType::Hash => {
+            let mut c = ScanCopier::new(Scan::Hash, read_key, &tmp, chunk);
+            c.field_ttls = (opts.field_ttls != FieldTtls::None).then(Vec::new);
+            c.drop_ttls = opts.field_ttls == FieldTtls::Drop;
+            Box::new(c)
+        }
         KeyType::Stream => Box::new(StreamCopier::new(read_key, &tmp, chunk)),
     };
     let mut stats = ChunkedStats::default();
@@ -478,6 +513,13 @@ struct ScanCopier {
     cursor: Vec<u8>,
     done: bool,
     seen: u64,
+    /// Hashes with field TTLs: the fields of the last window, whose `HPEXPIRETIME` is read
+    /// next (`Some(empty)` when none is pending); `None` copies no field TTLs.
+    field_ttls: Option<Vec<Vec<u8>>>,
+    /// The read in flight is the `HPEXPIRETIME` of `field_ttls`.
+    reading_ttls: bool,
+    /// Field TTLs are counted, not written ([`FieldTtls::Drop`]).
+    drop_ttls: bool,
 }
 
 impl ScanCopier {
@@ -490,12 +532,72 @@ impl ScanCopier {
             cursor: b"0".to_vec(),
             done: false,
             seen: 0,
+            field_ttls: None,
+            reading_ttls: false,
+            drop_ttls: false,
         }
+    }
+
+    /// `HPEXPIRETIME`'s replies for the pending fields → `HPEXPIREAT` (one per distinct time,
+    /// usually one) and `HDEL` of fields gone since the `HSCAN`, on the temporary key.
+    fn absorb_ttls(
+        &mut self,
+        replies: Vec<Value>,
+        stats: &mut ChunkedStats,
+    ) -> Result<Pipeline, ReadError> {
+        let fields = self
+            .field_ttls
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let times = array(next(&mut replies.into_iter())?)?;
+        if times.len() != fields.len() {
+            return Err(shape("an HPEXPIRETIME reply does not match its fields"));
+        }
+        let mut by_time: std::collections::BTreeMap<i64, Vec<Vec<u8>>> = Default::default();
+        let mut gone = Vec::new();
+        for (f, t) in fields.into_iter().zip(times) {
+            match int(&t)? {
+                -2 => gone.push(f),
+                t if t >= 0 => by_time.entry(t).or_default().push(f),
+                _ => {}
+            }
+        }
+        let mut pipe = redis::pipe();
+        if !gone.is_empty() {
+            pipe.cmd("HDEL").arg(&self.tmp).arg(gone).ignore();
+        }
+        if self.drop_ttls {
+            stats.field_ttls_dropped += by_time.values().map(|fs| fs.len() as u64).sum::<u64>();
+            return Ok(pipe);
+        }
+        for (t, fs) in by_time {
+            stats.field_ttls += fs.len() as u64;
+            pipe.cmd("HPEXPIREAT")
+                .arg(&self.tmp)
+                .arg(t)
+                .arg("FIELDS")
+                .arg(fs.len())
+                .arg(fs)
+                .ignore();
+        }
+        Ok(pipe)
     }
 }
 
 impl Copier for ScanCopier {
     fn next_read(&mut self) -> Option<Pipeline> {
+        self.reading_ttls = self.field_ttls.as_ref().is_some_and(|f| !f.is_empty());
+        if self.reading_ttls {
+            let fields = self.field_ttls.as_deref().unwrap_or_default();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HPEXPIRETIME")
+                .arg(&self.read_key)
+                .arg("FIELDS")
+                .arg(fields.len())
+                .arg(fields);
+            return Some(pipe);
+        }
         if self.done {
             return None;
         }
@@ -513,6 +615,9 @@ impl Copier for ScanCopier {
         replies: Vec<Value>,
         stats: &mut ChunkedStats,
     ) -> Result<Pipeline, ReadError> {
+        if self.reading_ttls {
+            return self.absorb_ttls(replies, stats);
+        }
         let mut parts = array(next(&mut replies.into_iter())?)?.into_iter();
         let (Some(cursor), Some(items), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(shape("a SCAN reply is not [cursor, items]"));
@@ -549,6 +654,9 @@ impl Copier for ScanCopier {
                 Scan::Hash => {
                     let value = into_bytes(next(&mut items)?)?;
                     stats.bytes += value.len() as u64;
+                    if let Some(pending) = &mut self.field_ttls {
+                        pending.push(first.clone());
+                    }
                     cmd.arg(first).arg(value);
                 }
                 Scan::ZSet => {

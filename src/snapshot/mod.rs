@@ -24,6 +24,7 @@
 mod checkpoint;
 pub mod chunked;
 pub mod expiry;
+mod fieldttl;
 mod limit;
 mod live;
 mod progress;
@@ -43,6 +44,9 @@ use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
+pub use fieldttl::{
+    FieldTtlHashes, PLAN_REMEDY, field_expiries, field_ttl_hashes, field_ttls_refusal,
+};
 pub use limit::RateLimiter;
 pub use live::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier, dump_holds_libraries,
@@ -91,6 +95,10 @@ pub struct SnapshotConfig {
     /// fenced read), for replay to restore at that position. Off for a source without
     /// `FUNCTION`; a standalone snapshot copies keys only.
     pub functions: bool,
+    /// Toward a target without hash-field TTLs, copy the fields of hashes that have them
+    /// without their TTLs (counted); otherwise a standalone snapshot of such a source is
+    /// refused at start, naming the hashes.
+    pub drop_field_ttls: bool,
 }
 
 impl Default for SnapshotConfig {
@@ -107,6 +115,7 @@ impl Default for SnapshotConfig {
             state_dir: None,
             progress: false,
             functions: false,
+            drop_field_ttls: false,
         }
     }
 }
@@ -160,6 +169,11 @@ pub struct SnapshotReport {
     pub bytes: u64,
     /// Keys copied with the chunked, type-aware path.
     pub chunked_keys: u64,
+    /// Hash fields the chunked path copied with their TTL (Redis 7.4 on both sides).
+    pub field_ttls: u64,
+    /// Hash fields copied without their TTL toward a target that has none
+    /// ([`SnapshotConfig::drop_field_ttls`]).
+    pub field_ttls_dropped: u64,
     /// Keys that expired before they could be restored.
     pub skipped_expired: u64,
     /// Temporary keys of chunked copies that a killed run left on the target, deleted at start.
@@ -200,8 +214,14 @@ impl SnapshotReport {
                 .collect();
             format!("{} ({})", self.failed_count(), parts.join(", "))
         };
+        let field_ttls = match (self.field_ttls, self.field_ttls_dropped) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(" ({n} field TTLs)"),
+            (0, d) => format!(" ({d} field TTLs dropped)"),
+            (n, d) => format!(" ({n} field TTLs, {d} dropped)"),
+        };
         format!(
-            "Snapshot {}: {} keys, {:.1} MB in {:.1} s ({:.0} keys/s); chunked {}; skipped {} expired, {} vanished; failed {}",
+            "Snapshot {}: {} keys, {:.1} MB in {:.1} s ({:.0} keys/s); chunked {}{field_ttls}; skipped {} expired, {} vanished; failed {}",
             if self.resumed {
                 "resumed and done"
             } else {
@@ -222,6 +242,8 @@ impl SnapshotReport {
         self.keys += o.keys;
         self.bytes += o.bytes;
         self.chunked_keys += o.chunked_keys;
+        self.field_ttls += o.field_ttls;
+        self.field_ttls_dropped += o.field_ttls_dropped;
         self.skipped_expired += o.skipped_expired;
         self.vanished += o.vanished;
         for f in o.failed {
@@ -254,6 +276,9 @@ pub enum SnapshotError {
     /// The state dir cannot be used.
     #[error("state dir {path}: {message}")]
     State { path: String, message: String },
+    /// The pair cannot be copied as asked (field TTLs toward a target without them).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A batch of keys from one `SCAN` step.
@@ -284,6 +309,8 @@ struct BatchStats {
     keys: u64,
     bytes: u64,
     chunked_keys: u64,
+    field_ttls: u64,
+    field_ttls_dropped: u64,
     skipped_expired: u64,
     vanished: u64,
     failed: Vec<Failure>,
@@ -379,6 +406,34 @@ impl Snapshotter {
         self.run_inner(Some(sink)).await
     }
 
+    /// A source with hash-field TTLs toward a target without them: refused, naming the
+    /// hashes, unless [`SnapshotConfig::drop_field_ttls`] (then said once, in the log). A live
+    /// migration decides this itself before its snapshot starts.
+    async fn check_field_ttls(&self) -> Result<(), SnapshotError> {
+        let se = crate::net::Engine::detect(&self.source).await?;
+        let te = crate::net::Engine::detect(&self.target).await?;
+        if !se.has_hash_field_expiry() || te.has_hash_field_expiry() {
+            return Ok(());
+        }
+        let found = field_ttl_hashes(&self.source).await?;
+        if found.hashes == 0 {
+            return Ok(());
+        }
+        if !self.cfg.drop_field_ttls {
+            return Err(SnapshotError::Unsupported(field_ttls_refusal(
+                &self.target,
+                te,
+                &found,
+                "pass --drop-field-ttls",
+            )));
+        }
+        tracing::warn!(
+            first = %found,
+            "Field TTLs dropped: the target has no hash-field TTLs; those fields are copied without them."
+        );
+        Ok(())
+    }
+
     async fn run_inner(&self, live: Option<LiveSink>) -> Result<SnapshotReport, SnapshotError> {
         let started = Instant::now();
         let mut src = self.source.control().await?;
@@ -387,6 +442,9 @@ impl Snapshotter {
             .query_async::<()>(&mut dst)
             .await
             .map_err(|e| cmd_err(&self.target, "PING", e))?;
+        if live.is_none() {
+            self.check_field_ttls().await?;
+        }
         let sizes = keyspace(&self.source, &mut src).await?;
         let dbs: Vec<u32> = match &self.cfg.dbs {
             Some(d) => d.clone(),

@@ -71,6 +71,8 @@ struct Worker {
     temp: TempKeys,
     /// How this source gives expiries.
     expiry: ExpiryRead,
+    /// What the chunked copy does with hash-field TTLs (Redis 7.4).
+    field_ttls: super::chunked::FieldTtls,
 }
 
 /// A failure that may go away with a new connection.
@@ -114,6 +116,19 @@ impl Worker {
                 message: e.to_string(),
             })?;
         let expiry = ExpiryRead::detect(&mut src).await;
+        let field_ttls = match (
+            crate::net::Engine::detect(&shared.source)
+                .await?
+                .has_hash_field_expiry(),
+            crate::net::Engine::detect(&shared.target)
+                .await?
+                .has_hash_field_expiry(),
+        ) {
+            (false, _) => super::chunked::FieldTtls::None,
+            (true, true) => super::chunked::FieldTtls::Copy,
+            // The snapshot refused to start unless the caller drops them.
+            (true, false) => super::chunked::FieldTtls::Drop,
+        };
         Ok(Worker {
             id,
             shared,
@@ -125,6 +140,7 @@ impl Worker {
             ordinal: 0,
             temp,
             expiry,
+            field_ttls,
         })
     }
 
@@ -334,7 +350,8 @@ impl Worker {
             .map_err(|e| Retry(e.to_string()))?;
         let opts = ChunkedOptions::new(self.shared.cfg.chunk)
             .with_limiter(self.shared.limiter.clone())
-            .with_temp_key(tmp.clone());
+            .with_temp_key(tmp.clone())
+            .with_field_ttls(self.field_ttls);
         let result = copy_chunked(
             &mut self.src,
             &mut self.dst,
@@ -362,6 +379,8 @@ impl Worker {
             Ok(s) => {
                 stats.keys += 1;
                 stats.chunked_keys += 1;
+                stats.field_ttls += s.field_ttls;
+                stats.field_ttls_dropped += s.field_ttls_dropped;
                 stats.bytes += s.bytes;
             }
             Err(e) => stats.failed.push(fail(format!("chunked copy: {e}"))),

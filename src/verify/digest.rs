@@ -81,6 +81,36 @@ async fn list(con: &mut MultiplexedConnection, key: &[u8]) -> redis::RedisResult
     }
 }
 
+/// How two hashes' field expiries (from `snapshot::field_expiries`) differ beyond `tol` ms, described
+/// by the first field that differs and a count; `None` when they agree.
+pub(crate) fn field_ttl_difference(
+    source: &std::collections::BTreeMap<Vec<u8>, i64>,
+    target: &std::collections::BTreeMap<Vec<u8>, i64>,
+    tol: i64,
+) -> Option<String> {
+    let fields: std::collections::BTreeSet<&Vec<u8>> = source.keys().chain(target.keys()).collect();
+    let mut differing = fields
+        .into_iter()
+        .filter(|f| match (source.get(*f), target.get(*f)) {
+            (Some(a), Some(b)) => (a - b).abs() > tol,
+            _ => true,
+        });
+    let first = differing.next()?;
+    let show = |t: Option<&i64>| t.map_or("no TTL".to_string(), |t| format!("expires at {t} ms"));
+    let more = differing.count();
+    Some(format!(
+        "field {}: source {}, target {}{}",
+        crate::escape::quote(first),
+        show(source.get(first)),
+        show(target.get(first)),
+        if more > 0 {
+            format!(" (and {more} more fields)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// HSCAN / SSCAN into an order-independent digest plus the cardinality.
 async fn scan_unordered(
     con: &mut MultiplexedConnection,

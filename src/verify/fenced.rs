@@ -9,6 +9,9 @@
 //!   `ZRANGE … WITHSCORES`, `XRANGE` and the groups…), compared canonically. Keys above
 //!   [`LOGICAL_MAX_BYTES`] are compared through windowed digests instead, unfenced, with
 //!   re-checks: reading a huge value whole would stall both servers.
+//! - Hashes with Redis 7.4 field TTLs: equal payloads carry equal field TTLs; when payloads
+//!   differ and the values agree, each field's `HPEXPIRETIME` is compared (within the TTL
+//!   tolerance), unfenced with re-checks like a digest, when both sides have field TTLs.
 //! - A key whose fence finds it unsettled (a re-copy pending) is checked again at a later fence.
 //! - Both directions, a `SCAN` page at a time: source keys (all, or a sample without
 //!   duplicates), then target keys for which no source key (through the plan's renames) exists;
@@ -94,6 +97,8 @@ pub struct FencedVerifier {
     cfg: VerifyConfig,
     rules: Option<Arc<dyn VerifyRules>>,
     fence_timeout: Duration,
+    /// Both sides have hash-field TTLs (Redis 7.4), found at the start of a run.
+    field_ttls: bool,
 }
 
 /// One key's reads on one side.
@@ -171,6 +176,8 @@ enum Outcome {
     Logical(&'static str),
     /// Too big to read whole: digests.
     Digest(&'static str),
+    /// Equal hash values in different payloads: field TTLs still to compare.
+    FieldTtls,
 }
 
 impl FencedVerifier {
@@ -181,6 +188,7 @@ impl FencedVerifier {
             cfg,
             rules: None,
             fence_timeout: Duration::from_secs(120),
+            field_ttls: false,
         }
     }
 
@@ -204,13 +212,15 @@ impl FencedVerifier {
     }
 
     /// Compares the selected keys in both directions.
-    pub async fn run(self) -> Result<VerifyReport, VerifyError> {
+    pub async fn run(mut self) -> Result<VerifyReport, VerifyError> {
         if self.cfg.batch == 0 {
             return Err(VerifyError::Config("batch must be at least 1".into()));
         }
         // Both sides answer the same reads at one stream position, expiry as an absolute time.
+        self.field_ttls = true;
         for ep in [&self.link.node, &self.link.target] {
             let engine = crate::net::Engine::detect(ep).await?;
+            self.field_ttls &= engine.has_hash_field_expiry();
             if !engine.has_pexpiretime() {
                 return Err(VerifyError::Config(format!(
                     "fenced verification inside a run needs PEXPIRETIME (Redis 7.0 or later) on both sides, and {} runs {engine}; run `ferry verify` after the final fence instead",
@@ -339,6 +349,11 @@ impl FencedVerifier {
             run.rechecked += 1;
             if let Some(detail) = self.digest_compare(&p, ty).await? {
                 run.diffs.push(diff(&p, "value", detail));
+            }
+        }
+        for p in std::mem::take(&mut run.field_ttls) {
+            if let Some(detail) = self.field_ttl_compare(&p).await? {
+                run.diffs.push(diff(&p, "field ttl", detail));
             }
         }
 
@@ -498,6 +513,7 @@ impl FencedVerifier {
                     run.logical.push(q);
                 }
                 Outcome::Digest(ty) => run.digest.push((p.clone(), ty)),
+                Outcome::FieldTtls => run.field_ttls.push(p.clone()),
             }
         }
         Ok(())
@@ -570,7 +586,36 @@ impl FencedVerifier {
         if let Some(detail) = super::ttl_difference(s.expire_at, t.expire_at, tol) {
             return Outcome::Differs("ttl", detail);
         }
+        // Round two found equal values; payloads that differ may still hold other field TTLs.
+        if self.field_ttls && p.logical_type == Some("hash") && sp != tp {
+            return Outcome::FieldTtls;
+        }
         Outcome::Same
+    }
+
+    /// Compares a hash's field TTLs, re-checking a few times: unfenced, so a hash still
+    /// changing may need a moment to agree.
+    async fn field_ttl_compare(&self, p: &Probe) -> Result<Option<String>, VerifyError> {
+        let tol = self.tolerance(p.db, &p.key);
+        let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
+        let mut t = self.link.target.with_db(i64::from(p.tdb)).control().await?;
+        let mut last = None;
+        for attempt in 0..=self.cfg.rechecks {
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.recheck_delay).await;
+            }
+            let a = crate::snapshot::field_expiries(&mut s, &p.key)
+                .await
+                .map_err(|e| VerifyError::Net(self.link.node.classify(&e)))?;
+            let b = crate::snapshot::field_expiries(&mut t, &p.tkey)
+                .await
+                .map_err(|e| VerifyError::Net(self.link.target.classify(&e)))?;
+            last = digest::field_ttl_difference(&a, &b, tol);
+            if last.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(last)
     }
 
     /// Compares a huge key through windowed digests, re-checking a few times: unfenced, so a
@@ -606,6 +651,7 @@ struct Run {
     unsettled: Vec<Probe>,
     logical: Vec<Probe>,
     digest: Vec<(Probe, &'static str)>,
+    field_ttls: Vec<Probe>,
     diffs: Vec<Difference>,
 }
 
@@ -715,7 +761,8 @@ pub(crate) fn type_of(payload: &[u8]) -> &'static str {
         Some(1 | 10 | 14 | 18) => "list",
         Some(2 | 11 | 20) => "set",
         Some(3 | 5 | 12 | 17) => "zset",
-        Some(4 | 9 | 13 | 16) => "hash",
+        // 22–25: Redis 7.4's hashes with field TTLs (hash table or listpack, pre-GA and GA).
+        Some(4 | 9 | 13 | 16 | 22..=25) => "hash",
         Some(15 | 19 | 21) => "stream",
         Some(6 | 7) => "module",
         _ => "unknown",
@@ -891,6 +938,8 @@ mod tests {
         assert_eq!(type_of(&[11]), "set");
         assert_eq!(type_of(&[17]), "zset");
         assert_eq!(type_of(&[16]), "hash");
+        assert_eq!(type_of(&[25]), "hash");
+        assert_eq!(type_of(&[24]), "hash");
         assert_eq!(type_of(&[19]), "stream");
         assert_eq!(type_of(&[]), "unknown");
     }

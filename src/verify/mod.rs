@@ -86,7 +86,7 @@ pub struct Difference {
     pub db: u32,
     /// The key quoted as Redis shows it ([`crate::escape::quote`]).
     pub key: String,
-    /// `missing on target`, `extra on target`, `type`, `value` or `ttl`.
+    /// `missing on target`, `extra on target`, `type`, `value`, `ttl` or `field ttl`.
     pub kind: String,
     pub detail: String,
 }
@@ -216,6 +216,8 @@ pub struct Verifier {
     orphan_conns: HashMap<u32, MultiplexedConnection>,
     /// How each side reads expiries (source, target), found once per run.
     expiry: (ExpiryRead, ExpiryRead),
+    /// Both sides have hash-field expiry (Redis 7.4), so field TTLs are compared too.
+    field_ttls: bool,
 }
 
 impl Verifier {
@@ -230,6 +232,7 @@ impl Verifier {
             rules: None,
             orphan_conns: HashMap::new(),
             expiry: (ExpiryRead::Pexpiretime, ExpiryRead::Pexpiretime),
+            field_ttls: false,
         }
     }
 
@@ -265,10 +268,17 @@ impl Verifier {
             return Err(VerifyError::Config("batch must be at least 1".into()));
         }
         let started = Instant::now();
-        self.expiry = (
-            ExpiryRead::for_engine(&crate::net::Engine::detect(&self.source).await?),
-            ExpiryRead::for_engine(&crate::net::Engine::detect(&self.target).await?),
+        let engines = (
+            crate::net::Engine::detect(&self.source).await?,
+            crate::net::Engine::detect(&self.target).await?,
         );
+        self.expiry = (
+            ExpiryRead::for_engine(&engines.0),
+            ExpiryRead::for_engine(&engines.1),
+        );
+        // Toward a target without field TTLs (a plan's drop_field_ttls) there is nothing to
+        // compare them with: values are compared, field TTLs are not.
+        self.field_ttls = engines.0.has_hash_field_expiry() && engines.1.has_hash_field_expiry();
         let src_ks = self.keyspace(Side::Source).await?;
         let tgt_ks = self.keyspace(Side::Target).await?;
         let dbs: Vec<u32> = match &self.cfg.dbs {
@@ -655,6 +665,19 @@ impl Verifier {
             let same = matches!((src.digest, tgt.digest), (Some(Some(a)), Some(Some(b))) if a == b);
             if !same {
                 return Ok(Some(("value", format!("{} values differ", src.ty))));
+            }
+            // Equal payloads carry equal field TTLs (RDB 12 holds them); equal values in
+            // different payloads may still differ in them.
+            if self.field_ttls && src.ty == "hash" {
+                let a = crate::snapshot::field_expiries(&mut s, key)
+                    .await
+                    .map_err(|e| self.net(Side::Source, &e))?;
+                let b = crate::snapshot::field_expiries(&mut t, &p.tkey)
+                    .await
+                    .map_err(|e| self.net(Side::Target, &e))?;
+                if let Some(d) = digest::field_ttl_difference(&a, &b, tol) {
+                    return Ok(Some(("field ttl", d)));
+                }
             }
         }
         Ok(ttl_difference(src.expire_at, tgt.expire_at, tol).map(|d| ("ttl", d)))

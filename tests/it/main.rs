@@ -13,6 +13,7 @@ mod cutover;
 mod engines;
 mod evictions;
 mod expiry;
+mod fieldttl;
 mod fixtures;
 mod functions;
 mod journal;

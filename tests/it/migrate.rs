@@ -140,7 +140,7 @@ pub fn start_migrate_logging(
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
+pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<_> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -34,6 +34,10 @@ pub struct OracleOptions {
     /// expire may be present on one side only.
     pub ttl_tolerance_ms: i64,
     pub map: Option<KeyMap>,
+    /// Hash-field TTLs (Redis 7.4) are compared when both sides have them, and a source field
+    /// TTL toward a target without them is a difference, unless this is set (a migration told
+    /// to drop them).
+    pub ignore_field_ttls: bool,
 }
 
 impl Default for OracleOptions {
@@ -42,6 +46,7 @@ impl Default for OracleOptions {
             dbs: None,
             ttl_tolerance_ms: 100,
             map: None,
+            ignore_field_ttls: false,
         }
     }
 }
@@ -70,6 +75,7 @@ impl fmt::Debug for OracleOptions {
             .field("dbs", &self.dbs)
             .field("ttl_tolerance_ms", &self.ttl_tolerance_ms)
             .field("map", &self.map.as_ref().map(|_| "<fn>"))
+            .field("ignore_field_ttls", &self.ignore_field_ttls)
             .finish()
     }
 }
@@ -89,6 +95,14 @@ pub enum DiffKind {
     Ttl {
         source_ms: i64,
         target_ms: i64,
+    },
+    /// A hash field's absolute expiry (`HPEXPIRETIME`), -1 for no TTL, -3 where the target
+    /// cannot hold field TTLs: the first field that differs, and how many differ.
+    FieldTtl {
+        field: Vec<u8>,
+        source_ms: i64,
+        target_ms: i64,
+        fields: usize,
     },
 }
 
@@ -120,6 +134,16 @@ impl fmt::Display for DiffKind {
                 }
                 Ok(())
             }
+            DiffKind::FieldTtl {
+                field,
+                source_ms,
+                target_ms,
+                fields,
+            } => write!(
+                f,
+                "field {} expiry differs: source {source_ms}, target {target_ms} ({fields} field(s) differ)",
+                escape(field)
+            ),
         }
     }
 }
@@ -188,6 +212,7 @@ impl fmt::Display for OracleReport {
                 DiffKind::Type { .. } => "type",
                 DiffKind::Value { .. } => "value",
                 DiffKind::Ttl { .. } => "ttl",
+                DiffKind::FieldTtl { .. } => "field ttl",
             };
             *by_kind.entry(name).or_default() += 1;
         }
@@ -284,6 +309,7 @@ pub fn compare_nodes<S: AsRef<str>, T: AsRef<str>>(
             &mut tgt,
             &target_keys,
             tolerance,
+            opts.ignore_field_ttls,
             &mut report,
         );
     }
@@ -334,6 +360,7 @@ fn compare_batch(
     tgt: &mut Side,
     target_keys: &BTreeMap<u32, HashMap<Vec<u8>, usize>>,
     tolerance: i64,
+    ignore_field_ttls: bool,
     report: &mut OracleReport,
 ) {
     let mut src_groups: BTreeMap<(usize, u32), Vec<usize>> = BTreeMap::new();
@@ -404,6 +431,8 @@ fn compare_batch(
                     }));
                     continue;
                 }
+                let (mut s, mut t) = (s, t);
+                let field_ttl = settle_fields(&mut s, &mut t, (src_now, tgt_now), tolerance);
                 let detail = match (&s.value, &t.value) {
                     (Ok(a), Ok(b)) => diff_values(a, b),
                     (Err(e), _) => Some(format!("reading source failed: {e}")),
@@ -417,6 +446,9 @@ fn compare_batch(
                         source_ms: s.expire_at,
                         target_ms: t.expire_at,
                     }));
+                }
+                if let Some(kind) = field_ttl.filter(|_| !ignore_field_ttls) {
+                    report.diffs.push(source_diff(kind));
                 }
             }
         }
@@ -439,6 +471,66 @@ fn fetch_groups<'a>(
         }
     }
     states
+}
+
+/// For a hash: leaves out of both values the fields that are gone or about to expire on either
+/// side (a field can expire between the two reads, as a key can), then compares the other
+/// fields' expiries. The difference, if any, as a [`DiffKind::FieldTtl`].
+fn settle_fields(
+    s: &mut KeyState,
+    t: &mut KeyState,
+    (src_now, tgt_now): (i64, i64),
+    tolerance: i64,
+) -> Option<DiffKind> {
+    let unsettled = |st: &KeyState, f: &[u8], now: i64| {
+        st.field_expiries
+            .as_ref()
+            .and_then(|m| m.get(f))
+            .is_some_and(|&at| at == -2 || about_to_expire(at, now, tolerance))
+    };
+    let drop: BTreeSet<Vec<u8>> = [(&*s, src_now), (&*t, tgt_now)]
+        .iter()
+        .flat_map(|(st, now)| {
+            st.field_expiries
+                .iter()
+                .flat_map(|m| m.keys())
+                .filter(|f| unsettled(st, f, *now))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for st in [&mut *s, &mut *t] {
+        if let Ok(Val::Hash(pairs)) = &mut st.value {
+            pairs.retain(|(f, _)| !drop.contains(f));
+        }
+        if let Some(m) = &mut st.field_expiries {
+            m.retain(|f, _| !drop.contains(f));
+        }
+    }
+    let src = s.field_expiries.as_ref()?;
+    let Some(tgt) = t.field_expiries.as_ref() else {
+        // The target cannot hold field TTLs: every source field TTL is lost there.
+        let (field, at) = src.iter().next()?;
+        return Some(DiffKind::FieldTtl {
+            field: field.clone(),
+            source_ms: *at,
+            target_ms: -3,
+            fields: src.len(),
+        });
+    };
+    let fields: BTreeSet<&Vec<u8>> = src.keys().chain(tgt.keys()).collect();
+    let at = |m: &BTreeMap<Vec<u8>, i64>, f: &Vec<u8>| m.get(f).copied().unwrap_or(-1);
+    let differing: Vec<&Vec<u8>> = fields
+        .into_iter()
+        .filter(|f| !same_expiry(at(src, f), at(tgt, f), tolerance))
+        .collect();
+    let first = differing.first()?;
+    Some(DiffKind::FieldTtl {
+        field: (*first).clone(),
+        source_ms: at(src, first),
+        target_ms: at(tgt, first),
+        fields: differing.len(),
+    })
 }
 
 fn about_to_expire(expire_at: i64, now_ms: i64, tolerance: i64) -> bool {
@@ -538,6 +630,8 @@ struct Node {
     /// One side predates Redis 7.0's stream metadata (`max-deleted-entry-id`,
     /// `entries-added`, a group's `entries-read`): neither side's is compared.
     legacy_streams: bool,
+    /// Redis 7.4 or later (not Valkey): hashes may carry field TTLs (`HPEXPIRETIME`).
+    field_ttls: bool,
 }
 
 impl Node {
@@ -551,6 +645,7 @@ impl Node {
             db: None,
             pttl_only: false,
             legacy_streams: false,
+            field_ttls: false,
         };
         let info: String = node.query(redis::cmd("INFO").arg("server").clone());
         let version = info
@@ -559,6 +654,13 @@ impl Node {
             .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
             .unwrap_or(7);
         node.pttl_only = version < 7;
+        let minor = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').nth(1)?.parse::<u32>().ok())
+            .unwrap_or(0);
+        node.field_ttls =
+            (version, minor) >= (7, 4) && !info.lines().any(|l| l.starts_with("valkey_version:"));
         node
     }
 
@@ -642,6 +744,7 @@ impl Node {
                     ty,
                     expire_at,
                     value: Err("not read".into()),
+                    field_expiries: None,
                 }
             })
             .collect();
@@ -712,7 +815,36 @@ impl Node {
         for (i, parts) in streams {
             states[i].value = self.finish_stream(keys[i], parts);
         }
+        if self.field_ttls {
+            for (i, st) in states.iter_mut().enumerate() {
+                if let Ok(Val::Hash(pairs)) = &st.value {
+                    let fields: Vec<&[u8]> = pairs.iter().map(|(f, _)| f.as_slice()).collect();
+                    st.field_expiries = Some(self.field_expiries(keys[i], &fields));
+                }
+            }
+        }
         states
+    }
+
+    /// `HPEXPIRETIME` of `fields`, a window at a time: the fields with a TTL (absolute ms) and
+    /// those gone since the value was read (-2).
+    fn field_expiries(&mut self, key: &[u8], fields: &[&[u8]]) -> BTreeMap<Vec<u8>, i64> {
+        let mut out = BTreeMap::new();
+        for window in fields.chunks(CHUNK) {
+            let times: Vec<i64> = self.query(
+                key_cmd("HPEXPIRETIME", key)
+                    .arg("FIELDS")
+                    .arg(window.len())
+                    .arg(window)
+                    .clone(),
+            );
+            for (f, t) in window.iter().zip(times) {
+                if t >= 0 || t == -2 {
+                    out.insert(f.to_vec(), t);
+                }
+            }
+        }
+        out
     }
 
     /// Parses the first chunk of a value and reads the rest if there is more.
@@ -918,6 +1050,9 @@ struct KeyState {
     /// `PEXPIRETIME`: absolute ms, -1 without TTL, -2 gone.
     expire_at: i64,
     value: Result<Val, String>,
+    /// A hash's fields with a TTL (`HPEXPIRETIME`, absolute ms; -2 gone since read); `None`
+    /// where the server has no field TTLs or the key is not a hash.
+    field_expiries: Option<BTreeMap<Vec<u8>, i64>>,
 }
 
 enum Part {
