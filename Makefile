@@ -34,6 +34,12 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; \
 	fi
+	@# Headless Chromium renders report.html in the run-report test (tests/it/observe.rs).
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+		echo "Installing chromium through apt-get..."; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
 	@# The built-in command table (and its test) is Redis 7.0's; other majors differ in commands.
 	@# The tests run FERRY_REDIS_SERVER when set, so that is the binary to check.
 	@bin="$${FERRY_REDIS_SERVER:-redis-server}"; \
@@ -80,6 +86,13 @@ bench: deps
 	bash scripts/bench/verify.sh
 	bash scripts/bench/backup.sh
 	bash scripts/bench/sqs.sh
+
+## The README's picture of a run report: docs/report-screenshot.png, taken by headless Chromium
+## in the live run-report test.
+.PHONY: report-screenshot
+report-screenshot: deps
+	FERRY_REPORT_SCREENSHOT=$(CURDIR)/docs/report-screenshot.png $(CARGO) test --locked --test it \
+		observe::a_live_migration_serves_metrics_answers_status_and_reports_in_json_and_html
 
 ## Formatting and clippy, as CI checks them.
 lint:

@@ -46,6 +46,9 @@
 //!   coordinator, markers, evictions, the final fence, the switch and the reverse sync);
 //!   [`migration::PlanRunner`] drives one through a plan's phases to an
 //!   [`migration::Outcome`].
+//! - [`observe`]: a run seen from outside: [`observe::Observer`] samples it every second
+//!   into the status file (`ferry status`), the Prometheus metrics and the run report
+//!   (`report.json`, `report.html` with inline SVG charts).
 //!
 //! The binary (`src/cli/`) parses arguments, calls the library, prints, and maps outcomes to
 //! exit codes: 0 done, 1 differences found, 2 error.
@@ -73,6 +76,7 @@ pub mod escape;
 pub mod journal;
 pub mod migration;
 pub mod net;
+pub mod observe;
 pub mod plan;
 pub mod replay;
 pub mod snapshot;

@@ -8,7 +8,8 @@
 -- --max-monitor-buffer → FERRY_MAX_MONITOR_BUFFER, --quiet-ms → FERRY_QUIET_MS,
 -- --max-trailing-ms → FERRY_MAX_TRAILING_MS, --on-conflict → FERRY_ON_CONFLICT, --hold-source →
 -- FERRY_HOLD_SOURCE=1; for `ferry capture`, --queue → FERRY_QUEUE,
--- --shards → FERRY_SHARDS, --create-queue → FERRY_CREATE_QUEUE=1.
+-- --shards → FERRY_SHARDS, --create-queue → FERRY_CREATE_QUEUE=1; --metrics-addr →
+-- FERRY_METRICS_ADDR (empty for no metrics listener).
 local ferry = require "ferry"
 
 -- An input given as a number, or nil when empty (ferry's default then applies).
@@ -68,4 +69,5 @@ return ferry.plan {
   final_fence = { max_pause_ms = max_pause_ms },
   verify = (verify == "" or verify == "full") and { full = true } or { sample = tonumber(verify) },
   phases = phases,
+  metrics_addr = ferry.env("FERRY_METRICS_ADDR", ""),
 }

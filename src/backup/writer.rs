@@ -47,6 +47,8 @@ pub struct BackupConfig {
     pub batch_keys: usize,
     /// `SCAN … COUNT`.
     pub scan_count: usize,
+    /// Show a progress bar of keys written (only when stderr is a terminal).
+    pub progress: bool,
 }
 
 impl Default for BackupConfig {
@@ -56,6 +58,7 @@ impl Default for BackupConfig {
             workers: DEFAULT_WORKERS,
             batch_keys: DEFAULT_BATCH_KEYS,
             scan_count: DEFAULT_SCAN_COUNT,
+            progress: false,
         }
     }
 }
@@ -322,7 +325,16 @@ impl Backup {
 
         let (to_writer, from_readers) = mpsc::channel::<ToWriter>(workers + 1);
         let writer_path = tmp_path.clone();
-        let writer = tokio::task::spawn_blocking(move || write_all(w, from_readers, &writer_path));
+        let total: u64 = dbs.iter().filter_map(|d| sizes.get(d)).map(|s| s.0).sum();
+        let bar = if self.cfg.progress {
+            crate::snapshot::key_bar(total, "keys")
+        } else {
+            None
+        };
+        let writer_bar = bar.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            write_all(w, from_readers, &writer_path, writer_bar.as_ref())
+        });
 
         let mut stats = BackupStats {
             path: out_path.clone(),
@@ -345,6 +357,9 @@ impl Backup {
             path: tmp_path.display().to_string(),
             source: io::Error::other(e.to_string()),
         });
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         // A reader error explains a writer that was cut off, so it comes first.
         read?;
         let (file, keys, bytes) = written??;
@@ -660,6 +675,7 @@ fn write_all(
     mut w: RdbWriter<BufWriter<File>>,
     mut rx: mpsc::Receiver<ToWriter>,
     path: &Path,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> Result<(File, u64, u64), BackupError> {
     let mut keys = 0u64;
     let err = |e: io::Error| io_err(path, e);
@@ -667,6 +683,9 @@ fn write_all(
         match msg {
             ToWriter::Db { db, sizes } => w.select_db(db, sizes).map_err(err)?,
             ToWriter::Keys(entries) => {
+                if let Some(b) = bar {
+                    crate::snapshot::advance_bar(b, entries.len() as u64);
+                }
                 for e in entries {
                     // The reader checked the layout already.
                     let Ok(p) = Payload::parse(&e.payload) else {

@@ -36,6 +36,9 @@ pub struct CaptureConfig {
     pub guard_every: Duration,
     /// How long the stream must be quiet before an open script's group is closed.
     pub script_quiet: Duration,
+    /// The guard's last reading of the output buffer (bytes), shared with whoever reports on
+    /// the run (status file, run report); also the `ferry_monitor_output_buffer_bytes` gauge.
+    pub omem_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for CaptureConfig {
@@ -44,6 +47,7 @@ impl Default for CaptureConfig {
             omem_limit: DEFAULT_OMEM_LIMIT,
             guard_every: Duration::from_millis(250),
             script_quiet: Duration::from_millis(5),
+            omem_seen: Default::default(),
         }
     }
 }
@@ -280,6 +284,9 @@ pub async fn watch_output_buffer(
             .find_map(|f| f.strip_prefix("omem="))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        cfg.omem_seen
+            .store(omem, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("ferry_monitor_output_buffer_bytes").set(omem as f64);
         if omem > cfg.omem_limit {
             return Some(format!(
                 "capture disconnected to protect the source: the source buffered {} for MONITOR (limit {})",

@@ -43,6 +43,8 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     cfg.dbs = (!args.dbs.is_empty()).then_some(args.dbs);
     cfg.workers = args.workers;
     cfg.batch_keys = args.batch;
+    // A bar on a terminal only; pipes and logs get none.
+    cfg.progress = true;
     let backup = Backup::new(source, args.out, cfg);
     // Dropping the run on Ctrl-C removes the unfinished `.tmp` file.
     let stats = tokio::select! {

@@ -87,6 +87,10 @@ pub struct MigrateArgs {
     #[arg(long, requires = "cutover", conflicts_with = "reverse_sync")]
     hold_source: bool,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -174,6 +178,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         (
             "FERRY_MAX_MONITOR_BUFFER".to_string(),
             args.max_monitor_buffer.to_string(),
+        ),
+        (
+            "FERRY_METRICS_ADDR".to_string(),
+            args.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         ),
     ]);
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;

@@ -19,6 +19,7 @@ mod preflight;
 mod snapshot;
 #[cfg(feature = "sqs")]
 mod split;
+mod status;
 mod verify;
 
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     Verify(verify::VerifyArgs),
     Backup(backup::BackupArgs),
+    Status(status::StatusArgs),
     #[cfg(feature = "sqs")]
     Capture(split::CaptureArgs),
     #[cfg(feature = "sqs")]
@@ -186,6 +188,7 @@ pub fn main() -> ExitCode {
             Command::Snapshot(args) => snapshot::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            Command::Status(args) => status::run(args),
             Command::Preflight(args) => preflight::run(args).await,
             #[cfg(feature = "sqs")]
             Command::Capture(args) => split::capture(args).await,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ferry::migration::{Outcome, PlanRunner, RunError, RunReport, WindowReport, fatal};
+use ferry::observe::{ObserveConfig, Observer};
 use ferry::plan::{self, Plan};
 
 /// Run a Lua migration plan: its phases, filters, renames, db moves and hooks
@@ -21,6 +22,10 @@ pub struct RunArgs {
     /// `key=value`, seen by `ferry.env(key)` before the environment; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
     set: Vec<(String, String)>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on (overrides
+    /// the plan's `metrics_addr`).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -72,7 +77,10 @@ fn fatal_hook_errors(report: &plan::CheckReport) -> usize {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = plan::load(&args.plan, &args.set)?;
+    let mut plan = plan::load(&args.plan, &args.set)?;
+    if args.metrics_addr.is_some() {
+        plan.metrics_addr = args.metrics_addr;
+    }
     run_plan(plan, args.json, args.stop_after_phases).await
 }
 
@@ -85,14 +93,17 @@ pub(super) async fn run_plan(
 ) -> anyhow::Result<ExitCode> {
     let name = plan.name.clone();
     let stop = super::stop_on_signals();
+    let observer = Observer::start(observe_config(&plan)?)?;
     let outcome = PlanRunner::new(plan, stop)
         .stop_after_phases(stop_after_phases)
         .on_verify(|report| {
             // A reader that went away is not the run's failure.
             let _ = super::print_out(report.grouped(10));
         })
+        .on_start(observer.attach())
         .run()
         .await;
+    observer.finish(&outcome).await;
     let outcome = match outcome {
         Err(RunError::Conflict {
             first,
@@ -161,6 +172,17 @@ pub(super) async fn run_plan(
         }
         _ => anyhow::bail!("plan {name}: an outcome this ferry does not know"),
     }
+}
+
+/// Where the run's status file and report go (its state dir), and its metrics listener.
+fn observe_config(plan: &Plan) -> anyhow::Result<ObserveConfig> {
+    let mut cfg = ObserveConfig::new(
+        ferry::migration::migrate_config(plan)?.state_dir,
+        &plan.name,
+    );
+    cfg.metrics_addr = plan.metrics_addr;
+    cfg.target = ferry::net::Endpoint::parse(&plan.target.url).ok();
+    Ok(cfg)
 }
 
 /// The trailing window's summary: late writes per client, conflicts (first and count).

@@ -52,6 +52,10 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     max_pause_ms: u64,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -79,6 +83,10 @@ pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         (
             "FERRY_MAX_PAUSE_MS".to_string(),
             args.max_pause_ms.to_string(),
+        ),
+        (
+            "FERRY_METRICS_ADDR".to_string(),
+            args.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         ),
     ]);
     let plan = ferry::plan::load_default(&ferry::plan::LoadOptions::with_overrides(&inputs))?;
@@ -126,6 +134,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "./ferry-replay-state", value_name = "DIR")]
     state_dir: PathBuf,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// Write the final report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -166,6 +178,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let source = Endpoint::parse(&args.source)?;
     let target = Endpoint::parse(&args.target)?;
     let mut spec = queue_spec(&args.queue, args.shards)?;
+    if let Some(addr) = args.metrics_addr {
+        ferry::observe::install_metrics(addr)?;
+    }
     spec.base.visibility_timeout = Duration::from_secs(args.visibility_timeout_secs.max(1));
     let cfg = WorkerConfig {
         queue: spec,

@@ -98,6 +98,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ttl_tolerance_ms: args.ttl_tolerance_ms,
         rechecks: args.rechecks,
         recheck_delay: Duration::from_millis(args.recheck_delay_ms),
+        // A bar on a terminal only; pipes and logs get none.
+        progress: !args.quiet,
         ..VerifyConfig::default()
     };
     let mut verifier = Verifier::new(source, target, cfg);

@@ -211,15 +211,18 @@ impl Running {
         while shared.dirty.load(Ordering::Relaxed) > 0
             || shared.snapshot_mode.load(Ordering::Relaxed)
         {
-            if shared.snapshot_mode.load(Ordering::Relaxed) {
-                // The stream broke while stopping: some keys were never re-read. A new run
-                // starts a fresh journal and resyncs every key, so nothing is lost.
-                return Err(stage(
-                    "final fence",
-                    "the stream broke while stopping, so a resync was left unfinished; run again to resync every key",
-                ));
-            }
             if Instant::now() > deadline {
+                if shared.snapshot_mode.load(Ordering::Relaxed) {
+                    // A resync whose reads are done is finished once replay reaches its
+                    // marker (replay may still be backing off from the break that caused it),
+                    // so it gets the same wait as re-copies. One still unfinished now means the
+                    // stream broke while stopping: some keys were never re-read. A new run
+                    // starts a fresh journal and resyncs every key, so nothing is lost.
+                    return Err(stage(
+                        "final fence",
+                        "the stream broke while stopping, so a resync was left unfinished; run again to resync every key",
+                    ));
+                }
                 return Err(stage("final fence", "re-copies did not finish"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

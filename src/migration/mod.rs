@@ -13,6 +13,7 @@
 //! - `evictions.rs`, `replica.rs`: what `MONITOR` does not show (evictions) or cannot carry
 //!   (a replica's stream-group positions).
 //! - `runner.rs`, `phases.rs`, `stop.rs`: a plan's phases over a running migration.
+//! - `probe.rs` ([`Probe`]): the figures a status file, metrics and a run report read.
 //!
 //! ## Behavior
 //! - Capture goes live first; only then does the snapshot read keys, so every read is a fence
@@ -45,6 +46,7 @@ mod functions;
 mod markers;
 mod phases;
 mod preflight;
+mod probe;
 mod replica;
 mod report;
 mod runner;
@@ -71,6 +73,7 @@ use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier};
 
 pub use config::{CaptureMode, MigrateConfig};
 pub use preflight::{Finding, Level, Preflight, PreflightReport};
+pub use probe::{FenceMark, Probe, Sample};
 pub use report::{MigrateError, MigrationReport, RunError};
 pub use runner::{Outcome, PlanRunner, RunReport, fatal, load_table, migrate_config};
 pub use running::Running;
@@ -249,6 +252,8 @@ impl Migration {
             return Err(MigrateError::Unsupported(reason));
         }
         log_mechanics(engines);
+        report.source_server = engines.0.to_string();
+        report.target_server = engines.1.to_string();
         let table = match &self.cfg.table {
             Some(t) => t.clone(),
             None => runner::load_table(&self.source).await?,
@@ -395,6 +400,15 @@ impl Migration {
         let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
         warn_if_target_evicts(&self.target).await;
         let report = Arc::new(std::sync::Mutex::new(report));
+        let probe = probe::Probe::new(
+            journal.clone(),
+            stats.clone(),
+            shared.clone(),
+            report.clone(),
+            self.cfg.snapshot.counters.clone(),
+            self.cfg.capture_settings.omem_seen.clone(),
+            started,
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (failure_tx, failure) = tokio::sync::watch::channel(None);
         let coordinator = spawn_coordinator(
@@ -436,6 +450,7 @@ impl Migration {
             peers,
             evictions,
             report,
+            probe,
             late,
             in_window: false,
             stop_tx,

@@ -14,6 +14,10 @@ use crate::verify::VerifyError;
 /// What a migration did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MigrationReport {
+    /// The source's engine and version (`Redis 7.0.15`).
+    pub source_server: String,
+    /// The target's engine and version.
+    pub target_server: String,
     /// Where writes were captured.
     pub capture_node: String,
     /// True when the capture node was a replica.

@@ -229,6 +229,7 @@ pub struct PlanRunner {
     stop: Stop,
     on_verify: Box<dyn Fn(&VerifyReport) + Send + Sync>,
     stop_after_phases: bool,
+    on_start: Box<dyn Fn(super::Probe) + Send + Sync>,
 }
 
 impl PlanRunner {
@@ -239,6 +240,7 @@ impl PlanRunner {
             stop,
             on_verify: Box::new(|_| {}),
             stop_after_phases: false,
+            on_start: Box::new(|_| {}),
         }
     }
 
@@ -247,6 +249,13 @@ impl PlanRunner {
     /// by itself.
     pub fn stop_after_phases(mut self, yes: bool) -> PlanRunner {
         self.stop_after_phases = yes;
+        self
+    }
+
+    /// Called once the migration has started, with the handle on its figures (status file,
+    /// metrics and report read it while the run goes on).
+    pub fn on_start(mut self, f: impl Fn(super::Probe) + Send + Sync + 'static) -> PlanRunner {
+        self.on_start = Box::new(f);
         self
     }
 
@@ -264,6 +273,7 @@ impl PlanRunner {
             stop,
             on_verify,
             stop_after_phases,
+            on_start,
         } = self;
         let on_verify: &(dyn Fn(&VerifyReport) + Send + Sync) = &*on_verify;
         dry_run(&plan)?;
@@ -343,6 +353,8 @@ impl PlanRunner {
         };
 
         let running = Migration::new(source, target, cfg).start().await?;
+        let probe = running.probe();
+        on_start(probe.clone());
         // A stop during a phase's wait skips the remaining phases and ends at a final fence;
         // a failed migration (a hook under `on_hook_error = "fail"`) ends the run with its
         // error.
@@ -371,6 +383,7 @@ impl PlanRunner {
                 return Err(e.into());
             }
             tracing::info!(phase = phase.name(), "Phase started.");
+            probe.set_phase(phase.name());
             if !run_hook(&phase.before, &plan, r, &stop, on_verify)? {
                 break;
             }
@@ -389,7 +402,9 @@ impl PlanRunner {
                         // Later phases (a cutover above all) must not run on a target that
                         // differs: stop cleanly at a final fence and say so.
                         let r = running.take().expect("checked above");
+                        probe.set_phase("final fence");
                         let migration = r.finish().await?;
+                        probe.fence_reached("final", migration.pause_ms);
                         return Ok(Outcome::Differences(report(migration, Some(v), None)));
                     }
                     verified = Some(v);
@@ -418,6 +433,7 @@ impl PlanRunner {
                     let mut r = running.take().expect("checked above");
                     let state_dir = r.state_dir().to_path_buf();
                     let pause = r.switch_fence().await?;
+                    probe.fence_reached("switch", pause.paused_for().as_millis() as u64);
                     // Everything before the switch marker is applied: from here, whatever
                     // replay applies reached the old source after the switch.
                     let window = window.as_ref().expect("a plan with a cutover has a window");
@@ -521,7 +537,9 @@ impl PlanRunner {
                     if let Some(w) = watcher {
                         let _ = w.await;
                     }
+                    probe.set_phase("final fence");
                     let done = r.fence().await?.release(true).await?;
+                    probe.fence_reached("final", done.final_pause_ms);
                     tracing::info!(
                         switch_pause_ms = done.pause_ms,
                         final_pause_ms = done.final_pause_ms,
@@ -575,12 +593,16 @@ impl PlanRunner {
                     if !stop.requested() {
                         tracing::info!("Plan phases done; replaying until Ctrl-C or SIGTERM.");
                     }
+                    probe.set_phase("replay");
                     tokio::select! {
                         _ = stop.wait() => {}
                         e = r.failure() => return Err(e.into()),
                     }
                 }
-                (r.finish().await?, None)
+                probe.set_phase("final fence");
+                let migration = r.finish().await?;
+                probe.fence_reached("final", migration.pause_ms);
+                (migration, None)
             }
             (None, None) => unreachable!("a cutover always leaves a report"),
         };

@@ -32,6 +32,8 @@ pub struct Running {
     pub(super) peers: Arc<PeerRegistry>,
     pub(super) evictions: Arc<Evictions>,
     pub(super) report: Arc<std::sync::Mutex<MigrationReport>>,
+    /// The figures read from outside while it runs.
+    pub(super) probe: super::Probe,
     pub(super) stop_tx: tokio::sync::watch::Sender<bool>,
     pub(super) coordinator: CoordinatorTask,
     /// Writes reaching the source after a cutover's switch marker.
@@ -83,6 +85,12 @@ impl Running {
             r = fut => r,
             e = self.failure() => Err(e.into()),
         }
+    }
+
+    /// A handle on the run's figures (phase, lag, progress, errors, the last fence), for
+    /// status files, metrics and reports; it stays valid after the run ends.
+    pub fn probe(&self) -> super::Probe {
+        self.probe.clone()
     }
 
     /// The state directory (journal and checkpoints).

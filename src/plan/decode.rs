@@ -39,6 +39,7 @@ const TOP_FIELDS: &[&str] = &[
     "check",
     "final_fence",
     "on_field_ttls",
+    "metrics_addr",
 ];
 
 const BUILTIN_PHASES: &[&str] = &["snapshot", "catch_up", "verify", "cutover"];
@@ -399,6 +400,19 @@ impl Decoder {
             Some("drop_field_ttls") => FieldTtlPolicy::DropFieldTtls,
             _ => FieldTtlPolicy::Refuse,
         };
+        let metrics_addr = match self.string(&self.get(t, "", "metrics_addr")?, "metrics_addr")? {
+            Some(a) if a.is_empty() => None,
+            Some(a) => match a.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    return Err(self.invalid(
+                        "metrics_addr",
+                        format!("must be HOST:PORT with an IP address, got {a:?}"),
+                    ));
+                }
+            },
+            None => None,
+        };
 
         Ok(Decoded {
             plan: Plan {
@@ -418,6 +432,7 @@ impl Decoder {
                 check_samples,
                 final_fence,
                 on_field_ttls,
+                metrics_addr,
             },
             has_on_command,
             compare_rules,

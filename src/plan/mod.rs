@@ -101,6 +101,9 @@ pub struct Plan {
     /// `on_field_ttls`: what to do when the source has hash-field TTLs (Redis 7.4) and the
     /// target cannot hold them.
     pub on_field_ttls: FieldTtlPolicy,
+    /// `metrics_addr`: where a run serves its Prometheus metrics (`HOST:PORT`); `None` for no
+    /// listener.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `final_fence`: the stop's final fence when no cutover phase sets its own bound.

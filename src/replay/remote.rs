@@ -511,6 +511,20 @@ impl Worker {
             }));
         }
         let counters = Arc::new(Counters::default());
+        let publish = {
+            let (stats, counters) = (stats.clone(), counters.clone());
+            move || publish_metrics(&stats, &counters)
+        };
+        let publisher = {
+            let publish = publish.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    publish();
+                }
+            })
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut readers = tokio::task::JoinSet::new();
         for (shards, url) in spec.queues() {
@@ -570,6 +584,8 @@ impl Worker {
         }
         drop(recopy_tx);
         let _ = recopies.await;
+        publisher.abort();
+        publish();
         if let Some(e) = failure {
             return Err(e);
         }
@@ -592,6 +608,25 @@ impl Worker {
             diverged_keys,
         })
     }
+}
+
+/// The `ferry_*` series of a replay process (`docs/metrics.md`), set to its totals; without an
+/// installed exporter the calls do nothing.
+fn publish_metrics(stats: &ReplayStats, c: &Counters) {
+    use metrics::counter;
+    counter!("ferry_applied_commands_total").absolute(stats.commands.load(Ordering::Relaxed));
+    counter!("ferry_restores_total").absolute(stats.restores.load(Ordering::Relaxed));
+    counter!("ferry_source_errors_total").absolute(stats.source_errors.load(Ordering::Relaxed));
+    for (code, n) in stats.errors_by_code() {
+        counter!("ferry_errors_total", "code" => code).absolute(n);
+    }
+    for (code, n) in stats.target_errors_by_code() {
+        counter!("ferry_target_errors_total", "code" => code).absolute(n);
+    }
+    counter!("ferry_replay_entries_total").absolute(c.entries.load(Ordering::Relaxed));
+    counter!("ferry_replay_batches_total").absolute(c.batches.load(Ordering::Relaxed));
+    counter!("ferry_replay_in_doubt_batches_total").absolute(c.in_doubt.load(Ordering::Relaxed));
+    counter!("ferry_replay_gaps_total").absolute(c.gaps.load(Ordering::Relaxed));
 }
 
 fn sanitize(url: &str) -> String {

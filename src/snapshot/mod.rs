@@ -52,6 +52,7 @@ pub use live::{
     DEFAULT_PAYLOAD_BUDGET, LiveSink, Payload, PayloadStore, Recopier, dump_holds_libraries,
 };
 pub(crate) use live::{FencedReader, next_read_id};
+pub use progress::{SnapshotCounters, advance_bar, key_bar};
 
 /// Parallel workers, each with one source and one target connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -99,6 +100,9 @@ pub struct SnapshotConfig {
     /// without their TTLs (counted); otherwise a standalone snapshot of such a source is
     /// refused at start, naming the hashes.
     pub drop_field_ttls: bool,
+    /// How far the snapshot is, for a run's status and report (shared by clones: every
+    /// resync of a migration counts into the same one).
+    pub counters: Arc<SnapshotCounters>,
 }
 
 impl Default for SnapshotConfig {
@@ -116,6 +120,7 @@ impl Default for SnapshotConfig {
             progress: false,
             functions: false,
             drop_field_ttls: false,
+            counters: Arc::default(),
         }
     }
 }
@@ -493,7 +498,11 @@ impl Snapshotter {
             .filter(|db| !checkpoint.db_done(**db))
             .map(|db| sizes.get(db).copied().unwrap_or(0))
             .sum();
-        let progress = Progress::new(self.cfg.progress, report.total_estimate);
+        let progress = Progress::new(
+            self.cfg.progress,
+            report.total_estimate,
+            self.cfg.counters.clone(),
+        );
 
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(self.cfg.workers * 2);
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
@@ -605,7 +614,10 @@ impl Snapshotter {
                     seq,
                     stats,
                 } => {
-                    progress.advance(stats.keys + stats.skipped_expired + stats.vanished);
+                    progress.advance(
+                        stats.keys + stats.skipped_expired + stats.vanished,
+                        stats.bytes,
+                    );
                     checkpoint.add_keys(stats.keys);
                     if retry {
                         // Forget the batch, then record what failed again; that always fits.

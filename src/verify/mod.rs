@@ -53,6 +53,8 @@ pub struct VerifyConfig {
     pub recheck_delay: Duration,
     /// Keys per pipelined batch.
     pub batch: usize,
+    /// Show a progress bar of keys checked (only when stderr is a terminal).
+    pub progress: bool,
 }
 
 impl Default for VerifyConfig {
@@ -64,6 +66,7 @@ impl Default for VerifyConfig {
             rechecks: DEFAULT_RECHECKS,
             recheck_delay: DEFAULT_RECHECK_DELAY,
             batch: DEFAULT_BATCH,
+            progress: false,
         }
     }
 }
@@ -218,6 +221,8 @@ pub struct Verifier {
     expiry: (ExpiryRead, ExpiryRead),
     /// Both sides have hash-field expiry (Redis 7.4), so field TTLs are compared too.
     field_ttls: bool,
+    /// Keys compared so far, on a terminal ([`VerifyConfig::progress`]).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Verifier {
@@ -233,6 +238,7 @@ impl Verifier {
             orphan_conns: HashMap::new(),
             expiry: (ExpiryRead::Pexpiretime, ExpiryRead::Pexpiretime),
             field_ttls: false,
+            bar: None,
         }
     }
 
@@ -292,6 +298,14 @@ impl Verifier {
                 .collect(),
         };
         let src_total: u64 = dbs.iter().filter_map(|d| src_ks.get(d)).sum();
+        if self.cfg.progress {
+            let tgt_total: u64 = dbs.iter().filter_map(|d| tgt_ks.get(d)).sum();
+            let total = match self.cfg.sample {
+                Some(n) if n < src_total => n + (n / 10).max(1),
+                _ => src_total + tgt_total,
+            };
+            self.bar = crate::snapshot::key_bar(total, "keys checked");
+        }
         let mut suspects = Vec::new();
         let mut checked = 0u64;
         match self.cfg.sample {
@@ -302,6 +316,7 @@ impl Verifier {
                     for chunk in keys.chunks(self.cfg.batch) {
                         checked += chunk.len() as u64;
                         suspects.extend(self.compare_batch(db, chunk).await?);
+                        self.advance(chunk.len() as u64);
                     }
                 }
                 let extra_n = (n / 10).max(1);
@@ -311,6 +326,7 @@ impl Verifier {
                         let (c, s) = self.extras(db, chunk).await?;
                         checked += c;
                         suspects.extend(s);
+                        self.advance(chunk.len() as u64);
                     }
                 }
             }
@@ -324,6 +340,9 @@ impl Verifier {
         // The same key can come twice from SCAN; keep one suspect per key.
         let mut seen = HashSet::new();
         suspects.retain(|s| seen.insert((s.db, s.key.clone())));
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
         let persisting = self.recheck(suspects).await?;
         let mut report = VerifyReport {
             keys_checked: checked,
@@ -349,6 +368,12 @@ impl Verifier {
             .sort_by(|a, b| (a.db, &a.key).cmp(&(b.db, &b.key)));
         report.elapsed_secs = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            crate::snapshot::advance_bar(b, n);
+        }
     }
 
     fn endpoint(&self, side: Side) -> &Endpoint {
@@ -422,6 +447,7 @@ impl Verifier {
                 .map_err(|e| self.net(Side::Source, &e))?;
             checked += keys.len() as u64;
             suspects.extend(self.compare_batch(db, &keys).await?);
+            self.advance(keys.len() as u64);
             cursor = next;
             if cursor == 0 {
                 return Ok(checked);
@@ -444,6 +470,7 @@ impl Verifier {
             let (c, s) = self.extras(db, &keys).await?;
             checked += c;
             suspects.extend(s);
+            self.advance(keys.len() as u64);
             cursor = next;
             if cursor == 0 {
                 return Ok(checked);

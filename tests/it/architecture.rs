@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "verify",
     "plan",
     "migration",
+    "observe",
 ];
 
 /// Most cycles reported for one directory; beyond that the directory needs untangling anyway.

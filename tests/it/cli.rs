@@ -397,6 +397,7 @@ fn commands() -> Vec<&'static str> {
         "snapshot",
         "verify",
         "backup",
+        "status",
     ];
     if cfg!(feature = "sqs") {
         commands.extend(["capture", "replay"]);

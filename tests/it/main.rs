@@ -18,11 +18,13 @@ mod fixtures;
 mod functions;
 mod journal;
 mod migrate;
+mod observe;
 mod parser;
 mod plan;
 mod preflight;
 mod rewrite;
 mod run;
+mod runbook;
 mod snapshot;
 #[cfg(feature = "sqs")]
 mod split;

@@ -20,6 +20,9 @@ fn env() -> Vec<(String, String)> {
     vec![
         ("SOURCE_URL".into(), "redis://127.0.0.1:6379".into()),
         ("TARGET_URL".into(), "redis://127.0.0.1:6380".into()),
+        // examples/runbook.lua's switch runs the operator's own program, named here.
+        ("SWITCH_COMMAND".into(), "/bin/true".into()),
+        ("FERRY_STATE".into(), "/tmp/ferry-state".into()),
     ]
 }
 
@@ -1706,4 +1709,28 @@ fn check_output_into_a_closed_pipe_exits_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stderr, "", "a closed pipe is not worth a message");
+}
+
+#[test]
+fn metrics_addr_is_read_and_a_bad_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.lua");
+    let write = |line: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "local ferry = require 'ferry'\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = 'redis://127.0.0.1:1' }},\n  target = {{ url = 'redis://127.0.0.1:2' }},\n{line}\n}}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("  metrics_addr = '127.0.0.1:9187',");
+    let plan = ferry::plan::load(&path, &[]).unwrap();
+    assert_eq!(plan.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
+    write("  metrics_addr = 'localhost:metrics',");
+    let e = ferry::plan::load(&path, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("metrics_addr") && e.contains("must be HOST:PORT") && e.contains("plan.lua:2"),
+        "{e}"
+    );
 }

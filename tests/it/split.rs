@@ -92,6 +92,10 @@ impl Split<'_> {
     }
 
     fn replay(&self, worker: &str, name: &str) -> FerryProcess {
+        self.replay_with(worker, name, &[])
+    }
+
+    fn replay_with(&self, worker: &str, name: &str, extra: &[&str]) -> FerryProcess {
         let args: Vec<String> = [
             "replay",
             "--source",
@@ -116,6 +120,7 @@ impl Split<'_> {
                 .to_string(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         spawn(self.moto, &args, &self.dir.join(format!("{name}.stderr")))
@@ -261,7 +266,8 @@ fn split_cutover_waits_until_the_replay_processes_applied_everything() {
         queue: queue.clone(),
         shards: 4,
     };
-    let mut worker = split.replay("0/1", "w");
+    let metrics = format!("127.0.0.1:{}", crate::support::server::free_port());
+    let mut worker = split.replay_with("0/1", "w", &["--metrics-addr", &metrics]);
     let flag = dir.path().join("switched");
     let plan = dir.path().join("plan.lua");
     std::fs::write(
@@ -307,6 +313,16 @@ return ferry.plan {
     let oracle = compare(&source.url(), &target.url(), &OracleOptions::default());
     assert!(oracle.keys_compared > 5000, "{oracle}");
     oracle.assert_identical();
+    // The replay process's own series, for what it applied.
+    let m = crate::observe::parse(&crate::observe::scrape(&metrics));
+    for name in [
+        "ferry_replay_entries_total",
+        "ferry_replay_batches_total",
+        "ferry_applied_commands_total",
+        "ferry_restores_total",
+    ] {
+        assert!(m.get(name).is_some_and(|v| *v > 0.0), "{name}: {m:?}");
+    }
     assert_eq!(
         worker.terminate(Duration::from_secs(30)),
         Some(0),
