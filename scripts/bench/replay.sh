@@ -20,7 +20,10 @@
 #   for this long counts as stalled), STOP_SECS=30 (longest wait for ferry to exit after SIGTERM),
 #   FERRY=target/release/ferry, PLAN (run this plan with `ferry run` instead of `ferry migrate`;
 #   it must take SOURCE_URL/TARGET_URL/FERRY_STATE_DIR from ferry.env), ONLY_REPLAY=1 (step 1
-#   only), LOG_DIR (when set, ferry's logs and the lag samples are copied
+#   only), LIKE=1 (step 1 and, on the same target, its like-for-like baseline: redis-benchmark
+#   with as many connections as ferry's replay shards (SHARDS, default 4), ferry's pipeline
+#   depth (DEPTH, default 16384, its window per connection) and the same commands, counts, keys
+#   and values; ORDER=ferry-first (default) or baseline-first), LOG_DIR (when set, ferry's logs and the lag samples are copied
 #   there at exit).
 # Exit code: 0 when every step completed; 1 when ferry stalled or did not exit 0 (the figures
 # that could be measured are still printed); 2 when the benchmark itself could not run.
@@ -38,6 +41,9 @@ P64_N=${P64_N:-1000000}
 STALL_SECS=${STALL_SECS:-15}
 STOP_SECS=${STOP_SECS:-30}
 FERRY=${FERRY:-target/release/ferry}
+SHARDS=${SHARDS:-4}
+DEPTH=${DEPTH:-16384}
+ORDER=${ORDER:-ferry-first}
 LAG_PY=scripts/bench/lag.py
 [ -x "$FERRY" ] || cargo build --release --quiet
 
@@ -95,7 +101,7 @@ start_ferry() {
       --set TARGET_URL="redis://127.0.0.1:$3" --set FERRY_STATE_DIR="$FERRY_STATE" 2>"$FERRY_LOG" &
   else
     "$FERRY" migrate --source "redis://127.0.0.1:$2" --target "redis://127.0.0.1:$3" \
-      --state-dir "$FERRY_STATE" --capture primary 2>"$FERRY_LOG" &
+      --state-dir "$FERRY_STATE" --capture primary --replay-shards "$SHARDS" 2>"$FERRY_LOG" &
   fi
   FERRY_PID=$!
   FERRY_PIDS+=("$FERRY_PID")
@@ -147,18 +153,39 @@ if [ -n "$(find src -newer "$FERRY" -name '*.rs' 2>/dev/null | head -1)" ]; then
 fi
 echo "   N=$N TESTS=$TESTS VALUE_BYTES=$VALUE_BYTES LAG_SECS=$LAG_SECS LOAD_RATE=$LOAD_RATE SEED_N=$SEED_N P64_N=$P64_N"
 
+ntests=$(tr ',' '\n' <<<"$TESTS" | grep -c .)
+per_test=$(( (N + ntests - 1) / ntests ))
+
+# baseline_like PORT: redis-benchmark on an emptied PORT with what step 1 replays there: the same
+# tests, requests per test, keys (-r) and values (-d), over SHARDS connections DEPTH deep. Sets
+# BASE_RATE to writes per second over all tests (requests / the sum of each test's time) and
+# checks that the server processed them all.
+baseline_like() {
+  local port=$1 before after
+  redis-cli -p "$port" flushall >/dev/null
+  before=$(redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p')
+  redis-benchmark -p "$port" -c "$SHARDS" -P "$DEPTH" -r 100000 -d "$VALUE_BYTES" -t "$TESTS" \
+    -n "$per_test" --csv >"$BENCH_DIR/base.csv"
+  after=$(redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p')
+  BASE_WRITES=$(( after - before - 1 ))
+  BASE_RATE=$(awk -F'"' -v n="$per_test" 'NR > 1 && $4 > 0 { t += n / $4; k += n } END { if (t > 0) printf "%.0f", k / t }' "$BENCH_DIR/base.csv")
+  [ "$BASE_WRITES" -ge $(( per_test * ntests )) ] ||
+    FAILURES+=("baseline: the target processed $BASE_WRITES commands, fewer than $(( per_test * ntests ))")
+  redis-cli -p "$port" flushall >/dev/null
+  echo "   baseline redis-benchmark -c $SHARDS -P $DEPTH -t $TESTS -n $per_test: $BASE_RATE writes/s"
+}
+
 ###############################################################################################
 log "1. ferry replay throughput (target paused while $N writes are journaled)"
 start_server src1
 start_server tgt1
 S=$PORT_src1; T=$PORT_tgt1
+if [ -n "${LIKE:-}" ] && [ "$ORDER" = baseline-first ]; then baseline_like "$T"; fi
 start_ferry replay "$S" "$T"
 P1_PID=$FERRY_PID; P1_LOG=$FERRY_LOG; P1_STATE=$FERRY_STATE
 base_seq=$(journaled "$P1_LOG")
 redis-cli -p "$T" client pause 600000 write >/dev/null
 
-ntests=$(tr ',' '\n' <<<"$TESTS" | grep -c .)
-per_test=$(( (N + ntests - 1) / ntests ))
 t0=$(now)
 redis-benchmark -p "$S" -c 50 -P 64 -r 100000 -d "$VALUE_BYTES" -t "$TESTS" -n "$per_test" --csv \
   >"$BENCH_DIR/gen.csv"
@@ -208,6 +235,15 @@ log "   stopping ferry (SIGTERM)"
 stop_ferry "$P1_PID"; P1_EXIT=$STOP_RC
 echo "   exit: $P1_EXIT; $(grep -o 'Migration stopped at the final fence.*' "$P1_LOG" || echo 'no final-fence line')"
 [ "$P1_EXIT" = 0 ] || FAILURES+=("ferry (replay run) after SIGTERM: exit $P1_EXIT (waited ${STOP_SECS}s)")
+
+if [ -n "${LIKE:-}" ]; then
+  [ "$ORDER" = baseline-first ] || baseline_like "$T"
+  echo
+  echo "RESULT writes=$W connections=$SHARDS depth=$DEPTH ferry=$REPLAY_FIG baseline=$BASE_RATE" \
+    "ratio=$(ratio "$REPLAY_RATE" "$BASE_RATE") peak_rss=$(mb "$AFTER_HWM_KB")MB exit=$P1_EXIT order=$ORDER"
+  [ "${#FAILURES[@]}" -eq 0 ] || { for f in "${FAILURES[@]}"; do echo "FAIL: $f" >&2; done; exit 1; }
+  exit 0
+fi
 
 if [ -n "${ONLY_REPLAY:-}" ]; then
   echo

@@ -4,6 +4,7 @@
 # ferry's peak RSS.
 #
 # Usage: scripts/bench/snapshot.sh [KEYS=200000] [VALUE_BYTES=1500]
+# Environment: ORDER=native-first (default) or ferry-first; FERRY=target/release/ferry.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/common.sh
@@ -30,32 +31,42 @@ KEYSPACE=$(redis-cli -p "$S" info keyspace | grep ^db | tr -d '\r' | tr '\n' ' '
 USED=$(redis-cli -p "$S" info memory | grep '^used_memory_human' | cut -d: -f2 | tr -d '\r')
 echo "   source: $KEYSPACE($USED)"
 
-echo "== native replication (REPLICAOF, diskless full sync)"
-N=$PORT_native
-t0=$(now)
-redis-cli -p "$N" replicaof 127.0.0.1 "$S" >/dev/null
-until redis-cli -p "$N" info replication | grep -q 'master_link_status:up'; do sleep 0.01; done
-while redis-cli -p "$N" info replication | grep -q 'master_sync_in_progress:1'; do sleep 0.01; done
-t1=$(now)
-NATIVE=$(elapsed "$t0" "$t1")
-echo "   native: ${NATIVE}s"
-redis-cli -p "$N" replicaof no one >/dev/null
+native() {
+  echo "== native replication (REPLICAOF, diskless full sync)"
+  N=$PORT_native
+  t0=$(now)
+  redis-cli -p "$N" replicaof 127.0.0.1 "$S" >/dev/null
+  until redis-cli -p "$N" info replication | grep -q 'master_link_status:up'; do sleep 0.01; done
+  while redis-cli -p "$N" info replication | grep -q 'master_sync_in_progress:1'; do sleep 0.01; done
+  t1=$(now)
+  NATIVE=$(elapsed "$t0" "$t1")
+  echo "   native: ${NATIVE}s"
+  redis-cli -p "$N" replicaof no one >/dev/null
+}
 
-echo "== ferry snapshot"
-T=$PORT_target
-t0=$(now)
-/usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" snapshot --quiet \
-  --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" 2>"$BENCH_DIR/ferry.err"
-t1=$(now)
-FERRY_S=$(elapsed "$t0" "$t1")
-tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
-RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+ferry() {
+  echo "== ferry snapshot"
+  T=$PORT_target
+  t0=$(now)
+  /usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" snapshot --quiet \
+    --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" 2>"$BENCH_DIR/ferry.err"
+  t1=$(now)
+  FERRY_S=$(elapsed "$t0" "$t1")
+  tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
+  RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+}
+
+# ORDER=ferry-first runs ferry before native replication (scripts/bench/alternate.py alternates
+# it, so that neither always runs on a cooler machine).
+if [ "${ORDER:-native-first}" = ferry-first ]; then ferry; native; else native; ferry; fi
 
 for db in 0 1; do
   a=$(redis-cli -p "$S" -n $db dbsize); b=$(redis-cli -p "$T" -n $db dbsize)
+  c=$(redis-cli -p "$PORT_native" -n $db dbsize)
   [ "$a" = "$b" ] || { echo "db$db: source has $a keys, target $b" >&2; exit 1; }
+  [ "$a" = "$c" ] || { echo "db$db: source has $a keys, native replica $c" >&2; exit 1; }
 done
 
 RATIO=$(echo "scale=2; $FERRY_S / $NATIVE" | bc)
 echo
-echo "RESULT keys=$(redis-cli -p "$S" dbsize) native=${NATIVE}s ferry=${FERRY_S}s ratio=${RATIO}x peak_rss=${RSS_MB}MB"
+echo "RESULT keys=$(redis-cli -p "$S" dbsize) native=${NATIVE}s ferry=${FERRY_S}s ratio=${RATIO}x peak_rss=${RSS_MB}MB order=${ORDER:-native-first}"

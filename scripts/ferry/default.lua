@@ -4,7 +4,7 @@
 -- The CLI passes every flag in as an input, and only this way: --source → SOURCE_URL,
 -- --target → TARGET_URL, --capture → FERRY_CAPTURE, --state-dir → FERRY_STATE_DIR, --verify →
 -- FERRY_VERIFY ("full" or a sample size; empty for no verify phase), --workers → FERRY_WORKERS,
--- --max-source-ops → FERRY_MAX_SOURCE_OPS, --max-pause-ms → FERRY_MAX_PAUSE_MS,
+-- --max-source-ops → FERRY_MAX_SOURCE_OPS, --replay-shards → FERRY_REPLAY_SHARDS, --max-pause-ms → FERRY_MAX_PAUSE_MS,
 -- --max-monitor-buffer → FERRY_MAX_MONITOR_BUFFER, --quiet-ms → FERRY_QUIET_MS,
 -- --max-trailing-ms → FERRY_MAX_TRAILING_MS, --on-conflict → FERRY_ON_CONFLICT, --hold-source →
 -- FERRY_HOLD_SOURCE=1; for `ferry capture`, --queue → FERRY_QUEUE,
@@ -66,6 +66,7 @@ return ferry.plan {
   target = { url = ferry.env "TARGET_URL" },
   journal = journal,
   snapshot = { workers = number "FERRY_WORKERS", max_source_ops = number "FERRY_MAX_SOURCE_OPS" },
+  replay = { shards = number "FERRY_REPLAY_SHARDS" },
   final_fence = { max_pause_ms = max_pause_ms },
   verify = (verify == "" or verify == "full") and { full = true } or { sample = tonumber(verify) },
   phases = phases,

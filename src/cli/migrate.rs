@@ -39,6 +39,10 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = snapshot::DEFAULT_WORKERS)]
     workers: usize,
 
+    /// Replay connections to the target: keys are sharded by slot, each shard applied in order
+    /// over its own pipelined connection (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    replay_shards: Option<u16>,
     /// Cap on commands per second that the snapshot sends to the source.
     #[arg(long, value_name = "OPS")]
     max_source_ops: Option<u64>,
@@ -165,6 +169,12 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default(),
         ),
         ("FERRY_WORKERS".to_string(), args.workers.to_string()),
+        (
+            "FERRY_REPLAY_SHARDS".to_string(),
+            args.replay_shards
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        ),
         (
             "FERRY_MAX_SOURCE_OPS".to_string(),
             args.max_source_ops

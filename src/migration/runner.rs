@@ -115,6 +115,9 @@ pub fn migrate_config(plan: &Plan) -> Result<MigrateConfig, RunError> {
         cfg.snapshot.workers = w;
     }
     cfg.snapshot.max_source_ops = plan.snapshot.max_source_ops;
+    if let Some(n) = plan.replay.shards {
+        cfg.replay_shards = n;
+    }
     // The snapshot's copy of the function libraries is a `FUNCTION RESTORE`.
     cfg.functions = !crate::plan::dropped(
         &plan.rewrite,

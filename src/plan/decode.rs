@@ -19,7 +19,7 @@ use super::{
     API_VERSION, CaptureChoice, DEFAULT_JOURNAL_DIR, DEFAULT_MAX_LAG_MS, DEFAULT_MAX_PAUSE_MS,
     DEFAULT_MAX_TRAILING_MS, DEFAULT_QUIET_MS, DEFAULT_TTL_TOLERANCE_MS, FieldTtlPolicy,
     FinalFenceSpec, Glob, HookErrorPolicy, JournalSpec, KeyFilter, OnConflict, Phase, PhaseKind,
-    Plan, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
+    Plan, ReplaySpec, Rule, SUPPORTED_API_VERSIONS, Server, SnapshotSpec, VerifyRule, VerifySpec,
 };
 use crate::command::Argv;
 
@@ -30,6 +30,7 @@ const TOP_FIELDS: &[&str] = &[
     "target",
     "journal",
     "snapshot",
+    "replay",
     "keys",
     "rewrite",
     "on_command",
@@ -375,6 +376,7 @@ impl Decoder {
         let target = self.server(&self.get(t, "", "target")?, "target")?;
         let journal = self.journal(&self.get(t, "", "journal")?)?;
         let snapshot = self.snapshot(&self.get(t, "", "snapshot")?)?;
+        let replay = self.replay(&self.get(t, "", "replay")?)?;
         let keys = self.keys(&self.get(t, "", "keys")?)?;
         let rewrite = self.rewrite(&self.get(t, "", "rewrite")?)?;
         let has_on_command = self
@@ -423,6 +425,7 @@ impl Decoder {
                 target,
                 journal,
                 snapshot,
+                replay,
                 keys,
                 rewrite,
                 on_command: None,
@@ -597,6 +600,17 @@ impl Decoder {
             return Err(self.invalid("journal.dir", "is empty"));
         }
         Ok(under(&self.dir, Path::new(&dir)))
+    }
+
+    fn replay(&self, v: &Value) -> R<ReplaySpec> {
+        let Some(t) = self.record(v, "replay", &["shards"])? else {
+            return Ok(ReplaySpec::default());
+        };
+        Ok(ReplaySpec {
+            shards: self
+                .uint(&self.get(&t, "replay", "shards")?, "replay.shards", 1, 64)?
+                .map(|n| n as usize),
+        })
     }
 
     fn snapshot(&self, v: &Value) -> R<SnapshotSpec> {

@@ -82,6 +82,8 @@ pub struct Plan {
     pub journal: JournalSpec,
     /// Snapshot tuning.
     pub snapshot: SnapshotSpec,
+    /// Replay tuning.
+    pub replay: ReplaySpec,
     /// Which dbs, keys and types are migrated.
     pub keys: KeyFilter,
     /// Rewrite rules, first match wins.
@@ -176,6 +178,15 @@ pub struct SnapshotSpec {
     pub workers: Option<usize>,
     /// Cap on snapshot commands per second on the source; `None` for no cap.
     pub max_source_ops: Option<u64>,
+}
+
+/// `replay`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplaySpec {
+    /// Slot shards, each applied in order over its own pipelined connection to the target;
+    /// `None` for ferry's default.
+    pub shards: Option<usize>,
 }
 
 /// `verify`.
