@@ -78,13 +78,32 @@ test-engines: deps servers
 demo: deps
 	bash scripts/demo.sh
 
-## End-to-end benchmarks against native replication; results go in docs/performance.md.
+## End-to-end benchmarks against their baselines, each run BENCH_RUNS times per order with ferry
+## and the baseline alternating (scripts/bench/alternate.py); the tables go into
+## docs/performance.md with the commit measured (commit first: it refuses uncommitted code).
+BENCH_RUNS ?= 3
+ALTERNATE = python3 scripts/bench/alternate.py --runs $(BENCH_RUNS) --doc docs/performance.md
 bench: deps
-	bash scripts/bench/snapshot.sh
-	bash scripts/bench/replay.sh
+	$(ALTERNATE) --name snapshot --orders native-first,ferry-first \
+		--title "Snapshot: 200k keys of 1.5 kB plus big keys, against native replication" \
+		-- bash scripts/bench/snapshot.sh 200000 1500
+	$(ALTERNATE) --name snapshot-small --orders native-first,ferry-first --no-build \
+		--title "Snapshot: 1M keys of 100 bytes plus big keys, against native replication" \
+		-- bash scripts/bench/snapshot.sh 1000000 100
+	$(ALTERNATE) --name replay-1 --orders ferry-first,baseline-first --no-build \
+		--set LIKE=1 --set SHARDS=1 \
+		--title "Replay over 1 connection against redis-benchmark -c 1 -P 16384, same commands" \
+		-- bash scripts/bench/replay.sh
+	$(ALTERNATE) --name replay-4 --orders ferry-first,baseline-first --no-build \
+		--set LIKE=1 --set SHARDS=4 \
+		--title "Replay over 4 connections against redis-benchmark -c 4 -P 16384, same commands" \
+		-- bash scripts/bench/replay.sh
+	$(ALTERNATE) --name verify --orders fixed,fixed --no-build \
+		--title "Verification rates against the snapshot's, same run" \
+		-- bash scripts/bench/verify.sh
+	$(ALTERNATE) --name backup --orders native-first,ferry-first --no-build \
+		--title "Backup against redis-cli --rdb" -- bash scripts/bench/backup.sh
 	bash scripts/bench/plans.sh
-	bash scripts/bench/verify.sh
-	bash scripts/bench/backup.sh
 	bash scripts/bench/sqs.sh
 
 ## The README's picture of a run report: docs/report-screenshot.png, taken by headless Chromium

@@ -26,23 +26,30 @@ USED=$(redis-cli -p "$S" info memory | grep '^used_memory_human' | cut -d: -f2 |
 echo "   source: $KEYSPACE($USED)"
 TOTAL=$(( $(redis-cli -p "$S" -n 0 dbsize) + $(redis-cli -p "$S" -n 1 dbsize) ))
 
-echo "== native: redis-cli --rdb"
-t0=$(now)
-redis-cli -p "$S" --rdb "$BENCH_DIR/native.rdb" >/dev/null 2>&1
-t1=$(now)
-NATIVE=$(elapsed "$t0" "$t1")
-NATIVE_MB=$(echo "scale=1; $(stat -c %s "$BENCH_DIR/native.rdb") / 1000000" | bc)
-echo "   native: ${NATIVE}s, ${NATIVE_MB} MB"
+native() {
+  echo "== native: redis-cli --rdb"
+  t0=$(now)
+  redis-cli -p "$S" --rdb "$BENCH_DIR/native.rdb" >/dev/null 2>&1
+  t1=$(now)
+  NATIVE=$(elapsed "$t0" "$t1")
+  NATIVE_MB=$(echo "scale=1; $(stat -c %s "$BENCH_DIR/native.rdb") / 1000000" | bc)
+  echo "   native: ${NATIVE}s, ${NATIVE_MB} MB"
+}
 
-echo "== ferry backup"
-t0=$(now)
-/usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" backup \
-  --source "redis://127.0.0.1:$S" --out "$BENCH_DIR/ferry.rdb" ${FERRY_ARGS:-} 2>"$BENCH_DIR/ferry.err"
-t1=$(now)
-FERRY_S=$(elapsed "$t0" "$t1")
-tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
-FERRY_MB=$(echo "scale=1; $(stat -c %s "$BENCH_DIR/ferry.rdb") / 1000000" | bc)
-RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+ferry() {
+  echo "== ferry backup"
+  t0=$(now)
+  /usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" backup \
+    --source "redis://127.0.0.1:$S" --out "$BENCH_DIR/ferry.rdb" ${FERRY_ARGS:-} 2>"$BENCH_DIR/ferry.err"
+  t1=$(now)
+  FERRY_S=$(elapsed "$t0" "$t1")
+  tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
+  FERRY_MB=$(echo "scale=1; $(stat -c %s "$BENCH_DIR/ferry.rdb") / 1000000" | bc)
+  RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+}
+
+# ORDER=ferry-first runs ferry first (scripts/bench/alternate.py alternates it).
+if [ "${ORDER:-native-first}" = ferry-first ]; then ferry; native; else native; ferry; fi
 
 echo "== loading ferry's file into a fresh redis-server"
 start_server restored --dbfilename ferry.rdb --dir "$BENCH_DIR"
@@ -57,4 +64,5 @@ RATIO=$(echo "scale=2; $FERRY_S / $NATIVE" | bc)
 KPS=$(echo "$TOTAL / $FERRY_S" | bc)
 MBPS=$(echo "scale=1; $FERRY_MB / $FERRY_S" | bc)
 echo
-echo "RESULT keys=$TOTAL native=${NATIVE}s (${NATIVE_MB} MB) ferry=${FERRY_S}s (${FERRY_MB} MB, ${KPS} keys/s, ${MBPS} MB/s) ratio=${RATIO}x peak_rss=${RSS_MB}MB"
+echo "RESULT keys=$TOTAL native=${NATIVE}s native_file=${NATIVE_MB}MB ferry=${FERRY_S}s ferry_file=${FERRY_MB}MB" \
+  "ferry_rate=${KPS}keys/s ferry_throughput=${MBPS}MB/s ratio=${RATIO}x peak_rss=${RSS_MB}MB order=${ORDER:-native-first}"

@@ -51,6 +51,11 @@ SOURCE_URL="redis://127.0.0.1:$S" TARGET_URL="redis://127.0.0.1:$T2" FERRY_STATE
 read -r FEN_KEYS FEN_S FEN_DIFFS < <(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["verify"]; print(v["keys_checked"], v["elapsed_secs"], len(v["differences"]))' "$BENCH_DIR/run.json")
 FEN_RATE=$(echo "$FEN_KEYS / $FEN_S" | bc)
 echo "   $FEN_KEYS keys in ${FEN_S}s, $FEN_DIFFS differences"
+# A run that found differences (or checked nothing) reports no figure.
+[ "$FEN_DIFFS" = 0 ] || { echo "the fenced verify found $FEN_DIFFS differences" >&2; exit 1; }
+[ "$FEN_KEYS" -gt 0 ] && [ "$VER_KEYS" -gt 0 ] || { echo "a verify checked no key" >&2; exit 1; }
 
 echo
-echo "RESULT keys=$N_KEYS snapshot=${SNAP_RATE}keys/s verify_full=${VER_RATE}keys/s ($(echo "scale=2; $VER_RATE / $SNAP_RATE" | bc)x snapshot) fenced_verify=${FEN_RATE}keys/s ($(echo "scale=2; $FEN_RATE / $SNAP_RATE" | bc)x snapshot)"
+echo "RESULT keys=$N_KEYS snapshot=${SNAP_RATE}keys/s verify_full=${VER_RATE}keys/s" \
+  "verify_full_vs_snapshot=$(echo "scale=2; $VER_RATE / $SNAP_RATE" | bc)x" \
+  "fenced_verify=${FEN_RATE}keys/s fenced_vs_snapshot=$(echo "scale=2; $FEN_RATE / $SNAP_RATE" | bc)x"

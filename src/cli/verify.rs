@@ -42,11 +42,12 @@ pub struct VerifyArgs {
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::plan::parse_set, requires = "plan")]
     set: Vec<(String, String)>,
 
-    /// Compare this many randomly chosen keys (and a tenth as many target keys for extras).
+    /// Compare this many randomly chosen keys that the plan migrates (and a tenth as many
+    /// target keys for extras). Default: the plan's `verify`, else every key.
     #[arg(long, value_name = "N", conflicts_with = "full")]
     sample: Option<u64>,
 
-    /// Compare every key (the default).
+    /// Compare every key (the default without a plan's `verify = { sample = N }`).
     #[arg(long)]
     full: bool,
 
@@ -94,7 +95,16 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.sample != Some(0), "--sample must be at least 1");
     let cfg = VerifyConfig {
         dbs: (!args.dbs.is_empty()).then_some(args.dbs),
-        sample: if args.full { None } else { args.sample },
+        // Flags first, then the plan's `verify` (a sample of N, or full), else every key.
+        sample: if args.full {
+            None
+        } else {
+            args.sample.or_else(|| {
+                plan.as_ref()
+                    .filter(|p| !p.verify.full)
+                    .and_then(|p| p.verify.sample)
+            })
+        },
         ttl_tolerance_ms: args.ttl_tolerance_ms,
         rechecks: args.rechecks,
         recheck_delay: Duration::from_millis(args.recheck_delay_ms),

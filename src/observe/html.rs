@@ -160,6 +160,8 @@ pub fn render(r: &Report) -> String {
                     ("verification.keys_checked", "keys checked", v.keys_checked.to_string()),
                     ("verification.differences", "differences", v.differences.to_string()),
                     ("verification.rechecked", "re-checks", v.rechecked.to_string()),
+                    ("verification.sample_drawn", "sample: keys drawn", v.sample_drawn.to_string()),
+                    ("verification.sample_skipped", "sample: skipped (not migrated)", v.sample_skipped.to_string()),
                     ("verification.by_kind", "by kind", kinds),
                 ],
             );

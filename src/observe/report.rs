@@ -64,6 +64,9 @@ pub struct Verification {
     pub by_kind: BTreeMap<String, u64>,
     /// Key re-checks done.
     pub rechecked: u64,
+    /// For a sample: source keys drawn, and those skipped as the plan does not migrate them.
+    pub sample_drawn: u64,
+    pub sample_skipped: u64,
 }
 
 /// Writes that reached the old source after a cutover's switch.
@@ -200,6 +203,8 @@ impl Report {
             differences: v.differences.len() as u64,
             by_kind: v.by_kind.clone(),
             rechecked: v.rechecked,
+            sample_drawn: v.sample_drawn,
+            sample_skipped: v.sample_skipped,
         });
         let late_writes = m.and_then(|m| m.window.as_ref()).map(|w| LateWrites {
             writes: w.late.writes,

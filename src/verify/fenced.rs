@@ -253,9 +253,14 @@ impl FencedVerifier {
             let net = |e: redis::RedisError| VerifyError::Net(self.link.node.classify(&e));
             if let Some(n) = sample {
                 let share = share_of(n, src_ks.get(&db).copied().unwrap_or(0), src_total);
-                let keys = super::random_keys(&mut con, share, self.cfg.batch)
-                    .await
-                    .map_err(net)?;
+                let (keys, drawn) = super::sample_keys(&mut con, share, self.cfg.batch, |k| {
+                    !self.rules.as_ref().is_some_and(|r| r.ignored(db, k))
+                        && self.map(db, k).is_some()
+                })
+                .await
+                .map_err(net)?;
+                run.sample_drawn += drawn;
+                run.sample_skipped += drawn - keys.len() as u64;
                 self.check_keys(&mut reader, &mut run, db, keys).await?;
                 continue;
             }
@@ -360,6 +365,8 @@ impl FencedVerifier {
         let mut report = VerifyReport {
             keys_checked: run.checked,
             rechecked: run.rechecked,
+            sample_drawn: run.sample_drawn,
+            sample_skipped: run.sample_skipped,
             ..VerifyReport::default()
         };
         run.diffs
@@ -646,6 +653,8 @@ impl FencedVerifier {
 #[derive(Default)]
 struct Run {
     checked: u64,
+    sample_drawn: u64,
+    sample_skipped: u64,
     ignored: u64,
     rechecked: u64,
     unsettled: Vec<Probe>,

@@ -104,6 +104,11 @@ pub struct VerifyReport {
     /// Key re-checks done (one per key per round).
     pub rechecked: u64,
     pub elapsed_secs: f64,
+    /// A sample's source keys: how many were drawn, and how many of those were skipped because
+    /// the plan does not migrate them (filtered out or ignored by a rule). A sample of N
+    /// compares N keys the plan migrates whenever that many exist.
+    pub sample_drawn: u64,
+    pub sample_skipped: u64,
 }
 
 impl VerifyReport {
@@ -146,8 +151,16 @@ impl VerifyReport {
         } else {
             format!(" ({})", kinds.join(", "))
         };
+        let sample = if self.sample_drawn > 0 {
+            format!(
+                " (a sample: {} source keys drawn, {} of them skipped as the plan does not migrate them)",
+                self.sample_drawn, self.sample_skipped
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "verify: {} keys checked, {} differences{kinds}, {} re-checks, {:.1}s",
+            "verify: {} keys checked{sample}, {} differences{kinds}, {} re-checks, {:.1}s",
             self.keys_checked,
             self.differences.len(),
             self.rechecked,
@@ -308,11 +321,20 @@ impl Verifier {
         }
         let mut suspects = Vec::new();
         let mut checked = 0u64;
+        let (mut sample_drawn, mut sample_skipped) = (0u64, 0u64);
         match self.cfg.sample {
             Some(n) if n < src_total => {
                 let tgt_total: u64 = dbs.iter().filter_map(|d| tgt_ks.get(d)).sum();
                 for (db, share) in shares(&dbs, &src_ks, src_total, n) {
-                    let keys = self.random_keys(Side::Source, db, share).await?;
+                    let mut con = self.conn(Side::Source, db).await?;
+                    let (keys, drawn) = sample_keys(&mut con, share, self.cfg.batch, |k| {
+                        !self.rules.as_ref().is_some_and(|r| r.ignored(db, k))
+                            && self.target_of(db, k).is_some()
+                    })
+                    .await
+                    .map_err(|e| self.net(Side::Source, &e))?;
+                    sample_drawn += drawn;
+                    sample_skipped += drawn - keys.len() as u64;
                     for chunk in keys.chunks(self.cfg.batch) {
                         checked += chunk.len() as u64;
                         suspects.extend(self.compare_batch(db, chunk).await?);
@@ -347,6 +369,8 @@ impl Verifier {
         let mut report = VerifyReport {
             keys_checked: checked,
             rechecked: self.rechecked,
+            sample_drawn,
+            sample_skipped,
             ..VerifyReport::default()
         };
         for s in persisting {
@@ -731,6 +755,46 @@ pub(crate) fn ttl_difference(source: i64, target: i64, tol: i64) -> Option<Strin
 
 /// `n` distinct keys of the connection's db from `RANDOMKEY`, `batch` per round trip, with
 /// bounded attempts (a small db may not have `n`).
+/// Draws distinct random keys until `n` of them pass `keep` (or the db runs out of new ones):
+/// returns the kept keys and how many were drawn in all. A plan that migrates half the keys
+/// therefore still gets a sample of `n` keys it migrates.
+pub(crate) async fn sample_keys(
+    con: &mut MultiplexedConnection,
+    n: u64,
+    batch: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) -> redis::RedisResult<(Vec<Vec<u8>>, u64)> {
+    let mut seen = HashSet::new();
+    let mut kept = Vec::new();
+    // Each round asks for what is missing, scaled by the share kept so far; a round that
+    // brings no new key means the db has no more (RANDOMKEY repeats itself on small dbs).
+    for _ in 0..32 {
+        let missing = n - kept.len() as u64;
+        if missing == 0 {
+            break;
+        }
+        let ratio = if kept.is_empty() {
+            if seen.is_empty() { 1 } else { 4 }
+        } else {
+            (seen.len() as u64).div_ceil(kept.len() as u64).clamp(1, 64)
+        };
+        let mut fresh = 0;
+        for key in random_keys(con, missing.saturating_mul(ratio), batch).await? {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            fresh += 1;
+            if (kept.len() as u64) < n && keep(&key) {
+                kept.push(key);
+            }
+        }
+        if fresh == 0 {
+            break;
+        }
+    }
+    Ok((kept, seen.len() as u64))
+}
+
 pub(crate) async fn random_keys(
     con: &mut MultiplexedConnection,
     n: u64,

@@ -344,3 +344,63 @@ return ferry.plan {{
         "{details:?}"
     );
 }
+
+/// A sample of N under a plan that leaves about half the keys out compares N keys the plan
+/// migrates, and says how many it drew and skipped (it once drew N and checked about N/2).
+#[test]
+fn a_sample_counts_only_keys_the_plan_migrates_and_says_what_it_skipped() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    {
+        let (mut s, mut t) = (source.conn(), target.conn());
+        let mut ps = redis::pipe();
+        let mut pt = redis::pipe();
+        for i in 0..2000 {
+            ps.cmd("SET").arg(format!("keep:{i}")).arg(i).ignore();
+            pt.cmd("SET").arg(format!("keep:{i}")).arg(i).ignore();
+            ps.cmd("SET").arg(format!("skip:{i}")).arg(i).ignore();
+        }
+        let _: () = ps.query(&mut s).unwrap();
+        let _: () = pt.query(&mut t).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.lua");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"local ferry = require "ferry"
+return ferry.plan {{
+  api_version = 1,
+  source = {{ url = "{}" }},
+  target = {{ url = "{}" }},
+  keys = {{ exclude = {{ "skip:*" }} }},
+  verify = {{ sample = 500 }},
+}}
+"#,
+            source.url(),
+            target.url()
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("v.json");
+    let out = run_ferry(&[
+        "verify",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    // 500 source keys the plan migrates, plus the target-side sample (a tenth) looking for
+    // keys the source lacks.
+    let checked = report["keys_checked"].as_u64().unwrap();
+    assert!((500..=560).contains(&checked), "{report:#}");
+    let (drawn, skipped) = (
+        report["sample_drawn"].as_u64().unwrap(),
+        report["sample_skipped"].as_u64().unwrap(),
+    );
+    assert!(skipped > 100, "the filter's path never ran: {report:#}");
+    assert_eq!(drawn - skipped, 500, "{report:#}");
+    let text = stderr(&out);
+    assert!(text.contains("source keys drawn"), "{text}");
+}
