@@ -30,7 +30,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NUMBER = re.compile(r"^(-?[0-9]+(?:\.[0-9]+)?)([a-zA-Z/%]*)$")
+# `1.5s`, `.75x` (bc drops the leading zero), `978229`, `31.1MB`, `84487keys/s`.
+NUMBER = re.compile(r"^(-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+))([a-zA-Z/%]*)$")
 
 
 def git(*args):

@@ -34,9 +34,12 @@ start_server() {
     --dir "$BENCH_DIR/$name" --logfile "$BENCH_DIR/$name/log" \
     --repl-diskless-sync yes --repl-diskless-sync-delay 0 "$@" &
   PIDS+=($!)
+  printf -v "PID_${name}" '%s' "$!"
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
   printf -v "PORT_${name}" '%s' "$port"
 }
 
 now() { date +%s.%N; }
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 elapsed() { echo "$2 - $1" | bc; }

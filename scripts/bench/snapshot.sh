@@ -34,26 +34,35 @@ echo "   source: $KEYSPACE($USED)"
 native() {
   echo "== native replication (REPLICAOF, diskless full sync)"
   N=$PORT_native
+  local s0 r0; s0=$(cpu_s "$PID_source"); r0=$(cpu_s "$PID_native")
   t0=$(now)
   redis-cli -p "$N" replicaof 127.0.0.1 "$S" >/dev/null
   until redis-cli -p "$N" info replication | grep -q 'master_link_status:up'; do sleep 0.01; done
   while redis-cli -p "$N" info replication | grep -q 'master_sync_in_progress:1'; do sleep 0.01; done
   t1=$(now)
   NATIVE=$(elapsed "$t0" "$t1")
-  echo "   native: ${NATIVE}s"
+  NATIVE_SRC_CPU=$(echo "$(cpu_s "$PID_source") - $s0" | bc)
+  NATIVE_DST_CPU=$(echo "$(cpu_s "$PID_native") - $r0" | bc)
+  echo "   native: ${NATIVE}s (CPU: source ${NATIVE_SRC_CPU}s, replica ${NATIVE_DST_CPU}s)"
   redis-cli -p "$N" replicaof no one >/dev/null
 }
 
 ferry() {
   echo "== ferry snapshot"
   T=$PORT_target
+  local s0 d0; s0=$(cpu_s "$PID_source"); d0=$(cpu_s "$PID_target")
   t0=$(now)
-  /usr/bin/time -f '%M' -o "$BENCH_DIR/rss" "$FERRY" snapshot --quiet \
+  /usr/bin/time -f '%M %U %S' -o "$BENCH_DIR/rss" "$FERRY" snapshot --quiet \
     --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$T" 2>"$BENCH_DIR/ferry.err"
   t1=$(now)
   FERRY_S=$(elapsed "$t0" "$t1")
   tail -1 "$BENCH_DIR/ferry.err" | sed 's/^/   /'
-  RSS_MB=$(echo "scale=1; $(cat "$BENCH_DIR/rss") / 1024" | bc)
+  FERRY_SRC_CPU=$(echo "$(cpu_s "$PID_source") - $s0" | bc)
+  FERRY_DST_CPU=$(echo "$(cpu_s "$PID_target") - $d0" | bc)
+  read -r rss_kb user sys <"$BENCH_DIR/rss"
+  RSS_MB=$(echo "scale=1; $rss_kb / 1024" | bc)
+  FERRY_CPU=$(echo "$user + $sys" | bc)
+  echo "   CPU: source ${FERRY_SRC_CPU}s, target ${FERRY_DST_CPU}s, ferry ${FERRY_CPU}s"
 }
 
 # ORDER=ferry-first runs ferry before native replication (scripts/bench/alternate.py alternates
@@ -69,4 +78,6 @@ done
 
 RATIO=$(echo "scale=2; $FERRY_S / $NATIVE" | bc)
 echo
-echo "RESULT keys=$(redis-cli -p "$S" dbsize) native=${NATIVE}s ferry=${FERRY_S}s ratio=${RATIO}x peak_rss=${RSS_MB}MB order=${ORDER:-native-first}"
+echo "RESULT keys=$(redis-cli -p "$S" dbsize) native=${NATIVE}s ferry=${FERRY_S}s ratio=${RATIO}x peak_rss=${RSS_MB}MB" \
+  "native_source_cpu=${NATIVE_SRC_CPU}s native_replica_cpu=${NATIVE_DST_CPU}s" \
+  "ferry_source_cpu=${FERRY_SRC_CPU}s ferry_target_cpu=${FERRY_DST_CPU}s ferry_cpu=${FERRY_CPU}s order=${ORDER:-native-first}"
