@@ -351,7 +351,6 @@ impl Replayer {
                         // The lease keys live in db 0; the check runs there too.
                         select(&mut buf, 0, &mut replies);
                         encode_command(&mut buf, &[b"WATCH", &f.token_key, &f.dirty_key]);
-                        let token = f.token.to_string();
                         encode_command(
                             &mut buf,
                             &[
@@ -360,7 +359,7 @@ impl Replayer {
                                 b"2",
                                 &f.token_key,
                                 &f.dirty_key,
-                                token.as_bytes(),
+                                &f.token,
                             ],
                         );
                         encode_command(&mut buf, &[b"MULTI"]);

@@ -3,8 +3,8 @@
 //!
 //! ## Behavior
 //! - Per shard `s`, three keys in db 0 of the target (`docs/leases.md`):
-//!   `ferry:lease:<s>:token` (an integer `INCR`ed for every new holder, never reset),
-//!   `ferry:lease:<s>:owner` (`<owner>:<token>`, with a `PX` expiry that the holder renews) and
+//!   `ferry:lease:<s>:token` (`<n>:<owner>`, `n` one more for every new holder, never reset),
+//!   `ferry:lease:<s>:owner` (the holder's id, with a `PX` expiry that the holder renews) and
 //!   `ferry:lease:<s>:progress` (a hash: per message group, one past the last gseq applied,
 //!   written inside each fenced batch).
 //! - [`Leases::acquire`] takes a shard whose owner key is gone (expired or released) or is
@@ -25,9 +25,12 @@ pub const LEASE_PREFIX: &[u8] = b"ferry:lease:";
 /// Takes the lease when nobody else holds it: `{token, applied position of the group or -1}`,
 /// or `{0, ms left}` when another process holds it.
 const ACQUIRE_SCRIPT: &str = "local o = redis.call('GET', KEYS[2]) \
-if o and string.match(o, '^(.*):%d+$') ~= ARGV[1] then return {0, redis.call('PTTL', KEYS[2])} end \
-local t = redis.call('INCR', KEYS[1]) \
-redis.call('SET', KEYS[2], ARGV[1] .. ':' .. t, 'PX', ARGV[2]) \
+if o and o ~= ARGV[1] then return {0, redis.call('PTTL', KEYS[2])} end \
+local c = redis.call('GET', KEYS[1]) \
+local t = 1 \
+if c then t = (tonumber(string.match(c, '^%d+')) or 0) + 1 end \
+redis.call('SET', KEYS[1], t .. ':' .. ARGV[1]) \
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) \
 local p = redis.call('HGET', KEYS[3], ARGV[3]) \
 if p then return {t, tonumber(p)} end \
 return {t, -1}";
@@ -62,8 +65,9 @@ pub enum LeaseError {
 pub struct Fence {
     /// `ferry:lease:<s>:token`, watched.
     pub token_key: Vec<u8>,
-    /// This process's token for the shard.
-    pub token: u64,
+    /// This process's token for the shard, `<n>:<owner>`: unique to the holder even if a
+    /// failover lost an increment of `n`.
+    pub token: Vec<u8>,
     /// The per-process key the check touches when the token moved on, watched too.
     pub dirty_key: Vec<u8>,
     /// Run in db 0 inside the transaction after the batch: the progress update.
@@ -149,29 +153,34 @@ impl Leases {
         let ok: i64 = redis::Script::new(RENEW_SCRIPT)
             .key(key(shard, "token"))
             .key(key(shard, "owner"))
-            .arg(format!("{}:{token}", self.owner))
+            .arg(&self.owner)
             .arg(self.ttl_ms())
-            .arg(token)
+            .arg(self.token(token))
             .invoke_async(&mut self.con)
             .await?;
         Ok(ok == 1)
     }
 
     /// Gives the lease up so another process can take the shard at once.
-    pub async fn release(&mut self, shard: usize, token: u64) -> Result<(), LeaseError> {
+    pub async fn release(&mut self, shard: usize) -> Result<(), LeaseError> {
         let _: i64 = redis::Script::new(RELEASE_SCRIPT)
             .key(key(shard, "owner"))
-            .arg(format!("{}:{token}", self.owner))
+            .arg(&self.owner)
             .invoke_async(&mut self.con)
             .await?;
         Ok(())
+    }
+
+    /// The token key's value while this process holds the lease under `n`.
+    fn token(&self, n: u64) -> Vec<u8> {
+        format!("{n}:{}", self.owner).into_bytes()
     }
 
     /// The fence of a batch of `group` in `shard` ending before gseq `end`, under `token`.
     pub fn fence(&self, shard: usize, token: u64, group: u32, end: u64) -> Fence {
         Fence {
             token_key: key(shard, "token"),
-            token,
+            token: self.token(token),
             dirty_key: [LEASE_PREFIX, b"dirty:", self.owner.as_bytes()].concat(),
             tail: vec![Argv::from_args([
                 &b"HSET"[..],

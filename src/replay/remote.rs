@@ -570,6 +570,7 @@ impl Worker {
                 leases: Leases::new(self.target.control().await?, spec.base.visibility_timeout),
                 held: HashMap::new(),
                 newest_run: 0,
+                pause: None,
             };
             let stop = stop_rx.clone();
             readers.spawn(task.run(stop));
@@ -690,6 +691,8 @@ struct ReaderTask {
     /// The shards whose lease this process holds.
     held: HashMap<usize, ShardLease>,
     newest_run: u32,
+    /// Wait this long before the next receive (messages were handed back).
+    pause: Option<Duration>,
 }
 
 /// A shard this process holds.
@@ -711,9 +714,12 @@ enum Done {
     },
 }
 
-/// Pause after handing a message back, so that a process without the lease does not spin
-/// receiving the same messages while the holder catches up.
-const HAND_BACK_PAUSE: Duration = Duration::from_millis(20);
+/// Pause before the next receive after handing back a message of a shard another process
+/// holds, so that this process does not keep taking (and hiding) the holder's messages.
+const NOT_MINE_PAUSE: Duration = Duration::from_millis(250);
+/// Pause before the next receive after handing back a message that came ahead of its shard's
+/// position: the one before it is on its way back from another process.
+const EARLY_PAUSE: Duration = Duration::from_millis(50);
 
 impl ReaderTask {
     async fn run(
@@ -765,12 +771,17 @@ impl ReaderTask {
                     save_checkpoint(&self.state, &reader.checkpoint())?;
                 }
                 reader.commit().await?;
-                for (shard, lease) in std::mem::take(&mut self.held) {
-                    if let Err(e) = self.leases.release(shard, lease.token).await {
+                for shard in std::mem::take(&mut self.held).into_keys() {
+                    if let Err(e) = self.leases.release(shard).await {
                         tracing::warn!(shard, "Could not give the lease up: {e}");
                     }
                 }
                 return Ok(());
+            }
+            if !reader.has_buffered()
+                && let Some(pause) = self.pause.take()
+            {
+                tokio::time::sleep(pause).await;
             }
             let event = tokio::select! {
                 e = reader.next() => e?,
@@ -867,7 +878,8 @@ impl ReaderTask {
         }
         let shard = shard_of_group(group);
         let Some((token, next)) = self.lease(reader, shard, group).await? else {
-            self.hand_back(reader, &batch.message_id).await;
+            self.hand_back(reader, &batch.message_id, NOT_MINE_PAUSE)
+                .await;
             return Ok(None);
         };
         if end <= next {
@@ -879,7 +891,7 @@ impl ReaderTask {
         if first > next && self.fifo {
             // An earlier message of the group is elsewhere (in flight in a stalled process,
             // or handed back): applying this one first would reorder the shard.
-            self.hand_back(reader, &batch.message_id).await;
+            self.hand_back(reader, &batch.message_id, EARLY_PAUSE).await;
             return Ok(None);
         }
         // A standard queue's reader orders its groups itself and reports gaps.
@@ -959,11 +971,13 @@ impl ReaderTask {
         Ok(Some((held.token, applied)))
     }
 
-    /// Hands a message back to the queue for the process whose turn it is.
-    async fn hand_back(&mut self, reader: &mut SqsReader, message_id: &str) {
+    /// Hands a message back to the queue at once, for the process whose turn it is, and
+    /// pauses the next receive.
+    async fn hand_back(&mut self, reader: &mut SqsReader, message_id: &str, pause: Duration) {
         self.counters.handed_back.fetch_add(1, Ordering::Relaxed);
         reader.release(message_id);
-        tokio::time::sleep(HAND_BACK_PAUSE).await;
+        reader.flush_released().await;
+        self.pause = Some(self.pause.map_or(pause, |p| p.max(pause)));
     }
 
     /// Extends the held leases; a lease another process took is dropped (its batches still in

@@ -193,6 +193,17 @@ impl SqsReader {
         }
     }
 
+    /// Makes the messages handed back with [`release`](Self::release) visible now, rather than
+    /// at the next commit: another process may be waiting for them.
+    pub async fn flush_released(&mut self) {
+        self.flush_releases().await;
+    }
+
+    /// Whether events are buffered, so that [`next`](Self::next) returns without a receive.
+    pub fn has_buffered(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Records that the target applied every gseq of `group` below `applied` (read with the
     /// shard's lease): held messages wholly below are deleted, and on a standard queue the
     /// group continues from there.
