@@ -413,3 +413,121 @@ return ferry.plan {
         worker.stderr()
     );
 }
+
+/// The fence without SQS: two owners of one shard's lease on a real server. The second takes
+/// the lease once the first's expired, reads what the first applied, and from then on every
+/// batch the first sends is refused whole, while the second's apply with their progress.
+#[test]
+fn split_lease_fence_refuses_every_batch_of_a_holder_that_lost_the_lease() {
+    use ferry::command::Argv;
+    use ferry::net::Endpoint;
+    use ferry::replay::lease::Leases;
+    use ferry::replay::{Op, ReplayStats, Replayer};
+    use std::sync::Arc;
+
+    let target = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = Endpoint::parse(&target.url()).unwrap();
+        let ttl = Duration::from_millis(300);
+        let mut a = Leases::new(ep.control().await.unwrap(), ttl);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut b = Leases::new(ep.control().await.unwrap(), ttl);
+        assert_ne!(a.owner(), b.owner());
+        let ha = a.acquire(0, 256).await.unwrap().expect("a free lease");
+        assert_eq!(ha.applied, None);
+        assert!(b.acquire(0, 256).await.unwrap().is_none(), "a holds it");
+        assert!(a.renew(0, ha.token).await.unwrap());
+
+        // One replay connection, as `ferry replay` has, carrying both owners' batches.
+        let stats = Arc::new(ReplayStats::default());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Op>(16);
+        let replay = tokio::spawn({
+            let stats = stats.clone();
+            async move { Replayer::new(ep).run(&mut rx, stats).await }
+        });
+        let batch = |leases: &Leases, token: u64, end: u64, n: i64| {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            let ops = vec![
+                Op::Cmd {
+                    seq: 0,
+                    db: 1,
+                    argv: Argv::from_args(["INCRBY", "counter", &n.to_string()]),
+                },
+                Op::Cmd {
+                    seq: 0,
+                    db: 0,
+                    argv: Argv::from_args(["RPUSH", "order", &n.to_string()]),
+                },
+            ];
+            let op = Op::Fenced {
+                seq: 0,
+                fence: leases.fence(0, token, 256, end),
+                ops,
+                done,
+            };
+            (op, wait)
+        };
+        let (op, wait) = batch(&a, ha.token, 1, 1);
+        tx.send(op).await.unwrap();
+        assert!(wait.await.unwrap(), "a holds the lease: applied");
+
+        // a stalls past its lease; b takes it over and learns a applied gseqs below 1.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let hb = b.acquire(0, 256).await.unwrap().expect("an expired lease");
+        assert!(hb.token > ha.token);
+        assert_eq!(hb.applied, Some(1));
+        // The zombie's batches are refused, before and after b's, and apply nothing.
+        let (op, stale1) = batch(&a, ha.token, 2, 100);
+        tx.send(op).await.unwrap();
+        let (op, fresh) = batch(&b, hb.token, 2, 10);
+        tx.send(op).await.unwrap();
+        let (op, stale2) = batch(&a, ha.token, 3, 1000);
+        tx.send(op).await.unwrap();
+        assert!(!stale1.await.unwrap(), "refused");
+        assert!(fresh.await.unwrap(), "b holds the lease: applied");
+        assert!(!stale2.await.unwrap(), "refused");
+        assert!(!a.renew(0, ha.token).await.unwrap(), "a's lease is gone");
+        drop(tx);
+        replay.await.unwrap().unwrap();
+        assert_eq!(
+            stats
+                .fenced_batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        let open = |db: u32| {
+            redis::Client::open(target.url_db(db))
+                .unwrap()
+                .get_connection()
+                .unwrap()
+        };
+        let mut con = open(0);
+        let counter: i64 = redis::cmd("GET")
+            .arg("counter")
+            .query(&mut open(1))
+            .unwrap();
+        assert_eq!(counter, 11, "a's 1 and b's 10; none of a's refused writes");
+        let order: Vec<i64> = redis::cmd("LRANGE")
+            .arg("order")
+            .arg(0)
+            .arg(-1)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(order, vec![1, 10]);
+        let progress: Option<u64> = redis::cmd("HGET")
+            .arg("ferry:lease:0:progress")
+            .arg(256)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(progress, Some(2));
+        b.release(0).await.unwrap();
+        assert!(
+            a.acquire(0, 256).await.unwrap().is_some(),
+            "released: free again"
+        );
+    });
+}
