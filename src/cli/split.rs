@@ -125,8 +125,9 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = DEFAULT_SHARDS)]
     workers: usize,
 
-    /// How long a received message stays invisible to other processes; after a crash, its
-    /// batch comes back (in doubt) after this long.
+    /// How long a received message stays invisible to other processes, and how long a shard's
+    /// lease outlives its last renewal: after a crash or a stall, another process takes the
+    /// shard over after this long.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     visibility_timeout_secs: u64,
 
@@ -199,11 +200,15 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .run(async move { stop.wait().await })
         .await?;
     say!(
-        "Replay stopped: {} entries in {} batches, {} in doubt ({} re-copies requested), {} stale, {} gaps; {} commands, {} restores; errors: {}",
+        "Replay stopped: {} entries in {} batches, {} redelivered, {} applied before, {} handed back, {} refused by the lease fence; leases: {} taken, {} lost; {} stale, {} gaps; {} commands, {} restores; errors: {}",
         report.entries,
         report.batches,
-        report.in_doubt_batches,
-        report.recopy_requests,
+        report.redelivered_batches,
+        report.applied_before,
+        report.handed_back,
+        report.fenced_batches,
+        report.leases_taken,
+        report.leases_lost,
         report.stale_batches,
         report.gaps,
         report.commands,

@@ -97,8 +97,28 @@ pub const REPLAY_SERIES: &[(&str, &str)] = &[
         "queue messages (batches of entries) applied",
     ),
     (
-        "ferry_replay_in_doubt_batches_total",
-        "batches a crashed process left in doubt, re-copied instead of re-applied",
+        "ferry_replay_redelivered_batches_total",
+        "queue messages received again (their first receiver crashed, stalled or handed them back)",
+    ),
+    (
+        "ferry_replay_applied_before_batches_total",
+        "batches skipped because their shard's recorded position showed them applied",
+    ),
+    (
+        "ferry_replay_handed_back_total",
+        "messages handed back to the queue: another process holds their shard, or they came early",
+    ),
+    (
+        "ferry_replay_leases_taken_total",
+        "shard leases this process took",
+    ),
+    (
+        "ferry_replay_leases_lost_total",
+        "shard leases this process found taken over by another process",
+    ),
+    (
+        "ferry_replay_fenced_batches_total",
+        "batches the target refused because this process no longer held their shard's lease",
     ),
     ("ferry_replay_gaps_total", "gaps the queues carried"),
 ];

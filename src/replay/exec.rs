@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::lease::CHECK_SCRIPT;
 use super::op::Op;
 use super::policy::{Diverged, ErrorClass, classify, error_code};
 use crate::clock::now_ms;
@@ -61,6 +62,8 @@ pub struct ReplayStats {
     pub expiry_recopies: AtomicU64,
     /// Re-copy requests sent to the capture node's stream but not yet placed there.
     pub recopies_outstanding: AtomicU64,
+    /// Fenced batches the target refused: this process had lost the shard's lease.
+    pub fenced_batches: AtomicU64,
 }
 
 impl ReplayStats {
@@ -135,6 +138,18 @@ enum Origin {
     /// The snapshot's copy of the function libraries.
     Functions,
     Check,
+    /// A fenced batch: the operations whose replies are the elements of its `EXEC`.
+    Fenced(Vec<Origin>),
+}
+
+/// What a fenced batch waits for: its outcome, and which operation of
+/// [`Origin::Fenced`] each element of its `EXEC` reply answers (`None`: a `SELECT` or the
+/// progress update).
+struct FenceWait {
+    done: oneshot::Sender<bool>,
+    slots: Vec<Option<usize>>,
+    /// `EXEC` answered nil: the lease had moved on and nothing was applied.
+    refused: bool,
 }
 
 struct Pending {
@@ -145,6 +160,7 @@ struct Pending {
     origin: Origin,
     /// A reply of this operation was a target-only error.
     failed: bool,
+    fence: Option<FenceWait>,
 }
 
 impl Pending {
@@ -156,6 +172,7 @@ impl Pending {
             collect: None,
             origin: Origin::Setup,
             failed: false,
+            fence: None,
         }
     }
 }
@@ -270,6 +287,7 @@ impl Replayer {
                 let mut done = None;
                 let mut collect = None;
                 let mut origin = Origin::Setup;
+                let mut fence = None;
                 let db_before = db;
                 let mut forget_db = false;
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
@@ -312,21 +330,7 @@ impl Replayer {
                         ..
                     } => {
                         select(&mut buf, d, &mut replies);
-                        match payload {
-                            None => encode_command(&mut buf, &[b"DEL", &key]),
-                            Some(p) => {
-                                let (ttl, abs) = match expire_at_ms {
-                                    Some(t) => (t.to_string(), true),
-                                    None => ("0".to_string(), false),
-                                };
-                                let mut args: Vec<&[u8]> =
-                                    vec![b"RESTORE", &key, ttl.as_bytes(), &p, b"REPLACE"];
-                                if abs {
-                                    args.push(b"ABSTTL");
-                                }
-                                encode_command(&mut buf, &args);
-                            }
-                        }
+                        encode_restore(&mut buf, &key, payload.as_deref(), expire_at_ms);
                         replies += 1;
                         stats.restores.fetch_add(1, Ordering::Relaxed);
                         origin = Origin::Restore(d, key);
@@ -338,6 +342,102 @@ impl Replayer {
                         origin = Origin::Functions;
                     }
                     Op::Barrier { done: d, .. } => done = Some(d),
+                    Op::Fenced {
+                        fence: f,
+                        ops: batch,
+                        done: d,
+                        ..
+                    } => {
+                        // The lease keys live in db 0; the check runs there too.
+                        select(&mut buf, 0, &mut replies);
+                        encode_command(&mut buf, &[b"WATCH", &f.token_key, &f.dirty_key]);
+                        encode_command(
+                            &mut buf,
+                            &[
+                                b"EVAL",
+                                CHECK_SCRIPT.as_bytes(),
+                                b"2",
+                                &f.token_key,
+                                &f.dirty_key,
+                                &f.token,
+                            ],
+                        );
+                        encode_command(&mut buf, &[b"MULTI"]);
+                        replies += 3;
+                        let mut slots = Vec::new();
+                        let mut origins = Vec::new();
+                        // Each queued command is answered `QUEUED`, then again in `EXEC`.
+                        let mut queue =
+                            |buf: &mut Vec<u8>,
+                             d: u32,
+                             item: Queued,
+                             slot: Option<usize>,
+                             replies: &mut usize| {
+                                let before = *replies;
+                                select(buf, d, replies);
+                                if *replies > before {
+                                    slots.push(None);
+                                }
+                                match item {
+                                    Queued::Select => return,
+                                    Queued::Argv(argv) => encode_argv(buf, argv),
+                                    Queued::Restore(key, payload, at) => {
+                                        encode_restore(buf, key, payload, at)
+                                    }
+                                }
+                                *replies += 1;
+                                slots.push(slot);
+                            };
+                        for op in batch {
+                            let i = Some(origins.len());
+                            match op {
+                                Op::Cmd { db: d, argv, .. } => {
+                                    queue(&mut buf, d, Queued::Argv(&argv), i, &mut replies);
+                                    origins.push(Origin::Cmd(d, argv));
+                                }
+                                Op::Atomic { cmds, .. } => {
+                                    // Already inside the batch's transaction.
+                                    for (d, argv) in &cmds {
+                                        queue(&mut buf, *d, Queued::Argv(argv), i, &mut replies);
+                                    }
+                                    origins.push(Origin::Atomic(cmds));
+                                }
+                                Op::Restore {
+                                    db: d,
+                                    key,
+                                    payload,
+                                    expire_at_ms,
+                                    ..
+                                } => {
+                                    let item =
+                                        Queued::Restore(&key, payload.as_deref(), expire_at_ms);
+                                    queue(&mut buf, d, item, i, &mut replies);
+                                    stats.restores.fetch_add(1, Ordering::Relaxed);
+                                    origins.push(Origin::Restore(d, key));
+                                }
+                                other => {
+                                    tracing::debug!(
+                                        seq = other.seq(),
+                                        "Skipped an operation a fenced batch cannot carry."
+                                    );
+                                }
+                            }
+                        }
+                        queue(&mut buf, 0, Queued::Select, None, &mut replies);
+                        for argv in &f.tail {
+                            queue(&mut buf, 0, Queued::Argv(argv), None, &mut replies);
+                        }
+                        // Whether EXEC runs (its last SELECT is 0) or not (the SELECT before
+                        // WATCH was), the connection ends in db 0, as `select` now believes.
+                        encode_command(&mut buf, &[b"EXEC"]);
+                        replies += 1;
+                        fence = Some(FenceWait {
+                            done: d,
+                            slots,
+                            refused: false,
+                        });
+                        origin = Origin::Fenced(origins);
+                    }
                     // Unwrapped above.
                     Op::Expiring { .. } => {}
                     Op::Check {
@@ -363,6 +463,7 @@ impl Replayer {
                     done,
                     collect,
                     origin,
+                    fence,
                     ..Pending::new(seq, replies)
                 });
                 if replies > 0 {
@@ -493,12 +594,27 @@ const LOGGED_FAILURES: u64 = 10;
 impl Failures {
     /// Handles one error reply of `p`; `Err` when the connection must be given up.
     fn error(&mut self, p: &mut Pending, line: String) -> Result<(), ReplayError> {
+        self.error_at(p, None, line)
+    }
+
+    /// Handles one error reply of `p`, of its operation `part` when it is a fenced batch
+    /// (`None`: of the whole batch).
+    fn error_at(
+        &mut self,
+        p: &mut Pending,
+        part: Option<usize>,
+        line: String,
+    ) -> Result<(), ReplayError> {
+        let origin = match (&p.origin, part) {
+            (Origin::Fenced(list), Some(i)) => list.get(i).unwrap_or(&p.origin),
+            (o, _) => o,
+        };
         let stats = &self.stats;
         let code = error_code(&line).to_string();
         if let Ok(mut errs) = stats.errors.lock() {
             *errs.entry(code.clone()).or_default() += 1;
         }
-        let class = match (&p.origin, classify(&line)) {
+        let class = match (origin, classify(&line)) {
             // A verification read: the verifier compares the replies itself.
             (Origin::Check, _) => return Ok(()),
             // The connection's name only helps a cutover tell ferry's clients apart.
@@ -523,10 +639,10 @@ impl Failures {
         if class == ErrorClass::Transient {
             return Err(ReplayError::Transient { line });
         }
-        if matches!(p.origin, Origin::Functions) {
+        if matches!(origin, Origin::Functions) {
             tracing::error!(error = %line, "The target refused the copy of the source's function libraries (FUNCTION RESTORE … REPLACE): FCALL of them would fail there.");
         } else if seen <= LOGGED_FAILURES {
-            let (what, name) = match &p.origin {
+            let (what, name) = match origin {
                 Origin::Restore(..) => ("restore", "RESTORE".to_string()),
                 Origin::Cmd(_, argv) => {
                     ("write", String::from_utf8_lossy(argv.name()).into_owned())
@@ -535,29 +651,15 @@ impl Failures {
             };
             tracing::error!(error = %line, command = %name, "A {what} failed only on the target: its keys now differ from the source and are re-copied.");
         }
-        p.failed = true;
         let mut requests = Vec::new();
-        match &p.origin {
-            Origin::Restore(db, key) => {
-                // Asking again would fail again: the ledger keeps the key until a later
-                // restore of it succeeds.
-                stats.with_diverged(|d| d.mark(*db, key, &line));
-            }
-            Origin::Cmd(db, argv) => self.keys_of(*db, argv, &line, &mut requests),
-            Origin::Atomic(cmds) => {
-                for (db, argv) in cmds {
-                    self.keys_of(*db, argv, &line, &mut requests);
-                }
-            }
-            // Nothing to re-copy: a resync's copy could only fail the same way. The ledger
-            // keeps it, so the final fence fails rather than claim the target has them.
-            Origin::Functions => {
-                stats.with_diverged(|d| {
-                    d.mark_keyless(format!("FUNCTION RESTORE (the function libraries): {line}"))
-                });
-            }
-            Origin::Setup | Origin::Check => {}
+        let whole = match origin {
+            Origin::Fenced(list) => list.as_slice(),
+            o => std::slice::from_ref(o),
+        };
+        for origin in whole {
+            self.mark(origin, &line, &mut requests);
         }
+        p.failed = true;
         if let Some((_, tx)) = &self.recopy {
             for r in requests {
                 self.stats
@@ -571,6 +673,32 @@ impl Failures {
             }
         }
         Ok(())
+    }
+
+    /// Marks what `origin` wrote as diverged; keys newly diverged go to `requests`.
+    fn mark(&mut self, origin: &Origin, line: &str, requests: &mut Vec<(u32, Vec<u8>)>) {
+        match origin {
+            Origin::Restore(db, key) => {
+                // Asking again would fail again: the ledger keeps the key until a later
+                // restore of it succeeds.
+                self.stats.with_diverged(|d| d.mark(*db, key, line));
+            }
+            Origin::Cmd(db, argv) => self.keys_of(*db, argv, line, requests),
+            Origin::Atomic(cmds) => {
+                for (db, argv) in cmds {
+                    self.keys_of(*db, argv, line, requests);
+                }
+            }
+            // Nothing to re-copy: a resync's copy could only fail the same way. The ledger
+            // keeps it, so the final fence fails rather than claim the target has them.
+            Origin::Functions => {
+                self.stats.with_diverged(|d| {
+                    d.mark_keyless(format!("FUNCTION RESTORE (the function libraries): {line}"))
+                });
+            }
+            // A whole fenced batch is marked operation by operation by the caller.
+            Origin::Setup | Origin::Check | Origin::Fenced(_) => {}
+        }
     }
 
     /// Marks the keys of `argv` diverged; the newly diverged ones go to `requests`.
@@ -610,6 +738,58 @@ impl Failures {
     }
 }
 
+/// What a fenced batch queues in its transaction.
+enum Queued<'a> {
+    /// Only the `SELECT` (if the db changes).
+    Select,
+    Argv(&'a Argv),
+    /// Key, payload (`None`: delete) and absolute expiry.
+    Restore(&'a [u8], Option<&'a [u8]>, Option<i64>),
+}
+
+/// `RESTORE key <abs ms or 0> payload REPLACE [ABSTTL]`, or `DEL key` for a key the source no
+/// longer has.
+fn encode_restore(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    expire_at_ms: Option<i64>,
+) {
+    match payload {
+        None => encode_command(buf, &[b"DEL", key]),
+        Some(p) => {
+            let ttl = expire_at_ms.map_or_else(|| "0".to_string(), |t| t.to_string());
+            let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), p, b"REPLACE"];
+            if expire_at_ms.is_some() {
+                args.push(b"ABSTTL");
+            }
+            encode_command(buf, &args);
+        }
+    }
+}
+
+/// The error lines of each element of an `EXEC` array reply, with the fenced batch's operation
+/// each element answers.
+fn element_errors(reply: &[u8], slots: &[Option<usize>]) -> Vec<(Option<usize>, String)> {
+    let mut out = Vec::new();
+    let Some(end) = reply.iter().position(|&b| b == b'\r') else {
+        return out;
+    };
+    let mut at = end + 2;
+    let mut i = 0;
+    while at < reply.len() {
+        let Ok(Some(s)) = summarize(&reply[at..]) else {
+            break;
+        };
+        for e in s.errors {
+            out.push((slots.get(i).copied().flatten(), e));
+        }
+        at += s.len;
+        i += 1;
+    }
+    out
+}
+
 fn encode_argv(buf: &mut Vec<u8>, argv: &Argv) {
     buf.extend_from_slice(format!("*{}\r\n", argv.len()).as_bytes());
     for a in argv.iter() {
@@ -647,6 +827,12 @@ async fn read_replies(
             if let Some(c) = p.collect {
                 let _ = c.reply.send(c.values);
             }
+            if let Some(f) = p.fence {
+                if f.refused {
+                    stats.fenced_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = f.done.send(!f.refused);
+            }
         }
         if queue.is_empty() {
             if closed {
@@ -676,13 +862,34 @@ async fn read_replies(
                     .unwrap_or_else(|e| redis::Value::SimpleString(format!("unparsable: {e}")));
                 c.values.push(value);
             }
+            // A fenced batch's EXEC: nil when refused; its errors belong to single operations.
+            let mut parts = None;
+            if front.replies == 1
+                && let Some(f) = front.fence.as_mut()
+            {
+                let reply = &reader.unconsumed()[..s.len];
+                if reply.starts_with(b"*-1") || reply.starts_with(b"_") {
+                    f.refused = true;
+                } else if !s.errors.is_empty() && reply.starts_with(b"*") {
+                    parts = Some(element_errors(reply, &f.slots));
+                }
+            }
             reader.consume(s.len);
             front.replies -= 1;
             progressed = true;
             window.add_permits(1);
             stats.commands.fetch_add(1, Ordering::Relaxed);
-            for e in s.errors {
-                failures.error(front, e)?;
+            match parts {
+                Some(parts) => {
+                    for (part, e) in parts {
+                        failures.error_at(front, part, e)?;
+                    }
+                }
+                None => {
+                    for e in s.errors {
+                        failures.error(front, e)?;
+                    }
+                }
             }
         }
         if progressed {

@@ -3,10 +3,13 @@
 //! - [`rewrite`]: what cannot be repeated literally (relative TTLs, blocking pops, server
 //!   choices) is rewritten or marked for re-copy.
 //! - [`Replayer`]: the pipelined executor on the target.
+//! - [`lease`]: shard leases in the target and the fence of each batch a split
+//!   replay process applies.
 //! - [`policy`]: what an error reply from the target means (expected, transient, divergence).
 
 mod exec;
 mod expiry;
+pub mod lease;
 mod op;
 pub mod policy;
 #[cfg(feature = "sqs")]

@@ -3,6 +3,7 @@
 
 use tokio::sync::oneshot;
 
+use super::lease::Fence;
 use crate::command::Argv;
 
 /// One operation for the target, tagged with the journal position it completes.
@@ -44,6 +45,16 @@ pub enum Op {
         expire_at_ms: i64,
         keys: Vec<(u32, Vec<u8>)>,
     },
+    /// A batch of one shard (`Cmd`, `Atomic` and `Restore` operations) applied in one
+    /// transaction only while this process still holds the shard's lease. `done` gets `true`
+    /// once the target applied it, `false` when the fence refused it (another process took the
+    /// lease): then none of it was applied.
+    Fenced {
+        seq: u64,
+        fence: Fence,
+        ops: Vec<Op>,
+        done: oneshot::Sender<bool>,
+    },
 }
 
 impl Op {
@@ -55,7 +66,8 @@ impl Op {
             | Op::Restore { seq, .. }
             | Op::Functions { seq, .. }
             | Op::Barrier { seq, .. }
-            | Op::Check { seq, .. } => *seq,
+            | Op::Check { seq, .. }
+            | Op::Fenced { seq, .. } => *seq,
             Op::Expiring { op, .. } => op.seq(),
         }
     }

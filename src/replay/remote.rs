@@ -14,16 +14,19 @@
 //!   assemble them on the target (`SET`/`SETRANGE` of a scratch key at fixed offsets, then a
 //!   script that restores from it and deletes it), since the parts may span messages that
 //!   different processes apply, and a part applied twice must change nothing.
-//! - A worker acknowledges a batch once the target has answered all of it. A batch received
-//!   again (a worker crashed with it in flight) is in doubt: its writes may or may not have been
-//!   applied, so they are not applied again; the worker asks the capture process, through an
-//!   `ECHO ferry-recopy:<db>:<hex key>` on the source, to re-copy each key they touch, and
-//!   re-requests the keys later writes derive from those keys until their `RESTORE` arrives.
+//! - A worker applies a shard only while it holds the shard's lease in the target
+//!   ([`super::lease`], `docs/leases.md`). Each batch (one message) is one transaction, fenced
+//!   by the lease's token and recording the group's applied position: a process that lost the
+//!   lease (stalled, partitioned, replaced) has its batches refused, and a batch is applied
+//!   wholly or not at all. So a batch received again (a worker crashed or stalled with it in
+//!   flight) is not in doubt: the holder skips it when the recorded position is past it and
+//!   applies it otherwise, in gseq order; a message ahead of that position, or of a shard
+//!   another process holds, goes back to the queue.
 //! - A gap (a standard queue lost messages past the reorder wait) asks for a full resync.
 //! - Queue URLs may contain `{shard}`: one queue per shard, so worker processes can own shards
 //!   (`--worker K/N`) on standard queues, where SQS keeps no order a shared queue could use.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +35,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::exec::{ReplayStats, Replayer, request_recopies};
+use super::lease::{LeaseError, Leases};
 use super::op::Op;
 use super::shard::shard_of;
 use crate::command::{Argv, CommandTable, KeyRef};
-use crate::journal::sqs::{SqsConfig, SqsError, SqsEvent, SqsQueue, SqsWriter};
+use crate::journal::sqs::{
+    SqsBatch, SqsConfig, SqsError, SqsEvent, SqsQueue, SqsReader, SqsWriter,
+};
 use crate::journal::{Entry, EntryKind, Marker};
 use crate::net::Endpoint;
 
@@ -118,6 +124,8 @@ pub enum RemoteError {
     Net(#[from] crate::net::NetError),
     #[error("{0}")]
     Replay(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
 }
@@ -334,7 +342,7 @@ impl Publisher {
                 push(pending, 0, seq, EntryKind::Write { db: 0, argv });
                 1
             }
-            Op::Barrier { .. } | Op::Check { .. } => 0,
+            Op::Barrier { .. } | Op::Check { .. } | Op::Fenced { .. } => 0,
         }
     }
 
@@ -421,8 +429,19 @@ pub struct WorkerConfig {
 pub struct WorkerReport {
     pub entries: u64,
     pub batches: u64,
-    pub in_doubt_batches: u64,
-    pub recopy_requests: u64,
+    /// Batches received again (their first receiver crashed, stalled or handed them back).
+    pub redelivered_batches: u64,
+    /// Batches skipped because the shard's recorded position showed them applied already.
+    pub applied_before: u64,
+    /// Messages handed back to the queue: their shard's lease is another process's, or they
+    /// came ahead of the shard's position.
+    pub handed_back: u64,
+    /// Leases this process took.
+    pub leases_taken: u64,
+    /// Leases this process found taken by another one.
+    pub leases_lost: u64,
+    /// Batches the target refused because this process no longer held their shard's lease.
+    pub fenced_batches: u64,
     pub stale_batches: u64,
     pub gaps: u64,
     pub commands: u64,
@@ -450,8 +469,11 @@ pub struct Worker {
 struct Counters {
     entries: AtomicU64,
     batches: AtomicU64,
-    in_doubt: AtomicU64,
-    recopies: AtomicU64,
+    redelivered: AtomicU64,
+    applied_before: AtomicU64,
+    handed_back: AtomicU64,
+    leases_taken: AtomicU64,
+    leases_lost: AtomicU64,
     stale: AtomicU64,
     gaps: AtomicU64,
 }
@@ -543,11 +565,12 @@ impl Worker {
                 queue,
                 state,
                 conns: conns.clone(),
-                table: self.table.clone(),
                 source: self.source.control().await?,
                 counters: counters.clone(),
-                pending: HashMap::new(),
+                leases: Leases::new(self.target.control().await?, spec.base.visibility_timeout),
+                held: HashMap::new(),
                 newest_run: 0,
+                pause: None,
             };
             let stop = stop_rx.clone();
             readers.spawn(task.run(stop));
@@ -596,8 +619,12 @@ impl Worker {
         Ok(WorkerReport {
             entries: counters.entries.load(Ordering::Relaxed),
             batches: counters.batches.load(Ordering::Relaxed),
-            in_doubt_batches: counters.in_doubt.load(Ordering::Relaxed),
-            recopy_requests: counters.recopies.load(Ordering::Relaxed),
+            redelivered_batches: counters.redelivered.load(Ordering::Relaxed),
+            applied_before: counters.applied_before.load(Ordering::Relaxed),
+            handed_back: counters.handed_back.load(Ordering::Relaxed),
+            leases_taken: counters.leases_taken.load(Ordering::Relaxed),
+            leases_lost: counters.leases_lost.load(Ordering::Relaxed),
+            fenced_batches: stats.fenced_batches.load(Ordering::Relaxed),
             stale_batches: counters.stale.load(Ordering::Relaxed),
             gaps: counters.gaps.load(Ordering::Relaxed),
             commands: stats.commands.load(Ordering::Relaxed),
@@ -625,7 +652,15 @@ fn publish_metrics(stats: &ReplayStats, c: &Counters) {
     }
     counter!("ferry_replay_entries_total").absolute(c.entries.load(Ordering::Relaxed));
     counter!("ferry_replay_batches_total").absolute(c.batches.load(Ordering::Relaxed));
-    counter!("ferry_replay_in_doubt_batches_total").absolute(c.in_doubt.load(Ordering::Relaxed));
+    counter!("ferry_replay_redelivered_batches_total")
+        .absolute(c.redelivered.load(Ordering::Relaxed));
+    counter!("ferry_replay_applied_before_batches_total")
+        .absolute(c.applied_before.load(Ordering::Relaxed));
+    counter!("ferry_replay_handed_back_total").absolute(c.handed_back.load(Ordering::Relaxed));
+    counter!("ferry_replay_leases_taken_total").absolute(c.leases_taken.load(Ordering::Relaxed));
+    counter!("ferry_replay_leases_lost_total").absolute(c.leases_lost.load(Ordering::Relaxed));
+    counter!("ferry_replay_fenced_batches_total")
+        .absolute(stats.fenced_batches.load(Ordering::Relaxed));
     counter!("ferry_replay_gaps_total").absolute(c.gaps.load(Ordering::Relaxed));
 }
 
@@ -649,13 +684,42 @@ struct ReaderTask {
     /// Checkpoint file (standard queues).
     state: PathBuf,
     conns: Vec<mpsc::Sender<Op>>,
-    table: Arc<CommandTable>,
     source: redis::aio::MultiplexedConnection,
     counters: Arc<Counters>,
-    /// Per group, target keys whose re-copy was requested and whose `RESTORE` has not come.
-    pending: HashMap<u32, HashSet<(u32, Vec<u8>)>>,
+    /// This process's leases in the target.
+    leases: Leases,
+    /// The shards whose lease this process holds.
+    held: HashMap<usize, ShardLease>,
     newest_run: u32,
+    /// Wait this long before the next receive (messages were handed back).
+    pause: Option<Duration>,
 }
+
+/// A shard this process holds.
+struct ShardLease {
+    token: u64,
+    /// Per group, the next gseq to apply.
+    next: HashMap<u32, u64>,
+}
+
+/// What became of a batch handed to replay.
+enum Done {
+    /// Applied: acknowledge up to this gseq.
+    Applied { group: u32, last: u64 },
+    /// Refused by the fence: the lease under `token` was lost.
+    Refused {
+        group: u32,
+        token: u64,
+        message_id: String,
+    },
+}
+
+/// Pause before the next receive after handing back a message of a shard another process
+/// holds, so that this process does not keep taking (and hiding) the holder's messages.
+const NOT_MINE_PAUSE: Duration = Duration::from_millis(250);
+/// Pause before the next receive after handing back a message that came ahead of its shard's
+/// position: the one before it is on its way back from another process.
+const EARLY_PAUSE: Duration = Duration::from_millis(50);
 
 impl ReaderTask {
     async fn run(
@@ -668,39 +732,56 @@ impl ReaderTask {
             load_checkpoint(&self.state)?
         };
         let mut reader = self.queue.reader(checkpoint);
-        let (ack_tx, mut acks) = mpsc::unbounded_channel::<(u32, u64)>();
+        let (done_tx, mut dones) = mpsc::unbounded_channel::<Done>();
         let mut outstanding = 0usize;
-        let mut keep_alive = tokio::time::interval(
-            (self.queue.config().visibility_timeout / 4).max(Duration::from_millis(500)),
-        );
+        let tick = (self.queue.config().visibility_timeout / 4).max(Duration::from_millis(500));
+        let mut keep_alive = tokio::time::interval(tick);
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = std::time::Instant::now();
         loop {
-            while let Ok((g, gseq)) = acks.try_recv() {
-                reader.ack(g, gseq);
+            while let Ok(d) = dones.try_recv() {
+                self.done(&mut reader, d);
                 outstanding -= 1;
             }
             if !self.fifo {
                 save_checkpoint(&self.state, &reader.checkpoint())?;
             }
+            if renewed.elapsed() >= tick {
+                self.renew().await?;
+                renewed = std::time::Instant::now();
+            }
             if *stop.borrow() {
-                // Finish what was handed to replay, then delete it.
+                // Finish what was handed to replay, then delete it and give the leases up.
                 while outstanding > 0 {
                     tokio::select! {
-                        got = tokio::time::timeout(Duration::from_secs(30), acks.recv()) => match got {
-                            Ok(Some((g, gseq))) => {
-                                reader.ack(g, gseq);
+                        got = tokio::time::timeout(Duration::from_secs(30), dones.recv()) => match got {
+                            Ok(Some(d)) => {
+                                self.done(&mut reader, d);
                                 outstanding -= 1;
                             }
                             _ => break,
                         },
-                        _ = keep_alive.tick() => reader.keep_alive().await,
+                        _ = keep_alive.tick() => {
+                            reader.keep_alive().await;
+                            self.renew().await?;
+                        }
                     }
                 }
                 if !self.fifo {
                     save_checkpoint(&self.state, &reader.checkpoint())?;
                 }
                 reader.commit().await?;
+                for shard in std::mem::take(&mut self.held).into_keys() {
+                    if let Err(e) = self.leases.release(shard).await {
+                        tracing::warn!(shard, "Could not give the lease up: {e}");
+                    }
+                }
                 return Ok(());
+            }
+            if !reader.has_buffered()
+                && let Some(pause) = self.pause.take()
+            {
+                tokio::time::sleep(pause).await;
             }
             let event = tokio::select! {
                 e = reader.next() => e?,
@@ -709,55 +790,45 @@ impl ReaderTask {
             match event {
                 None => {}
                 Some(SqsEvent::Batch(batch)) => {
-                    let run = run_of_group(batch.group);
-                    self.newest_run = self.newest_run.max(run);
-                    let last = batch.end_gseq().saturating_sub(1);
-                    if run < self.newest_run {
-                        // Superseded by a newer run's full resync.
-                        self.counters.stale.fetch_add(1, Ordering::Relaxed);
-                        reader.ack(batch.group, last);
+                    let Some(ready) = self.prepare(&mut reader, batch).await? else {
                         continue;
-                    }
-                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .entries
-                        .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
-                    if batch.redelivered {
-                        self.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let group = batch.group;
-                    let conn = self.conns[shard_of_group(group) % self.conns.len()].clone();
-                    for entry in batch.entries {
-                        let Some(op) = self.op(group, entry, batch.redelivered).await? else {
-                            continue;
-                        };
-                        // While replay pushes back, keep the received messages invisible to
-                        // other processes: an expired one would be applied twice at once.
-                        let send = conn.send(op);
-                        tokio::pin!(send);
-                        loop {
-                            tokio::select! {
-                                sent = &mut send => {
-                                    if sent.is_err() {
-                                        return Err(RemoteError::Replay("replay connection closed".into()));
-                                    }
-                                    break;
+                    };
+                    let conn = self.conns[shard_of_group(ready.group) % self.conns.len()].clone();
+                    // While replay pushes back, keep the received messages invisible to other
+                    // processes and the lease alive.
+                    let send = conn.send(ready.op);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            sent = &mut send => {
+                                if sent.is_err() {
+                                    return Err(RemoteError::Replay("replay connection closed".into()));
                                 }
-                                _ = keep_alive.tick() => reader.keep_alive().await,
+                                break;
+                            }
+                            _ = keep_alive.tick() => {
+                                reader.keep_alive().await;
+                                self.renew().await?;
                             }
                         }
                     }
-                    let (done, wait) = oneshot::channel();
-                    if conn.send(Op::Barrier { seq: 0, done }).await.is_err() {
-                        return Err(RemoteError::Replay("replay connection closed".into()));
-                    }
                     outstanding += 1;
-                    let ack = ack_tx.clone();
+                    let tx = done_tx.clone();
+                    let (group, last, token, message_id) =
+                        (ready.group, ready.last, ready.token, ready.message_id);
+                    let wait = ready.wait;
                     tokio::spawn(async move {
-                        // Acknowledged only once the target answered every command before it.
-                        if wait.await.is_ok() {
-                            let _ = ack.send((group, last));
-                        }
+                        // Acknowledged only once the target answered the whole transaction.
+                        let d = match wait.await {
+                            Ok(true) => Done::Applied { group, last },
+                            Ok(false) => Done::Refused {
+                                group,
+                                token,
+                                message_id,
+                            },
+                            Err(_) => return,
+                        };
+                        let _ = tx.send(d);
                     });
                 }
                 Some(SqsEvent::Gap {
@@ -772,6 +843,9 @@ impl ReaderTask {
                         got_gseq,
                         "Entries never arrived; asking for a full resync."
                     );
+                    if let Some(l) = self.held.get_mut(&shard_of_group(group)) {
+                        l.next.insert(group, got_gseq);
+                    }
                     self.echo(Marker::RecopyAll.echo()).await?;
                 }
                 Some(SqsEvent::Malformed { message_id, .. }) => {
@@ -781,34 +855,187 @@ impl ReaderTask {
         }
     }
 
-    /// The operation for one entry, or `None` when it must not be applied.
-    async fn op(
+    /// Decides what to do with one received batch: skip it (stale run, applied before), hand it
+    /// back (another process holds its shard, or it is ahead of the shard's position), or
+    /// return it as a fenced transaction for replay.
+    async fn prepare(
         &mut self,
+        reader: &mut SqsReader,
+        batch: SqsBatch,
+    ) -> Result<Option<Ready>, RemoteError> {
+        let run = run_of_group(batch.group);
+        self.newest_run = self.newest_run.max(run);
+        let (group, first, end) = (batch.group, batch.first_gseq, batch.end_gseq());
+        let last = end.saturating_sub(1);
+        if run < self.newest_run {
+            // Superseded by a newer run's full resync.
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            reader.ack(group, last);
+            return Ok(None);
+        }
+        if batch.redelivered {
+            self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let shard = shard_of_group(group);
+        let Some((token, next)) = self.lease(reader, shard, group).await? else {
+            self.hand_back(reader, &batch.message_id, NOT_MINE_PAUSE)
+                .await;
+            return Ok(None);
+        };
+        if end <= next {
+            // Applied already, by this process or the shard's previous holder.
+            self.counters.applied_before.fetch_add(1, Ordering::Relaxed);
+            reader.ack(group, last);
+            return Ok(None);
+        }
+        if first > next && self.fifo {
+            // An earlier message of the group is elsewhere (in flight in a stalled process,
+            // or handed back): applying this one first would reorder the shard.
+            self.hand_back(reader, &batch.message_id, EARLY_PAUSE).await;
+            return Ok(None);
+        }
+        // A standard queue's reader orders its groups itself and reports gaps.
+        let skip = next.saturating_sub(first) as usize;
+        if let Some(l) = self.held.get_mut(&shard) {
+            l.next.insert(group, end);
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.entries.fetch_add(
+            batch.entries.len().saturating_sub(skip) as u64,
+            Ordering::Relaxed,
+        );
+        let mut ops = Vec::with_capacity(batch.entries.len());
+        for entry in batch.entries.into_iter().skip(skip) {
+            if let Some(op) = self.op(entry) {
+                ops.push(op);
+            }
+        }
+        let (done, wait) = oneshot::channel();
+        let op = Op::Fenced {
+            seq: 0,
+            fence: self.leases.fence(shard, token, group, end),
+            ops,
+            done,
+        };
+        Ok(Some(Ready {
+            op,
+            group,
+            last,
+            token,
+            message_id: batch.message_id,
+            wait,
+        }))
+    }
+
+    /// This process's token for `shard` and the next gseq of `group` to apply, taking the lease
+    /// when it is free; `None` when another process holds it.
+    async fn lease(
+        &mut self,
+        reader: &mut SqsReader,
+        shard: usize,
         group: u32,
-        entry: Entry,
-        in_doubt: bool,
-    ) -> Result<Option<Op>, RemoteError> {
+    ) -> Result<Option<(u64, u64)>, RemoteError> {
+        if let Some(l) = self.held.get(&shard) {
+            if let Some(&next) = l.next.get(&group) {
+                return Ok(Some((l.token, next)));
+            }
+            // A group first seen under this lease (a new capture run).
+            let token = l.token;
+            let applied = self.leases.applied(shard, group).await?.unwrap_or(0);
+            reader.applied(group, applied);
+            if let Some(l) = self.held.get_mut(&shard) {
+                l.next.insert(group, applied);
+            }
+            return Ok(Some((token, applied)));
+        }
+        let Some(held) = self.leases.acquire(shard, group).await? else {
+            return Ok(None);
+        };
+        let applied = held.applied.unwrap_or(0);
+        reader.applied(group, applied);
+        self.counters.leases_taken.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            shard,
+            token = held.token,
+            group,
+            applied,
+            "Took the lease of a shard; applying it from its recorded position."
+        );
+        self.held.insert(
+            shard,
+            ShardLease {
+                token: held.token,
+                next: HashMap::from([(group, applied)]),
+            },
+        );
+        Ok(Some((held.token, applied)))
+    }
+
+    /// Hands a message back to the queue at once, for the process whose turn it is, and
+    /// pauses the next receive.
+    async fn hand_back(&mut self, reader: &mut SqsReader, message_id: &str, pause: Duration) {
+        self.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+        reader.release(message_id);
+        reader.flush_released().await;
+        self.pause = Some(self.pause.map_or(pause, |p| p.max(pause)));
+    }
+
+    /// Extends the held leases; a lease another process took is dropped (its batches still in
+    /// flight are refused by the fence).
+    async fn renew(&mut self) -> Result<(), RemoteError> {
+        let shards: Vec<(usize, u64)> = self.held.iter().map(|(&s, l)| (s, l.token)).collect();
+        for (shard, token) in shards {
+            if !self.leases.renew(shard, token).await? {
+                self.lost(shard, token);
+            }
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, shard: usize, token: u64) {
+        if self.held.get(&shard).is_some_and(|l| l.token == token) {
+            self.held.remove(&shard);
+            self.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                shard,
+                token,
+                "Lost the lease of a shard to another process; this process stops applying it."
+            );
+        }
+    }
+
+    /// Records what became of a batch handed to replay.
+    fn done(&mut self, reader: &mut SqsReader, d: Done) {
+        match d {
+            Done::Applied { group, last } => reader.ack(group, last),
+            Done::Refused {
+                group,
+                token,
+                message_id,
+            } => {
+                let shard = shard_of_group(group);
+                let current = self.held.get(&shard).is_none_or(|l| l.token == token);
+                tracing::warn!(
+                    shard,
+                    token,
+                    %message_id,
+                    "The target refused a batch: another process holds the shard's lease now."
+                );
+                self.lost(shard, token);
+                reader.release(&message_id);
+                if current {
+                    reader.rewind(group);
+                }
+            }
+        }
+    }
+
+    /// The operation for one entry, or `None` for entries replay has nothing to do with.
+    fn op(&mut self, entry: Entry) -> Option<Op> {
         let seq = entry.seq;
         match entry.kind {
-            EntryKind::Write { db, argv } => {
-                let touched = self.touched(group, db, &argv);
-                if in_doubt || touched {
-                    self.recopy_keys(group, db, &argv).await?;
-                }
-                Ok((!in_doubt).then_some(Op::Cmd { seq, db, argv }))
-            }
-            EntryKind::Atomic(cmds) => {
-                let mut any = in_doubt;
-                for (db, argv) in &cmds {
-                    any |= self.touched(group, *db, argv);
-                }
-                if any {
-                    for (db, argv) in &cmds {
-                        self.recopy_keys(group, *db, argv).await?;
-                    }
-                }
-                Ok((!in_doubt).then_some(Op::Atomic { seq, cmds }))
-            }
+            EntryKind::Write { db, argv } => Some(Op::Cmd { seq, db, argv }),
+            EntryKind::Atomic(cmds) => Some(Op::Atomic { seq, cmds }),
             EntryKind::Payload {
                 read_id,
                 db,
@@ -818,9 +1045,9 @@ impl ReaderTask {
                 ..
             } => {
                 if let Some(rest) = read_id.strip_prefix("part:") {
-                    // The parts of a big payload may reach different processes (a FIFO group
-                    // moves between them, or one crashes): they are assembled on the target, in
-                    // a scratch key written at fixed offsets, so re-applying a part is harmless.
+                    // The parts of a big payload may span messages (and a lease may move
+                    // between them): they are assembled on the target, in a scratch key
+                    // written at fixed offsets, so re-applying a part is harmless.
                     let (i, n) = rest.split_once(':').unwrap_or(("0", "1"));
                     let (i, n): (usize, usize) = (i.parse().unwrap_or(0), n.parse().unwrap_or(1));
                     let data = payload.unwrap_or_default();
@@ -832,14 +1059,11 @@ impl ReaderTask {
                         Argv::from_args([&b"SETRANGE"[..], &scratch, offset.as_bytes(), &data])
                     };
                     if i + 1 < n {
-                        return Ok(Some(Op::Cmd {
+                        return Some(Op::Cmd {
                             seq,
                             db,
                             argv: write,
-                        }));
-                    }
-                    if let Some(p) = self.pending.get_mut(&group) {
-                        p.remove(&(db, key.clone()));
+                        });
                     }
                     let (ttl, abs) = match expire_at_ms {
                         Some(t) => (t.to_string(), "1"),
@@ -854,61 +1078,21 @@ impl ReaderTask {
                         ttl.as_bytes(),
                         abs.as_bytes(),
                     ]);
-                    return Ok(Some(Op::Atomic {
+                    return Some(Op::Atomic {
                         seq,
                         cmds: vec![(db, write), (db, restore)],
-                    }));
+                    });
                 }
-                // A full copy: whatever this key had (in doubt or derived from such) is now exact.
-                if let Some(p) = self.pending.get_mut(&group) {
-                    p.remove(&(db, key.clone()));
-                }
-                Ok(Some(Op::Restore {
+                Some(Op::Restore {
                     seq,
                     db,
                     key,
                     payload,
                     expire_at_ms,
-                }))
+                })
             }
-            _ => Ok(None),
+            _ => None,
         }
-    }
-
-    fn touched(&self, group: u32, db: u32, argv: &Argv) -> bool {
-        let Some(p) = self.pending.get(&group).filter(|p| !p.is_empty()) else {
-            return false;
-        };
-        self.table
-            .keys(argv)
-            .iter()
-            .any(|k| p.contains(&(db, argv.get(k.pos).unwrap_or_default().to_vec())))
-    }
-
-    /// Asks for a re-copy of every key of `argv`, once per key until its `RESTORE` arrives.
-    async fn recopy_keys(&mut self, group: u32, db: u32, argv: &Argv) -> Result<(), RemoteError> {
-        let keys: Vec<Vec<u8>> = self
-            .table
-            .keys(argv)
-            .iter()
-            .map(|k| argv.get(k.pos).unwrap_or_default().to_vec())
-            .collect();
-        for key in keys {
-            if self
-                .pending
-                .entry(group)
-                .or_default()
-                .insert((db, key.clone()))
-            {
-                let request = Marker::Recopy {
-                    db,
-                    key: key.clone(),
-                };
-                self.echo(request.echo()).await?;
-                self.counters.recopies.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
     }
 
     async fn echo(&mut self, arg: Vec<u8>) -> Result<(), RemoteError> {
@@ -918,6 +1102,16 @@ impl ReaderTask {
             .await
             .map_err(|e| RemoteError::Replay(format!("re-copy request to the source: {e}")))
     }
+}
+
+/// A batch ready for replay, and what to record when the target answers it.
+struct Ready {
+    op: Op,
+    group: u32,
+    last: u64,
+    token: u64,
+    message_id: String,
+    wait: oneshot::Receiver<bool>,
 }
 
 fn load_checkpoint(path: &std::path::Path) -> Result<BTreeMap<u32, u64>, RemoteError> {

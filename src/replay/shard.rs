@@ -99,7 +99,9 @@ fn route(
         Op::Cmd { argv, .. } => command(argv),
         Op::Atomic { cmds, .. } => cmds.iter().all(|(_, a)| command(a)),
         Op::Restore { key, .. } | Op::Check { key, .. } => add(shard_of(key, shards)),
-        Op::Functions { .. } | Op::Barrier { .. } | Op::Expiring { .. } => false,
+        Op::Functions { .. } | Op::Barrier { .. } | Op::Expiring { .. } | Op::Fenced { .. } => {
+            false
+        }
     };
     if ok { shard } else { None }
 }

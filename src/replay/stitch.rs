@@ -722,6 +722,7 @@ mod tests {
                 expire_at_ms: *expire_at_ms,
                 keys: keys.clone(),
             },
+            Op::Fenced { .. } => unreachable!("the stitcher never fences"),
         }
     }
 

@@ -839,7 +839,8 @@ pub(crate) async fn scan_page(
 
 /// Of these target keys in `tdb`, those no source key exists for, each named by the first
 /// source key it can come from (the plan's renames may give several), grouped by source db.
-/// Target keys no source key maps to are not the migration's and are left out. A comparison
+/// Target keys no source key maps to are not the migration's and are left out, and so are the
+/// shard leases of split replay processes (`ferry:lease:*`, `docs/leases.md`). A comparison
 /// from the source side cannot have seen these: they are the extras to check.
 pub(crate) async fn orphans(
     source: &Endpoint,
@@ -851,6 +852,7 @@ pub(crate) async fn orphans(
     let candidates: Vec<Vec<(u32, Vec<u8>)>> = keys
         .iter()
         .map(|k| match mapper {
+            _ if crate::replay::lease::is_lease_key(k) => Vec::new(),
             None => vec![(tdb, k.clone())],
             Some(m) => m.unmap_candidates(tdb, k),
         })

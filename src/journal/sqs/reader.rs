@@ -116,10 +116,11 @@ struct Group {
 ///   messages, extends the visibility of held ones, makes one receive call (long-polling up to
 ///   [`super::SqsConfig::wait`]) and returns the first resulting event, or `None` when nothing
 ///   came.
-/// - Per group it yields gseqs in order, each once: a message wholly below the next expected
-///   gseq is a duplicate and dropped, one that overlaps is trimmed, one ahead is buffered on a
-///   standard queue; on a FIFO queue, whose order SQS keeps, one ahead is taken as the group's
-///   new position (other readers of the queue applied the gseqs between).
+/// - On a standard queue, per group it yields gseqs in order, each once: a message wholly
+///   below the next expected gseq is a duplicate and dropped, one that overlaps is trimmed, one
+///   ahead is buffered. On a FIFO queue, which several processes share, it yields every message
+///   whole as it comes: the caller holds the shard's lease and knows what the target applied
+///   (`docs/leases.md`), so it skips, applies or [`release`](Self::release)s each.
 /// - Messages are deleted only when [`ack`](Self::ack) covers all their entries, and
 ///   [`commit`](Self::commit) (or the next `next`) runs. Dropping the reader deletes nothing:
 ///   unacknowledged messages come back after their visibility timeout, flagged redelivered.
@@ -181,6 +182,58 @@ impl SqsReader {
     pub fn ack(&mut self, group: u32, gseq: u64) {
         let g = self.groups.entry(group).or_default();
         g.acked = g.acked.max(gseq.saturating_add(1));
+    }
+
+    /// Hands a yielded message back to the queue at once (the next commit or `next` makes it
+    /// visible): another process holds its shard, or it came ahead of its turn.
+    pub fn release(&mut self, message_id: &str) {
+        if let Some(h) = self.held.remove(message_id) {
+            self.release.push(h.receipt);
+            self.stats.released += 1;
+        }
+    }
+
+    /// Makes the messages handed back with [`release`](Self::release) visible now, rather than
+    /// at the next commit: another process may be waiting for them.
+    pub async fn flush_released(&mut self) {
+        self.flush_releases().await;
+    }
+
+    /// Whether events are buffered, so that [`next`](Self::next) returns without a receive.
+    pub fn has_buffered(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Records that the target applied every gseq of `group` below `applied` (read with the
+    /// shard's lease): held messages wholly below are deleted, and on a standard queue the
+    /// group continues from there.
+    pub fn applied(&mut self, group: u32, applied: u64) {
+        let g = self.groups.entry(group).or_default();
+        g.acked = g.acked.max(applied);
+        g.next = g.next.max(applied);
+    }
+
+    /// Forgets what was yielded of `group` beyond what was acknowledged (its batches were
+    /// refused by the fence): held messages not acknowledged go back to the queue, and on a
+    /// standard queue the group is read again from its acknowledged position.
+    pub fn rewind(&mut self, group: u32) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        g.next = g.acked;
+        self.early_count -= g.early.len();
+        g.early.clear();
+        g.waiting_since = None;
+        let acked = g.acked;
+        let back: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.group == group && h.end_gseq > acked)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in back {
+            self.release(&id);
+        }
     }
 
     /// Per group, the next gseq to apply: what the caller persists and passes to a new reader.
@@ -402,17 +455,26 @@ impl SqsReader {
             redelivered,
             message_id,
         };
-        let fifo = self.queue.cfg.is_fifo();
+        if self.queue.cfg.is_fifo() {
+            // Readers in several processes share a FIFO queue, and a group may reach one of
+            // them out of order (a stalled holder's message comes back late; moto hands out a
+            // group's next message while the previous one is in flight). Only the caller knows
+            // what the target applied (the shard's lease and its progress), so it gets every
+            // message whole and decides: apply, skip as applied, or hand back.
+            self.stats.entries_yielded += early.entries.len() as u64;
+            self.events.push_back(SqsEvent::Batch(SqsBatch {
+                group: header.group,
+                first_gseq: header.first_gseq,
+                entries: early.entries,
+                redelivered,
+                message_id: early.message_id,
+            }));
+            return;
+        }
         let g = self.groups.entry(header.group).or_default();
         if header.end_gseq() <= g.next {
             self.stats.duplicates += 1;
-        } else if header.first_gseq <= g.next || (fifo && g.early.is_empty()) {
-            // FIFO delivers a group in order and never two of its messages at once, so a jump
-            // ahead means other readers sharing the queue applied (and deleted) what is between.
-            if header.first_gseq > g.next {
-                g.next = header.first_gseq;
-                g.acked = g.acked.max(header.first_gseq);
-            }
+        } else if header.first_gseq <= g.next {
             self.yield_early(early);
             self.drain(header.group);
         } else {

@@ -38,6 +38,9 @@ pub struct OracleOptions {
     /// TTL toward a target without them is a difference, unless this is set (a migration told
     /// to drop them).
     pub ignore_field_ttls: bool,
+    /// Target keys under this prefix that no source key has are not differences: the shard
+    /// leases split replay processes keep in the target (`ferry:lease:`, docs/leases.md).
+    pub ignore_target_prefix: Option<Vec<u8>>,
 }
 
 impl Default for OracleOptions {
@@ -47,6 +50,7 @@ impl Default for OracleOptions {
             ttl_tolerance_ms: 100,
             map: None,
             ignore_field_ttls: false,
+            ignore_target_prefix: None,
         }
     }
 }
@@ -317,7 +321,11 @@ pub fn compare_nodes<S: AsRef<str>, T: AsRef<str>>(
     for (&db, keys) in &target_keys {
         let mut orphans: BTreeMap<usize, Vec<&[u8]>> = BTreeMap::new();
         for (key, &node) in keys {
-            if !is_image(db, key) {
+            let ignored = opts
+                .ignore_target_prefix
+                .as_deref()
+                .is_some_and(|p| key.starts_with(p));
+            if !is_image(db, key) && !ignored {
                 orphans.entry(node).or_default().push(key);
             }
         }
