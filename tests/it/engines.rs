@@ -1352,3 +1352,79 @@ fn sources_before_6_2_are_refused_at_start_with_one_line() {
         assert_eq!(keys, 0, "{engine:?}: nothing was copied");
     }
 }
+
+/// Redis 7.0 (ElastiCache-like) → Valkey 8.0 under the full workload, stopped with SIGTERM:
+/// Valkey reads the source's RDB 10 payloads as they are; the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_0_to_valkey_8_0_is_exact() {
+    let source = RedisServer::elasticache_like();
+    let mut target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(
+        stderr.contains(
+            "RESTORE of the source's DUMP payloads (RDB 10; the target reads up to RDB 11)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("payloads rewritten"), "{stderr}");
+}
+
+/// The payloads rewritten for the target, from the summary line (`; N DUMP payloads rewritten
+/// for the target's RDB version`), after checking that none failed.
+fn payloads_rewritten(stderr: &str) -> u64 {
+    assert!(!stderr.contains("could not be"), "{stderr}");
+    let at = stderr
+        .find(" DUMP payloads rewritten for the target's RDB version")
+        .unwrap_or_else(|| panic!("no rewritten payloads in the summary:\n{stderr}"));
+    stderr[..at]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before the rewritten payloads:\n{stderr}"))
+}
+
+/// Valkey 8.0 (ElastiCache-like) → Redis 7.0 under the full workload, stopped with SIGTERM:
+/// Redis 7.0 rejects Valkey's RDB 11 payloads, so ferry says at start that it rewrites them to
+/// RDB 10 and counts them at the end (listpack sets and streams with consumer groups among
+/// them); the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(
+        stderr.contains("DUMP payloads rewritten from RDB 11 to RDB 10 before RESTORE"),
+        "{stderr}"
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// Valkey 7.2 → Redis 7.0, a shorter live run: the same rewrite, 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Valkey72, ServerOptions::default());
+    let mut target = RedisServer::start();
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        6,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
