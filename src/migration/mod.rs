@@ -263,6 +263,12 @@ impl Migration {
         // First, so that the refusal names the hashes even where the payloads would refuse
         // the pair too.
         self.check_field_ttls(engines).await?;
+        // Before anything is copied: a target that cannot take the source's function
+        // libraries is refused here, not found out when the application calls them; before the
+        // pair's other checks, so that a target engine without functions is refused as such.
+        self.cfg.snapshot.functions = self.cfg.functions
+            && !self.cfg.skip_snapshot
+            && functions::check(&self.source, &self.target).await?;
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
@@ -273,11 +279,6 @@ impl Migration {
             Some(t) => t.clone(),
             None => runner::load_table(&self.source).await?,
         };
-        // Before anything is copied: a target that cannot take the source's function
-        // libraries is refused here, not found out when the application calls them.
-        self.cfg.snapshot.functions = self.cfg.functions
-            && !self.cfg.skip_snapshot
-            && functions::check(&self.source, &self.target).await?;
 
         let replica = match self.cfg.capture {
             CaptureMode::Primary => None,

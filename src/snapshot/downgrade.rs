@@ -11,6 +11,7 @@
 //!   (the value the set holds; Redis 7.0 re-encodes small integer sets as intsets on load).
 //! - A stream (21) becomes a `STREAM_LISTPACKS_2` (19): the same bytes without each consumer's
 //!   active time, which Redis 7.0 does not have (its consumers keep their seen time).
+//! - `FUNCTION DUMP` payloads (libraries' code after opcode 245) are the same in both versions.
 //! - Everything else keeps its bytes; the version becomes the target's and the CRC is computed
 //!   again. Module values and unknown types are refused with [`DowngradeError`]: the caller
 //!   passes the original on, the target's `RESTORE` refuses it, and the key is reported as
@@ -67,12 +68,21 @@ pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
     if crc != 0 && crc64(&payload[..body_end + 2]) != crc {
         return Err(err("payload checksum mismatch"));
     }
-    let (ty, value) = (payload[0], &payload[1..body_end]);
     let mut out = Vec::with_capacity(payload.len());
+    // An empty `FUNCTION DUMP` is the trailer alone.
+    let Some((&ty, value)) = payload[..body_end].split_first() else {
+        return Ok(restamped(out, to));
+    };
     match ty {
         // Types that RDB 10 reads the same: strings, lists, sets, zsets, hashes in every
         // encoding Redis 7.0 knows, and version-2 streams.
         0..=5 | 9..=19 => {
+            out.push(ty);
+            out.extend_from_slice(value);
+        }
+        // `FUNCTION DUMP`: one `RDB_OPCODE_FUNCTION2` and the library's code per library, the
+        // same in RDB 10 and 11.
+        FUNCTION2 => {
             out.push(ty);
             out.extend_from_slice(value);
         }
@@ -87,10 +97,18 @@ pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
         6 | 7 => return Err(err("module values have no older form")),
         t => return Err(err(format!("unknown object type {t}"))),
     }
-    out.extend_from_slice(&to.to_le_bytes());
-    let crc = crc64(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    Ok(restamped(out, to))
+}
+
+/// The opcode before each library in a `FUNCTION DUMP` payload (Redis 7.0's `rdb.h`).
+const FUNCTION2: u8 = 245;
+
+/// `body` with the trailer of RDB `version`: the version and the CRC-64 of both.
+fn restamped(mut body: Vec<u8>, version: u16) -> Vec<u8> {
+    body.extend_from_slice(&version.to_le_bytes());
+    let crc = crc64(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
 }
 
 /// CRC-64 as Redis computes it for `DUMP` trailers (Jones polynomial, reflected, init 0, no
@@ -408,6 +426,13 @@ mod tests {
         assert_eq!(downgrade(&q, 10).unwrap(), payload(0, b"\x03abc", 10));
         assert!(downgrade(&payload(0, b"\x03abc", 12), 10).is_err());
         assert!(downgrade(&payload(7, b"", 11), 10).is_err());
+        let functions = payload(245, b"\x05#!lua", 11);
+        assert_eq!(
+            downgrade(&functions, 10).unwrap(),
+            payload(245, b"\x05#!lua", 10)
+        );
+        let empty = restamped(Vec::new(), 11);
+        assert_eq!(downgrade(&empty, 10).unwrap(), restamped(Vec::new(), 10));
         let mut broken = q.clone();
         broken[2] ^= 1;
         assert_eq!(

@@ -148,6 +148,14 @@ impl PayloadStore {
     /// Stores the `FUNCTION DUMP` payload of fenced read `read_id`. Not counted in the budget:
     /// one per snapshot.
     pub fn insert_functions(&self, read_id: &str, payload: Vec<u8>) {
+        // Rewritten for an older target like key payloads (named as the libraries if it fails).
+        let p = self.for_target(Payload {
+            db: 0,
+            key: b"(the function libraries)".to_vec(),
+            payload: Some(payload),
+            expire_at_ms: None,
+        });
+        let payload = p.payload.unwrap_or_default();
         if let Ok(mut m) = self.functions.lock() {
             m.insert(read_id.to_string(), payload);
         }

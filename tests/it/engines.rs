@@ -15,7 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ferry::capture::{Peer, parse_line};
 
 use crate::support::server::info_field;
-use crate::support::{Engine, Feature, RedisServer, ServerOptions};
+use crate::support::workload::{self, WorkloadOptions};
+use crate::support::{
+    Dataset, Engine, Feature, OracleOptions, RedisServer, ServerOptions, compare, fill,
+};
 
 /// A RESP2 reply, read off the socket as is.
 #[derive(Debug, Clone, PartialEq)]
@@ -1427,4 +1430,141 @@ fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
         |_| {},
     );
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// One engine pair's function libraries: `libA` loaded on the source before the migration and
+/// `libB` loaded during it (after the snapshot read the libraries, so only the stream brings
+/// it) both answer `FCALL` on the target after the final fence, under a short workload, and
+/// the oracle finds 0 differences.
+fn libraries_reach_the_target(source: &RedisServer, target: &RedisServer) -> String {
+    use crate::functions::{LIB_B, fcall, function_load, lib_a, libraries};
+    fill(
+        source,
+        &Dataset {
+            dbs: vec![0, 1],
+            keys_per_db: 1000,
+            ..Dataset::tiny()
+        },
+    );
+    let mut src = source.conn();
+    function_load(&mut src, &lib_a(1), false);
+    let load = workload::start(
+        &source.url(),
+        WorkloadOptions {
+            dbs: vec![0, 1],
+            rate: 500,
+            ..WorkloadOptions::default()
+        },
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = crate::migrate::start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    ferry.wait_log("Function libraries read", Duration::from_secs(30));
+    function_load(&mut src, LIB_B, false);
+    let n: i64 = fcall(&mut src, "b_incr", &["fn:b"], &[]).unwrap();
+    assert_eq!(n, 1);
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{report}");
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("final fence"), "{stderr}");
+    let mut tgt = target.conn();
+    assert_eq!(libraries(&mut tgt), libraries(&mut src));
+    let version: String = fcall(&mut tgt, "a_version", &[], &[]).unwrap();
+    assert_eq!(version, "A1", "libA, copied with the snapshot");
+    let b: i64 = fcall(&mut tgt, "b_incr", &["fn:b"], &[]).unwrap();
+    assert_eq!(b, 2, "libB, loaded during the run, and its call replayed");
+    let _: () = redis::cmd("DEL")
+        .arg("fn:b")
+        .arg("fn:b:meta")
+        .query(&mut tgt)
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("fn:b")
+        .arg("fn:b:meta")
+        .query(&mut src)
+        .unwrap();
+    let oracle = compare(
+        &source.url(),
+        &target.url(),
+        &OracleOptions {
+            ttl_tolerance_ms: 1000,
+            ..OracleOptions::default()
+        },
+    );
+    eprintln!("{report}\n{oracle}");
+    assert!(oracle.keys_compared > 1500, "{oracle}");
+    oracle.assert_identical();
+    stderr
+}
+
+/// Redis 7.0 → Valkey 8.0: libraries before and during the run answer `FCALL` on Valkey.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn function_libraries_reach_valkey_8_0_from_redis_7_0() {
+    let source = RedisServer::elasticache_like();
+    let target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    libraries_reach_the_target(&source, &target);
+}
+
+/// Valkey 8.0 → Redis 7.0: the `FUNCTION DUMP` payload (RDB 11) is rewritten for RDB 10 like
+/// the keys' payloads, and both libraries answer `FCALL` on Redis 7.0.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn function_libraries_reach_redis_7_0_from_valkey_8_0() {
+    let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
+    let target = RedisServer::start();
+    let stderr = libraries_reach_the_target(&source, &target);
+    assert!(payloads_rewritten(&stderr) > 1500, "{stderr}");
+}
+
+/// A source with a function library toward Redis 6.2, an engine without functions: refused at
+/// start with one line naming the libraries and what to do, exit 2, nothing copied.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() {
+    let source = RedisServer::start();
+    let target = RedisServer::start_engine(Engine::Redis62, ServerOptions::default());
+    let mut src = source.conn();
+    crate::functions::function_load(&mut src, &crate::functions::lib_a(1), false);
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut src).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::cli::ferry()
+        .args([
+            "migrate",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for part in [
+        "the source has 1 function library ('libA'), but the target refuses FUNCTION",
+        "migrate to a target with functions (Redis 7.0 or newer)",
+    ] {
+        assert!(
+            errors[0].contains(part),
+            "{part:?} missing from: {}",
+            errors[0]
+        );
+    }
+    let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
+    assert_eq!(keys, 0, "nothing was copied");
 }
