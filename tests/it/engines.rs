@@ -1568,3 +1568,66 @@ fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() 
     let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
     assert_eq!(keys, 0, "nothing was copied");
 }
+
+/// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 is ready and names
+/// the payload rewrite (exit 0); Redis 7.4 → Valkey 8.0 cannot be migrated live, the payloads
+/// finding says why (exit 2); a 5.0 source and a 4.0 target fail on their engine (exit 2).
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn preflight_judges_engine_pairs() {
+    use crate::preflight::{finding, preflight};
+    let v80 = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    let r70 = RedisServer::start();
+    fill(&v80, &Dataset::tiny());
+    let (code, stderr, r) = preflight(&v80, &r70);
+    assert_eq!(code, Some(0), "{stderr}{r:#}");
+    assert_eq!(r["source_engine"]["kind"], "Valkey");
+    let payloads = finding(&r, "payloads");
+    assert_eq!(payloads["level"], "ok", "{r:#}");
+    assert!(
+        payloads["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DUMP payloads rewritten from RDB 11 to RDB 10"),
+        "{payloads:#}"
+    );
+
+    let r74 = start(Engine::Redis74);
+    let (code, stderr, r) = preflight(&r74, &v80);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    let payloads = finding(&r, "payloads");
+    assert_eq!(payloads["level"], "fail", "{r:#}");
+    assert!(
+        payloads["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the target's RESTORE rejects RDB 12 payloads (it reads up to RDB 11)"),
+        "{payloads:#}"
+    );
+
+    let r50 = start(Engine::Redis50);
+    let (code, stderr, r) = preflight(&r50, &r70);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    let engine = &r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["side"] == "source" && f["check"] == "engine")
+        .unwrap_or_else(|| panic!("no source engine finding: {r:#}"));
+    assert_eq!(engine["level"], "fail", "{r:#}");
+    assert!(
+        engine["detail"].as_str().unwrap().contains("Redis 5.0.14"),
+        "{engine:#}"
+    );
+    let r40 = start(Engine::Redis40);
+    let (code, stderr, r) = preflight(&r70, &r40);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["side"] == "target" && f["check"] == "engine" && f["level"] == "fail"),
+        "{r:#}"
+    );
+}
