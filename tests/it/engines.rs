@@ -1631,3 +1631,78 @@ fn preflight_judges_engine_pairs() {
         "{r:#}"
     );
 }
+
+/// Engines before 7.0 answer `COMMAND` without key specs: ferry loads their tables from
+/// first/last/step and movable-key rules, and extracts the same keys as the server's own
+/// `COMMAND GETKEYS` for every corpus line the engine knows (key names, in order; these
+/// engines have no key flags).
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn tables_of_engines_before_7_0_extract_the_servers_keys() {
+    use crate::command_table::{corpus, ferry_keys, live_table};
+    let corpus = corpus();
+    for engine in [
+        Engine::Redis40,
+        Engine::Redis50,
+        Engine::Redis60,
+        Engine::Redis62,
+    ] {
+        let server = start(engine);
+        let table = live_table(&server);
+        assert!(
+            matches!(table.origin(), ferry::command::TableOrigin::Server { .. }),
+            "{engine:?}"
+        );
+        assert!(table.len() > 150, "{engine:?}: {} commands", table.len());
+        let mut con = server.conn();
+        let (mut compared, mut differ) = (0, Vec::new());
+        for (line, args) in &corpus {
+            // Before 7.0, migrateGetKeys reads an AUTH password as an option and takes the
+            // plain form when the key argument is not empty, even with KEYS (which MIGRATE
+            // itself then refuses); ferry follows 7.0, whose MIGRATE runs the same way.
+            let arg = |i: usize| args.get(i).map(Vec::as_slice).unwrap_or_default();
+            if arg(0).eq_ignore_ascii_case(b"MIGRATE")
+                && (args
+                    .iter()
+                    .any(|a| a.to_ascii_uppercase().starts_with(b"AUTH"))
+                    || !arg(3).is_empty())
+            {
+                continue;
+            }
+            let mut cmd = redis::cmd("COMMAND");
+            cmd.arg("GETKEYS");
+            for a in args {
+                cmd.arg(a.as_slice());
+            }
+            // An error: the engine lacks the command, or the arguments name no key.
+            let Ok(server_keys) = cmd.query::<Vec<Vec<u8>>>(&mut con) else {
+                continue;
+            };
+            let ours: Vec<Vec<u8>> = ferry_keys(&table, args).into_iter().map(|k| k.0).collect();
+            compared += 1;
+            if ours != server_keys {
+                differ.push(format!(
+                    "line {line}: server {:?}, ferry {:?}",
+                    server_keys
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k))
+                        .collect::<Vec<_>>(),
+                    ours.iter()
+                        .map(|k| String::from_utf8_lossy(k))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        eprintln!(
+            "{engine:?}: {} commands, {compared} corpus lines compared",
+            table.len()
+        );
+        assert!(compared > 200, "{engine:?}: only {compared} lines compared");
+        assert!(
+            differ.is_empty(),
+            "{engine:?}: {} of {compared} lines differ:\n{}",
+            differ.len(),
+            differ.join("\n")
+        );
+    }
+}
