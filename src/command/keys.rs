@@ -38,6 +38,8 @@ pub(crate) enum KeyProc {
     Xread,
     Set,
     Bitfield,
+    /// `MEMORY USAGE key`: before 7.0 `MEMORY` is one movable-key command (memoryGetKeys).
+    Memory,
 }
 
 impl KeyProc {
@@ -58,10 +60,14 @@ impl KeyProc {
             "sort" => KeyProc::Sort,
             "sort_ro" => KeyProc::SortRo,
             "migrate" => KeyProc::Migrate,
-            "georadius" | "georadiusbymember" => KeyProc::Georadius,
+            // The read-only variants are movable before 7.0 (their tables have no key specs).
+            "georadius" | "georadiusbymember" | "georadius_ro" | "georadiusbymember_ro" => {
+                KeyProc::Georadius
+            }
             "xread" | "xreadgroup" => KeyProc::Xread,
             "set" => KeyProc::Set,
             "bitfield" => KeyProc::Bitfield,
+            "memory" => KeyProc::Memory,
             _ => KeyProc::None,
         }
     }
@@ -336,6 +342,11 @@ fn keys_from_proc(proc_: KeyProc, argv: &Argv, out: &mut Vec<KeyRef>) {
                 KeyFlags::OW | KeyFlags::UPDATE
             };
             push(out, 1, flags);
+        }
+        KeyProc::Memory => {
+            if argc >= 3 && eq_ci(arg(1), "usage") {
+                push(out, 2, KeyFlags::RO);
+            }
         }
         KeyProc::Bitfield => {
             let mut readonly = true;

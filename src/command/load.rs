@@ -2,6 +2,13 @@
 //!
 //! Both RESP2 (flat key/value arrays) and RESP3 (maps) replies are accepted, so the loader does
 //! not care how the connection was negotiated.
+//!
+//! Servers before Redis 7.0 answer `COMMAND` with 6 fields per command (7 from 6.0, with ACL
+//! categories) and no key specs: their keys are `first`/`last`/`step` positions, and
+//! `movablekeys` commands find theirs with per-command code, the same rules ferry's key
+//! extraction falls back to (`KeyProc`). Such an entry becomes one `index`/`range` key spec with
+//! no key flags (read and written, the conservative reading), no key spec for a movable
+//! command, and the tips Redis 7.0 turned the `random` / `sort_for_script` flags into.
 
 use redis::Value;
 
@@ -125,9 +132,12 @@ fn parse_key_spec(v: &Value, ctx: &str) -> Result<KeySpec, TableError> {
 /// Parses one entry of a `COMMAND` / `COMMAND INFO` reply.
 pub(crate) fn parse_command(v: &Value) -> Result<CommandSpec, TableError> {
     let f = as_list(v).ok_or_else(|| malformed("command entry is not an array"))?;
+    if (6..10).contains(&f.len()) {
+        return parse_legacy_command(f);
+    }
     if f.len() < 10 {
         return Err(malformed(format!(
-            "command entry has {} fields, expected 10 (Redis 7 or newer)",
+            "command entry has {} fields, expected 6 or 7 (before Redis 7.0) or 10",
             f.len()
         )));
     }
@@ -156,6 +166,58 @@ pub(crate) fn parse_command(v: &Value) -> Result<CommandSpec, TableError> {
         tips: strings(&f[7]),
         key_specs,
         subcommands,
+        group: String::new(),
+    })
+}
+
+/// Parses one entry of a `COMMAND` reply from before Redis 7.0: name, arity, flags, first key,
+/// last key, step (and ACL categories from 6.0).
+fn parse_legacy_command(f: &[Value]) -> Result<CommandSpec, TableError> {
+    let name = as_str(&f[0])
+        .ok_or_else(|| malformed("command name is not a string"))?
+        .to_ascii_lowercase();
+    let int = |i: usize, what: &str| {
+        as_int(&f[i])
+            .map(|n| n as i32)
+            .ok_or_else(|| malformed(format!("{name}: bad {what}")))
+    };
+    let arity = int(1, "arity")?;
+    let names = strings(&f[2]);
+    let flags = CommandFlags::parse(&names.join(" "));
+    let (first, last, step) = (
+        int(3, "first key")?,
+        int(4, "last key")?,
+        int(5, "key step")?,
+    );
+    let mut tips = Vec::new();
+    if names.iter().any(|n| n == "random") {
+        tips.push("nondeterministic_output".to_string());
+    }
+    if names.iter().any(|n| n == "sort_for_script") {
+        tips.push("nondeterministic_output_order".to_string());
+    }
+    let key_specs = if first > 0 && !flags.contains(CommandFlags::MOVABLEKEYS) {
+        vec![KeySpec {
+            flags: KeyFlags::empty(),
+            begin: BeginSearch::Index(first),
+            find: FindKeys::Range {
+                // 7.0's range counts from the first key; a negative last counts from the end.
+                lastkey: if last >= 0 { last - first } else { last },
+                keystep: step.max(1),
+                limit: 0,
+            },
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(CommandSpec {
+        name,
+        arity,
+        flags,
+        acl_categories: f.get(6).map(strings).unwrap_or_default(),
+        tips,
+        key_specs,
+        subcommands: Vec::new(),
         group: String::new(),
     })
 }

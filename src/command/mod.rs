@@ -75,7 +75,12 @@ impl Entry {
             .map(|s| Entry::new(s.clone(), top))
             .collect();
         let proc_ = if spec.name == top {
-            KeyProc::for_command(top)
+            match KeyProc::for_command(top) {
+                // `MEMORY USAGE` names a key only where the server says `MEMORY` has movable
+                // keys (5.0 and 6.x; 4.0's `COMMAND GETKEYS` gives none, 7.0 has subcommands).
+                KeyProc::Memory if !spec.flags.contains(CommandFlags::MOVABLEKEYS) => KeyProc::None,
+                p => p,
+            }
         } else {
             KeyProc::None
         };

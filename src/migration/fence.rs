@@ -57,6 +57,7 @@ impl Running {
         report.target_errors = self.stats.target_errors_by_code();
         report.fence_ms = fenced_ms;
         report.field_ttls_dropped = self.shared.field_ttls_dropped.load(Ordering::Relaxed);
+        (report.payloads_rewritten, report.payloads_not_rewritten) = self.store.downgrades();
         Ok(Fenced::new(
             self.source,
             self.target,

@@ -69,7 +69,7 @@ use crate::net::{Endpoint, Engine};
 use crate::replay::{
     Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
 };
-use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier};
+use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier, can_downgrade};
 
 pub use config::{CaptureMode, MigrateConfig};
 pub use preflight::{Finding, Level, Preflight, PreflightReport};
@@ -128,9 +128,9 @@ fn unsupported_pair(
             target.redacted()
         ));
     }
-    if te.rdb_version() < se.rdb_version() {
+    if te.rdb_version() < se.rdb_version() && !can_downgrade(se.rdb_version(), te.rdb_version()) {
         return Some(format!(
-            "{} runs {te}, whose RESTORE rejects the DUMP payloads of {} ({se}, RDB {} > {}); a live migration toward an older payload version is not supported yet (`ferry snapshot --type-aware` copies the keys once)",
+            "{} runs {te}, whose RESTORE rejects the DUMP payloads of {} ({se}, RDB {} > {}); a live migration toward this older payload version is not supported (`ferry snapshot --type-aware` copies the keys once)",
             target.redacted(),
             source.redacted(),
             se.rdb_version(),
@@ -152,7 +152,22 @@ fn log_mechanics((se, te): (Engine, Engine)) {
     } else {
         "none: the source has no CLIENT PAUSE … WRITE (Redis 6.2), so the final fence is taken without pausing writes"
     };
-    tracing::info!(source = %se, target = %te, expiry, pause, "Engines.");
+    let payloads = payload_mechanism((se, te));
+    tracing::info!(source = %se, target = %te, expiry, pause, payloads, "Engines.");
+}
+
+/// How key copies reach the target: as read, or rewritten for its older RDB version.
+pub fn payload_mechanism((se, te): (Engine, Engine)) -> String {
+    let (from, to) = (se.rdb_version(), te.rdb_version());
+    if to >= from {
+        format!(
+            "RESTORE of the source's DUMP payloads (RDB {from}; the target reads up to RDB {to})"
+        )
+    } else {
+        format!(
+            "DUMP payloads rewritten from RDB {from} to RDB {to} before RESTORE (the target rejects RDB {from}): listpack sets as plain sets, streams without consumers' active times"
+        )
+    }
 }
 
 /// A migration, before it starts.
@@ -248,6 +263,12 @@ impl Migration {
         // First, so that the refusal names the hashes even where the payloads would refuse
         // the pair too.
         self.check_field_ttls(engines).await?;
+        // Before anything is copied: a target that cannot take the source's function
+        // libraries is refused here, not found out when the application calls them; before the
+        // pair's other checks, so that a target engine without functions is refused as such.
+        self.cfg.snapshot.functions = self.cfg.functions
+            && !self.cfg.skip_snapshot
+            && functions::check(&self.source, &self.target).await?;
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
@@ -258,11 +279,6 @@ impl Migration {
             Some(t) => t.clone(),
             None => runner::load_table(&self.source).await?,
         };
-        // Before anything is copied: a target that cannot take the source's function
-        // libraries is refused here, not found out when the application calls them.
-        self.cfg.snapshot.functions = self.cfg.functions
-            && !self.cfg.skip_snapshot
-            && functions::check(&self.source, &self.target).await?;
 
         let replica = match self.cfg.capture {
             CaptureMode::Primary => None,
@@ -308,7 +324,11 @@ impl Migration {
         let journal = Journal::open(jcfg).map_err(|e| MigrateError::Journal(e.to_string()))?;
 
         let peers = PeerRegistry::new();
-        let store = Arc::new(PayloadStore::new(DEFAULT_PAYLOAD_BUDGET));
+        let mut store = PayloadStore::new(DEFAULT_PAYLOAD_BUDGET);
+        if engines.1.rdb_version() < engines.0.rdb_version() {
+            store = store.with_rdb_target(engines.1.rdb_version());
+        }
+        let store = Arc::new(store);
         let (recopier, recopy_rx) = Recopier::channel();
         let recopy_node = node.clone();
         let recopy_peers = peers.clone();
@@ -417,7 +437,7 @@ impl Migration {
                 target: self.target.clone(),
                 snapshot_cfg: self.cfg.snapshot.clone(),
                 mapper: self.cfg.mapper.clone(),
-                store,
+                store: store.clone(),
                 peers: peers.clone(),
                 capture,
                 journal: journal.clone(),
@@ -449,6 +469,7 @@ impl Migration {
             markers,
             peers,
             evictions,
+            store,
             report,
             probe,
             late,

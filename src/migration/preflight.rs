@@ -194,22 +194,14 @@ impl Preflight {
             )
         };
         self.add("source", "write pause", pause.0, pause.1);
-        let payload = if te.rdb_version() >= se.rdb_version() {
-            (
-                Level::Ok,
-                format!(
-                    "DUMP payloads RDB {} restore on the target (RDB {})",
-                    se.rdb_version(),
-                    te.rdb_version()
-                ),
-            )
+        let (from, to) = (se.rdb_version(), te.rdb_version());
+        let payload = if to >= from || crate::snapshot::can_downgrade(from, to) {
+            (Level::Ok, super::payload_mechanism((se, te)))
         } else {
             (
                 Level::Fail,
                 format!(
-                    "the target's RESTORE rejects RDB {} payloads (it reads up to RDB {}); a live migration toward an older payload version is not supported yet",
-                    se.rdb_version(),
-                    te.rdb_version()
+                    "the target's RESTORE rejects RDB {from} payloads (it reads up to RDB {to}); a live migration toward this older payload version is not supported"
                 ),
             )
         };

@@ -65,6 +65,11 @@ pub struct MigrationReport {
     /// Field-TTL commands (`HEXPIRE` family, `HPERSIST`) not replayed to a target without
     /// hash-field TTLs, under a plan's `on_field_ttls = "drop_field_ttls"`.
     pub field_ttls_dropped: u64,
+    /// `DUMP` payloads rewritten for a target with an older RDB version (Valkey 8 → Redis 7.0).
+    pub payloads_rewritten: u64,
+    /// Payloads that could not be rewritten: the target refused them and their keys are
+    /// reported as diverged.
+    pub payloads_not_rewritten: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -103,6 +108,13 @@ impl MigrationReport {
                 0 => String::new(),
                 n => format!(
                     "; {n} hash-field TTL commands dropped (on_field_ttls = \"drop_field_ttls\")"
+                ),
+            }
+            + &match (self.payloads_rewritten, self.payloads_not_rewritten) {
+                (0, 0) => String::new(),
+                (n, 0) => format!("; {n} DUMP payloads rewritten for the target's RDB version"),
+                (n, f) => format!(
+                    "; {n} DUMP payloads rewritten for the target's RDB version, {f} could not be"
                 ),
             }
     }

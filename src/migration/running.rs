@@ -31,6 +31,8 @@ pub struct Running {
     pub(super) markers: Arc<tokio::sync::Mutex<Markers>>,
     pub(super) peers: Arc<PeerRegistry>,
     pub(super) evictions: Arc<Evictions>,
+    /// Key copies waiting for their fence (and how many were rewritten for the target).
+    pub(super) store: Arc<crate::snapshot::PayloadStore>,
     pub(super) report: Arc<std::sync::Mutex<MigrationReport>>,
     /// The figures read from outside while it runs.
     pub(super) probe: super::Probe,

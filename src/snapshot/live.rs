@@ -43,6 +43,14 @@ pub struct PayloadStore {
     freed: Notify,
     bytes: AtomicU64,
     budget: u64,
+    /// The RDB version the target reads up to, when it is older than the source's payloads:
+    /// payloads are rewritten for it as they arrive ([`super::downgrade`]).
+    rdb_target: Option<u16>,
+    /// Payloads rewritten for the target.
+    downgraded: AtomicU64,
+    /// Payloads that could not be rewritten (passed on as read: the target refuses them and
+    /// replay reports the key as diverged).
+    not_downgraded: AtomicU64,
 }
 
 impl PayloadStore {
@@ -55,11 +63,58 @@ impl PayloadStore {
             freed: Notify::new(),
             bytes: AtomicU64::new(0),
             budget,
+            rdb_target: None,
+            downgraded: AtomicU64::new(0),
+            not_downgraded: AtomicU64::new(0),
         }
+    }
+
+    /// Payloads newer than RDB `version` are rewritten for a target that reads up to it.
+    pub fn with_rdb_target(mut self, version: u16) -> PayloadStore {
+        self.rdb_target = Some(version);
+        self
+    }
+
+    /// (payloads rewritten for the target, payloads that could not be).
+    pub fn downgrades(&self) -> (u64, u64) {
+        (
+            self.downgraded.load(Ordering::Relaxed),
+            self.not_downgraded.load(Ordering::Relaxed),
+        )
+    }
+
+    /// `p` in the form the target reads.
+    fn for_target(&self, mut p: Payload) -> Payload {
+        let (Some(to), Some(bytes)) = (self.rdb_target, p.payload.as_deref()) else {
+            return p;
+        };
+        if super::downgrade::payload_version(bytes).is_none_or(|v| v <= to) {
+            return p;
+        }
+        match super::downgrade::downgrade(bytes, to) {
+            Ok(older) => {
+                self.downgraded.fetch_add(1, Ordering::Relaxed);
+                p.payload = Some(older);
+            }
+            Err(e) => {
+                // The first one is named; the rest are counted (the report and the diverged
+                // keys of the final fence list them).
+                if self.not_downgraded.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(
+                        db = p.db,
+                        key = %crate::escape::Quoted(&p.key),
+                        error = %e,
+                        "A DUMP payload cannot be rewritten for the target's RDB version; the target will refuse it and the key is reported as diverged."
+                    );
+                }
+            }
+        }
+        p
     }
 
     /// Stores the payload of the `ordinal`-th read of connection `addr`.
     pub fn insert(&self, addr: &str, ordinal: u64, p: Payload) {
+        let p = self.for_target(p);
         let size = p.payload.as_ref().map_or(0, Vec::len) as u64;
         if let Ok(mut m) = self.map.lock() {
             m.insert((addr.to_string(), ordinal), p);
@@ -93,6 +148,14 @@ impl PayloadStore {
     /// Stores the `FUNCTION DUMP` payload of fenced read `read_id`. Not counted in the budget:
     /// one per snapshot.
     pub fn insert_functions(&self, read_id: &str, payload: Vec<u8>) {
+        // Rewritten for an older target like key payloads (named as the libraries if it fails).
+        let p = self.for_target(Payload {
+            db: 0,
+            key: b"(the function libraries)".to_vec(),
+            payload: Some(payload),
+            expire_at_ms: None,
+        });
+        let payload = p.payload.unwrap_or_default();
         if let Ok(mut m) = self.functions.lock() {
             m.insert(read_id.to_string(), payload);
         }

@@ -23,6 +23,7 @@
 
 mod checkpoint;
 pub mod chunked;
+pub mod downgrade;
 pub mod expiry;
 mod fieldttl;
 mod limit;
@@ -44,6 +45,7 @@ use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
 
+pub use downgrade::can_downgrade;
 pub use fieldttl::{
     FieldTtlHashes, PLAN_REMEDY, field_expiries, field_ttl_hashes, field_ttls_refusal,
 };

@@ -11,14 +11,14 @@ use redis::Value;
 
 use crate::support::RedisServer;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn live_table(server: &RedisServer) -> CommandTable {
+pub(crate) fn live_table(server: &RedisServer) -> CommandTable {
     rt().block_on(async {
         let ep = ferry::net::Endpoint::parse(&server.url()).unwrap();
         let mut con = ep.control().await.unwrap();
@@ -26,7 +26,7 @@ fn live_table(server: &RedisServer) -> CommandTable {
     })
 }
 
-fn corpus() -> Vec<(usize, Vec<Vec<u8>>)> {
+pub(crate) fn corpus() -> Vec<(usize, Vec<Vec<u8>>)> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keys-corpus.txt");
     let text = std::fs::read(&path).unwrap();
     text.split(|b| *b == b'\n')
@@ -84,7 +84,7 @@ fn server_keys(con: &mut redis::Connection, args: &[Vec<u8>]) -> KeysAndFlags {
     }
 }
 
-fn ferry_keys(table: &CommandTable, args: &[Vec<u8>]) -> KeysAndFlags {
+pub(crate) fn ferry_keys(table: &CommandTable, args: &[Vec<u8>]) -> KeysAndFlags {
     let argv = ferry::command::Argv::from_args(args);
     table
         .keys(&argv)

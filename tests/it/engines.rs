@@ -15,7 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ferry::capture::{Peer, parse_line};
 
 use crate::support::server::info_field;
-use crate::support::{Engine, Feature, RedisServer, ServerOptions};
+use crate::support::workload::{self, WorkloadOptions};
+use crate::support::{
+    Dataset, Engine, Feature, OracleOptions, RedisServer, ServerOptions, compare, fill,
+};
 
 /// A RESP2 reply, read off the socket as is.
 #[derive(Debug, Clone, PartialEq)]
@@ -1350,5 +1353,356 @@ fn sources_before_6_2_are_refused_at_start_with_one_line() {
         let _: () = redis::cmd("PING").query(&mut target.conn()).unwrap();
         let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
         assert_eq!(keys, 0, "{engine:?}: nothing was copied");
+    }
+}
+
+/// Redis 7.0 (ElastiCache-like) → Valkey 8.0 under the full workload, stopped with SIGTERM:
+/// Valkey reads the source's RDB 10 payloads as they are; the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_0_to_valkey_8_0_is_exact() {
+    let source = RedisServer::elasticache_like();
+    let mut target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(
+        stderr.contains(
+            "RESTORE of the source's DUMP payloads (RDB 10; the target reads up to RDB 11)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("payloads rewritten"), "{stderr}");
+}
+
+/// The payloads rewritten for the target, from the summary line (`; N DUMP payloads rewritten
+/// for the target's RDB version`), after checking that none failed.
+fn payloads_rewritten(stderr: &str) -> u64 {
+    assert!(!stderr.contains("could not be"), "{stderr}");
+    let at = stderr
+        .find(" DUMP payloads rewritten for the target's RDB version")
+        .unwrap_or_else(|| panic!("no rewritten payloads in the summary:\n{stderr}"));
+    stderr[..at]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before the rewritten payloads:\n{stderr}"))
+}
+
+/// Valkey 8.0 (ElastiCache-like) → Redis 7.0 under the full workload, stopped with SIGTERM:
+/// Redis 7.0 rejects Valkey's RDB 11 payloads, so ferry says at start that it rewrites them to
+/// RDB 10 and counts them at the end (listpack sets and streams with consumer groups among
+/// them); the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        12,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(
+        stderr.contains("DUMP payloads rewritten from RDB 11 to RDB 10 before RESTORE"),
+        "{stderr}"
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// Valkey 7.2 → Redis 7.0, a shorter live run: the same rewrite, 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Valkey72, ServerOptions::default());
+    let mut target = RedisServer::start();
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        6,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// One engine pair's function libraries: `libA` loaded on the source before the migration and
+/// `libB` loaded during it (after the snapshot read the libraries, so only the stream brings
+/// it) both answer `FCALL` on the target after the final fence, under a short workload, and
+/// the oracle finds 0 differences.
+fn libraries_reach_the_target(source: &RedisServer, target: &RedisServer) -> String {
+    use crate::functions::{LIB_B, fcall, function_load, lib_a, libraries};
+    fill(
+        source,
+        &Dataset {
+            dbs: vec![0, 1],
+            keys_per_db: 1000,
+            ..Dataset::tiny()
+        },
+    );
+    let mut src = source.conn();
+    function_load(&mut src, &lib_a(1), false);
+    let load = workload::start(
+        &source.url(),
+        WorkloadOptions {
+            dbs: vec![0, 1],
+            rate: 500,
+            ..WorkloadOptions::default()
+        },
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = crate::migrate::start_migrate(
+        &source.url(),
+        &target.url(),
+        state.path(),
+        &["--capture", "primary"],
+    );
+    ferry.wait_log("Function libraries read", Duration::from_secs(30));
+    function_load(&mut src, LIB_B, false);
+    let n: i64 = fcall(&mut src, "b_incr", &["fn:b"], &[]).unwrap();
+    assert_eq!(n, 1);
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let report = load.stop();
+    assert!(report.errors.is_empty(), "{report}");
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("final fence"), "{stderr}");
+    let mut tgt = target.conn();
+    assert_eq!(libraries(&mut tgt), libraries(&mut src));
+    let version: String = fcall(&mut tgt, "a_version", &[], &[]).unwrap();
+    assert_eq!(version, "A1", "libA, copied with the snapshot");
+    let b: i64 = fcall(&mut tgt, "b_incr", &["fn:b"], &[]).unwrap();
+    assert_eq!(b, 2, "libB, loaded during the run, and its call replayed");
+    let _: () = redis::cmd("DEL")
+        .arg("fn:b")
+        .arg("fn:b:meta")
+        .query(&mut tgt)
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("fn:b")
+        .arg("fn:b:meta")
+        .query(&mut src)
+        .unwrap();
+    let oracle = compare(
+        &source.url(),
+        &target.url(),
+        &OracleOptions {
+            ttl_tolerance_ms: 1000,
+            ..OracleOptions::default()
+        },
+    );
+    eprintln!("{report}\n{oracle}");
+    assert!(oracle.keys_compared > 1500, "{oracle}");
+    oracle.assert_identical();
+    stderr
+}
+
+/// Redis 7.0 → Valkey 8.0: libraries before and during the run answer `FCALL` on Valkey.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn function_libraries_reach_valkey_8_0_from_redis_7_0() {
+    let source = RedisServer::elasticache_like();
+    let target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    libraries_reach_the_target(&source, &target);
+}
+
+/// Valkey 8.0 → Redis 7.0: the `FUNCTION DUMP` payload (RDB 11) is rewritten for RDB 10 like
+/// the keys' payloads, and both libraries answer `FCALL` on Redis 7.0.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn function_libraries_reach_redis_7_0_from_valkey_8_0() {
+    let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
+    let target = RedisServer::start();
+    let stderr = libraries_reach_the_target(&source, &target);
+    assert!(payloads_rewritten(&stderr) > 1500, "{stderr}");
+}
+
+/// A source with a function library toward Redis 6.2, an engine without functions: refused at
+/// start with one line naming the libraries and what to do, exit 2, nothing copied.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() {
+    let source = RedisServer::start();
+    let target = RedisServer::start_engine(Engine::Redis62, ServerOptions::default());
+    let mut src = source.conn();
+    crate::functions::function_load(&mut src, &crate::functions::lib_a(1), false);
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut src).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::cli::ferry()
+        .args([
+            "migrate",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for part in [
+        "the source has 1 function library ('libA'), but the target refuses FUNCTION",
+        "migrate to a target with functions (Redis 7.0 or newer)",
+    ] {
+        assert!(
+            errors[0].contains(part),
+            "{part:?} missing from: {}",
+            errors[0]
+        );
+    }
+    let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
+    assert_eq!(keys, 0, "nothing was copied");
+}
+
+/// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 is ready and names
+/// the payload rewrite (exit 0); Redis 7.4 → Valkey 8.0 cannot be migrated live, the payloads
+/// finding says why (exit 2); a 5.0 source and a 4.0 target fail on their engine (exit 2).
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn preflight_judges_engine_pairs() {
+    use crate::preflight::{finding, preflight};
+    let v80 = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    let r70 = RedisServer::start();
+    fill(&v80, &Dataset::tiny());
+    let (code, stderr, r) = preflight(&v80, &r70);
+    assert_eq!(code, Some(0), "{stderr}{r:#}");
+    assert_eq!(r["source_engine"]["kind"], "Valkey");
+    let payloads = finding(&r, "payloads");
+    assert_eq!(payloads["level"], "ok", "{r:#}");
+    assert!(
+        payloads["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DUMP payloads rewritten from RDB 11 to RDB 10"),
+        "{payloads:#}"
+    );
+
+    let r74 = start(Engine::Redis74);
+    let (code, stderr, r) = preflight(&r74, &v80);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    let payloads = finding(&r, "payloads");
+    assert_eq!(payloads["level"], "fail", "{r:#}");
+    assert!(
+        payloads["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the target's RESTORE rejects RDB 12 payloads (it reads up to RDB 11)"),
+        "{payloads:#}"
+    );
+
+    let r50 = start(Engine::Redis50);
+    let (code, stderr, r) = preflight(&r50, &r70);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    let engine = &r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["side"] == "source" && f["check"] == "engine")
+        .unwrap_or_else(|| panic!("no source engine finding: {r:#}"));
+    assert_eq!(engine["level"], "fail", "{r:#}");
+    assert!(
+        engine["detail"].as_str().unwrap().contains("Redis 5.0.14"),
+        "{engine:#}"
+    );
+    let r40 = start(Engine::Redis40);
+    let (code, stderr, r) = preflight(&r70, &r40);
+    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["side"] == "target" && f["check"] == "engine" && f["level"] == "fail"),
+        "{r:#}"
+    );
+}
+
+/// Engines before 7.0 answer `COMMAND` without key specs: ferry loads their tables from
+/// first/last/step and movable-key rules, and extracts the same keys as the server's own
+/// `COMMAND GETKEYS` for every corpus line the engine knows (key names, in order; these
+/// engines have no key flags).
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn tables_of_engines_before_7_0_extract_the_servers_keys() {
+    use crate::command_table::{corpus, ferry_keys, live_table};
+    let corpus = corpus();
+    for engine in [
+        Engine::Redis40,
+        Engine::Redis50,
+        Engine::Redis60,
+        Engine::Redis62,
+    ] {
+        let server = start(engine);
+        let table = live_table(&server);
+        assert!(
+            matches!(table.origin(), ferry::command::TableOrigin::Server { .. }),
+            "{engine:?}"
+        );
+        assert!(table.len() > 150, "{engine:?}: {} commands", table.len());
+        let mut con = server.conn();
+        let (mut compared, mut differ) = (0, Vec::new());
+        for (line, args) in &corpus {
+            // Before 7.0, migrateGetKeys reads an AUTH password as an option and takes the
+            // plain form when the key argument is not empty, even with KEYS (which MIGRATE
+            // itself then refuses); ferry follows 7.0, whose MIGRATE runs the same way.
+            let arg = |i: usize| args.get(i).map(Vec::as_slice).unwrap_or_default();
+            if arg(0).eq_ignore_ascii_case(b"MIGRATE")
+                && (args
+                    .iter()
+                    .any(|a| a.to_ascii_uppercase().starts_with(b"AUTH"))
+                    || !arg(3).is_empty())
+            {
+                continue;
+            }
+            let mut cmd = redis::cmd("COMMAND");
+            cmd.arg("GETKEYS");
+            for a in args {
+                cmd.arg(a.as_slice());
+            }
+            // An error: the engine lacks the command, or the arguments name no key.
+            let Ok(server_keys) = cmd.query::<Vec<Vec<u8>>>(&mut con) else {
+                continue;
+            };
+            let ours: Vec<Vec<u8>> = ferry_keys(&table, args).into_iter().map(|k| k.0).collect();
+            compared += 1;
+            if ours != server_keys {
+                differ.push(format!(
+                    "line {line}: server {:?}, ferry {:?}",
+                    server_keys
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k))
+                        .collect::<Vec<_>>(),
+                    ours.iter()
+                        .map(|k| String::from_utf8_lossy(k))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        eprintln!(
+            "{engine:?}: {} commands, {compared} corpus lines compared",
+            table.len()
+        );
+        assert!(compared > 200, "{engine:?}: only {compared} lines compared");
+        assert!(
+            differ.is_empty(),
+            "{engine:?}: {} of {compared} lines differ:\n{}",
+            differ.len(),
+            differ.join("\n")
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::support::workload::{self, WorkloadOptions};
 use crate::support::{Dataset, OracleOptions, RedisServer, ServerOptions, compare, fill};
 
 /// `libA`, version `v`: `a_set(k, v)` writes, `a_version()` says which version answers.
-fn lib_a(v: u32) -> String {
+pub(crate) fn lib_a(v: u32) -> String {
     format!(
         "#!lua name=libA\n\
          redis.register_function('a_set', function(keys, args) return redis.call('SET', keys[1], args[1]) end)\n\
@@ -20,7 +20,7 @@ fn lib_a(v: u32) -> String {
 }
 
 /// `libB`: `b_incr(k)` increments a counter and stamps the time the script saw.
-const LIB_B: &str = "#!lua name=libB\n\
+pub(crate) const LIB_B: &str = "#!lua name=libB\n\
     redis.register_function('b_incr', function(keys, args)\n\
       local n = redis.call('INCR', keys[1])\n\
       redis.call('HSET', keys[1] .. ':meta', 'n', n, 'at', redis.call('TIME')[1])\n\
@@ -31,7 +31,7 @@ const LIB_B: &str = "#!lua name=libB\n\
 const LIB_C: &str = "#!lua name=libC\n\
     redis.register_function('c_gone', function() return 'C' end)";
 
-fn function_load(con: &mut redis::Connection, code: &str, replace: bool) {
+pub(crate) fn function_load(con: &mut redis::Connection, code: &str, replace: bool) {
     let mut cmd = redis::cmd("FUNCTION");
     cmd.arg("LOAD");
     if replace {
@@ -40,7 +40,7 @@ fn function_load(con: &mut redis::Connection, code: &str, replace: bool) {
     let _: String = cmd.arg(code).query(con).unwrap();
 }
 
-fn fcall<T: redis::FromRedisValue>(
+pub(crate) fn fcall<T: redis::FromRedisValue>(
     con: &mut redis::Connection,
     f: &str,
     keys: &[&str],
@@ -56,7 +56,7 @@ fn fcall<T: redis::FromRedisValue>(
 
 /// `FUNCTION LIST WITHCODE` in a comparable form: per library (in name order) its name, code
 /// and functions (in name order, with flags); the server lists both in hash order.
-fn libraries(con: &mut redis::Connection) -> Vec<(String, String, Vec<String>)> {
+pub(crate) fn libraries(con: &mut redis::Connection) -> Vec<(String, String, Vec<String>)> {
     fn text(v: &redis::Value) -> String {
         match v {
             redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),

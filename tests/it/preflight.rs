@@ -4,7 +4,7 @@
 use crate::cli::ferry;
 use crate::support::{Dataset, RedisServer, ServerOptions, fill};
 
-fn preflight(
+pub(crate) fn preflight(
     source: &RedisServer,
     target: &RedisServer,
 ) -> (Option<i32>, String, serde_json::Value) {
@@ -29,7 +29,7 @@ fn preflight(
     )
 }
 
-fn finding<'a>(report: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
+pub(crate) fn finding<'a>(report: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
     report["findings"]
         .as_array()
         .unwrap()
