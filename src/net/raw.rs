@@ -98,10 +98,12 @@ impl RawConn {
     pub async fn request(&mut self, args: &[&[u8]]) -> Result<Reply, NetError> {
         let mut out = Vec::new();
         encode_command(&mut out, args);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| self.stream_err(e))?;
+        // TLS buffers what it cannot write at once until a flush; TCP's flush does nothing.
+        let written = match self.stream.write_all(&out).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| self.stream_err(e))?;
         self.read_reply().await
     }
 
@@ -109,10 +111,11 @@ impl RawConn {
     pub async fn send(&mut self, args: &[&[u8]]) -> Result<(), NetError> {
         let mut out = Vec::new();
         encode_command(&mut out, args);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| self.stream_err(e))
+        let written = match self.stream.write_all(&out).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| self.stream_err(e))
     }
 
     /// Reads one array reply of simple elements, such as a pub/sub message; an error reply
@@ -261,9 +264,14 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Writes all of `buf`.
+    /// Writes all of `buf` and flushes it: a TLS stream keeps what the socket did not take
+    /// at once in its buffer until a flush, which would stall a pipeline waiting for replies.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), NetError> {
-        self.write.write_all(buf).await.map_err(|e| NetError::Io {
+        let written = match self.write.write_all(buf).await {
+            Ok(()) => self.write.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| NetError::Io {
             endpoint: self.endpoint.clone(),
             message: e.to_string(),
         })

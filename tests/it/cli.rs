@@ -39,7 +39,7 @@ pub fn run_ferry(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn assert_one_line_error(out: &Output, contains: &str, secret: Option<&str>) {
+pub(crate) fn assert_one_line_error(out: &Output, contains: &str, secret: Option<&str>) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
