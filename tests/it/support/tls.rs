@@ -15,6 +15,12 @@ pub struct Pki {
     dir: TempDir,
 }
 
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
+}
+
 impl Pki {
     /// Generates the CA, the server, client and expired certificates, and another CA.
     pub fn new() -> Pki {
@@ -102,7 +108,7 @@ impl Pki {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-subj",
-            &format!("/CN=localhost"),
+            "/CN=localhost",
             "-keyout",
             &key,
             "-out",
