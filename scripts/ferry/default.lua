@@ -55,6 +55,19 @@ if queue ~= "" then
   }
 end
 
+-- --source-ca/--source-cert/--source-key/--source-tls-server-name (and --target-…) arrive as
+-- FERRY_SOURCE_CA, FERRY_SOURCE_CERT, …; unset ones are empty.
+local function tls(side)
+  local t, any = {}, false
+  for field, name in pairs { ca = "CA", cert = "CERT", key = "KEY", server_name = "TLS_SERVER_NAME" } do
+    local v = ferry.env("FERRY_" .. side .. "_" .. name, "")
+    if v ~= "" then
+      t[field], any = v, true
+    end
+  end
+  return any and t or nil
+end
+
 return ferry.plan {
   api_version = 1,
   name = "default",
@@ -62,8 +75,9 @@ return ferry.plan {
     url = ferry.env "SOURCE_URL",
     capture = ferry.env("FERRY_CAPTURE", "auto"),
     max_monitor_buffer = number "FERRY_MAX_MONITOR_BUFFER",
+    tls = tls "SOURCE",
   },
-  target = { url = ferry.env "TARGET_URL" },
+  target = { url = ferry.env "TARGET_URL", tls = tls "TARGET" },
   journal = journal,
   snapshot = { workers = number "FERRY_WORKERS", max_source_ops = number "FERRY_MAX_SOURCE_OPS" },
   replay = { shards = number "FERRY_REPLAY_SHARDS" },

@@ -18,6 +18,9 @@ pub struct BackupArgs {
     #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
     source: String,
 
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
     /// The RDB file to write (replaced if it exists).
     #[arg(long, value_name = "FILE.rdb")]
     out: PathBuf,
@@ -36,7 +39,7 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
+    let source = Endpoint::parse_with_tls(&args.source, &args.source_tls.options())?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let mut cfg = BackupConfig::default();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ferry::migration::CaptureMode;
-use ferry::net::Endpoint;
+use ferry::net::{Endpoint, TlsOptions};
 use ferry::snapshot;
 
 /// Migrate a live source to a target until stopped, then stop at a final fence
@@ -26,6 +26,12 @@ pub struct MigrateArgs {
     /// The server to migrate to.
     #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
     target: String,
+
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
 
     /// Directory for the journal and state.
     #[arg(long, default_value = "./ferry-state", value_name = "DIR")]
@@ -114,6 +120,7 @@ fn parse_verify(s: &str) -> Result<String, String> {
 pub(super) fn default_plan_overrides(
     source: &str,
     target: &str,
+    tls: (&TlsOptions, &TlsOptions),
     capture: CaptureMode,
     state_dir: &std::path::Path,
 ) -> Vec<(String, String)> {
@@ -122,7 +129,9 @@ pub(super) fn default_plan_overrides(
         CaptureMode::Primary => "primary",
         CaptureMode::Replica => "replica",
     };
-    vec![
+    let mut inputs = super::tls::plan_inputs("SOURCE", tls.0);
+    inputs.extend(super::tls::plan_inputs("TARGET", tls.1));
+    inputs.extend([
         ("SOURCE_URL".to_string(), source.to_string()),
         ("TARGET_URL".to_string(), target.to_string()),
         ("FERRY_CAPTURE".to_string(), capture.to_string()),
@@ -130,13 +139,15 @@ pub(super) fn default_plan_overrides(
             "FERRY_STATE_DIR".to_string(),
             state_dir.display().to_string(),
         ),
-    ]
+    ]);
+    inputs
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     // Bad URLs fail here with the URL named (redacted), before any Lua runs.
-    Endpoint::parse(&args.source)?;
-    Endpoint::parse(&args.target)?;
+    let tls = (args.source_tls.options(), args.target_tls.options());
+    Endpoint::parse_with_tls(&args.source, &tls.0)?;
+    Endpoint::parse_with_tls(&args.target, &tls.1)?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(
         args.max_monitor_buffer > 0,
@@ -144,8 +155,13 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     );
     // Every flag reaches the migration one way: as an input of the default plan, which turns
     // it into a plan field like any plan file would.
-    let mut inputs =
-        default_plan_overrides(&args.source, &args.target, args.capture, &args.state_dir);
+    let mut inputs = default_plan_overrides(
+        &args.source,
+        &args.target,
+        (&tls.0, &tls.1),
+        args.capture,
+        &args.state_dir,
+    );
     let flag = |on: bool| if on { "1" } else { "" }.to_string();
     inputs.extend([
         ("FERRY_VERIFY".to_string(), args.verify.unwrap_or_default()),

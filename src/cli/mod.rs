@@ -20,6 +20,7 @@ mod snapshot;
 #[cfg(feature = "sqs")]
 mod split;
 mod status;
+mod tls;
 mod verify;
 
 use std::process::ExitCode;

@@ -20,6 +20,9 @@ pub struct MonitorArgs {
     #[arg(long, env = "FERRY_SOURCE", value_name = "URL")]
     source: String,
 
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
     /// Show every command, not only writes.
     #[arg(long)]
     all: bool,
@@ -66,7 +69,7 @@ fn format_line(out: &mut Vec<u8>, line: &MonitorLine, class: Class, keys: &[KeyR
 }
 
 pub async fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
-    let ep = Endpoint::parse(&args.source)?;
+    let ep = Endpoint::parse_with_tls(&args.source, &args.source_tls.options())?;
     let table = if args.builtin_table {
         None
     } else {

@@ -181,7 +181,7 @@ fn observe_config(plan: &Plan) -> anyhow::Result<ObserveConfig> {
         &plan.name,
     );
     cfg.metrics_addr = plan.metrics_addr;
-    cfg.target = ferry::net::Endpoint::parse(&plan.target.url).ok();
+    cfg.target = plan.target.endpoint().ok();
     Ok(cfg)
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ferry::migration::Preflight;
-use ferry::net::Endpoint;
+use ferry::net::{Endpoint, TlsOptions};
 
 /// Check whether a source and a target are ready to migrate, before anything is copied
 ///
@@ -33,6 +33,12 @@ pub struct PreflightArgs {
         required_unless_present = "plan"
     )]
     target: Option<String>,
+
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
     /// A plan file: its source, target and options.
     #[arg(long, value_name = "PLAN.lua")]
     plan: Option<PathBuf>,
@@ -49,14 +55,29 @@ pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(ferry::plan::load(path, &args.set)?),
         None => None,
     };
-    let url = |given: &Option<String>, planned: fn(&ferry::plan::Plan) -> &str, flag: &str| {
-        given
-            .clone()
-            .or_else(|| plan.as_ref().map(|p| planned(p).to_string()))
-            .ok_or_else(|| anyhow::anyhow!("{flag} is required without --plan"))
+    let endpoint = |given: &Option<String>,
+                    planned: fn(&ferry::plan::Plan) -> &ferry::plan::Server,
+                    tls: TlsOptions,
+                    flag: &str|
+     -> anyhow::Result<Endpoint> {
+        Ok(match (&plan, given) {
+            (Some(p), url) => planned(p).endpoint_with(url.as_deref(), &tls)?,
+            (None, Some(url)) => Endpoint::parse_with_tls(url, &tls)?,
+            (None, None) => anyhow::bail!("{flag} is required without --plan"),
+        })
     };
-    let source = Endpoint::parse(&url(&args.source, |p| &p.source.url, "--source")?)?;
-    let target = Endpoint::parse(&url(&args.target, |p| &p.target.url, "--target")?)?;
+    let source = endpoint(
+        &args.source,
+        |p| &p.source,
+        args.source_tls.options(),
+        "--source",
+    )?;
+    let target = endpoint(
+        &args.target,
+        |p| &p.target,
+        args.target_tls.options(),
+        "--target",
+    )?;
     let drop_field_ttls = plan
         .as_ref()
         .is_some_and(|p| p.on_field_ttls == ferry::plan::FieldTtlPolicy::DropFieldTtls);

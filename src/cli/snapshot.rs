@@ -21,6 +21,12 @@ pub struct SnapshotArgs {
     #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
     target: String,
 
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
+
     /// A db to copy; repeat for several. Default: every db that has keys.
     #[arg(long = "db", value_name = "N")]
     dbs: Vec<u32>,
@@ -65,8 +71,8 @@ pub struct SnapshotArgs {
 }
 
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
-    let target = Endpoint::parse(&args.target)?;
+    let source = Endpoint::parse_with_tls(&args.source, &args.source_tls.options())?;
+    let target = Endpoint::parse_with_tls(&args.target, &args.target_tls.options())?;
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let mut cfg = SnapshotConfig::default();

@@ -28,6 +28,12 @@ pub struct CaptureArgs {
     #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
     target: String,
 
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
+
     /// The SQS queue URL (`….fifo` for FIFO); `{shard}` in it means one queue per shard.
     #[arg(long, env = "FERRY_QUEUE", value_name = "URL")]
     queue: String,
@@ -62,14 +68,16 @@ pub struct CaptureArgs {
 }
 
 pub async fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
-    Endpoint::parse(&args.source)?;
-    Endpoint::parse(&args.target)?;
+    let tls = (args.source_tls.options(), args.target_tls.options());
+    Endpoint::parse_with_tls(&args.source, &tls.0)?;
+    Endpoint::parse_with_tls(&args.target, &tls.1)?;
     queue_spec(&args.queue, args.shards)?;
     // The default plan with an SQS journal: this process keeps its own journal in the state
     // dir and publishes; `ferry replay` processes apply.
     let mut inputs = super::migrate::default_plan_overrides(
         &args.source,
         &args.target,
+        (&tls.0, &tls.1),
         args.capture,
         &args.state_dir,
     );
@@ -108,6 +116,12 @@ pub struct ReplayArgs {
     /// The server to write.
     #[arg(long, env = "FERRY_TARGET", value_name = "URL")]
     target: String,
+
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
 
     /// The SQS queue URL, as given to `ferry capture`.
     #[arg(long, env = "FERRY_QUEUE", value_name = "URL")]
@@ -176,8 +190,8 @@ fn queue_spec(url: &str, shards: usize) -> anyhow::Result<QueueSpec> {
 }
 
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let source = Endpoint::parse(&args.source)?;
-    let target = Endpoint::parse(&args.target)?;
+    let source = Endpoint::parse_with_tls(&args.source, &args.source_tls.options())?;
+    let target = Endpoint::parse_with_tls(&args.target, &args.target_tls.options())?;
     let mut spec = queue_spec(&args.queue, args.shards)?;
     if let Some(addr) = args.metrics_addr {
         ferry::observe::install_metrics(addr)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use ferry::net::Endpoint;
+use ferry::net::{Endpoint, TlsOptions};
 use ferry::verify::{self, Verifier, VerifyConfig};
 
 /// Compare the source and the target key by key; exit 1 when they differ
@@ -33,6 +33,12 @@ pub struct VerifyArgs {
         required_unless_present = "plan"
     )]
     target: Option<String>,
+
+    #[command(flatten)]
+    source_tls: super::tls::SourceTls,
+
+    #[command(flatten)]
+    target_tls: super::tls::TargetTls,
 
     /// A migration plan whose keyspace rules and verify rules apply.
     #[arg(long, value_name = "PLAN.lua")]
@@ -81,13 +87,17 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(ferry::plan::load(p, &args.set)?),
         None => None,
     };
-    let url = |flag: &Option<String>, from_plan: fn(&ferry::plan::Plan) -> &str| {
-        flag.clone()
-            .or_else(|| plan.as_ref().map(|p| from_plan(p).to_string()))
-            .unwrap_or_default()
+    let endpoint = |given: &Option<String>,
+                    planned: fn(&ferry::plan::Plan) -> &ferry::plan::Server,
+                    tls: TlsOptions|
+     -> anyhow::Result<Endpoint> {
+        Ok(match &plan {
+            Some(p) => planned(p).endpoint_with(given.as_deref(), &tls)?,
+            None => Endpoint::parse_with_tls(given.as_deref().unwrap_or_default(), &tls)?,
+        })
     };
-    let source = Endpoint::parse(&url(&args.source, |p| &p.source.url))?;
-    let target = Endpoint::parse(&url(&args.target, |p| &p.target.url))?;
+    let source = endpoint(&args.source, |p| &p.source, args.source_tls.options())?;
+    let target = endpoint(&args.target, |p| &p.target, args.target_tls.options())?;
     anyhow::ensure!(
         args.ttl_tolerance_ms >= 0,
         "--ttl-tolerance-ms must not be negative"

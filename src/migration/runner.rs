@@ -281,8 +281,8 @@ impl PlanRunner {
         let on_verify: &(dyn Fn(&VerifyReport) + Send + Sync) = &*on_verify;
         dry_run(&plan)?;
         let mut cfg = migrate_config(&plan)?;
-        let source = Endpoint::parse(&plan.source.url)?;
-        let target = Endpoint::parse(&plan.target.url)?;
+        let source = plan.source.endpoint()?;
+        let target = plan.target.endpoint()?;
 
         tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
         let pre = pre_start_phases(&plan);

@@ -2,12 +2,16 @@
 //! RESP connections (for `MONITOR`), with errors that name the endpoint and never the password.
 //!
 //! URLs follow redis-rs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS (certificates
-//! verified unless the URL ends in `#insecure`), and `redis+unix:///path?db=N&pass=…`.
+//! verified unless the URL ends in `#insecure`; CA bundle, client certificate and server name
+//! from [`TlsOptions`]), and `redis+unix:///path?db=N&pass=…`. Every connection is opened by
+//! `connect::open`.
 
+mod connect;
 mod engine;
 pub mod framing;
 mod raw;
 pub mod resp;
+mod tls;
 
 pub use engine::{Engine, EngineKind};
 use std::io;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
 pub use raw::{RawConn, RawReader, RawWriter, Reply, encode_command};
+pub use tls::TlsOptions;
 
 /// How long a connection attempt (TCP, TLS and AUTH together) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +47,10 @@ pub enum NetError {
     /// The TLS handshake or certificate check failed.
     #[error("TLS with {endpoint} failed: {message}")]
     Tls { endpoint: String, message: String },
+    /// The endpoint's TLS settings cannot be used (a file missing, a key without its
+    /// certificate, TLS settings for a `redis://` URL).
+    #[error("TLS settings for {endpoint}: {message}")]
+    TlsConfig { endpoint: String, message: String },
     /// The server answered a command with an error.
     #[error("{endpoint} rejected {command}: {message}")]
     Server {
@@ -59,6 +68,10 @@ pub enum NetError {
 pub struct Endpoint {
     info: redis::ConnectionInfo,
     redacted: String,
+    /// The TLS settings given for this endpoint (paths only).
+    tls_options: TlsOptions,
+    /// The client configuration for a `rediss://` URL, built once from `tls_options`.
+    tls: Option<tls::TlsSetup>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -74,8 +87,48 @@ impl std::fmt::Display for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses and validates a URL; the error shows the URL redacted.
+    /// Parses and validates a URL; the error shows the URL redacted. A `rediss://` URL trusts
+    /// the default roots (see [`TlsOptions`]).
     pub fn parse(url: &str) -> Result<Endpoint, NetError> {
+        Endpoint::parse_with_tls(url, &TlsOptions::default())
+    }
+
+    /// Parses a URL and applies TLS settings to it: the CA bundle, client certificate and key
+    /// are read here, so a missing or unusable file is an error before anything connects.
+    ///
+    /// ## Behavior
+    /// TLS settings on a `redis://` or unix-socket URL are refused rather than ignored: the
+    /// user meant TLS, and a plain connection would send the password in clear.
+    pub fn parse_with_tls(url: &str, options: &TlsOptions) -> Result<Endpoint, NetError> {
+        let mut ep = Endpoint::parse_url(url)?;
+        let setup = match ep.info.addr() {
+            ConnectionAddr::TcpTls { host, insecure, .. } => {
+                Some(tls::setup(host, *insecure, options).map_err(|message| {
+                    NetError::TlsConfig {
+                        endpoint: ep.redacted.clone(),
+                        message,
+                    }
+                })?)
+            }
+            _ if !options.is_empty() => {
+                return Err(NetError::TlsConfig {
+                    endpoint: ep.redacted.clone(),
+                    message: "TLS settings (CA, client certificate or server name) were given for a URL without TLS; use rediss://".into(),
+                });
+            }
+            _ => None,
+        };
+        ep.tls = setup;
+        ep.tls_options = options.clone();
+        Ok(ep)
+    }
+
+    /// The TLS settings this endpoint was given.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls_options
+    }
+
+    fn parse_url(url: &str) -> Result<Endpoint, NetError> {
         let redacted = redact_url(url);
         let info = url
             .into_connection_info()
@@ -91,7 +144,12 @@ impl Endpoint {
                 reason: "no host".into(),
             });
         }
-        Ok(Endpoint { info, redacted })
+        Ok(Endpoint {
+            info,
+            redacted,
+            tls_options: TlsOptions::default(),
+            tls: None,
+        })
     }
 
     /// The URL with its password redacted.
@@ -109,7 +167,7 @@ impl Endpoint {
         let redis = self.info.redis_settings().clone().set_db(db);
         Endpoint {
             info: self.info.clone().set_redis_settings(redis),
-            redacted: self.redacted.clone(),
+            ..self.clone()
         }
     }
 
@@ -136,9 +194,20 @@ impl Endpoint {
         } else {
             format!("{prefix}{host}:{port}")
         };
+        // Without a server-name override, the other host's certificate is checked against
+        // that host's name.
+        let mut tls = self.tls.clone();
+        if let Some(setup) = tls.as_mut()
+            && self.tls_options.server_name.is_none()
+            && let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_string())
+        {
+            setup.server_name = name;
+        }
         Endpoint {
             info: self.info.clone().set_addr(addr),
             redacted,
+            tls_options: self.tls_options.clone(),
+            tls,
         }
     }
 
@@ -147,43 +216,45 @@ impl Endpoint {
         self.info.addr()
     }
 
-    /// A redis-rs client for this endpoint.
-    pub fn client(&self) -> Result<redis::Client, NetError> {
-        redis::Client::open(self.info.clone()).map_err(|e| NetError::InvalidUrl {
-            url: self.redacted.clone(),
-            reason: redis_reason(&e),
-        })
-    }
-
     /// Opens a multiplexed control connection and checks it with `PING`.
     pub async fn control(&self) -> Result<redis::aio::MultiplexedConnection, NetError> {
-        install_crypto_provider();
-        let client = self.client()?;
         let connect = async {
+            // Connected, TLS'd and authenticated by ferry's one path; redis-rs takes the stream
+            // over and only selects the db (so it never sees the password).
+            let conn = connect::open(self).await?;
+            let stream = conn.into_stream().ok_or_else(|| NetError::Io {
+                endpoint: self.redacted.clone(),
+                message: "unexpected bytes after the handshake reply".into(),
+            })?;
+            let settings = self.info.redis_settings();
+            let redis_info = redis::RedisConnectionInfo::default()
+                .set_db(settings.db())
+                .set_protocol(settings.protocol());
             // redis-rs answers "timed out" after 500 ms by default; a DUMP of a big key or a
             // large fenced read under load can take longer than that without anything wrong.
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
                 .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT));
-            let mut con = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut con).await?;
-            Ok::<_, redis::RedisError>(con)
+            let (con, driver) =
+                redis::aio::MultiplexedConnection::new_with_config(&redis_info, stream, config)
+                    .await
+                    .map_err(|e| self.classify(&e))?;
+            // The driver ends when the last clone of the connection is dropped.
+            tokio::spawn(driver);
+            Ok::<_, NetError>(con)
         };
         match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect).await {
             Err(_) => Err(NetError::Timeout {
                 endpoint: self.redacted.clone(),
                 secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
             }),
-            Ok(Ok(con)) => Ok(con),
-            Ok(Err(e)) => Err(self.classify(&e)),
+            Ok(r) => r,
         }
     }
 
     /// Opens a raw RESP connection (authenticated, db not selected), for `MONITOR`.
     pub async fn raw(&self) -> Result<RawConn, NetError> {
-        match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, RawConn::connect(self)).await {
+        match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect::open(self)).await {
             Err(_) => Err(NetError::Timeout {
                 endpoint: self.redacted.clone(),
                 secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
@@ -220,10 +291,9 @@ impl Endpoint {
                 secs: DEFAULT_CONNECT_TIMEOUT.as_secs(),
             };
         }
+        // TLS failures never get here: the handshake and the first round trip (where a TLS
+        // alert from the server arrives) are `connect::open`'s, with rustls's typed errors.
         let message = redact_text(&redis_reason(e), self);
-        if message.contains("certificate") || message.contains("TLS") || message.contains("tls") {
-            return NetError::Tls { endpoint, message };
-        }
         if e.is_io_error() {
             return NetError::Unreachable {
                 endpoint,

@@ -1,15 +1,14 @@
 //! A raw RESP connection over TCP, TLS or a unix socket. `MONITOR` needs the bytes exactly as the
 //! server sent them, which redis-rs does not expose, so capture talks RESP itself.
 
-use std::sync::Arc;
-
-use redis::ConnectionAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::NetError;
 use super::framing::{Frame, Framer};
-use super::{Endpoint, NetError};
+use super::tls::TlsSetup;
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A byte stream to a server: TCP, TLS over TCP, or a unix socket.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A reply to a handshake command. Only the shapes the handshake needs are decoded.
@@ -30,6 +29,8 @@ pub struct RawConn {
     stream: Box<dyn Stream>,
     framer: Framer,
     endpoint: String,
+    /// The endpoint's TLS settings, to word a TLS alert that ends the connection.
+    tls: Option<TlsSetup>,
 }
 
 impl std::fmt::Debug for RawConn {
@@ -49,66 +50,20 @@ pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 }
 
 impl RawConn {
-    pub(super) async fn connect(ep: &Endpoint) -> Result<RawConn, NetError> {
-        let endpoint = ep.redacted().to_string();
-        let unreachable = |e: std::io::Error| NetError::Unreachable {
-            endpoint: endpoint.clone(),
-            source: e,
-        };
-        let stream: Box<dyn Stream> = match ep.addr() {
-            ConnectionAddr::Tcp(host, port) => {
-                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(unreachable)?;
-                s.set_nodelay(true).ok();
-                Box::new(s)
-            }
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => {
-                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(unreachable)?;
-                s.set_nodelay(true).ok();
-                Box::new(tls_connect(s, host, *insecure, &endpoint).await?)
-            }
-            ConnectionAddr::Unix(path) => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(unreachable)?,
-            ),
-            other => {
-                return Err(NetError::InvalidUrl {
-                    url: endpoint.clone(),
-                    reason: format!("unsupported address {other:?}"),
-                });
-            }
-        };
-        let mut conn = RawConn {
+    /// A raw connection over `stream`, before any command was sent on it.
+    pub(super) fn new(stream: Box<dyn Stream>, endpoint: String, tls: Option<TlsSetup>) -> RawConn {
+        RawConn {
             stream,
             framer: Framer::new(),
             endpoint,
-        };
-        let settings = ep.info().redis_settings();
-        if let Some(pass) = settings.password() {
-            let reply = match settings.username() {
-                Some(user) => {
-                    conn.request(&[b"AUTH", user.as_bytes(), pass.as_bytes()])
-                        .await?
-                }
-                None => conn.request(&[b"AUTH", pass.as_bytes()]).await?,
-            };
-            if let Reply::Error(message) = reply {
-                return Err(NetError::Auth {
-                    endpoint: conn.endpoint.clone(),
-                    message,
-                });
-            }
+            tls,
         }
-        Ok(conn)
+    }
+
+    /// The stream, for a redis-rs connection to take over; `None` when bytes are buffered that
+    /// redis-rs would not see (the server sent more than the replies read).
+    pub(super) fn into_stream(self) -> Option<Box<dyn Stream>> {
+        (self.framer.pending() == 0).then_some(self.stream)
     }
 
     /// The endpoint, redacted.
@@ -123,14 +78,32 @@ impl RawConn {
         }
     }
 
+    /// A read or write failure; a TLS alert from the server (a client certificate it requires,
+    /// under TLS 1.3, arrives only after the handshake) is told as the TLS problem it is.
+    fn stream_err(&self, e: std::io::Error) -> NetError {
+        match self
+            .tls
+            .as_ref()
+            .and_then(|t| super::tls::describe_io(&e, t))
+        {
+            Some(message) => NetError::Tls {
+                endpoint: self.endpoint.clone(),
+                message,
+            },
+            None => self.io_err(e),
+        }
+    }
+
     /// Sends one command and reads its reply.
     pub async fn request(&mut self, args: &[&[u8]]) -> Result<Reply, NetError> {
         let mut out = Vec::new();
         encode_command(&mut out, args);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| self.io_err(e))?;
+        // TLS buffers what it cannot write at once until a flush; TCP's flush does nothing.
+        let written = match self.stream.write_all(&out).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| self.stream_err(e))?;
         self.read_reply().await
     }
 
@@ -138,10 +111,11 @@ impl RawConn {
     pub async fn send(&mut self, args: &[&[u8]]) -> Result<(), NetError> {
         let mut out = Vec::new();
         encode_command(&mut out, args);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| self.io_err(e))
+        let written = match self.stream.write_all(&out).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| self.stream_err(e))
     }
 
     /// Reads one array reply of simple elements, such as a pub/sub message; an error reply
@@ -184,11 +158,10 @@ impl RawConn {
     pub async fn fill(&mut self) -> Result<usize, NetError> {
         let buf = self.framer.read_buf();
         buf.reserve(256 * 1024);
-        let n = self.stream.read_buf(buf).await.map_err(|e| NetError::Io {
-            endpoint: self.endpoint.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(n)
+        match self.stream.read_buf(buf).await {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.stream_err(e)),
+        }
     }
 
     /// Splits the connection so that commands can be written while replies are read.
@@ -255,92 +228,6 @@ impl RawConn {
     }
 }
 
-async fn tls_connect(
-    tcp: tokio::net::TcpStream,
-    host: &str,
-    insecure: bool,
-    endpoint: &str,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, NetError> {
-    let tls_err = |m: String| NetError::Tls {
-        endpoint: endpoint.to_string(),
-        message: m,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAny(provider)))
-            .with_no_client_auth()
-    } else {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| tls_err(e.to_string()))?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| tls_err(e.to_string()))
-}
-
-/// The `#insecure` URL fragment: the user explicitly turned certificate checks off.
-mod insecure {
-    use rustls::DigitallySignedStruct;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    pub(super) struct AcceptAny(pub Arc<rustls::crypto::CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-}
-
 /// The reading half of a split [`RawConn`].
 pub struct RawReader {
     read: tokio::io::ReadHalf<Box<dyn Stream>>,
@@ -377,9 +264,14 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Writes all of `buf`.
+    /// Writes all of `buf` and flushes it: a TLS stream keeps what the socket did not take
+    /// at once in its buffer until a flush, which would stall a pipeline waiting for replies.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), NetError> {
-        self.write.write_all(buf).await.map_err(|e| NetError::Io {
+        let written = match self.write.write_all(buf).await {
+            Ok(()) => self.write.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| NetError::Io {
             endpoint: self.endpoint.clone(),
             message: e.to_string(),
         })

@@ -461,9 +461,9 @@ impl Decoder {
     fn server(&self, v: &Value, field: &str) -> R<Server> {
         // One shape for both sides (so one helper can build either); capture settings mean
         // something on the source only.
-        let fields: &[&str] = &["url", "capture", "max_monitor_buffer"];
-        let (url, capture, max_monitor_buffer) = match v {
-            Value::String(_) => (self.string(v, field)?, None, None),
+        let fields: &[&str] = &["url", "capture", "max_monitor_buffer", "tls"];
+        let (url, capture, max_monitor_buffer, tls) = match v {
+            Value::String(_) => (self.string(v, field)?, None, None, Default::default()),
             Value::Table(_) => {
                 let t = self.record(v, field, fields)?;
                 let t = self.required(t, field)?;
@@ -479,7 +479,8 @@ impl Decoder {
                     1,
                     u64::MAX,
                 )?;
-                (url, capture, max_monitor_buffer)
+                let tls = self.tls(&self.get(&t, field, "tls")?, &join(field, "tls"))?;
+                (url, capture, max_monitor_buffer, tls)
             }
             Value::Nil => return Err(self.invalid(field, "is required")),
             other => return Err(self.wrong(field, "a table { url = … } or a URL", other)),
@@ -487,6 +488,12 @@ impl Decoder {
         let url_field = join(field, "url");
         let url = self.required(url, &url_field)?;
         crate::net::Endpoint::parse(&url).map_err(|e| self.invalid(&url_field, e.to_string()))?;
+        if !tls.is_empty() && !url.to_ascii_lowercase().starts_with("rediss:") {
+            return Err(self.invalid(
+                &join(field, "tls"),
+                "is set for a URL without TLS; use rediss://",
+            ));
+        }
         let capture = match capture {
             Some("primary") => CaptureChoice::Primary,
             Some("replica") => CaptureChoice::Replica,
@@ -496,7 +503,38 @@ impl Decoder {
             url,
             capture,
             max_monitor_buffer,
+            tls,
         })
+    }
+
+    /// `source.tls` / `target.tls`: file paths (relative to the plan's folder) and a name. The
+    /// files are read when the run connects, so `ferry check` works without them.
+    fn tls(&self, v: &Value, field: &str) -> R<crate::net::TlsOptions> {
+        let Some(t) = self.record(v, field, &["ca", "cert", "key", "server_name"])? else {
+            return Ok(Default::default());
+        };
+        let path = |name: &str| -> R<Option<PathBuf>> {
+            let sub = join(field, name);
+            Ok(self
+                .string(&self.get(&t, field, name)?, &sub)?
+                .filter(|s| !s.is_empty())
+                .map(|s| under(&self.dir, Path::new(&s))))
+        };
+        let (ca, cert, key) = (path("ca")?, path("cert")?, path("key")?);
+        match (&cert, &key) {
+            (Some(_), None) => {
+                return Err(self.invalid(&join(field, "key"), "is required with tls.cert"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(&join(field, "cert"), "is required with tls.key"));
+            }
+            _ => {}
+        }
+        let name_field = join(field, "server_name");
+        let server_name = self
+            .string(&self.get(&t, field, "server_name")?, &name_field)?
+            .filter(|s| !s.is_empty());
+        Ok(crate::net::TlsOptions::new(ca, cert, key, server_name))
     }
 
     fn final_fence(&self, v: &Value) -> R<FinalFenceSpec> {

@@ -127,6 +127,25 @@ pub struct Server {
     /// Bound on the source's output buffer for ferry's `MONITOR` connection, in bytes (source
     /// only); `None` for ferry's default.
     pub max_monitor_buffer: Option<u64>,
+    /// `tls = { ca, cert, key, server_name }`: the TLS settings of a `rediss://` URL.
+    pub tls: crate::net::TlsOptions,
+}
+
+impl Server {
+    /// The endpoint this server is reached at, with its TLS settings (files read here).
+    pub fn endpoint(&self) -> Result<crate::net::Endpoint, crate::net::NetError> {
+        crate::net::Endpoint::parse_with_tls(&self.url, &self.tls)
+    }
+
+    /// Like [`Server::endpoint`], with a URL and TLS flags given on the command line taking
+    /// precedence over the plan's.
+    pub fn endpoint_with(
+        &self,
+        url: Option<&str>,
+        tls: &crate::net::TlsOptions,
+    ) -> Result<crate::net::Endpoint, crate::net::NetError> {
+        crate::net::Endpoint::parse_with_tls(url.unwrap_or(&self.url), &self.tls.or(tls))
+    }
 }
 
 impl fmt::Debug for Server {
@@ -135,6 +154,7 @@ impl fmt::Debug for Server {
             .field("url", &crate::net::redact_url(&self.url))
             .field("capture", &self.capture)
             .field("max_monitor_buffer", &self.max_monitor_buffer)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -39,7 +39,7 @@ pub fn run_ferry(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn assert_one_line_error(out: &Output, contains: &str, secret: Option<&str>) {
+pub(crate) fn assert_one_line_error(out: &Output, contains: &str, secret: Option<&str>) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -572,6 +572,11 @@ fn man_writes_a_page_per_command() {
     assert!(migrate.contains("max\\-monitor\\-buffer"), "{migrate}");
 }
 
+/// Whether `stderr` holds the warning every run with `#insecure` prints (once per endpoint).
+fn warns_insecure(stderr: &str) -> bool {
+    stderr.contains("WARN") && stderr.contains("#insecure: the server's certificate is NOT checked")
+}
+
 /// `rediss://…#insecure` reaches a server whose certificate no public CA signed (a private CA,
 /// a self-signed test server), as README and docs/troubleshooting.md promise; without the
 /// fragment, the certificate check refuses it with a one-line TLS error.
@@ -607,11 +612,12 @@ fn insecure_tls_reaches_a_self_signed_server() {
     let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
     assert_one_line_error(
         &out,
-        &format!("TLS with rediss://:***@127.0.0.1:{tls_port} failed: invalid peer certificate"),
+        &format!("TLS with rediss://:***@127.0.0.1:{tls_port} failed: invalid server certificate"),
         Some("hunter2"),
     );
 
-    // The server has no password: AUTH fails, after the handshake that `#insecure` lets through.
+    // The server has no password: AUTH fails, after the handshake that `#insecure` lets through
+    // (with the warning that every run with `#insecure` gives, docs/security.md).
     let out = run_ferry(&[
         "verify",
         "--source",
@@ -619,10 +625,19 @@ fn insecure_tls_reaches_a_self_signed_server() {
         "--target",
         &url,
     ]);
-    assert_one_line_error(&out, "authentication failed", Some("hunter2"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ferry: error: authentication failed"),
+        "{stderr}"
+    );
+    assert!(warns_insecure(&stderr), "{stderr}");
     let url = format!("rediss://127.0.0.1:{tls_port}#insecure");
     let out = run_ferry(&["verify", "--source", &url, "--target", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("0 differences"), "{stderr}");
+    assert!(warns_insecure(&stderr), "{stderr}");
 }

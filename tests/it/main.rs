@@ -30,6 +30,7 @@ mod snapshot;
 mod split;
 #[cfg(feature = "sqs")]
 mod sqs;
+mod tls;
 mod troubleshooting;
 mod verify;
 mod verify_live;

@@ -8,6 +8,9 @@
 
 #[path = "../it/support/oracle.rs"]
 mod oracle;
+/// The oracle's client: plain `Client::open` here, since no test server registers TLS files.
+#[path = "../it/support/tls.rs"]
+mod tls;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();

@@ -139,7 +139,7 @@ impl FillTarget for RedisServer {
 /// or appended to, so start from an empty server for exact counts).
 pub fn fill<T: FillTarget + ?Sized>(target: &T, dataset: &Dataset) -> FillReport {
     let url = target.redis_url();
-    let con = redis::Client::open(url.as_str())
+    let con = super::tls::client(url.as_str())
         .and_then(|c| c.get_connection())
         .unwrap_or_else(|e| panic!("fill: connect to {url}: {e}"));
     Filler::new(Sink::Single(con), dataset).run()

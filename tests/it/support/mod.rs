@@ -11,6 +11,7 @@ pub mod moto;
 pub mod oracle;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod workload;
 
 pub use cluster::Cluster;

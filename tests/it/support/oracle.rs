@@ -644,7 +644,7 @@ struct Node {
 
 impl Node {
     fn connect(label: &str, url: &str) -> Node {
-        let con = redis::Client::open(url)
+        let con = super::tls::client(url)
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
             .unwrap_or_else(|e| panic!("oracle: connect to {label} {url}: {e}"));
         let mut node = Node {

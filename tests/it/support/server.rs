@@ -60,6 +60,9 @@ pub struct ServerOptions {
     /// follows the engine's version: `slaveof` before 5.0, no `cluster-port` before 7.0, only
     /// the ElastiCache commands that exist.
     pub engine: Option<Engine>,
+    /// Speak TLS only (`port 0`, `tls-port`): [`RedisServer::url`] is then `rediss://` and the
+    /// fixtures' own clients use [`super::tls::client`].
+    pub tls: Option<super::tls::ServerTls>,
 }
 
 impl ServerOptions {
@@ -164,6 +167,9 @@ impl RedisServer {
                 .tempdir()
                 .expect("create temp dir for redis-server");
             let (port, cluster_port) = pick_ports(&options);
+            if let Some(tls) = &options.tls {
+                super::tls::register(port, tls);
+            }
             let config = render_config(&options, dir.path(), port, cluster_port, role_lines);
             let conf_path = dir.path().join("redis.conf");
             fs::write(&conf_path, config).expect("write redis.conf");
@@ -348,9 +354,14 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.options.password {
-            Some(pw) => format!("redis://:{}@127.0.0.1:{}", url_encode(pw), self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{}@127.0.0.1:{}", url_encode(pw), self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -383,7 +394,7 @@ impl RedisServer {
     }
 
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid redis url")
+        super::tls::client(self.url()).expect("valid redis url")
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -394,7 +405,7 @@ impl RedisServer {
 
     /// A connection with db `db` already selected.
     pub fn conn_db(&self, db: u32) -> redis::Connection {
-        redis::Client::open(self.url_db(db))
+        super::tls::client(self.url_db(db))
             .expect("valid redis url")
             .get_connection_with_timeout(Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect to redis-server at {} db {db}: {e}", self.addr()))
@@ -561,7 +572,18 @@ fn render_config(
         c.push_str(&s);
         c.push('\n');
     };
-    line(format!("port {port}"));
+    match &options.tls {
+        None => line(format!("port {port}")),
+        Some(tls) => {
+            line("port 0".into());
+            line(format!("tls-port {port}"));
+            line(format!("tls-cert-file {}", tls.cert.display()));
+            line(format!("tls-key-file {}", tls.key.display()));
+            line(format!("tls-ca-cert-file {}", tls.ca.display()));
+            let auth = if tls.auth_clients { "yes" } else { "no" };
+            line(format!("tls-auth-clients {auth}"));
+        }
+    }
     line("bind 127.0.0.1".into());
     line("daemonize no".into());
     line("save \"\"".into());

@@ -19,8 +19,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use redis::{
-    Client, Cmd, Connection, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline,
-    RedisError, RedisResult, Value,
+    Cmd, Connection, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError,
+    RedisResult, Value,
 };
 
 use super::fill::{Rng, now_ms};
@@ -236,7 +236,7 @@ pub fn start(url: &str, opts: WorkloadOptions) -> Workload {
     let info = url
         .into_connection_info()
         .unwrap_or_else(|e| panic!("invalid workload url {url}: {e}"));
-    Client::open(info.clone())
+    super::tls::client(info.clone())
         .and_then(|c| c.get_connection_with_timeout(IO_TIMEOUT))
         .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         .unwrap_or_else(|e| panic!("workload cannot reach {url}: {e}"));
@@ -439,7 +439,7 @@ impl Worker {
         if !self.conns.contains_key(&db) {
             let settings = self.info.redis_settings().clone().set_db(i64::from(db));
             let info = self.info.clone().set_redis_settings(settings);
-            let con = Client::open(info)?.get_connection_with_timeout(IO_TIMEOUT)?;
+            let con = super::tls::client(info)?.get_connection_with_timeout(IO_TIMEOUT)?;
             con.set_read_timeout(Some(IO_TIMEOUT))?;
             con.set_write_timeout(Some(IO_TIMEOUT))?;
             self.conns.insert(db, con);
