@@ -4,6 +4,7 @@
 //! URLs follow redis-rs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS (certificates
 //! verified unless the URL ends in `#insecure`), and `redis+unix:///path?db=N&pass=…`.
 
+pub mod cluster;
 mod engine;
 pub mod framing;
 mod raw;

@@ -5,10 +5,13 @@
 //! - [`Replayer`]: the pipelined executor on the target.
 //! - [`policy`]: what an error reply from the target means (expected, transient, divergence).
 
+mod cluster;
+mod connection;
 mod exec;
 mod expiry;
 mod op;
 pub mod policy;
+mod redirect;
 #[cfg(feature = "sqs")]
 pub mod remote;
 pub mod rewrite;
@@ -20,7 +23,7 @@ pub use exec::{
     request_recopies,
 };
 pub use op::Op;
-pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
+pub use shard::{DEFAULT_SHARDS, Layout, run_sharded, shard_of};
 pub use stitch::{
     CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, StitchConfig, StitchEvent, StitchShared,
     Stitcher,
