@@ -80,7 +80,7 @@ struct Retry(String);
 
 impl From<redis::RedisError> for Retry {
     fn from(e: redis::RedisError) -> Retry {
-        Retry(e.to_string())
+        Retry(crate::net::short_error(&e, |_| None))
     }
 }
 
@@ -212,7 +212,12 @@ impl Worker {
         }
         self.expiry.finish(&mut pipe);
         self.shared.limit(2 * keys.len() + 2).await;
-        let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut self.src).await.map_err(|e| {
+            Retry(crate::net::short_error(&e, |i| {
+                keys.get(i / 2)
+                    .map(|k| crate::escape::Quoted(k).to_string())
+            }))
+        })?;
         if replies.len() != 2 * keys.len() + self.expiry.extra_replies() {
             return Err(Retry(format!(
                 "EXEC returned {} replies for {} reads",

@@ -365,3 +365,29 @@ fn a_multi_db_source_toward_a_cluster_is_refused_naming_the_dbs() {
         assert_eq!(n, 0, "nothing may be copied before the refusal");
     }
 }
+
+#[test]
+fn a_batch_refused_key_by_key_is_one_short_line_naming_the_first_key() {
+    let cluster = Cluster::start();
+    let node = &cluster.nodes()[0];
+    // Keys served by the other masters: every command of the transaction gets MOVED.
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("user:{i}"))
+        .filter(|k| Cluster::node_index_for_slot(cluster.slot_of(k.as_bytes())) != 0)
+        .take(500)
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for k in &keys {
+        pipe.cmd("DUMP").arg(k);
+    }
+    let err = pipe
+        .query::<Vec<redis::Value>>(&mut node.conn())
+        .unwrap_err();
+    assert!(err.to_string().len() > 10_000, "redis-rs lists every error");
+    let line = ferry::net::short_error(&err, |i| keys.get(i).cloned());
+    assert!(line.len() < 200, "{line}");
+    assert!(line.contains("MOVED"), "{line}");
+    assert!(line.contains(&format!("(key {})", keys[0])), "{line}");
+    assert!(line.ends_with("and 499 other errors"), "{line}");
+}
