@@ -55,6 +55,43 @@ pub fn all_slots() -> impl Iterator<Item = (u16, Slot)> {
     (0..SLOTS as u16).filter_map(|n| Slot::new(n).map(|s| (n, s)))
 }
 
+/// A slot a primary no longer serves, from a `MOVED` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub slot: u16,
+    pub host: String,
+    pub port: u16,
+}
+
+/// One `MOVED` or `ASK` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `ASK`: this once, during a slot migration; `MOVED`: for good.
+    pub ask: bool,
+    pub to: Moved,
+}
+
+/// Parses `MOVED 3999 127.0.0.1:6381` or `ASK 3999 127.0.0.1:6381`.
+pub fn parse_redirect(line: &str) -> Option<Redirect> {
+    let mut words = line.split_whitespace();
+    let ask = match words.next()? {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    let slot = words.next()?.parse().ok()?;
+    let (host, port) = words.next()?.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(Redirect {
+        ask,
+        to: Moved {
+            slot,
+            host: host.to_string(),
+            port: port.parse().ok()?,
+        },
+    })
+}
+
 impl Topology {
     /// The cluster `ep` belongs to, or `None` for a standalone server.
     pub async fn discover(ep: &Endpoint) -> Result<Option<Topology>, NetError> {
@@ -305,4 +342,27 @@ fn from_slots(ep: &Endpoint, v: &Value) -> Vec<ClusterShard> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_moved_and_ask() {
+        assert_eq!(
+            parse_redirect("MOVED 3999 127.0.0.1:6381"),
+            Some(Redirect {
+                ask: false,
+                to: Moved {
+                    slot: 3999,
+                    host: "127.0.0.1".into(),
+                    port: 6381
+                }
+            })
+        );
+        assert!(parse_redirect("ASK 1 ::1:7000").is_some_and(|r| r.ask && r.to.host == "::1"));
+        assert_eq!(parse_redirect("ERR MOVED"), None);
+        assert_eq!(parse_redirect("MOVED x 1:2"), None);
+    }
 }

@@ -18,48 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
+pub use crate::net::cluster::{Moved, Redirect, parse_redirect as parse};
 use crate::net::resp::{ReplySummary, summarize};
 use crate::net::{Endpoint, NetError, RawReader, RawWriter, encode_command};
 
 /// Redirects followed for one operation before its keys are re-copied instead.
 pub const MAX_HOPS: usize = 5;
-
-/// A slot a primary no longer serves, from a `MOVED` reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Moved {
-    pub slot: u16,
-    pub host: String,
-    pub port: u16,
-}
-
-/// One `MOVED` or `ASK` reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redirect {
-    /// `ASK`: this once, during a slot migration; `MOVED`: for good.
-    pub ask: bool,
-    pub to: Moved,
-}
-
-/// Parses `MOVED 3999 127.0.0.1:6381` or `ASK 3999 127.0.0.1:6381`.
-pub fn parse(line: &str) -> Option<Redirect> {
-    let mut words = line.split_whitespace();
-    let ask = match words.next()? {
-        "MOVED" => false,
-        "ASK" => true,
-        _ => return None,
-    };
-    let slot = words.next()?.parse().ok()?;
-    let (host, port) = words.next()?.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some(Redirect {
-        ask,
-        to: Moved {
-            slot,
-            host: host.to_string(),
-            port: port.parse().ok()?,
-        },
-    })
-}
 
 /// What a replay connection toward a cluster needs to follow redirects.
 #[derive(Clone)]
@@ -157,28 +121,5 @@ impl Redirector {
             out.push((s, bytes));
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_moved_and_ask() {
-        assert_eq!(
-            parse("MOVED 3999 127.0.0.1:6381"),
-            Some(Redirect {
-                ask: false,
-                to: Moved {
-                    slot: 3999,
-                    host: "127.0.0.1".into(),
-                    port: 6381
-                }
-            })
-        );
-        assert!(parse("ASK 1 ::1:7000").is_some_and(|r| r.ask && r.to.host == "::1"));
-        assert_eq!(parse("ERR MOVED"), None);
-        assert_eq!(parse("MOVED x 1:2"), None);
     }
 }

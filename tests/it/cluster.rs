@@ -391,3 +391,55 @@ fn a_batch_refused_key_by_key_is_one_short_line_naming_the_first_key() {
     assert!(line.contains(&format!("(key {})", keys[0])), "{line}");
     assert!(line.ends_with("and 499 other errors"), "{line}");
 }
+
+#[test]
+fn ferry_snapshot_toward_a_cluster_restores_each_key_on_its_primary() {
+    let source = RedisServer::elasticache_like();
+    let target = Cluster::start();
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0],
+            ..Dataset::tiny()
+        },
+    );
+    let out = ferry()
+        .args(["snapshot", "--source", &source.url(), "--target"])
+        .arg(&target.urls()[2])
+        // Big keys go through the chunked copy, whose temporary key shares the key's slot.
+        .args(["--big-key-bytes", "20000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry snapshot failed: {stderr}");
+    assert!(
+        stderr.contains("chunked") && !stderr.contains("chunked 0"),
+        "{stderr}"
+    );
+    let report = oracle(&source, &target);
+    eprintln!("{report}\n{stderr}");
+    assert!(report.keys_compared > 300, "{report}");
+    report.assert_identical();
+    for node in target.nodes() {
+        let n: u64 = redis::cmd("DBSIZE").query(&mut node.conn()).unwrap();
+        assert!(n > 50, "{} holds {n} keys", node.addr());
+    }
+}
+
+#[test]
+fn ferry_snapshot_of_several_dbs_toward_a_cluster_is_refused() {
+    let source = RedisServer::start();
+    let target = Cluster::start();
+    fill(&source, &Dataset::tiny());
+    let out = ferry()
+        .args(["snapshot", "--source", &source.url(), "--target"])
+        .arg(&target.urls()[0])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("has db 0 only, but the source has keys in db 1 and 1 other db"),
+        "{stderr}"
+    );
+}
