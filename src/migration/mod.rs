@@ -38,6 +38,7 @@
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
 
+mod cluster;
 mod config;
 mod coordinator;
 mod evictions;
@@ -65,9 +66,10 @@ use tokio::sync::mpsc;
 use crate::capture::{Capture, CaptureSink, PeerRegistry};
 use crate::command::CommandTable;
 use crate::journal::{EntryKind, Journal, JournalConfig};
+use crate::net::cluster::Topology;
 use crate::net::{Endpoint, Engine};
 use crate::replay::{
-    Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
+    Layout, Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
 };
 use crate::snapshot::{DEFAULT_PAYLOAD_BUDGET, PayloadStore, Recopier, can_downgrade};
 
@@ -82,6 +84,7 @@ pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
 pub use trailing::{Conflict, ConflictPolicy, TargetKey, WindowEnd, WindowReport, WindowSpec};
 pub use window::{TargetWrites, WindowMapper};
 
+use cluster::{cluster_source_refusal, multi_db_refusal, source_dbs};
 use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};
 use markers::Markers;
@@ -252,6 +255,46 @@ impl Migration {
         Ok(())
     }
 
+    /// Cluster mode of both sides, found from any node: a cluster source is refused (not
+    /// supported yet), and so is a source with keys in dbs that a cluster target cannot hold
+    /// (a cluster has db 0 only) unless the plan moves them to db 0. Returns the target's
+    /// topology, logged, when it is a cluster.
+    async fn check_clusters(&self) -> Result<Option<Topology>, MigrateError> {
+        if let Some(t) = Topology::discover(&self.source).await? {
+            return Err(MigrateError::Unsupported(cluster_source_refusal(
+                &self.source,
+                &t,
+            )));
+        }
+        let Some(topology) = Topology::discover(&self.target).await? else {
+            return Ok(None);
+        };
+        tracing::info!(
+            target = %self.target,
+            primaries = topology.shards.len(),
+            shards = %topology.describe(),
+            "The target is a Redis Cluster; replay routes by slot, one connection per primary."
+        );
+        let in_use = source_dbs(&self.source).await?;
+        let stray: Vec<u32> = in_use
+            .into_iter()
+            .filter(|&db| {
+                let mapped = match &self.cfg.mapper {
+                    Some(m) => m.map_key(db, b"").map_or(db, |(d, _)| d),
+                    None => db,
+                };
+                mapped != 0
+            })
+            .collect();
+        if !stray.is_empty() {
+            return Err(MigrateError::Unsupported(multi_db_refusal(
+                &self.target,
+                &stray,
+            )));
+        }
+        Ok(Some(topology))
+    }
+
     /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
     pub async fn start(mut self) -> Result<Running, MigrateError> {
         let started = Instant::now();
@@ -272,6 +315,7 @@ impl Migration {
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
+        let target_cluster = self.check_clusters().await?;
         log_mechanics(engines);
         report.source_server = engines.0.to_string();
         report.target_server = engines.1.to_string();
@@ -374,7 +418,10 @@ impl Migration {
             }
             _ => tokio::spawn(run_sharded(
                 self.target.clone(),
-                self.cfg.replay_shards,
+                match target_cluster.clone() {
+                    Some(t) => Layout::Cluster(t),
+                    None => Layout::Shards(self.cfg.replay_shards),
+                },
                 table.clone(),
                 ops_rx,
                 stats.clone(),

@@ -70,6 +70,12 @@ pub struct MigrationReport {
     /// Payloads that could not be rewritten: the target refused them and their keys are
     /// reported as diverged.
     pub payloads_not_rewritten: u64,
+    /// Toward a cluster: `MOVED` and `ASK` replies replay followed.
+    pub cluster_redirects: u64,
+    /// Toward a cluster: commands across slots split into one per slot.
+    pub cross_slot_split: u64,
+    /// Toward a cluster: keys of commands across slots re-copied instead of replayed.
+    pub cross_slot_recopies: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -103,6 +109,16 @@ impl MigrationReport {
                     }
                     s
                 }
+            }
+            + &match (
+                self.cluster_redirects,
+                self.cross_slot_split,
+                self.cross_slot_recopies,
+            ) {
+                (0, 0, 0) => String::new(),
+                (r, s, c) => format!(
+                    "; cluster target: {r} redirects followed, {s} commands split by slot, {c} keys of commands across slots re-copied"
+                ),
             }
             + &match self.field_ttls_dropped {
                 0 => String::new(),

@@ -7,6 +7,7 @@
 //! `connect::open`.
 
 mod connect;
+pub mod cluster;
 mod engine;
 pub mod framing;
 mod raw;
@@ -359,7 +360,40 @@ pub async fn client_addr(
 
 /// A redis-rs error as one line, without the redundant kind prefix where there is a detail.
 fn redis_reason(e: &redis::RedisError) -> String {
-    e.to_string().replace('\n', " ")
+    short_error(e, |_| None)
+}
+
+/// A redis-rs error as one short line. A pipeline's or a transaction's errors (redis-rs lists
+/// every one of them: a batch of 500 keys refused with `MOVED` makes 20 kB) become the first,
+/// the key its command named (from `key_of` by the command's index), and how many others.
+pub fn short_error(e: &redis::RedisError, key_of: impl Fn(usize) -> Option<String>) -> String {
+    let text = e.to_string();
+    let aborted = text.starts_with("Transaction aborted");
+    let batch = aborted || text.starts_with("Pipeline failure");
+    let items = match e.clone().into_server_errors() {
+        Some(items) if batch && !items.is_empty() => items,
+        _ => return text.replace('\n', " "),
+    };
+    let (index, first) = &items[0];
+    let mut out = String::new();
+    if aborted {
+        out.push_str("transaction aborted: ");
+    }
+    // As the server sent it (`MOVED 3999 10.0.0.2:6379`), not redis-rs's rewording.
+    out.push_str(first.code());
+    if let Some(d) = first.details() {
+        out.push(' ');
+        out.push_str(&d.replace('\n', " "));
+    }
+    if let Some(key) = key_of(*index) {
+        out.push_str(&format!(" (key {key})"));
+    }
+    match items.len() - 1 {
+        0 => {}
+        1 => out.push_str(" and 1 other error"),
+        n => out.push_str(&format!(" and {n} other errors")),
+    }
+    out
 }
 
 /// Removes the endpoint's password from arbitrary text, in case a library echoed it.

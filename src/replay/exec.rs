@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::lease::CHECK_SCRIPT;
 use super::op::Op;
 use super::policy::{Diverged, ErrorClass, classify, error_code};
+use super::redirect::{self, MAX_HOPS, Redirect, Redirector, Redirects};
 use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyRef};
 use crate::journal::Marker;
@@ -64,6 +65,12 @@ pub struct ReplayStats {
     pub recopies_outstanding: AtomicU64,
     /// Fenced batches the target refused: this process had lost the shard's lease.
     pub fenced_batches: AtomicU64,
+    /// Toward a cluster: `MOVED` and `ASK` replies followed (shared with the redirectors).
+    pub redirects: Arc<AtomicU64>,
+    /// Toward a cluster: commands across slots split into one per slot (`MSET` → `SET`s).
+    pub cross_slot_split: AtomicU64,
+    /// Toward a cluster: keys of commands across slots that could not be split, re-copied.
+    pub cross_slot_recopies: AtomicU64,
 }
 
 impl ReplayStats {
@@ -161,6 +168,11 @@ struct Pending {
     /// A reply of this operation was a target-only error.
     failed: bool,
     fence: Option<FenceWait>,
+    /// Toward a cluster: the operation's bytes and reply count, to send again where a
+    /// `MOVED` or `ASK` points.
+    resend: Option<(Vec<u8>, usize)>,
+    /// The first `MOVED` or `ASK` among its replies.
+    redirect: Option<Redirect>,
 }
 
 impl Pending {
@@ -173,6 +185,8 @@ impl Pending {
             origin: Origin::Setup,
             failed: false,
             fence: None,
+            resend: None,
+            redirect: None,
         }
     }
 }
@@ -192,6 +206,7 @@ pub struct Replayer {
     target: Endpoint,
     window: usize,
     recopy: Option<(Arc<CommandTable>, RecopySender)>,
+    redirects: Option<Redirects>,
 }
 
 impl Replayer {
@@ -201,6 +216,7 @@ impl Replayer {
             target,
             window: DEFAULT_WINDOW,
             recopy: None,
+            redirects: None,
         }
     }
 
@@ -208,6 +224,12 @@ impl Replayer {
     /// them to `recopy`; without it such failures are recorded as diverged without keys.
     pub fn with_recopy(mut self, table: Arc<CommandTable>, recopy: RecopySender) -> Replayer {
         self.recopy = Some((table, recopy));
+        self
+    }
+
+    /// Toward a cluster node: follows `MOVED` and `ASK` replies (see [`super::redirect`]).
+    pub fn with_redirects(mut self, redirects: Redirects) -> Replayer {
+        self.redirects = Some(redirects);
         self
     }
 
@@ -231,6 +253,7 @@ impl Replayer {
             stats: stats.clone(),
             recopy: self.recopy.clone(),
             keys: Vec::new(),
+            redirector: self.redirects.clone().map(Redirector::new),
         };
         let reader_task = tokio::spawn(async move {
             let r = read_replies(reader, pending_rx, reader_window.clone(), failures).await;
@@ -290,6 +313,7 @@ impl Replayer {
                 let mut fence = None;
                 let db_before = db;
                 let mut forget_db = false;
+                let start = buf.len();
                 let mut select = |buf: &mut Vec<u8>, want: u32, replies: &mut usize| {
                     if db != Some(want) {
                         encode_command(buf, &[b"SELECT", want.to_string().as_bytes()]);
@@ -459,11 +483,15 @@ impl Replayer {
                 if forget_db {
                     db = None;
                 }
+                // Only toward a cluster: a copy of what was sent, in case it is redirected.
+                let resend = (self.redirects.is_some() && replies > 0)
+                    .then(|| (buf[start..].to_vec(), replies));
                 let mut pending = Some(Pending {
                     done,
                     collect,
                     origin,
                     fence,
+                    resend,
                     ..Pending::new(seq, replies)
                 });
                 if replies > 0 {
@@ -586,6 +614,8 @@ struct Failures {
     stats: Arc<ReplayStats>,
     recopy: Option<(Arc<CommandTable>, RecopySender)>,
     keys: Vec<KeyRef>,
+    /// Toward a cluster: follows `MOVED` and `ASK`.
+    redirector: Option<Redirector>,
 }
 
 /// Target-only failures logged one by one before the log goes quiet (the ledger keeps count).
@@ -605,6 +635,17 @@ impl Failures {
         part: Option<usize>,
         line: String,
     ) -> Result<(), ReplayError> {
+        if self.redirector.is_some() && !matches!(p.origin, Origin::Setup) {
+            if p.redirect.is_some() {
+                // What follows a redirect in the same operation (`EXECABORT` of a group whose
+                // commands were redirected) is answered again where the operation goes.
+                return Ok(());
+            }
+            if let Some(r) = redirect::parse(&line) {
+                p.redirect = Some(r);
+                return Ok(());
+            }
+        }
         let origin = match (&p.origin, part) {
             (Origin::Fenced(list), Some(i)) => list.get(i).unwrap_or(&p.origin),
             (o, _) => o,
@@ -699,6 +740,60 @@ impl Failures {
             // A whole fenced batch is marked operation by operation by the caller.
             Origin::Setup | Origin::Check | Origin::Fenced(_) => {}
         }
+    }
+
+    /// Sends `p` again where its `MOVED` or `ASK` points, until it is answered without one;
+    /// past [`MAX_HOPS`] or when that node cannot be reached, its keys are re-copied.
+    async fn follow(&mut self, p: &mut Pending) -> Result<(), ReplayError> {
+        let Some((body, replies)) = p.resend.take() else {
+            return Ok(());
+        };
+        let mut hops = 0;
+        while let Some(r) = p.redirect.take() {
+            let Some(redirector) = self.redirector.as_mut() else {
+                return Ok(());
+            };
+            redirector.noted(&r);
+            hops += 1;
+            let answered = if hops > MAX_HOPS {
+                Err(format!(
+                    "more than {MAX_HOPS} redirects, the last to {}:{}",
+                    r.to.host, r.to.port
+                ))
+            } else {
+                redirector
+                    .send(&r, &body, replies)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match answered {
+                Err(why) => {
+                    tracing::warn!(slot = r.to.slot, error = %why, "A redirected write could not be sent again; its keys are re-copied.");
+                    // Not a redirect line, so it is classified as a target-only failure.
+                    return self.error(p, format!("CLUSTER redirect not followed: {why}"));
+                }
+                Ok(answers) => {
+                    if let Some(c) = p.collect.as_mut() {
+                        c.values.clear();
+                    }
+                    let n = answers.len();
+                    for (i, (s, bytes)) in answers.into_iter().enumerate() {
+                        if let Some(c) = p.collect.as_mut()
+                            && n - i <= c.want
+                        {
+                            c.values
+                                .push(redis::parse_redis_value(&bytes).unwrap_or_else(|e| {
+                                    redis::Value::SimpleString(format!("unparsable: {e}"))
+                                }));
+                        }
+                        for e in s.errors {
+                            self.error(p, e)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Marks the keys of `argv` diverged; the newly diverged ones go to `requests`.
@@ -817,7 +912,12 @@ async fn read_replies(
             if front.replies > 0 {
                 break;
             }
-            let Some(p) = queue.pop_front() else { break };
+            let Some(mut p) = queue.pop_front() else {
+                break;
+            };
+            if p.redirect.is_some() {
+                failures.follow(&mut p).await?;
+            }
             failures.completed(&p);
             // Shards share this counter: keep the furthest position for status reporting.
             stats.applied.fetch_max(p.seq + 1, Ordering::Release);

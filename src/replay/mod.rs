@@ -7,11 +7,14 @@
 //!   replay process applies.
 //! - [`policy`]: what an error reply from the target means (expected, transient, divergence).
 
+mod cluster;
+mod connection;
 mod exec;
 mod expiry;
 pub mod lease;
 mod op;
 pub mod policy;
+mod redirect;
 #[cfg(feature = "sqs")]
 pub mod remote;
 pub mod rewrite;
@@ -23,7 +26,7 @@ pub use exec::{
     request_recopies,
 };
 pub use op::Op;
-pub use shard::{DEFAULT_SHARDS, run_sharded, shard_of};
+pub use shard::{DEFAULT_SHARDS, Layout, run_sharded, shard_of};
 pub use stitch::{
     CheckRegistry, CheckSlot, DEFAULT_PAYLOAD_TIMEOUT, StitchConfig, StitchEvent, StitchShared,
     Stitcher,

@@ -15,26 +15,28 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::cluster_routing::Slot;
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{RecopySender, ReplayError, ReplayStats, Replayer};
+use super::connection::spawn_shard;
+use super::exec::{RecopySender, ReplayStats, Replayer};
 use super::op::Op;
-use super::policy::{ErrorClass, classify};
 use crate::command::{Argv, CommandTable};
 use crate::net::Endpoint;
+use crate::net::cluster::Topology;
 
 /// Default number of replay connections.
 pub const DEFAULT_SHARDS: usize = 4;
 
-/// First wait before a replay connection is reopened; it doubles up to [`MAX_RECONNECT_DELAY`].
-const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
-/// Longest wait between attempts: a target back from a restart is found within this.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
-/// A connection that lived this long was healthy: the next failure starts the backoff over.
-const HEALTHY_FOR: Duration = Duration::from_secs(30);
+/// How replay spreads operations over connections.
+#[derive(Debug, Clone)]
+pub enum Layout {
+    /// A standalone target: this many connections, operations spread by slot.
+    Shards(usize),
+    /// A cluster target: one connection per primary, operations routed to their slot's owner.
+    Cluster(Topology),
+}
 
 /// The shard a key's operations go to: by hash slot, so a cluster's hash tags keep related keys
 /// together.
@@ -42,30 +44,6 @@ pub fn shard_of(key: &[u8], shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     Slot::for_key(key).hash(&mut h);
     (h.finish() % shards as u64) as usize
-}
-
-/// After a transient refusal, waits (backing off) until `PING` is no longer refused the same
-/// way, so that a loading target costs one resync, not one per attempt.
-async fn wait_ready(target: &Endpoint, delay: &mut Duration) {
-    loop {
-        let refused = match target.control().await {
-            Ok(mut con) => match redis::cmd("PING").query_async::<()>(&mut con).await {
-                Err(e)
-                    if e.code()
-                        .is_some_and(|c| classify(c) == ErrorClass::Transient) =>
-                {
-                    Some(e.to_string())
-                }
-                _ => None,
-            },
-            // Unreachable: the reconnect itself will back off.
-            Err(_) => None,
-        };
-        let Some(why) = refused else { return };
-        tracing::warn!(error = %why, delay_ms = delay.as_millis() as u64, "The target is not ready; waiting.");
-        tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(MAX_RECONNECT_DELAY);
-    }
 }
 
 /// Which shard an operation belongs to; `None` when it needs the barrier.
@@ -106,51 +84,33 @@ fn route(
     if ok { shard } else { None }
 }
 
-/// Runs `shards` replay connections fed from `ops`; reports connections that lost commands on
+/// Runs the replay connections of `layout` fed from `ops` (toward a cluster, one per
+/// primary: see [`super::cluster`]); reports connections that lost commands on
 /// `broken`, and the keys of target-only failures on `recopy`.
 pub async fn run_sharded(
     target: Endpoint,
-    shards: usize,
+    layout: Layout,
     table: Arc<CommandTable>,
     mut ops: mpsc::Receiver<Op>,
     stats: Arc<ReplayStats>,
     broken: mpsc::UnboundedSender<String>,
     recopy: RecopySender,
 ) {
-    let shards = shards.max(1);
-    let mut senders = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, mut rx) = mpsc::channel::<Op>(4096);
-        senders.push(tx);
-        let target = target.clone();
-        let stats = stats.clone();
-        let broken = broken.clone();
-        let replayer = Replayer::new(target).with_recopy(table.clone(), recopy.clone());
-        tokio::spawn(async move {
-            let mut delay = FIRST_RECONNECT_DELAY;
-            loop {
-                let started = std::time::Instant::now();
-                match replayer.run(&mut rx, stats.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        if started.elapsed() >= HEALTHY_FOR {
-                            delay = FIRST_RECONNECT_DELAY;
-                        }
-                        if e.lost_writes() {
-                            let _ = broken.send(e.to_string());
-                        } else {
-                            tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "Replay cannot reach the target; retrying.");
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-                        if matches!(e, ReplayError::Transient { .. }) {
-                            wait_ready(replayer.target(), &mut delay).await;
-                        }
-                    }
-                }
-            }
-        });
-    }
+    let shards = match layout {
+        Layout::Shards(n) => n.max(1),
+        Layout::Cluster(topology) => {
+            return super::cluster::run_cluster(
+                target, topology, table, ops, stats, broken, recopy,
+            )
+            .await;
+        }
+    };
+    let senders: Vec<mpsc::Sender<Op>> = (0..shards)
+        .map(|_| {
+            let replayer = Replayer::new(target.clone()).with_recopy(table.clone(), recopy.clone());
+            spawn_shard(replayer, stats.clone(), broken.clone())
+        })
+        .collect();
     let drain_all = |senders: &[mpsc::Sender<Op>], seq: u64| {
         let mut waits = Vec::with_capacity(senders.len());
         let sends: Vec<_> = senders

@@ -409,10 +409,13 @@ impl FencedReader {
             self.expiry.push(&mut pipe, k);
         }
         self.expiry.finish(&mut pipe);
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut self.con)
-            .await
-            .map_err(|e| e.to_string())?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.con).await.map_err(|e| {
+            // Command 0 is the ECHO of the read id; then a DUMP and an expiry read per key.
+            crate::net::short_error(&e, |i| {
+                let k = keys.get(i.checked_sub(1)? / 2)?;
+                Some(crate::escape::Quoted(k).to_string())
+            })
+        })?;
         if replies.len() != 2 * keys.len() + 1 + self.expiry.extra_replies() {
             return Err(format!(
                 "EXEC returned {} replies for {} reads",

@@ -24,6 +24,7 @@
 mod checkpoint;
 pub mod chunked;
 pub mod downgrade;
+mod cluster;
 pub mod expiry;
 mod fieldttl;
 mod limit;
@@ -41,6 +42,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::escape::Quoted;
+use crate::net::cluster::Topology;
 use crate::net::{Endpoint, NetError};
 use checkpoint::{Checkpoint, Watermark};
 use progress::Progress;
@@ -457,8 +459,42 @@ impl Snapshotter {
             Some(d) => d.clone(),
             None => sizes.keys().copied().collect(),
         };
+        let target_cluster = Topology::discover(&self.target).await?;
+        // Toward a cluster, the sweep scans every primary; a live run checked the dbs already
+        // (and maps them through the plan), a plain snapshot copies dbs as they are.
+        let target_nodes: Vec<Endpoint> = match &target_cluster {
+            Some(t) => {
+                let stray: Vec<u32> = dbs.iter().copied().filter(|&db| db != 0).collect();
+                if live.is_none() && !stray.is_empty() {
+                    return Err(SnapshotError::Unsupported(format!(
+                        "the target {} is a Redis Cluster, which has db 0 only, but the source has keys in db {}{}: copy db 0 alone (--db 0) or migrate with a plan that moves the others (ferry.move_db)",
+                        self.target,
+                        stray[0],
+                        match stray.len() - 1 {
+                            0 => String::new(),
+                            1 => " and 1 other db".into(),
+                            n => format!(" and {n} other dbs"),
+                        }
+                    )));
+                }
+                if live.is_none() {
+                    tracing::info!(
+                        target = %self.target,
+                        primaries = t.shards.len(),
+                        shards = %t.describe(),
+                        "The target is a Redis Cluster; restores go to each key's primary."
+                    );
+                }
+                t.shards.iter().map(|s| s.primary.clone()).collect()
+            }
+            None => vec![self.target.clone()],
+        };
         let target_dbs: Vec<u32> = if live.is_some() {
-            let t = keyspace(&self.target, &mut dst).await?;
+            let mut t = BTreeMap::new();
+            for node in &target_nodes {
+                let mut con = node.control().await?;
+                t.extend(keyspace(node, &mut con).await?);
+            }
             t.keys()
                 .copied()
                 .filter(|db| self.cfg.dbs.as_ref().is_none_or(|d| d.contains(db)))
@@ -513,12 +549,16 @@ impl Snapshotter {
             .cfg
             .max_source_ops
             .map(|per_sec| Arc::new(RateLimiter::new(per_sec)));
-        let shared = Arc::new(worker::Shared::new(
+        let mut shared = worker::Shared::new(
             self.source.clone(),
             self.target.clone(),
             self.cfg.clone(),
             limiter.clone(),
-        ));
+        );
+        if live.is_none() {
+            shared.cluster = target_cluster.clone();
+        }
+        let shared = Arc::new(shared);
 
         let mut scan_plan: Vec<ScanPass> = dbs
             .iter()
@@ -530,12 +570,14 @@ impl Snapshotter {
                 sweep: false,
             })
             .collect();
-        scan_plan.extend(target_dbs.iter().map(|db| ScanPass {
-            endpoint: self.target.clone(),
-            db: *db,
-            cursor: 0,
-            sweep: true,
-        }));
+        for node in &target_nodes {
+            scan_plan.extend(target_dbs.iter().map(|db| ScanPass {
+                endpoint: node.clone(),
+                db: *db,
+                cursor: 0,
+                sweep: true,
+            }));
+        }
         // Keys an earlier run failed go first, before the scan passes them again or not.
         let mut retries: BTreeMap<u64, (u32, Vec<Vec<u8>>)> = BTreeMap::new();
         for (db, keys) in checkpoint.failed_keys() {

@@ -10,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{Mutex, mpsc};
 
 use super::chunked::{ChunkedOptions, KeyType, copy_chunked, temp_key};
+use super::cluster::ClusterWriter;
 use super::expiry::ExpiryRead;
 use super::tempkeys::TempKeys;
 use super::{
@@ -17,6 +18,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::net::Endpoint;
+use crate::net::cluster::Topology;
 
 /// Attempts per batch before a connection problem stops the snapshot.
 const ATTEMPTS: u32 = 3;
@@ -32,6 +34,8 @@ pub(super) struct Shared {
     version_rejected: AtomicBool,
     /// Cleared when the source refuses `MEMORY USAGE`; sizes are then unknown.
     memory_usage: AtomicBool,
+    /// A cluster target's topology: writes go to each key's primary.
+    pub(super) cluster: Option<Topology>,
 }
 
 impl Shared {
@@ -48,6 +52,7 @@ impl Shared {
             limiter,
             version_rejected: AtomicBool::new(false),
             memory_usage: AtomicBool::new(true),
+            cluster: None,
         }
     }
 
@@ -63,6 +68,8 @@ struct Worker {
     shared: Arc<Shared>,
     src: MultiplexedConnection,
     dst: MultiplexedConnection,
+    /// Toward a cluster: a connection per primary; `dst` then only answers `PING`s.
+    cluster: Option<ClusterWriter>,
     addr: String,
     src_db: Option<u32>,
     dst_db: Option<u32>,
@@ -80,7 +87,7 @@ struct Retry(String);
 
 impl From<redis::RedisError> for Retry {
     fn from(e: redis::RedisError) -> Retry {
-        Retry(e.to_string())
+        Retry(crate::net::short_error(&e, |_| None))
     }
 }
 
@@ -108,6 +115,10 @@ impl Worker {
     ) -> Result<Worker, SnapshotError> {
         let mut src = shared.source.control().await?;
         let dst = shared.target.control().await?;
+        let cluster = match &shared.cluster {
+            Some(t) => Some(ClusterWriter::connect(&shared.target, t).await?),
+            None => None,
+        };
         let addr = crate::net::client_addr(&mut src)
             .await
             .map_err(|e| SnapshotError::Command {
@@ -134,6 +145,7 @@ impl Worker {
             shared,
             src,
             dst,
+            cluster,
             addr,
             src_db: None,
             dst_db: None,
@@ -152,7 +164,8 @@ impl Worker {
                 .await?;
             self.src_db = Some(db);
         }
-        if self.dst_db != Some(db) {
+        // A cluster has db 0 only (the snapshot refused other dbs at start).
+        if self.dst_db != Some(db) && self.cluster.is_none() {
             redis::cmd("SELECT")
                 .arg(db)
                 .query_async::<()>(&mut self.dst)
@@ -212,7 +225,12 @@ impl Worker {
         }
         self.expiry.finish(&mut pipe);
         self.shared.limit(2 * keys.len() + 2).await;
-        let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut self.src).await.map_err(|e| {
+            Retry(crate::net::short_error(&e, |i| {
+                keys.get(i / 2)
+                    .map(|k| crate::escape::Quoted(k).to_string())
+            }))
+        })?;
         if replies.len() != 2 * keys.len() + self.expiry.extra_replies() {
             return Err(Retry(format!(
                 "EXEC returned {} replies for {} reads",
@@ -284,7 +302,17 @@ impl Worker {
         if sent.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<Value> = pipe.query_async(&mut self.dst).await?;
+        let replies: Vec<Value> = match self.cluster.as_mut() {
+            None => pipe.query_async(&mut self.dst).await?,
+            Some(c) => {
+                let cmds: Vec<(&[u8], redis::Cmd)> = sent
+                    .iter()
+                    .map(|c| c.key.as_slice())
+                    .zip(pipe.cmd_iter().cloned())
+                    .collect();
+                c.run(&cmds).await?
+            }
+        };
         let mut rejected = Vec::new();
         for (c, r) in sent.into_iter().zip(&replies) {
             match error_text(r) {
@@ -352,22 +380,20 @@ impl Worker {
             .with_limiter(self.shared.limiter.clone())
             .with_temp_key(tmp.clone())
             .with_field_ttls(self.field_ttls);
-        let result = copy_chunked(
-            &mut self.src,
-            &mut self.dst,
-            key,
-            key,
-            kt,
-            expire_at_ms,
-            &opts,
-        )
-        .await;
+        let dst = match self.cluster.as_mut() {
+            Some(c) => c.conn_for(key),
+            None => &mut self.dst,
+        };
+        let result = copy_chunked(&mut self.src, dst, key, key, kt, expire_at_ms, &opts).await;
         // On success the temporary key was renamed or deleted; after a failure the copy's own
         // clean-up is best effort, so the record keeps the name unless this DEL confirms it.
         if result.is_ok()
             || redis::cmd("DEL")
                 .arg(&tmp)
-                .exec_async(&mut self.dst)
+                .exec_async(match self.cluster.as_mut() {
+                    Some(c) => c.conn_for(key),
+                    None => &mut self.dst,
+                })
                 .await
                 .is_ok()
         {

@@ -8,6 +8,7 @@ mod blocked;
 mod capture;
 mod chunked;
 mod cli;
+mod cluster;
 mod command_table;
 mod cutover;
 mod engines;
