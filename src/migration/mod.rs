@@ -38,6 +38,7 @@
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
 
+pub mod acl;
 mod config;
 mod coordinator;
 mod evictions;
