@@ -163,3 +163,15 @@ fn one_missing_permission_is_named_before_anything_is_copied() {
     assert_one_line_error(&out, "may not run RESTORE", Some(PASSWORD));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing permissions on the target"));
 }
+
+/// docs/security.md gives the very rules the live test migrates with.
+#[test]
+fn security_doc_gives_the_tested_rules() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
+    for rules in [SOURCE_ACL, TARGET_ACL] {
+        let rest = rules.strip_prefix("on ").unwrap();
+        let line = format!("ACL SETUSER ferry on >PASSWORD {rest}");
+        assert!(doc.contains(&line), "docs/security.md lacks:\n{line}");
+    }
+}
