@@ -6,7 +6,7 @@
 //! Redis checks a command's ACL before running it, so each probe is the command itself with
 //! arguments that make it harmless when it is allowed: a read of a key that does not exist, an
 //! `EXEC` without `MULTI`, a `RESTORE` of an invalid payload, `SET … XX` of a missing key, a
-//! `CLIENT KILL` of no client, a pause of 0 ms. Only a `NOPERM` reply counts as missing; any
+//! `CLIENT KILL` of an id no client has, a pause of 0 ms. Only a `NOPERM` reply counts as missing; any
 //! other error means the command is allowed. `MONITOR` and `PSUBSCRIBE` are probed on
 //! connections of their own, closed at once. `CLIENT UNPAUSE` has no harmless form (it would end
 //! someone else's pause) and is not probed; docs/security.md lists it with `CLIENT PAUSE`.
@@ -15,6 +15,9 @@ use crate::net::{Endpoint, Engine, NetError};
 
 /// The key the probes read (and never create): no application owns it.
 const PROBE_KEY: &str = "ferry:acl-probe:{never-created}";
+
+/// `i64::MAX`: client ids count up from 1, so none has it (and 7.0's range check accepts it).
+const NO_CLIENT_ID: &str = "9223372036854775807";
 
 /// Which side a user is on: the commands differ (the source is only read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +95,9 @@ pub async fn missing_permissions(
                 // A pause that ends now: it never shortens a pause in effect.
                 probes.push(("client|pause", vec!["CLIENT", "PAUSE", "0", "WRITE"]));
             }
-            probes.push(("client|kill", vec!["CLIENT", "KILL", "ID", "0"]));
+            // An id no client has. Not `ID 0`: before 7.0, id 0 means "no id filter", and the
+            // probe would disconnect every client.
+            probes.push(("client|kill", vec!["CLIENT", "KILL", "ID", NO_CLIENT_ID]));
         }
         Side::Target => {
             probes.push(("restore", vec!["RESTORE", k, "0", "not-a-dump-payload"]));
