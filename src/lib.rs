@@ -23,8 +23,10 @@
 //! - [`command`]: the command model: [`command::Argv`], the table from the server's own
 //!   `COMMAND` (or the built-in Redis 7.0 table), classification, key extraction, and the
 //!   [`command::Mapper`] seam through which a plan renames and filters commands and keys.
-//! - [`net`]: Redis URLs (redacted in every message), control connections through redis-rs,
-//!   raw RESP connections and the line framing of a `MONITOR` stream.
+//! - [`net`]: Redis URLs (redacted in every message) and their TLS settings
+//!   ([`net::TlsOptions`]: CA bundle, client certificate, server name), the one path that opens
+//!   every connection (TCP or unix socket, rustls, `AUTH`), control connections through
+//!   redis-rs, raw RESP connections and the line framing of a `MONITOR` stream.
 //! - [`journal`]: the stream's vocabulary ([`journal::EntryKind`], [`journal::Marker`]) and
 //!   the embedded journal: segmented, checksummed, fsynced files that readers tail; behind the
 //!   default `sqs` feature, `journal::sqs`, the SQS transport between processes.

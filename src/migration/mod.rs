@@ -39,6 +39,7 @@
 //!   at that marker.
 
 mod cluster;
+pub mod acl;
 mod config;
 mod coordinator;
 mod evictions;

@@ -4,7 +4,8 @@
 //!
 //! ## Behavior
 //! - Only reads: `INFO`, `CONFIG GET` (when allowed), `COMMAND INFO`, a `MONITOR` opened and
-//!   closed at once, `SCAN` and `MEMORY USAGE` on a sample. Nothing is written anywhere.
+//!   closed at once, `SCAN` and `MEMORY USAGE` on a sample, and the harmless permission probes
+//!   of [`super::acl`]. Nothing is written anywhere.
 //! - A check that cannot be made (`CONFIG` renamed away, as on ElastiCache) is a warning that
 //!   says so, never a silent pass.
 //! - The verdict: fail when something blocks a migration, warn when something needs a look,
@@ -132,6 +133,27 @@ impl Preflight {
         let se = Engine::detect(&source).await?;
         let te = Engine::detect(&target).await?;
         self.engines(se, te);
+        for (ep, side, engine, name) in [
+            (&source, super::acl::Side::Source, se, "source"),
+            (&target, super::acl::Side::Target, te, "target"),
+        ] {
+            let missing = super::acl::missing_permissions(ep, side, engine).await?;
+            if missing.is_empty() {
+                self.add(
+                    name,
+                    "permissions",
+                    Level::Ok,
+                    "every command ferry sends on this side is allowed".into(),
+                );
+            } else {
+                self.add(
+                    name,
+                    "permissions",
+                    Level::Fail,
+                    super::acl::describe_missing(&missing),
+                );
+            }
+        }
         self.field_ttls(se, te).await?;
         let s_info = info(&mut src).await;
         let t_info = info(&mut dst).await;

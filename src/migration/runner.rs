@@ -283,6 +283,9 @@ impl PlanRunner {
         let mut cfg = migrate_config(&plan)?;
         let source = plan.source.endpoint()?;
         let target = plan.target.endpoint()?;
+        // A permission the ACL denies is named now, before anything is copied, rather than as
+        // a failure in the middle of the snapshot or at the cutover.
+        super::acl::check_both(&source, &target).await?;
 
         tracing::info!(plan = %plan.name, phases = plan.phases.len(), "Running the plan.");
         let pre = pre_start_phases(&plan);

@@ -52,6 +52,13 @@ pub enum NetError {
     /// certificate, TLS settings for a `redis://` URL).
     #[error("TLS settings for {endpoint}: {message}")]
     TlsConfig { endpoint: String, message: String },
+    /// ferry's user on that server may not run commands ferry needs (ACL `NOPERM`).
+    #[error("missing permissions on the {side} {endpoint}: {message}")]
+    Permission {
+        endpoint: String,
+        side: &'static str,
+        message: String,
+    },
     /// The server answered a command with an error.
     #[error("{endpoint} rejected {command}: {message}")]
     Server {

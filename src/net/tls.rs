@@ -272,3 +272,40 @@ mod insecure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Endpoint, NetError};
+
+    #[test]
+    fn flags_override_plan_fields_one_by_one() {
+        let plan = TlsOptions::new(Some("a.pem".into()), None, None, Some("n".into()));
+        let flags = TlsOptions::new(Some("b.pem".into()), None, None, None);
+        let both = plan.or(&flags);
+        assert_eq!(both.ca.as_deref(), Some(Path::new("b.pem")));
+        assert_eq!(both.server_name.as_deref(), Some("n"));
+        assert!(TlsOptions::default().is_empty() && !both.is_empty());
+    }
+
+    #[test]
+    fn unusable_settings_are_refused_before_connecting() {
+        let ca = TlsOptions::new(Some("/nonexistent/ca.pem".into()), None, None, None);
+        let e = Endpoint::parse_with_tls("rediss://:hunter2@h:1", &ca).unwrap_err();
+        assert!(matches!(e, NetError::TlsConfig { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("cannot read the CA bundle /nonexistent/ca.pem"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let e = Endpoint::parse_with_tls("redis://h:1", &ca).unwrap_err();
+        assert!(e.to_string().contains("use rediss://"), "{e}");
+        let half = TlsOptions::new(None, Some("c.pem".into()), None, None);
+        let e = Endpoint::parse_with_tls("rediss://h:1", &half).unwrap_err();
+        assert!(e.to_string().contains("without its key"), "{e}");
+        // Defaults: a `rediss://` URL needs nothing more, a plain one gets no TLS.
+        assert!(Endpoint::parse("rediss://h:1").unwrap().tls.is_some());
+        assert!(Endpoint::parse("redis://h:1").unwrap().tls.is_none());
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod support;
 
+mod acl;
 mod architecture;
 mod backup;
 mod blocked;
