@@ -86,6 +86,7 @@ bench: deps
 	bash scripts/bench/verify.sh
 	bash scripts/bench/backup.sh
 	bash scripts/bench/sqs.sh
+	bash scripts/bench/fencing.sh
 
 ## The README's picture of a run report: docs/report-screenshot.png, taken by headless Chromium
 ## in the live run-report test.
