@@ -105,6 +105,7 @@ bench: deps
 		--title "Backup against redis-cli --rdb" -- bash scripts/bench/backup.sh
 	bash scripts/bench/plans.sh
 	bash scripts/bench/sqs.sh
+	bash scripts/bench/fencing.sh
 
 ## The README's picture of a run report: docs/report-screenshot.png, taken by headless Chromium
 ## in the live run-report test.

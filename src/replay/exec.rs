@@ -372,89 +372,8 @@ impl Replayer {
                         done: d,
                         ..
                     } => {
-                        // The lease keys live in db 0; the check runs there too.
-                        select(&mut buf, 0, &mut replies);
-                        encode_command(&mut buf, &[b"WATCH", &f.token_key, &f.dirty_key]);
-                        encode_command(
-                            &mut buf,
-                            &[
-                                b"EVAL",
-                                CHECK_SCRIPT.as_bytes(),
-                                b"2",
-                                &f.token_key,
-                                &f.dirty_key,
-                                &f.token,
-                            ],
-                        );
-                        encode_command(&mut buf, &[b"MULTI"]);
-                        replies += 3;
-                        let mut slots = Vec::new();
-                        let mut origins = Vec::new();
-                        // Each queued command is answered `QUEUED`, then again in `EXEC`.
-                        let mut queue =
-                            |buf: &mut Vec<u8>,
-                             d: u32,
-                             item: Queued,
-                             slot: Option<usize>,
-                             replies: &mut usize| {
-                                let before = *replies;
-                                select(buf, d, replies);
-                                if *replies > before {
-                                    slots.push(None);
-                                }
-                                match item {
-                                    Queued::Select => return,
-                                    Queued::Argv(argv) => encode_argv(buf, argv),
-                                    Queued::Restore(key, payload, at) => {
-                                        encode_restore(buf, key, payload, at)
-                                    }
-                                }
-                                *replies += 1;
-                                slots.push(slot);
-                            };
-                        for op in batch {
-                            let i = Some(origins.len());
-                            match op {
-                                Op::Cmd { db: d, argv, .. } => {
-                                    queue(&mut buf, d, Queued::Argv(&argv), i, &mut replies);
-                                    origins.push(Origin::Cmd(d, argv));
-                                }
-                                Op::Atomic { cmds, .. } => {
-                                    // Already inside the batch's transaction.
-                                    for (d, argv) in &cmds {
-                                        queue(&mut buf, *d, Queued::Argv(argv), i, &mut replies);
-                                    }
-                                    origins.push(Origin::Atomic(cmds));
-                                }
-                                Op::Restore {
-                                    db: d,
-                                    key,
-                                    payload,
-                                    expire_at_ms,
-                                    ..
-                                } => {
-                                    let item =
-                                        Queued::Restore(&key, payload.as_deref(), expire_at_ms);
-                                    queue(&mut buf, d, item, i, &mut replies);
-                                    stats.restores.fetch_add(1, Ordering::Relaxed);
-                                    origins.push(Origin::Restore(d, key));
-                                }
-                                other => {
-                                    tracing::debug!(
-                                        seq = other.seq(),
-                                        "Skipped an operation a fenced batch cannot carry."
-                                    );
-                                }
-                            }
-                        }
-                        queue(&mut buf, 0, Queued::Select, None, &mut replies);
-                        for argv in &f.tail {
-                            queue(&mut buf, 0, Queued::Argv(argv), None, &mut replies);
-                        }
-                        // Whether EXEC runs (its last SELECT is 0) or not (the SELECT before
-                        // WATCH was), the connection ends in db 0, as `select` now believes.
-                        encode_command(&mut buf, &[b"EXEC"]);
-                        replies += 1;
+                        let (slots, origins) =
+                            encode_fenced(&mut buf, &mut select, &mut replies, &f, batch, &stats);
                         fence = Some(FenceWait {
                             done: d,
                             slots,
@@ -831,6 +750,99 @@ impl Failures {
             self.stats.with_diverged(|d| d.settle(*db, key));
         }
     }
+}
+
+/// Encodes a fenced batch (`docs/leases.md`): `WATCH token dirty`, the check script, then the
+/// batch and its progress update in `MULTI … EXEC`. Returns, per element of the `EXEC` reply,
+/// the operation it answers, and the operations. `select` switches the connection's db (adding
+/// to `replies`); whether `EXEC` runs (its last `SELECT` is 0) or not (the `SELECT` before
+/// `WATCH` was), the connection ends in db 0, as `select` then believes.
+fn encode_fenced(
+    buf: &mut Vec<u8>,
+    select: &mut impl FnMut(&mut Vec<u8>, u32, &mut usize),
+    replies: &mut usize,
+    f: &super::lease::Fence,
+    batch: Vec<Op>,
+    stats: &ReplayStats,
+) -> (Vec<Option<usize>>, Vec<Origin>) {
+    // The lease keys live in db 0; the check runs there too.
+    select(buf, 0, replies);
+    encode_command(buf, &[b"WATCH", &f.token_key, &f.dirty_key]);
+    encode_command(
+        buf,
+        &[
+            b"EVAL",
+            CHECK_SCRIPT.as_bytes(),
+            b"2",
+            &f.token_key,
+            &f.dirty_key,
+            &f.token,
+        ],
+    );
+    encode_command(buf, &[b"MULTI"]);
+    *replies += 3;
+    let mut slots = Vec::new();
+    let mut origins = Vec::new();
+    // Each queued command is answered `QUEUED`, then again in `EXEC`.
+    let mut queue = |buf: &mut Vec<u8>, d: u32, item: Queued, slot: Option<usize>| {
+        let before = *replies;
+        select(buf, d, replies);
+        if *replies > before {
+            slots.push(None);
+        }
+        match item {
+            Queued::Select => return,
+            Queued::Argv(argv) => encode_argv(buf, argv),
+            Queued::Restore(key, payload, at) => encode_restore(buf, key, payload, at),
+        }
+        *replies += 1;
+        slots.push(slot);
+    };
+    for op in batch {
+        let i = Some(origins.len());
+        match op {
+            Op::Cmd { db: d, argv, .. } => {
+                queue(buf, d, Queued::Argv(&argv), i);
+                origins.push(Origin::Cmd(d, argv));
+            }
+            Op::Atomic { cmds, .. } => {
+                // Already inside the batch's transaction.
+                for (d, argv) in &cmds {
+                    queue(buf, *d, Queued::Argv(argv), i);
+                }
+                origins.push(Origin::Atomic(cmds));
+            }
+            Op::Restore {
+                db: d,
+                key,
+                payload,
+                expire_at_ms,
+                ..
+            } => {
+                queue(
+                    buf,
+                    d,
+                    Queued::Restore(&key, payload.as_deref(), expire_at_ms),
+                    i,
+                );
+                stats.restores.fetch_add(1, Ordering::Relaxed);
+                origins.push(Origin::Restore(d, key));
+            }
+            other => {
+                tracing::debug!(
+                    seq = other.seq(),
+                    "Skipped an operation a fenced batch cannot carry."
+                );
+            }
+        }
+    }
+    queue(buf, 0, Queued::Select, None);
+    for argv in &f.tail {
+        queue(buf, 0, Queued::Argv(argv), None);
+    }
+    encode_command(buf, &[b"EXEC"]);
+    *replies += 1;
+    (slots, origins)
 }
 
 /// What a fenced batch queues in its transaction.

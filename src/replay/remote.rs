@@ -746,7 +746,9 @@ impl ReaderTask {
             if !self.fifo {
                 save_checkpoint(&self.state, &reader.checkpoint())?;
             }
-            if renewed.elapsed() >= tick {
+            // Not while received events wait: a process that wakes from a stall goes on with
+            // them as if nothing happened, and the fence alone decides (docs/leases.md).
+            if renewed.elapsed() >= tick && !reader.has_buffered() {
                 self.renew().await?;
                 renewed = std::time::Instant::now();
             }

@@ -47,9 +47,10 @@ pub struct SqsBatch {
     /// The gseq of `entries[0]`; the next ones follow densely.
     pub first_gseq: u64,
     pub entries: Vec<Entry>,
-    /// The message was received before (`ApproximateReceiveCount > 1`): a worker that crashed
-    /// may have applied part of it, so the caller should treat these entries as in doubt
-    /// (re-copy their keys rather than re-apply them).
+    /// The message was received before (`ApproximateReceiveCount > 1`): a worker crashed or
+    /// stalled with it, or handed it back. `ferry replay` knows from the shard's recorded
+    /// position whether it was applied (`docs/leases.md`); a caller without one must treat
+    /// its entries as in doubt.
     pub redelivered: bool,
     pub message_id: String,
 }
