@@ -201,7 +201,7 @@ fn run_split(queue_name: &str, workers: [&str; 2], chaos: Chaos) -> [serde_json:
     };
     let load = workload::start(&source.url(), WorkloadOptions::default());
     let mut capture = split.capture();
-    capture.wait_log("Publishing replay operations", Duration::from_secs(30));
+    capture.wait_log("Publishing replay operations", Duration::from_secs(90));
     let mut a = split.replay_with(workers[0], "a", &["--json", &json("a")]);
     if chaos != Chaos::None {
         // The process the chaos hits must hold leases: it starts first.
@@ -231,7 +231,7 @@ fn run_split(queue_name: &str, workers: [&str; 2], chaos: Chaos) -> [serde_json:
                 let (holder, other) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
                 let taken = other.stderr().matches("Took the lease").count();
                 signal(holder, "-STOP");
-                other.wait_log_n("Took the lease", taken + 1, Duration::from_secs(30));
+                other.wait_log_n("Took the lease", taken + 1, Duration::from_secs(90));
                 std::thread::sleep(Duration::from_secs(5));
                 signal(holder, "-CONT");
                 std::thread::sleep(Duration::from_secs(2));
