@@ -166,7 +166,8 @@ baseline_like() {
   before=$(redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p')
   # redis-benchmark now and then aborts with "All clients disconnected" on this loaded
   # machine: once more on a flushed server, then give up (the run then fails its check).
-  local try
+  local try c0
+  c0=$(cpu_s "$PID_tgt1")
   for try in 1 2; do
     redis-benchmark -p "$port" -c "$SHARDS" -P "$DEPTH" -r 100000 -d "$VALUE_BYTES" -t "$TESTS" \
       -n "$per_test" --csv >"$BENCH_DIR/base.csv" && break
@@ -176,6 +177,7 @@ baseline_like() {
   done
   after=$(redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p')
   BASE_WRITES=$(( after - before - 1 ))
+  BASE_TARGET_CPU=$(echo "$(cpu_s "$PID_tgt1") - $c0" | bc)
   BASE_RATE=$(awk -F'"' -v n="$per_test" 'NR > 1 && $4 > 0 { t += n / $4; k += n } END { if (t > 0) printf "%.0f", k / t }' "$BENCH_DIR/base.csv")
   [ "$BASE_WRITES" -ge $(( per_test * ntests )) ] ||
     FAILURES+=("baseline: the target processed $BASE_WRITES commands, fewer than $(( per_test * ntests ))")
@@ -218,8 +220,12 @@ TARGET_QBUF=$(redis-cli -p "$T" client list | grep -v 'cmd=client' | sed -n 's/.
 echo "   journaled (status lines, 1 s apart; ${JOURNAL_WAIT_S}s after the load ended): journal ${JOURNAL_MB} MB on disk"
 echo "   ferry while the target is stalled: VmRSS $(mb "$STALL_RSS_KB") MB, VmHWM $(mb "$STALL_HWM_KB") MB; target query buffer ${TARGET_QBUF:-0} bytes"
 
+# Where the time goes: CPU seconds of ferry and of the target while the backlog is applied.
+c_ferry0=$(cpu_s "$P1_PID"); c_tgt0=$(cpu_s "$PID_tgt1")
 REPLAY_OUT=$(python3 "$LAG_PY" replay-wait --port "$T" --expect "$W" --poll-ms 10 \
   --stall "$STALL_SECS" --timeout 600) || true
+REPLAY_FERRY_CPU=$(echo "$(cpu_s "$P1_PID") - $c_ferry0" | bc)
+REPLAY_TARGET_CPU=$(echo "$(cpu_s "$PID_tgt1") - $c_tgt0" | bc)
 echo "   $REPLAY_OUT"
 REPLAY_STATUS=$(kv status <<<"$REPLAY_OUT")
 [ -n "$REPLAY_STATUS" ] || die "lag.py replay-wait failed"
@@ -248,7 +254,9 @@ if [ -n "${LIKE:-}" ]; then
   [ "$ORDER" = baseline-first ] || baseline_like "$T"
   echo
   echo "RESULT writes=$W connections=$SHARDS depth=$DEPTH ferry=$REPLAY_FIG baseline=$BASE_RATE" \
-    "ratio=$(ratio "$REPLAY_RATE" "$BASE_RATE") peak_rss=$(mb "$AFTER_HWM_KB")MB exit=$P1_EXIT order=$ORDER"
+    "ratio=$(ratio "$REPLAY_RATE" "$BASE_RATE") peak_rss=$(mb "$AFTER_HWM_KB")MB" \
+    "ferry_cpu=${REPLAY_FERRY_CPU}s ferry_target_cpu=${REPLAY_TARGET_CPU}s baseline_target_cpu=${BASE_TARGET_CPU}s" \
+    "exit=$P1_EXIT order=$ORDER"
   [ "${#FAILURES[@]}" -eq 0 ] || { for f in "${FAILURES[@]}"; do echo "FAIL: $f" >&2; done; exit 1; }
   exit 0
 fi
