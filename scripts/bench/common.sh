@@ -40,6 +40,7 @@ start_server() {
 }
 
 now() { date +%s.%N; }
-# CPU seconds (user + system) a process has used so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU seconds (user + system) a process has used so far, with its reaped children's (a
+# redis-server's fork that serialises an RDB for a full sync or BGSAVE counts once reaped).
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15 + $16 + $17) / hz }' "/proc/$1/stat"; }
 elapsed() { echo "$2 - $1" | bc; }
