@@ -263,15 +263,32 @@ pub async fn watch_output_buffer(
         peers.register(&addr, Role::Control);
     }
     let mut tick = tokio::time::interval(cfg.guard_every);
+    // `CLIENT LIST ID` is Redis 6.2's; before, the whole list, searched for the id.
+    let mut by_id = true;
     loop {
         tick.tick().await;
-        let Ok(list) = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("ID")
-            .arg(id)
-            .query_async::<String>(&mut con)
-            .await
-        else {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("LIST");
+        if by_id {
+            cmd.arg("ID").arg(id);
+        }
+        let list = match cmd.query_async::<String>(&mut con).await {
+            Err(e) if by_id && e.to_string().contains("syntax error") => {
+                by_id = false;
+                redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async::<String>(&mut con)
+                    .await
+            }
+            other => other,
+        };
+        let Ok(list) = list.map(|l| {
+            let me = format!("id={id} ");
+            l.lines()
+                .find(|line| line.starts_with(&me))
+                .unwrap_or_default()
+                .to_string()
+        }) else {
             // CLIENT LIST may be refused by ACLs; then the guard cannot help, and says so once.
             tracing::warn!("The source refuses CLIENT LIST; the MONITOR buffer guard is off.");
             return None;

@@ -1313,11 +1313,12 @@ fn live_migration_from_redis_6_2_to_7_0_is_exact() {
     );
 }
 
-/// Sources before 6.2 are refused at start with one line naming the reason, never a loop.
+/// Sources before 5.0 are refused at start with one line naming the reason, never a loop.
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
-fn sources_before_6_2_are_refused_at_start_with_one_line() {
-    for engine in [Engine::Redis40, Engine::Redis50, Engine::Redis60] {
+fn sources_before_5_0_are_refused_at_start_with_one_line() {
+    {
+        let engine = Engine::Redis40;
         let source = start(engine);
         let target = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
@@ -1342,7 +1343,7 @@ fn sources_before_6_2_are_refused_at_start_with_one_line() {
             .collect();
         assert_eq!(errors.len(), 1, "{engine:?}: {stderr}");
         assert!(
-            errors[0].contains("needs Redis 6.2 or later on the source"),
+            errors[0].contains("needs Redis 5.0 or later on the source"),
             "{stderr}"
         );
         assert!(
@@ -1571,7 +1572,8 @@ fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() 
 
 /// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 is ready and names
 /// the payload rewrite (exit 0); Redis 7.4 → Valkey 8.0 cannot be migrated live, the payloads
-/// finding says why (exit 2); a 5.0 source and a 4.0 target fail on their engine (exit 2).
+/// finding says why (exit 2); a 4.0 source and a 4.0 target fail on their engine (exit 2); a
+/// 6.0 source warns that its final fence pauses every client (exit 1).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
 fn preflight_judges_engine_pairs() {
@@ -1605,8 +1607,8 @@ fn preflight_judges_engine_pairs() {
         "{payloads:#}"
     );
 
-    let r50 = start(Engine::Redis50);
-    let (code, stderr, r) = preflight(&r50, &r70);
+    let r40 = start(Engine::Redis40);
+    let (code, stderr, r) = preflight(&r40, &r70);
     assert_eq!(code, Some(2), "{stderr}{r:#}");
     let engine = &r["findings"]
         .as_array()
@@ -1616,10 +1618,9 @@ fn preflight_judges_engine_pairs() {
         .unwrap_or_else(|| panic!("no source engine finding: {r:#}"));
     assert_eq!(engine["level"], "fail", "{r:#}");
     assert!(
-        engine["detail"].as_str().unwrap().contains("Redis 5.0.14"),
+        engine["detail"].as_str().unwrap().contains("Redis 4.0.14"),
         "{engine:#}"
     );
-    let r40 = start(Engine::Redis40);
     let (code, stderr, r) = preflight(&r70, &r40);
     assert_eq!(code, Some(2), "{stderr}{r:#}");
     assert!(
@@ -1629,6 +1630,18 @@ fn preflight_judges_engine_pairs() {
             .iter()
             .any(|f| f["side"] == "target" && f["check"] == "engine" && f["level"] == "fail"),
         "{r:#}"
+    );
+    let r60 = start(Engine::Redis60);
+    let (code, stderr, r) = preflight(&r60, &r70);
+    assert_eq!(code, Some(1), "{stderr}{r:#}");
+    let pause = finding(&r, "write pause");
+    assert_eq!(pause["level"], "warn", "{r:#}");
+    assert!(
+        pause["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pauses every client, reads too"),
+        "{pause:#}"
     );
 }
 
@@ -1705,4 +1718,56 @@ fn tables_of_engines_before_7_0_extract_the_servers_keys() {
             differ.join("\n")
         );
     }
+}
+
+/// A live migration from Redis 6.0 (no `CLIENT PAUSE … WRITE`, no `PEXPIRETIME`, a `COMMAND`
+/// without key specs) to Debian's 7.0 under the workload, stopped with SIGTERM: 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_6_0_to_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis60, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        8,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    assert!(
+        stderr.contains("Pausing every client of the source, reads too"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Using the built-in Redis 7.0 command table"),
+        "{stderr}"
+    );
+}
+
+/// The flagship pair for old managed sources: Redis 5.0 (ElastiCache-like) → Redis 7.4 under
+/// the full workload (BRPOP and BRPOPLPUSH consumers included), stopped with SIGTERM: ferry
+/// reads the 5.0 table from its `COMMAND`, expiries with `PTTL` + `TIME`, pauses every client
+/// with the final marker, and the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_5_0_to_7_4_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis50, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start_engine(Engine::Redis74, ServerOptions::default());
+    let stderr = crate::migrate::migrate_under_load(
+        &source,
+        &mut target,
+        15,
+        &["--capture", "primary"],
+        |_| {},
+    );
+    for part in [
+        "PTTL with the server's TIME in the same transaction",
+        "Pausing every client of the source, reads too",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("Using the built-in Redis 7.0 command table"),
+        "{stderr}"
+    );
 }

@@ -205,13 +205,15 @@ pub(crate) fn migrate_under_load(
         .arg("server")
         .query(&mut source.conn())
         .unwrap_or_default();
-    let expire_flags = crate::support::server::info_field(&version, "redis_version")
-        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
-        .is_none_or(|major| major >= 7);
+    let level = crate::support::server::info_field(&version, "redis_version").and_then(|v| {
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some((parts.next()??, parts.next()??))
+    });
     let load = workload::start(
         &source.url(),
         WorkloadOptions {
-            expire_flags,
+            expire_flags: level.is_none_or(|l| l >= (7, 0)),
+            before_6_2: level.is_some_and(|l| l < (6, 2)),
             ..WorkloadOptions::default()
         },
     );

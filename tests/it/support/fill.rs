@@ -192,11 +192,27 @@ struct Filler<'a> {
     ttl_base_ms: u64,
     report: FillReport,
     db: u32,
+    /// The server has `XGROUP CREATECONSUMER` (Redis 6.2).
+    create_consumer: bool,
 }
 
 impl<'a> Filler<'a> {
-    fn new(sink: Sink, ds: &'a Dataset) -> Self {
+    fn new(mut sink: Sink, ds: &'a Dataset) -> Self {
+        // Clusters in the tests run the stock 7.0 server.
+        let info = match &sink {
+            Sink::Single(_) => match sink.one(redis::cmd("INFO").arg("server").clone()) {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                redis::Value::VerbatimString { text, .. } => text,
+                _ => String::new(),
+            },
+            Sink::Cluster(_) => String::new(),
+        };
+        let level = super::server::info_field(&info, "redis_version").and_then(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??))
+        });
         Filler {
+            create_consumer: level.is_none_or(|l| l >= (6, 2)),
             sink,
             ds,
             pending: Vec::with_capacity(BATCH_COMMANDS),
@@ -448,9 +464,12 @@ impl<'a> Filler<'a> {
                 .arg(">");
             self.push(cmd);
         }
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATECONSUMER").arg(key).arg("g1").arg("carol");
-        self.push(cmd);
+        // An idle consumer without pending entries; before 6.2 there is no way to make one.
+        if self.create_consumer {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATECONSUMER").arg(key).arg("g1").arg("carol");
+            self.push(cmd);
+        }
         // alice read entries 0,2,3.. (1 is deleted): ack two, hand one to bob (delivery count 2).
         let mut cmd = redis::cmd("XACK");
         cmd.arg(key).arg("g1").arg(id(0)).arg(id(2));

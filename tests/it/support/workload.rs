@@ -158,6 +158,9 @@ pub struct WorkloadOptions {
     pub blocking_consumers: usize,
     /// The server has `EXPIRE … GT|NX` (Redis 7.0); without, those kinds send plain `EXPIRE`.
     pub expire_flags: bool,
+    /// The server is older than Redis 6.2: `BRPOPLPUSH`, `RPOPLPUSH` and `EXPIRE` stand in for
+    /// `BLMOVE`, `LMOVE` and `GETEX` (under the same kind names).
+    pub before_6_2: bool,
 }
 
 impl Default for WorkloadOptions {
@@ -168,6 +171,7 @@ impl Default for WorkloadOptions {
             seed: 0xF0_4B_3E_11,
             blocking_consumers: 2,
             expire_flags: true,
+            before_6_2: false,
         }
     }
 }
@@ -246,6 +250,7 @@ pub fn start(url: &str, opts: WorkloadOptions) -> Workload {
     shared
         .expire_flags
         .store(opts.expire_flags, Ordering::Relaxed);
+    shared.before_6_2.store(opts.before_6_2, Ordering::Relaxed);
     let rate = f64::from(opts.rate.max(1));
     let mut seeds = Rng::new(opts.seed);
     let mut threads = Vec::new();
@@ -373,6 +378,7 @@ struct Shared {
     stop: AtomicBool,
     ops: AtomicU64,
     expire_flags: AtomicBool,
+    before_6_2: AtomicBool,
 }
 
 #[derive(Default)]
@@ -705,13 +711,16 @@ fn consume_blmove(w: &mut Worker) {
     let db = w.sidekiq_db();
     while !w.stopped() {
         let started = Instant::now();
-        let mut blmove = cmd("BLMOVE");
-        blmove
-            .arg("queue:default")
-            .arg("queue:working")
-            .arg("RIGHT")
-            .arg("LEFT")
-            .arg(BLOCK_TIMEOUT_S);
+        let mut blmove = if w.shared.before_6_2.load(Ordering::Relaxed) {
+            cmd("BRPOPLPUSH")
+        } else {
+            cmd("BLMOVE")
+        };
+        blmove.arg("queue:default").arg("queue:working");
+        if !w.shared.before_6_2.load(Ordering::Relaxed) {
+            blmove.arg("RIGHT").arg("LEFT");
+        }
+        blmove.arg(BLOCK_TIMEOUT_S);
         match w.query::<Option<Vec<u8>>, _>(db, &blmove) {
             Ok(Some(job)) => {
                 let kind = served_kind(started, "blmove", "blmove_served_after_block");
@@ -799,6 +808,9 @@ fn ttl_step(w: &mut Worker) {
         }
         9 => {
             w.op::<i64, _>(db, "persist", cmd("PERSIST").arg(&key));
+        }
+        10 if w.shared.before_6_2.load(Ordering::Relaxed) => {
+            w.op::<i64, _>(db, "getex_ex", cmd("EXPIRE").arg(&key).arg(secs));
         }
         10 => {
             w.op::<Option<Vec<u8>>, _>(db, "getex_ex", cmd("GETEX").arg(&key).arg("EX").arg(secs));
@@ -1197,6 +1209,9 @@ fn collections_step(w: &mut Worker) {
                 rpush.arg(w.value());
             }
             w.op::<i64, _>(db, "rpush", &rpush);
+        }
+        16 if w.shared.before_6_2.load(Ordering::Relaxed) => {
+            w.op::<Option<Vec<u8>>, _>(db, "lmove", cmd("RPOPLPUSH").arg("list:a").arg("list:b"));
         }
         16 => {
             w.op::<Option<Vec<u8>>, _>(
