@@ -1292,6 +1292,12 @@ fn monitor_timestamps_before_or_after_execution() {
     );
 }
 
+/// A live migration from `source` to `target` under the full workload for `secs`, capturing
+/// from the primary, stopped with SIGTERM, compared by the oracle; ferry's stderr.
+fn live(source: &RedisServer, target: &mut RedisServer, secs: u64) -> String {
+    crate::migrate::migrate_under_load(source, target, secs, &["--capture", "primary"], |_| {})
+}
+
 /// A live migration from Redis 6.2 (ElastiCache-like, no `PEXPIRETIME`: ferry reads `PTTL`
 /// with the server's `TIME`) to Debian's 7.0 under the full workload, stopped with SIGTERM:
 /// the oracle finds 0 differences.
@@ -1300,13 +1306,7 @@ fn monitor_timestamps_before_or_after_execution() {
 fn live_migration_from_redis_6_2_to_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Redis62, ServerOptions::elasticache_like());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains("PTTL with the server's TIME in the same transaction"),
         "{stderr}"
@@ -1365,13 +1365,7 @@ fn sources_before_5_0_are_refused_at_start_with_one_line() {
 fn live_migration_from_redis_7_0_to_valkey_8_0_is_exact() {
     let source = RedisServer::elasticache_like();
     let mut target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains(
             "RESTORE of the source's DUMP payloads (RDB 10; the target reads up to RDB 11)"
@@ -1404,13 +1398,7 @@ fn payloads_rewritten(stderr: &str) -> u64 {
 fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains("DUMP payloads rewritten from RDB 11 to RDB 10 before RESTORE"),
         "{stderr}"
@@ -1424,13 +1412,7 @@ fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
 fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Valkey72, ServerOptions::default());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        6,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 6);
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
 }
 
@@ -1703,13 +1685,7 @@ fn tables_of_engines_before_7_0_extract_the_servers_keys() {
 fn live_migration_from_redis_6_0_to_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Redis60, ServerOptions::elasticache_like());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        8,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 8);
     assert!(
         stderr.contains("Pausing every client of the source, reads too"),
         "{stderr}"
@@ -1729,13 +1705,7 @@ fn live_migration_from_redis_6_0_to_7_0_is_exact() {
 fn live_migration_from_redis_5_0_to_7_4_is_exact() {
     let source = RedisServer::start_engine(Engine::Redis50, ServerOptions::elasticache_like());
     let mut target = RedisServer::start_engine(Engine::Redis74, ServerOptions::default());
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        15,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 15);
     for part in [
         "PTTL with the server's TIME in the same transaction",
         "Pausing every client of the source, reads too",
