@@ -173,6 +173,9 @@ impl Capture {
             ))
         });
         let _ = live.send(true);
+        // A guard that gave up (no `CLIENT ID` before 5.0, `CLIENT LIST` refused) drops its
+        // sender: that ends the watching, not the stream.
+        let mut guarded = guard.is_some();
         let result = async {
             let mut batch = Vec::new();
             let mut units = Vec::new();
@@ -207,7 +210,11 @@ impl Capture {
                         batch.extend(units.drain(..).map(|u| (ts, u)));
                         continue;
                     }
-                    _ = trip.changed() => {
+                    tripped = trip.changed(), if guarded => {
+                        if tripped.is_err() {
+                            guarded = false;
+                            continue;
+                        }
                         let why = trip.borrow().clone().unwrap_or_default();
                         return Err(Broken(why));
                     }

@@ -113,14 +113,6 @@ fn unsupported_pair(
             source.redacted()
         ));
     }
-    if !se.has_streams() {
-        // Redis 4.0: no stream types, a MONITOR stream and a fill ferry's tests cannot drive
-        // yet; its keys copy once with `ferry snapshot`.
-        return Some(format!(
-            "{} runs {se}; live migration needs Redis 5.0 or later on the source (`ferry snapshot` copies older sources once, and `ferry backup` saves them)",
-            source.redacted()
-        ));
-    }
     if !te.has_set_pxat() {
         return Some(format!(
             "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",

@@ -154,11 +154,11 @@ impl Preflight {
     }
 
     fn engines(&mut self, se: Engine, te: Engine) {
-        let src = if !se.has_streams() {
+        let src = if se.too_old() {
             (
                 Level::Fail,
                 format!(
-                    "{se}: live migration needs Redis 5.0 or later on the source (`ferry snapshot` copies it once)"
+                    "{se}: live migration needs Redis 4.0 or later on the source (`ferry snapshot` copies it once)"
                 ),
             )
         } else {

@@ -194,6 +194,9 @@ struct Filler<'a> {
     db: u32,
     /// The server has `XGROUP CREATECONSUMER` (Redis 6.2).
     create_consumer: bool,
+    /// The server has streams (Redis 5.0); without, stream commands are left out and the
+    /// small keys that would be streams are hashes.
+    streams: bool,
 }
 
 impl<'a> Filler<'a> {
@@ -213,6 +216,7 @@ impl<'a> Filler<'a> {
         });
         Filler {
             create_consumer: level.is_none_or(|l| l >= (6, 2)),
+            streams: level.is_none_or(|l| l >= (5, 0)),
             sink,
             ds,
             pending: Vec::with_capacity(BATCH_COMMANDS),
@@ -252,6 +256,16 @@ impl<'a> Filler<'a> {
     }
 
     fn push(&mut self, cmd: redis::Cmd) {
+        if !self.streams
+            && cmd.args_iter().next().is_some_and(|a| match a {
+                redis::Arg::Simple(name) => {
+                    name.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x'))
+                }
+                _ => false,
+            })
+        {
+            return;
+        }
         self.pending.push(cmd);
         self.report.commands += 1;
         if self.pending.len() >= BATCH_COMMANDS {
@@ -552,6 +566,13 @@ impl<'a> Filler<'a> {
                     for j in 0..rng.range(1, 9) {
                         cmd.arg(format!("f{j}")).arg(rng.bytes(0, 30));
                     }
+                    self.push(cmd);
+                    "hash"
+                }
+                // No streams before 5.0: a hash instead.
+                _ if !self.streams => {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(&key).arg("n").arg(rng.bytes(1, 8));
                     self.push(cmd);
                     "hash"
                 }
