@@ -1676,12 +1676,19 @@ fn tables_of_engines_before_7_0_extract_the_servers_keys() {
     }
 }
 
-/// A live migration from Redis 6.0 (no `CLIENT PAUSE … WRITE`, no `PEXPIRETIME`, a `COMMAND`
-/// without key specs) to Debian's 7.0 under the workload, stopped with SIGTERM: 0 differences.
+/// A live migration from Redis 6.0 (no `CLIENT PAUSE … WRITE`, no `PEXPIRETIME`, and here
+/// `COMMAND` renamed away, so ferry uses its built-in 6.0 table) to Debian's 7.0 under the
+/// workload, stopped with SIGTERM: 0 differences.
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
 fn live_migration_from_redis_6_0_to_7_0_is_exact() {
-    let source = RedisServer::start_engine(Engine::Redis60, ServerOptions::elasticache_like());
+    let source = RedisServer::start_engine(
+        Engine::Redis60,
+        ServerOptions {
+            extra_config: vec!["rename-command COMMAND \"\"".into()],
+            ..ServerOptions::elasticache_like()
+        },
+    );
     let mut target = RedisServer::start();
     let stderr = live(&source, &mut target, 8);
     assert!(
@@ -1689,7 +1696,8 @@ fn live_migration_from_redis_6_0_to_7_0_is_exact() {
         "{stderr}"
     );
     assert!(
-        !stderr.contains("Using the built-in Redis 7.0 command table"),
+        stderr.contains("Using the built-in command table of the source's Redis version.")
+            && stderr.contains("version=\"6.0\""),
         "{stderr}"
     );
 }
@@ -1728,4 +1736,53 @@ fn live_migration_from_redis_4_0_to_7_0_is_exact() {
         stderr.contains("Pausing every client of the source, reads too"),
         "{stderr}"
     );
+}
+
+/// The built-in tables of engines before 7.0 (`src/command/builtin_pre7/`, used when such a
+/// source refuses `COMMAND`) are each major's `COMMAND` as ferry reads it, rendered by the same
+/// generator as the 7.0 table, and read back to the same specs. With `FERRY_REGENERATE=1` the
+/// files are written instead.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn built_in_tables_before_7_0_are_current() {
+    use crate::command_table::live_table;
+    use ferry::command::{CommandTable, TableOrigin, codegen};
+    for (engine, file, level) in [
+        (Engine::Redis40, "r40", (4, 0)),
+        (Engine::Redis50, "r50", (5, 0)),
+        (Engine::Redis60, "r60", (6, 0)),
+        (Engine::Redis62, "r62", (6, 2)),
+    ] {
+        let table = live_table(&start(engine));
+        let TableOrigin::Server { version } = table.origin().clone() else {
+            unreachable!()
+        };
+        let mut specs: Vec<_> = table.iter().cloned().collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        let rendered = codegen::render_pre7(&specs, &version);
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("src/command/builtin_pre7/{file}.rs"));
+        if std::env::var_os("FERRY_REGENERATE").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+            eprintln!("wrote {} from redis-server {version}", path.display());
+            continue;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            checked_in == rendered,
+            "{} differs from redis-server {version}'s COMMAND; regenerate with `{}`",
+            path.display(),
+            codegen::REGENERATE_PRE_7
+        );
+        let builtin = CommandTable::builtin_for(level);
+        assert_eq!(builtin.len(), table.len(), "{engine:?}");
+        for spec in table.iter() {
+            assert_eq!(
+                builtin.get(&spec.name),
+                Some(spec),
+                "{engine:?} {}",
+                spec.name
+            );
+        }
+    }
 }
