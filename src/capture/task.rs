@@ -173,6 +173,9 @@ impl Capture {
             ))
         });
         let _ = live.send(true);
+        // A guard that gave up (no `CLIENT ID` before 5.0, `CLIENT LIST` refused) drops its
+        // sender: that ends the watching, not the stream.
+        let mut guarded = guard.is_some();
         let result = async {
             let mut batch = Vec::new();
             let mut units = Vec::new();
@@ -207,7 +210,11 @@ impl Capture {
                         batch.extend(units.drain(..).map(|u| (ts, u)));
                         continue;
                     }
-                    _ = trip.changed() => {
+                    tripped = trip.changed(), if guarded => {
+                        if tripped.is_err() {
+                            guarded = false;
+                            continue;
+                        }
                         let why = trip.borrow().clone().unwrap_or_default();
                         return Err(Broken(why));
                     }
@@ -263,15 +270,32 @@ pub async fn watch_output_buffer(
         peers.register(&addr, Role::Control);
     }
     let mut tick = tokio::time::interval(cfg.guard_every);
+    // `CLIENT LIST ID` is Redis 6.2's; before, the whole list, searched for the id.
+    let mut by_id = true;
     loop {
         tick.tick().await;
-        let Ok(list) = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("ID")
-            .arg(id)
-            .query_async::<String>(&mut con)
-            .await
-        else {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("LIST");
+        if by_id {
+            cmd.arg("ID").arg(id);
+        }
+        let list = match cmd.query_async::<String>(&mut con).await {
+            Err(e) if by_id && e.to_string().contains("syntax error") => {
+                by_id = false;
+                redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async::<String>(&mut con)
+                    .await
+            }
+            other => other,
+        };
+        let Ok(list) = list.map(|l| {
+            let me = format!("id={id} ");
+            l.lines()
+                .find(|line| line.starts_with(&me))
+                .unwrap_or_default()
+                .to_string()
+        }) else {
             // CLIENT LIST may be refused by ACLs; then the guard cannot help, and says so once.
             tracing::warn!("The source refuses CLIENT LIST; the MONITOR buffer guard is off.");
             return None;

@@ -12,6 +12,9 @@ use super::spec::{BeginSearch, CommandFlags, CommandSpec, FindKeys, KeyFlags, Ke
 pub const REGENERATE: &str =
     "FERRY_REGENERATE=1 cargo test --test it command_table::builtin_table_is_current";
 
+/// How to regenerate the built-in tables of engines before Redis 7.0; printed in their headers.
+pub const REGENERATE_PRE_7: &str = "FERRY_REGENERATE=1 FERRY_ENGINES=1 cargo test --test it engines::built_in_tables_before_7_0_are_current -- --include-ignored";
+
 /// Renders `specs` (sorted by name) as the body of `src/command/builtin.rs`.
 pub fn render(specs: &[CommandSpec], server_version: &str) -> String {
     let mut out = String::new();
@@ -24,12 +27,35 @@ pub fn render(specs: &[CommandSpec], server_version: &str) -> String {
          //! `{REGENERATE}`."
     );
     out.push_str("\nuse super::codegen::{c, idx, keynum, kw, range, spec, unknown_begin, unknown_find};\nuse super::spec::CommandSpec;\n\n");
+    render_body(&mut out, specs);
+    out
+}
+
+/// Renders `specs` (sorted by name) of a server before Redis 7.0 as the body of
+/// `src/command/builtin_pre7/<major>.rs`: its `COMMAND` as ferry reads it (no key specs but
+/// first/last/step, see `load.rs`).
+pub fn render_pre7(specs: &[CommandSpec], server_version: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "//! The built-in command table of Redis {server_version}: its `COMMAND` as ferry reads it, used when\n\
+         //! a source of that version refuses `COMMAND`.\n\
+         //!\n\
+         //! @generated from redis-server {server_version}. Do not edit; regenerate with\n\
+         //! `{REGENERATE_PRE_7}`.\n\
+         #![allow(unused_imports)]"
+    );
+    out.push_str("\nuse super::super::codegen::{c, idx, keynum, kw, range, spec, unknown_begin, unknown_find};\nuse super::super::spec::CommandSpec;\n\n");
+    render_body(&mut out, specs);
+    out
+}
+
+fn render_body(out: &mut String, specs: &[CommandSpec]) {
     out.push_str("#[rustfmt::skip]\npub(super) fn specs() -> Vec<CommandSpec> {\n    vec![\n");
     for s in specs {
-        render_spec(&mut out, s, 2);
+        render_spec(out, s, 2);
     }
     out.push_str("    ]\n}\n");
-    out
 }
 
 fn render_spec(out: &mut String, s: &CommandSpec, depth: usize) {

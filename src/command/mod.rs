@@ -10,6 +10,7 @@
 
 mod argv;
 mod builtin;
+mod builtin_pre7;
 pub mod codegen;
 mod keys;
 mod load;
@@ -136,6 +137,18 @@ impl CommandTable {
         static TABLE: LazyLock<CommandTable> =
             LazyLock::new(|| CommandTable::from_specs(builtin::specs(), TableOrigin::Builtin));
         &TABLE
+    }
+
+    /// The built-in table for a source of Redis level `(major, minor)`: generated from that
+    /// major's server before 7.0 (`builtin_pre7`), the 7.0 table from 7.0 on.
+    pub fn builtin_for(level: (u32, u32)) -> CommandTable {
+        match builtin_pre7::specs(level) {
+            Some(specs) => CommandTable::from_specs(specs, TableOrigin::Builtin),
+            None => CommandTable::from_specs(
+                CommandTable::builtin().iter().cloned().collect(),
+                TableOrigin::Builtin,
+            ),
+        }
     }
 
     /// Where this table came from.

@@ -61,10 +61,16 @@ impl Running {
         report.fence_ms = fenced_ms;
         report.field_ttls_dropped = self.shared.field_ttls_dropped.load(Ordering::Relaxed);
         (report.payloads_rewritten, report.payloads_not_rewritten) = self.store.downgrades();
+        let pause = if self.pause_all {
+            // Begun with the final marker, a moment ago.
+            Pause::all_clients(Instant::now(), self.cfg.max_pause)
+        } else {
+            Pause::new(paused.then_some(src), pause_started, self.cfg.max_pause)
+        };
         Ok(Fenced::new(
             self.source,
             self.target,
-            Pause::new(paused.then_some(src), pause_started, self.cfg.max_pause),
+            pause,
             self.started,
             report,
         ))
@@ -76,6 +82,12 @@ impl Running {
     /// the source paused; the coordinator goes on in window mode.
     pub async fn switch_fence(&mut self) -> Result<Pause, MigrateError> {
         tracing::info!("Cutover: placing the switch fence.");
+        if self.pause_all {
+            return Err(stage(
+                "cutover",
+                "a cutover needs CLIENT PAUSE … WRITE (Redis 6.2) on the source: an older source's pause holds every client, ferry's own reads too, and cannot be ended early; stop with `ferry migrate` and switch clients yourself",
+            ));
+        }
         let (mut c, failure_tx) = self.stop_coordinator().await?;
         let mut markers = self.markers.lock().await;
         let (mut src, pause_started, paused) = self.pause(&mut markers, true).await?;
@@ -138,6 +150,10 @@ impl Running {
         }
         let mut src = self.source.control().await?;
         let pause_started = Instant::now();
+        if self.pause_all {
+            // Paused with the final marker, once the drain no longer reads the source.
+            return Ok((src, pause_started, false));
+        }
         let paused = redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(self.cfg.max_pause.as_millis() as u64)
@@ -234,11 +250,30 @@ impl Running {
         if self.from_replica && paused {
             fix_stream_groups(shared, &self.source, &self.target).await?;
         }
-        let last = markers.place(last).await?;
+        let last = if self.pause_all {
+            let ms = self.cfg.max_pause.as_millis() as u64;
+            tracing::info!(
+                pause_ms = ms,
+                "Pausing every client of the source, reads too (CLIENT PAUSE without WRITE: the source predates Redis 6.2), with the final marker; the pause ends by itself after pause_ms (no CLIENT UNPAUSE before 6.2)."
+            );
+            markers.place_pausing_all(last, ms).await?
+        } else {
+            markers.place(last).await?
+        };
         if !shared.wait_marker(&last, self.cfg.max_pause * 4).await {
             return Err(stage(
                 "final fence",
                 "replay did not reach the final marker",
+            ));
+        }
+        if self.pause_all && shared.dirty.load(Ordering::Relaxed) > 0 {
+            // Their re-reads would wait behind the pause, and run after writes resume.
+            return Err(stage(
+                "final fence",
+                format!(
+                    "{} keys changed invisibly (a served blocking pop, an eviction) between the drain and the final marker, and a source before Redis 6.2 pauses ferry's own reads too; stop again when the source is quieter",
+                    shared.dirty.load(Ordering::Relaxed)
+                ),
             ));
         }
         if evictions && let Some(n) = self.evictions.count().await {

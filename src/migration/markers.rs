@@ -43,6 +43,32 @@ impl Markers {
             .map_err(|e| stage("markers", e))
     }
 
+    /// Pauses every client of the source for `ms` and places a position marker named `what`
+    /// plus a number in the same transaction, `MULTI; CLIENT PAUSE ms; ECHO …; EXEC`: every
+    /// command that ran before is in the stream before the marker, and none can run after it
+    /// until the pause ends. For sources before Redis 6.2, whose only pause holds every client.
+    pub(super) async fn place_pausing_all(
+        &mut self,
+        what: &str,
+        ms: u64,
+    ) -> Result<String, MigrateError> {
+        self.n += 1;
+        let id = format!("{what}{}", self.n);
+        redis::pipe()
+            .atomic()
+            .cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .ignore()
+            .cmd("ECHO")
+            .arg(Marker::Position(id.clone()).echo())
+            .ignore()
+            .query_async::<()>(&mut self.con)
+            .await
+            .map_err(|e| stage("final fence", e))?;
+        Ok(id)
+    }
+
     /// Asks for a fenced re-copy of each source key, from here in the stream.
     pub(super) async fn place_dirty(
         &mut self,

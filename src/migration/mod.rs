@@ -117,15 +117,6 @@ fn unsupported_pair(
             source.redacted()
         ));
     }
-    if !se.has_pause_write() {
-        // Before 6.2: MONITOR stamps lines when commands start, capture's own bookkeeping
-        // (CLIENT INFO, CLIENT LIST filters) is missing, and a replica's stream is not in
-        // deterministic form (docs/redis-behaviour.md §16).
-        return Some(format!(
-            "{} runs {se}; live migration needs Redis 6.2 or later on the source (`ferry snapshot` copies older sources once, and `ferry backup` saves them)",
-            source.redacted()
-        ));
-    }
     if !te.has_set_pxat() {
         return Some(format!(
             "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",
@@ -154,7 +145,7 @@ fn log_mechanics((se, te): (Engine, Engine)) {
     let pause = if se.has_pause_write() {
         "CLIENT PAUSE … WRITE"
     } else {
-        "none: the source has no CLIENT PAUSE … WRITE (Redis 6.2), so the final fence is taken without pausing writes"
+        "CLIENT PAUSE of every client, reads too, with the final marker (no CLIENT PAUSE … WRITE before Redis 6.2); it lasts max_pause, and no cutover"
     };
     let payloads = payload_mechanism((se, te));
     tracing::info!(source = %se, target = %te, expiry, pause, payloads, "Engines.");
@@ -509,6 +500,7 @@ impl Migration {
             target: self.target,
             node,
             from_replica: replica.is_some(),
+            pause_all: !engines.0.has_pause_write(),
             cfg: self.cfg,
             started,
             journal,

@@ -176,11 +176,11 @@ impl Preflight {
     }
 
     fn engines(&mut self, se: Engine, te: Engine) {
-        let src = if !se.has_pause_write() {
+        let src = if se.too_old() {
             (
                 Level::Fail,
                 format!(
-                    "{se}: live migration needs Redis 6.2 or later on the source (`ferry snapshot` copies it once)"
+                    "{se}: live migration needs Redis 4.0 or later on the source (`ferry snapshot` copies it once)"
                 ),
             )
         } else {
@@ -212,7 +212,7 @@ impl Preflight {
         } else {
             (
                 Level::Warn,
-                "no CLIENT PAUSE … WRITE before Redis 6.2: the final fence is taken without pausing writes; at a cutover the trailing window carries the writes that still arrive".to_string(),
+                "no CLIENT PAUSE … WRITE before Redis 6.2: the final fence pauses every client, reads too, for max_pause (nothing ends it early), and a cutover is refused; stop with `ferry migrate` and switch clients yourself".to_string(),
             )
         };
         self.add("source", "write pause", pause.0, pause.1);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::command::{CommandTable, Mapper, TableOrigin};
+use crate::command::{CommandTable, Mapper};
 use crate::journal::FsyncPolicy;
 use crate::net::{Endpoint, NetError};
 use crate::plan::{
@@ -185,11 +185,19 @@ pub async fn load_table(source: &Endpoint) -> Result<Arc<CommandTable>, NetError
     Ok(Arc::new(match CommandTable::load(&mut con).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %e, "Using the built-in Redis 7.0 command table.");
-            CommandTable::from_specs(
-                CommandTable::builtin().iter().cloned().collect(),
-                TableOrigin::Builtin,
-            )
+            let level = crate::net::Engine::detect(source)
+                .await
+                .map_or((7, 0), |e| e.redis_level());
+            if level >= (7, 0) {
+                tracing::warn!(error = %e, "Using the built-in Redis 7.0 command table.");
+            } else {
+                tracing::warn!(
+                    error = %e,
+                    version = format!("{}.{}", level.0, level.1),
+                    "Using the built-in command table of the source's Redis version."
+                );
+            }
+            CommandTable::builtin_for(level)
         }
     }))
 }

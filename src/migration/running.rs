@@ -23,6 +23,9 @@ pub struct Running {
     pub(super) target: Endpoint,
     pub(super) node: Endpoint,
     pub(super) from_replica: bool,
+    /// The source has no `CLIENT PAUSE … WRITE` (before Redis 6.2): its final fence pauses
+    /// every client, reads and ferry's own connections too, once the drain is done.
+    pub(super) pause_all: bool,
     pub(super) cfg: MigrateConfig,
     pub(super) started: Instant,
     pub(super) journal: Journal,

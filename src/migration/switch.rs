@@ -15,6 +15,8 @@ pub struct Pause {
     con: Option<MultiplexedConnection>,
     started: Instant,
     max: Duration,
+    /// Every client is paused (a source before Redis 6.2) until the pause runs out by itself.
+    all_clients: bool,
 }
 
 /// How a pause ended.
@@ -34,12 +36,28 @@ impl Pause {
         started: Instant,
         max: Duration,
     ) -> Pause {
-        Pause { con, started, max }
+        Pause {
+            con,
+            started,
+            max,
+            all_clients: false,
+        }
+    }
+
+    /// A pause of every client, begun at `started` for `max`, that nothing can end early
+    /// (`CLIENT PAUSE` before Redis 6.2 has no `WRITE` and no `CLIENT UNPAUSE`).
+    pub(crate) fn all_clients(started: Instant, max: Duration) -> Pause {
+        Pause {
+            con: None,
+            started,
+            max,
+            all_clients: true,
+        }
     }
 
     /// True when source writes are paused.
     pub fn paused(&self) -> bool {
-        self.con.is_some()
+        self.con.is_some() || (self.all_clients && self.started.elapsed() < self.max)
     }
 
     /// How long source writes have been paused.
@@ -77,6 +95,11 @@ impl Pause {
     /// source after the switch: their clients get an error and retry on the new server.
     pub async fn release(mut self, disconnect_held: bool) -> PauseEnd {
         let mut end = PauseEnd::default();
+        if self.all_clients {
+            // Nothing ends it early: it lasts its whole time.
+            end.pause_ms = self.max.as_millis() as u64;
+            return end;
+        }
         if let Some(mut src) = self.con.take() {
             if disconnect_held {
                 match disconnect_blocked(&mut src).await {

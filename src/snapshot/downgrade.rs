@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use super::rdb::{DUMP_TRAILER, crc64, put_len, put_string};
+
 /// The oldest and newest payload versions [`downgrade`] converts between.
 pub const FROM_RDB: u16 = 11;
 /// See [`FROM_RDB`].
@@ -47,7 +49,7 @@ fn err(what: impl Into<String>) -> DowngradeError {
 
 /// The RDB version a payload carries, if it is long enough to carry one.
 pub fn payload_version(payload: &[u8]) -> Option<u16> {
-    let at = payload.len().checked_sub(10)?;
+    let at = payload.len().checked_sub(DUMP_TRAILER)?;
     Some(u16::from_le_bytes([payload[at], payload[at + 1]]))
 }
 
@@ -63,9 +65,9 @@ pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
             "RDB {version} payloads cannot be rewritten for RDB {to}"
         )));
     }
-    let body_end = payload.len() - 10;
+    let body_end = payload.len() - DUMP_TRAILER;
     let crc = u64::from_le_bytes(payload[body_end + 2..].try_into().unwrap_or_default());
-    if crc != 0 && crc64(&payload[..body_end + 2]) != crc {
+    if crc != 0 && crc64(0, &payload[..body_end + 2]) != crc {
         return Err(err("payload checksum mismatch"));
     }
     let mut out = Vec::with_capacity(payload.len());
@@ -106,34 +108,9 @@ const FUNCTION2: u8 = 245;
 /// `body` with the trailer of RDB `version`: the version and the CRC-64 of both.
 fn restamped(mut body: Vec<u8>, version: u16) -> Vec<u8> {
     body.extend_from_slice(&version.to_le_bytes());
-    let crc = crc64(&body);
+    let crc = crc64(0, &body);
     body.extend_from_slice(&crc.to_le_bytes());
     body
-}
-
-/// CRC-64 as Redis computes it for `DUMP` trailers (Jones polynomial, reflected, init 0, no
-/// final xor).
-pub fn crc64(data: &[u8]) -> u64 {
-    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        const POLY: u64 = 0x95AC_9329_AC4B_C9B5;
-        let mut t = [0u64; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut crc = i as u64;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ POLY
-                } else {
-                    crc >> 1
-                };
-            }
-            *slot = crc;
-        }
-        t
-    });
-    data.iter().fold(0u64, |crc, &b| {
-        table[((crc ^ u64::from(b)) & 0xff) as usize] ^ (crc >> 8)
-    })
 }
 
 /// A reader over an object's value bytes.
@@ -229,22 +206,6 @@ impl<'a> Reader<'a> {
 enum Length {
     Len(u64),
     Encoded(u8),
-}
-
-/// Appends an RDB length.
-fn put_len(out: &mut Vec<u8>, n: u64) {
-    if n < 1 << 6 {
-        out.push(n as u8);
-    } else if n < 1 << 14 {
-        out.push(0x40 | (n >> 8) as u8);
-        out.push(n as u8);
-    } else if n <= u64::from(u32::MAX) {
-        out.push(0x80);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    } else {
-        out.push(0x81);
-        out.extend_from_slice(&n.to_be_bytes());
-    }
 }
 
 /// LZF decompression (liblzf's format, as Redis writes compressed strings).
@@ -349,8 +310,7 @@ fn set_listpack_as_set(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeE
     let members = listpack_elements(&r.string()?)?;
     put_len(out, members.len() as u64);
     for m in members {
-        put_len(out, m.len() as u64);
-        out.extend_from_slice(&m);
+        put_string(out, &m);
     }
     Ok(())
 }
@@ -408,14 +368,9 @@ mod tests {
         let mut p = vec![ty];
         p.extend_from_slice(value);
         p.extend_from_slice(&version.to_le_bytes());
-        let crc = crc64(&p);
+        let crc = crc64(0, &p);
         p.extend_from_slice(&crc.to_le_bytes());
         p
-    }
-
-    #[test]
-    fn crc64_is_redis_jones() {
-        assert_eq!(crc64(b"123456789"), 0xe9c6_d914_c4b8_d9ca);
     }
 
     #[test]

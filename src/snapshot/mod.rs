@@ -30,6 +30,7 @@ mod fieldttl;
 mod limit;
 mod live;
 mod progress;
+pub mod rdb;
 mod tempkeys;
 mod worker;
 

@@ -1292,6 +1292,12 @@ fn monitor_timestamps_before_or_after_execution() {
     );
 }
 
+/// A live migration from `source` to `target` under the full workload for `secs`, capturing
+/// from the primary, stopped with SIGTERM, compared by the oracle; ferry's stderr.
+fn live(source: &RedisServer, target: &mut RedisServer, secs: u64) -> String {
+    crate::migrate::migrate_under_load(source, target, secs, &["--capture", "primary"], |_| {})
+}
+
 /// A live migration from Redis 6.2 (ElastiCache-like, no `PEXPIRETIME`: ferry reads `PTTL`
 /// with the server's `TIME`) to Debian's 7.0 under the full workload, stopped with SIGTERM:
 /// the oracle finds 0 differences.
@@ -1300,60 +1306,67 @@ fn monitor_timestamps_before_or_after_execution() {
 fn live_migration_from_redis_6_2_to_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Redis62, ServerOptions::elasticache_like());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains("PTTL with the server's TIME in the same transaction"),
         "{stderr}"
     );
 }
 
-/// Sources before 6.2 are refused at start with one line naming the reason, never a loop.
+/// Runs `ferry migrate` from `source` to `target`, which must refuse at start: exit 2 within
+/// 30 s, one `ferry: error` line (returned), nothing copied to the target.
+fn refused_at_start(source: &RedisServer, target: &RedisServer) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = crate::cli::ferry()
+        .args([
+            "migrate",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
+    assert_eq!(keys, 0, "nothing may be copied");
+    errors[0].to_string()
+}
+
+/// Pairs ferry cannot migrate live are refused at start with one line naming the reason, never
+/// a loop: Redis 7.4 → Valkey 8.0 (RDB 12 payloads, no rewrite to 11) and a Redis 4.0 target
+/// (no `SET … PXAT`). A Redis 3.x source is refused the same way (`Engine::too_old`).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
-fn sources_before_6_2_are_refused_at_start_with_one_line() {
-    for engine in [Engine::Redis40, Engine::Redis50, Engine::Redis60] {
-        let source = start(engine);
-        let target = RedisServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let started = Instant::now();
-        let out = crate::cli::ferry()
-            .args([
-                "migrate",
-                "--source",
-                &source.url(),
-                "--target",
-                &target.url(),
-            ])
-            .arg("--state-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{engine:?}: {stderr}");
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("ferry: error"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{engine:?}: {stderr}");
-        assert!(
-            errors[0].contains("needs Redis 6.2 or later on the source"),
-            "{stderr}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{engine:?} took {:?}",
-            started.elapsed()
-        );
-        let _: () = redis::cmd("PING").query(&mut target.conn()).unwrap();
-        let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
-        assert_eq!(keys, 0, "{engine:?}: nothing was copied");
-    }
+fn unsupported_pairs_are_refused_at_start_with_one_line() {
+    let line = refused_at_start(
+        &start(Engine::Redis74),
+        &RedisServer::start_engine(Engine::Valkey80, ServerOptions::default()),
+    );
+    assert!(
+        line.contains("runs Valkey 8.0.1, whose RESTORE rejects the DUMP payloads of")
+            && line.contains("a live migration toward this older payload version is not supported"),
+        "{line}"
+    );
+    let line = refused_at_start(&RedisServer::start(), &start(Engine::Redis40));
+    assert!(
+        line.contains("runs Redis 4.0.14; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later"),
+        "{line}"
+    );
 }
 
 /// Redis 7.0 (ElastiCache-like) → Valkey 8.0 under the full workload, stopped with SIGTERM:
@@ -1363,13 +1376,7 @@ fn sources_before_6_2_are_refused_at_start_with_one_line() {
 fn live_migration_from_redis_7_0_to_valkey_8_0_is_exact() {
     let source = RedisServer::elasticache_like();
     let mut target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains(
             "RESTORE of the source's DUMP payloads (RDB 10; the target reads up to RDB 11)"
@@ -1402,13 +1409,7 @@ fn payloads_rewritten(stderr: &str) -> u64 {
 fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Valkey80, ServerOptions::elasticache_like());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        12,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains("DUMP payloads rewritten from RDB 11 to RDB 10 before RESTORE"),
         "{stderr}"
@@ -1422,13 +1423,7 @@ fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
 fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
     let source = RedisServer::start_engine(Engine::Valkey72, ServerOptions::default());
     let mut target = RedisServer::start();
-    let stderr = crate::migrate::migrate_under_load(
-        &source,
-        &mut target,
-        6,
-        &["--capture", "primary"],
-        |_| {},
-    );
+    let stderr = live(&source, &mut target, 6);
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
 }
 
@@ -1535,43 +1530,19 @@ fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() 
     let mut src = source.conn();
     crate::functions::function_load(&mut src, &crate::functions::lib_a(1), false);
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut src).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = crate::cli::ferry()
-        .args([
-            "migrate",
-            "--source",
-            &source.url(),
-            "--target",
-            &target.url(),
-        ])
-        .arg("--state-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("ferry: error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
+    let line = refused_at_start(&source, &target);
     for part in [
         "the source has 1 function library ('libA'), but the target refuses FUNCTION",
         "migrate to a target with functions (Redis 7.0 or newer)",
     ] {
-        assert!(
-            errors[0].contains(part),
-            "{part:?} missing from: {}",
-            errors[0]
-        );
+        assert!(line.contains(part), "{part:?} missing from: {line}");
     }
-    let keys: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
-    assert_eq!(keys, 0, "nothing was copied");
 }
 
 /// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 is ready and names
 /// the payload rewrite (exit 0); Redis 7.4 → Valkey 8.0 cannot be migrated live, the payloads
-/// finding says why (exit 2); a 5.0 source and a 4.0 target fail on their engine (exit 2).
+/// finding says why (exit 2); a 4.0 target fails on its engine (exit 2); a 6.0 source warns
+/// that its final fence pauses every client (exit 1).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
 fn preflight_judges_engine_pairs() {
@@ -1605,20 +1576,6 @@ fn preflight_judges_engine_pairs() {
         "{payloads:#}"
     );
 
-    let r50 = start(Engine::Redis50);
-    let (code, stderr, r) = preflight(&r50, &r70);
-    assert_eq!(code, Some(2), "{stderr}{r:#}");
-    let engine = &r["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["side"] == "source" && f["check"] == "engine")
-        .unwrap_or_else(|| panic!("no source engine finding: {r:#}"));
-    assert_eq!(engine["level"], "fail", "{r:#}");
-    assert!(
-        engine["detail"].as_str().unwrap().contains("Redis 5.0.14"),
-        "{engine:#}"
-    );
     let r40 = start(Engine::Redis40);
     let (code, stderr, r) = preflight(&r70, &r40);
     assert_eq!(code, Some(2), "{stderr}{r:#}");
@@ -1629,6 +1586,18 @@ fn preflight_judges_engine_pairs() {
             .iter()
             .any(|f| f["side"] == "target" && f["check"] == "engine" && f["level"] == "fail"),
         "{r:#}"
+    );
+    let r60 = start(Engine::Redis60);
+    let (code, stderr, r) = preflight(&r60, &r70);
+    assert_eq!(code, Some(1), "{stderr}{r:#}");
+    let pause = finding(&r, "write pause");
+    assert_eq!(pause["level"], "warn", "{r:#}");
+    assert!(
+        pause["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pauses every client, reads too"),
+        "{pause:#}"
     );
 }
 
@@ -1704,5 +1673,116 @@ fn tables_of_engines_before_7_0_extract_the_servers_keys() {
             differ.len(),
             differ.join("\n")
         );
+    }
+}
+
+/// A live migration from Redis 6.0 (no `CLIENT PAUSE … WRITE`, no `PEXPIRETIME`, and here
+/// `COMMAND` renamed away, so ferry uses its built-in 6.0 table) to Debian's 7.0 under the
+/// workload, stopped with SIGTERM: 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_6_0_to_7_0_is_exact() {
+    let source = RedisServer::start_engine(
+        Engine::Redis60,
+        ServerOptions {
+            extra_config: vec!["rename-command COMMAND \"\"".into()],
+            ..ServerOptions::elasticache_like()
+        },
+    );
+    let mut target = RedisServer::start();
+    let stderr = live(&source, &mut target, 8);
+    assert!(
+        stderr.contains("Pausing every client of the source, reads too"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Using the built-in command table of the source's Redis version.")
+            && stderr.contains("version=\"6.0\""),
+        "{stderr}"
+    );
+}
+
+/// The flagship pair for old managed sources: Redis 5.0 (ElastiCache-like) → Redis 7.4 under
+/// the full workload (BRPOP and BRPOPLPUSH consumers included), stopped with SIGTERM: ferry
+/// reads the 5.0 table from its `COMMAND`, expiries with `PTTL` + `TIME`, pauses every client
+/// with the final marker, and the oracle finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_5_0_to_7_4_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis50, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start_engine(Engine::Redis74, ServerOptions::default());
+    let stderr = live(&source, &mut target, 15);
+    for part in [
+        "PTTL with the server's TIME in the same transaction",
+        "Pausing every client of the source, reads too",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("Using the built-in Redis 7.0 command table"),
+        "{stderr}"
+    );
+}
+
+/// Redis 4.0 → Redis 7.0 under the workload (no stream kinds: 4.0 has none), stopped with
+/// SIGTERM: 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_4_0_to_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis40, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = live(&source, &mut target, 8);
+    assert!(
+        stderr.contains("Pausing every client of the source, reads too"),
+        "{stderr}"
+    );
+}
+
+/// The built-in tables of engines before 7.0 (`src/command/builtin_pre7/`, used when such a
+/// source refuses `COMMAND`) are each major's `COMMAND` as ferry reads it, rendered by the same
+/// generator as the 7.0 table, and read back to the same specs. With `FERRY_REGENERATE=1` the
+/// files are written instead.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn built_in_tables_before_7_0_are_current() {
+    use crate::command_table::live_table;
+    use ferry::command::{CommandTable, TableOrigin, codegen};
+    for (engine, file, level) in [
+        (Engine::Redis40, "r40", (4, 0)),
+        (Engine::Redis50, "r50", (5, 0)),
+        (Engine::Redis60, "r60", (6, 0)),
+        (Engine::Redis62, "r62", (6, 2)),
+    ] {
+        let table = live_table(&start(engine));
+        let TableOrigin::Server { version } = table.origin().clone() else {
+            unreachable!()
+        };
+        let mut specs: Vec<_> = table.iter().cloned().collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        let rendered = codegen::render_pre7(&specs, &version);
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("src/command/builtin_pre7/{file}.rs"));
+        if std::env::var_os("FERRY_REGENERATE").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+            eprintln!("wrote {} from redis-server {version}", path.display());
+            continue;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            checked_in == rendered,
+            "{} differs from redis-server {version}'s COMMAND; regenerate with `{}`",
+            path.display(),
+            codegen::REGENERATE_PRE_7
+        );
+        let builtin = CommandTable::builtin_for(level);
+        assert_eq!(builtin.len(), table.len(), "{engine:?}");
+        for spec in table.iter() {
+            assert_eq!(
+                builtin.get(&spec.name),
+                Some(spec),
+                "{engine:?} {}",
+                spec.name
+            );
+        }
     }
 }

@@ -192,11 +192,31 @@ struct Filler<'a> {
     ttl_base_ms: u64,
     report: FillReport,
     db: u32,
+    /// The server has `XGROUP CREATECONSUMER` (Redis 6.2).
+    create_consumer: bool,
+    /// The server has streams (Redis 5.0); without, stream commands are left out and the
+    /// small keys that would be streams are hashes.
+    streams: bool,
 }
 
 impl<'a> Filler<'a> {
-    fn new(sink: Sink, ds: &'a Dataset) -> Self {
+    fn new(mut sink: Sink, ds: &'a Dataset) -> Self {
+        // Clusters in the tests run the stock 7.0 server.
+        let info = match &sink {
+            Sink::Single(_) => match sink.one(redis::cmd("INFO").arg("server").clone()) {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                redis::Value::VerbatimString { text, .. } => text,
+                _ => String::new(),
+            },
+            Sink::Cluster(_) => String::new(),
+        };
+        let level = super::server::info_field(&info, "redis_version").and_then(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??))
+        });
         Filler {
+            create_consumer: level.is_none_or(|l| l >= (6, 2)),
+            streams: level.is_none_or(|l| l >= (5, 0)),
             sink,
             ds,
             pending: Vec::with_capacity(BATCH_COMMANDS),
@@ -236,6 +256,16 @@ impl<'a> Filler<'a> {
     }
 
     fn push(&mut self, cmd: redis::Cmd) {
+        if !self.streams
+            && cmd.args_iter().next().is_some_and(|a| match a {
+                redis::Arg::Simple(name) => {
+                    name.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x'))
+                }
+                _ => false,
+            })
+        {
+            return;
+        }
         self.pending.push(cmd);
         self.report.commands += 1;
         if self.pending.len() >= BATCH_COMMANDS {
@@ -448,9 +478,12 @@ impl<'a> Filler<'a> {
                 .arg(">");
             self.push(cmd);
         }
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATECONSUMER").arg(key).arg("g1").arg("carol");
-        self.push(cmd);
+        // An idle consumer without pending entries; before 6.2 there is no way to make one.
+        if self.create_consumer {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATECONSUMER").arg(key).arg("g1").arg("carol");
+            self.push(cmd);
+        }
         // alice read entries 0,2,3.. (1 is deleted): ack two, hand one to bob (delivery count 2).
         let mut cmd = redis::cmd("XACK");
         cmd.arg(key).arg("g1").arg(id(0)).arg(id(2));
@@ -533,6 +566,13 @@ impl<'a> Filler<'a> {
                     for j in 0..rng.range(1, 9) {
                         cmd.arg(format!("f{j}")).arg(rng.bytes(0, 30));
                     }
+                    self.push(cmd);
+                    "hash"
+                }
+                // No streams before 5.0: a hash instead.
+                _ if !self.streams => {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(&key).arg("n").arg(rng.bytes(1, 8));
                     self.push(cmd);
                     "hash"
                 }

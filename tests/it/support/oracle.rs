@@ -909,16 +909,20 @@ impl Node {
         let mut all = parse_entries(first)?;
         let mut got = all.len();
         while got == CHUNK {
-            let start = format!("({}", all.last().expect("full chunk").0);
+            // Inclusive of the last ID, without it: exclusive ranges (`(id`) are Redis 6.2's.
+            let last = all.last().expect("full chunk").0.clone();
             let reply: Value = self.query(
                 key_cmd("XRANGE", key)
-                    .arg(&start)
+                    .arg(&last)
                     .arg("+")
                     .arg("COUNT")
-                    .arg(CHUNK)
+                    .arg(CHUNK + 1)
                     .clone(),
             );
-            let more = parse_entries(reply)?;
+            let more: Vec<Entry> = parse_entries(reply)?
+                .into_iter()
+                .filter(|e| e.0 != last)
+                .collect();
             got = more.len();
             all.extend(more);
         }
@@ -1004,15 +1008,19 @@ impl Node {
             let mut pel = parse_pel(&replies[1])?;
             while pel.len() % CHUNK == 0 && !pel.is_empty() {
                 let last = pel.last().expect("non-empty").0.clone();
+                // Inclusive of the last ID, without it (see complete_entries).
                 let reply: Value = self.query(
                     key_cmd("XPENDING", key)
                         .arg(&group.name)
-                        .arg(format!("({last}"))
+                        .arg(&last)
                         .arg("+")
-                        .arg(CHUNK)
+                        .arg(CHUNK + 1)
                         .clone(),
                 );
-                let more = parse_pel(&reply)?;
+                let more: Vec<_> = parse_pel(&reply)?
+                    .into_iter()
+                    .filter(|p| p.0 != last)
+                    .collect();
                 if more.is_empty() {
                     break;
                 }

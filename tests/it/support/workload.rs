@@ -158,6 +158,12 @@ pub struct WorkloadOptions {
     pub blocking_consumers: usize,
     /// The server has `EXPIRE … GT|NX` (Redis 7.0); without, those kinds send plain `EXPIRE`.
     pub expire_flags: bool,
+    /// The server is older than Redis 6.2: `BRPOPLPUSH`, `RPOPLPUSH` and `EXPIRE` stand in for
+    /// `BLMOVE`, `LMOVE` and `GETEX` (under the same kind names).
+    pub before_6_2: bool,
+    /// The server has streams (Redis 5.0); without, the stream kinds are not sent and
+    /// scripts that write after a random command ask for effects replication (4.0).
+    pub streams: bool,
 }
 
 impl Default for WorkloadOptions {
@@ -168,6 +174,8 @@ impl Default for WorkloadOptions {
             seed: 0xF0_4B_3E_11,
             blocking_consumers: 2,
             expire_flags: true,
+            before_6_2: false,
+            streams: true,
         }
     }
 }
@@ -246,6 +254,8 @@ pub fn start(url: &str, opts: WorkloadOptions) -> Workload {
     shared
         .expire_flags
         .store(opts.expire_flags, Ordering::Relaxed);
+    shared.before_6_2.store(opts.before_6_2, Ordering::Relaxed);
+    shared.streams.store(opts.streams, Ordering::Relaxed);
     let rate = f64::from(opts.rate.max(1));
     let mut seeds = Rng::new(opts.seed);
     let mut threads = Vec::new();
@@ -373,6 +383,8 @@ struct Shared {
     stop: AtomicBool,
     ops: AtomicU64,
     expire_flags: AtomicBool,
+    before_6_2: AtomicBool,
+    streams: AtomicBool,
 }
 
 #[derive(Default)]
@@ -705,13 +717,16 @@ fn consume_blmove(w: &mut Worker) {
     let db = w.sidekiq_db();
     while !w.stopped() {
         let started = Instant::now();
-        let mut blmove = cmd("BLMOVE");
-        blmove
-            .arg("queue:default")
-            .arg("queue:working")
-            .arg("RIGHT")
-            .arg("LEFT")
-            .arg(BLOCK_TIMEOUT_S);
+        let mut blmove = if w.shared.before_6_2.load(Ordering::Relaxed) {
+            cmd("BRPOPLPUSH")
+        } else {
+            cmd("BLMOVE")
+        };
+        blmove.arg("queue:default").arg("queue:working");
+        if !w.shared.before_6_2.load(Ordering::Relaxed) {
+            blmove.arg("RIGHT").arg("LEFT");
+        }
+        blmove.arg(BLOCK_TIMEOUT_S);
         match w.query::<Option<Vec<u8>>, _>(db, &blmove) {
             Ok(Some(job)) => {
                 let kind = served_kind(started, "blmove", "blmove_served_after_block");
@@ -799,6 +814,9 @@ fn ttl_step(w: &mut Worker) {
         }
         9 => {
             w.op::<i64, _>(db, "persist", cmd("PERSIST").arg(&key));
+        }
+        10 if w.shared.before_6_2.load(Ordering::Relaxed) => {
+            w.op::<i64, _>(db, "getex_ex", cmd("EXPIRE").arg(&key).arg(secs));
         }
         10 => {
             w.op::<Option<Vec<u8>>, _>(db, "getex_ex", cmd("GETEX").arg(&key).arg("EX").arg(secs));
@@ -918,6 +936,11 @@ const SCRIPT_LOADED: &str = "redis.call('SET', KEYS[1], ARGV[1]); \
 /// The member moved is the server's choice and never appears in MONITOR's arguments.
 const SCRIPT_SPOP: &str = "local m = redis.call('SPOP', KEYS[1]); \
     if m then redis.call('SADD', KEYS[2], m) end; return m";
+/// The same for Redis 4.0, which refuses a write after a random command in a script that does
+/// not replicate its effects.
+const SCRIPT_SPOP_EFFECTS: &str = "redis.replicate_commands(); \
+    local m = redis.call('SPOP', KEYS[1]); \
+    if m then redis.call('SADD', KEYS[2], m) end; return m";
 /// Its writes land in another db than the caller's; MONITOR shows them as `[<db> lua]`.
 const SCRIPT_SELECT: &str = "redis.call('SELECT', ARGV[1]); return redis.call('INCR', KEYS[1])";
 
@@ -976,7 +999,11 @@ fn scripts_step(w: &mut Worker) {
                 db,
                 "eval_spop",
                 cmd("EVAL")
-                    .arg(SCRIPT_SPOP)
+                    .arg(if w.shared.streams.load(Ordering::Relaxed) {
+                        SCRIPT_SPOP
+                    } else {
+                        SCRIPT_SPOP_EFFECTS
+                    })
                     .arg(2)
                     .arg("lua:pool")
                     .arg("lua:drawn"),
@@ -1049,6 +1076,9 @@ fn stream_entry_ids(reply: &Value) -> Vec<Vec<u8>> {
 
 /// Groups belong to one stream, and each db has its own `stream:jobs`; MKSTREAM creates it.
 fn collections_setup(w: &mut Worker) {
+    if !w.shared.streams.load(Ordering::Relaxed) {
+        return;
+    }
     for db in w.dbs.clone() {
         let mut create = cmd("XGROUP");
         create
@@ -1069,7 +1099,14 @@ fn collections_setup(w: &mut Worker) {
 fn collections_step(w: &mut Worker) {
     let db = w.pick_db();
     let set = format!("set:pop:{}", w.rng.below(2));
-    match w.rng.below(20) {
+    let pick = w.rng.below(20);
+    // Without streams (4.0) the stream kinds become more SADDs.
+    let pick = if (4..=7).contains(&pick) && !w.shared.streams.load(Ordering::Relaxed) {
+        2
+    } else {
+        pick
+    };
+    match pick {
         0 => {
             w.op::<Option<Vec<u8>>, _>(db, "spop", cmd("SPOP").arg(&set));
         }
@@ -1197,6 +1234,9 @@ fn collections_step(w: &mut Worker) {
                 rpush.arg(w.value());
             }
             w.op::<i64, _>(db, "rpush", &rpush);
+        }
+        16 if w.shared.before_6_2.load(Ordering::Relaxed) => {
+            w.op::<Option<Vec<u8>>, _>(db, "lmove", cmd("RPOPLPUSH").arg("list:a").arg("list:b"));
         }
         16 => {
             w.op::<Option<Vec<u8>>, _>(
