@@ -31,6 +31,8 @@ pub struct Topology {
     pub shards: Vec<ClusterShard>,
     /// Slot → index into `shards`; `u16::MAX` for a slot no primary serves.
     owner: Vec<u16>,
+    /// The same by redis-rs's [`Slot`], which is what a key's slot comes as.
+    by_slot: std::collections::HashMap<Slot, u16>,
 }
 
 /// `host:port` of an endpoint, as the cluster names nodes in `MOVED` and `ASK`.
@@ -152,7 +154,14 @@ impl Topology {
                 }
             }
         }
-        Ok(Topology { shards, owner })
+        let by_slot = all_slots()
+            .map(|(n, slot)| (slot, owner[usize::from(n)]))
+            .collect();
+        Ok(Topology {
+            shards,
+            owner,
+            by_slot,
+        })
     }
 
     /// The index into [`Self::shards`] of the primary serving `slot`.
@@ -160,6 +169,22 @@ impl Topology {
         match self.owner.get(usize::from(slot)) {
             Some(&i) if i != u16::MAX => Some(usize::from(i)),
             _ => None,
+        }
+    }
+
+    /// The primary serving `key` (the first when no primary serves its slot: that node's
+    /// `CLUSTERDOWN` or redirect then says more).
+    pub fn primary_of(&self, key: &[u8]) -> &Endpoint {
+        let i = self.by_slot.get(&slot_of(key)).copied().unwrap_or(0);
+        let i = if i == u16::MAX { 0 } else { usize::from(i) };
+        &self.shards[i].primary
+    }
+
+    /// The primaries, or `ep` alone for a standalone server.
+    pub fn nodes(topology: Option<&Topology>, ep: &Endpoint) -> Vec<Endpoint> {
+        match topology {
+            Some(t) => t.shards.iter().map(|s| s.primary.clone()).collect(),
+            None => vec![ep.clone()],
         }
     }
 

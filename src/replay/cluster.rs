@@ -366,6 +366,16 @@ impl Router {
     }
 }
 
+/// Whether replay splits `argv` into one command per slot when its keys span slots (`MSET`,
+/// `DEL`, `UNLINK`, `TOUCH`); the stitcher re-copies the keys of any other such command.
+pub fn splits(argv: &Argv) -> bool {
+    let name = argv.name();
+    ["MSET", "DEL", "UNLINK", "TOUCH"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        && (!name.eq_ignore_ascii_case(b"MSET") || (argv.len() - 1).is_multiple_of(2))
+}
+
 /// A copy of a keyless operation for another primary (`FLUSHALL`, `SCRIPT LOAD`, libraries).
 fn duplicate(op: &Op) -> Option<Op> {
     match op {

@@ -114,6 +114,7 @@ fn migrate_to_cluster(
     source: &RedisServer,
     target: &Cluster,
     secs: u64,
+    extra: &[&str],
     during: impl FnOnce(&crate::migrate::FerryProcess),
 ) -> String {
     fill(source, &dataset());
@@ -132,7 +133,7 @@ fn migrate_to_cluster(
         &source.url(),
         &target.urls()[1],
         state.path(),
-        &["--capture", "primary"],
+        &[&["--capture", "primary"], extra].concat(),
     );
     let started = Instant::now();
     during(&ferry);
@@ -183,7 +184,21 @@ fn count_before(stderr: &str, label: &str) -> u64 {
 fn standalone_elasticache_like_source_to_a_three_master_cluster_is_exact() {
     let source = RedisServer::elasticache_like();
     let target = Cluster::start();
-    let stderr = migrate_to_cluster(&source, &target, 20, |_| {});
+    // With the in-run fenced verification of every key, read on each key's primary.
+    let stderr = migrate_to_cluster(&source, &target, 20, &["--verify"], |ferry| {
+        ferry.wait_log("Fenced verification:", Duration::from_secs(90));
+    });
+    let verified = stderr
+        .lines()
+        .find(|l| l.contains("Fenced verification:"))
+        .unwrap_or_default();
+    assert!(verified.contains("differences=0"), "{verified}");
+    let keys: u64 = verified
+        .split("keys=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(keys > 3000, "{verified}");
     assert!(
         count_before(&stderr, "commands split by slot") > 0,
         "no command was split by slot:\n{}",
@@ -275,7 +290,7 @@ fn a_slot_migrated_on_the_target_during_replay_is_followed_exactly() {
     let slot = target.slot_of(b"{xs}:q");
     let from = Cluster::node_index_for_slot(slot);
     let to = (from + 1) % SLOT_RANGES.len();
-    let stderr = migrate_to_cluster(&source, &target, 20, |ferry| {
+    let stderr = migrate_to_cluster(&source, &target, 20, &[], |ferry| {
         ferry.wait_log("Snapshot reads done", Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(2));
         let moved = migrate_slot(&target, slot, from, to);
@@ -441,5 +456,70 @@ fn ferry_snapshot_of_several_dbs_toward_a_cluster_is_refused() {
     assert!(
         stderr.contains("has db 0 only, but the source has keys in db 1 and 1 other db"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn ferry_verify_reads_a_cluster_target_on_each_keys_primary() {
+    let source = RedisServer::start();
+    let target = Cluster::start();
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0],
+            ..Dataset::tiny()
+        },
+    );
+    let copy = ferry()
+        .args(["snapshot", "--source", &source.url(), "--target"])
+        .arg(&target.urls()[0])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let verify = |args: &[&str]| {
+        let out = ferry()
+            .args(["verify", "--source", &source.url(), "--target"])
+            .arg(&target.urls()[1])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    // A changed key and an extra key, each on some master: both found.
+    let changed = b"verify:changed".as_slice();
+    let _: () = redis::cmd("SET")
+        .arg(changed)
+        .arg("source")
+        .query(&mut source.conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(changed)
+        .arg("target")
+        .query(&mut target.node_for_key(changed).conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("verify:extra")
+        .arg(1)
+        .query(&mut target.node_for_key(b"verify:extra").conn())
+        .unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("verify:changed"), "{out}");
+    assert!(out.contains("verify:extra"), "{out}");
+    let (code, out) = verify(&["--sample", "200"]);
+    assert!(code.is_some(), "{out}");
+    assert!(
+        !out.contains("CROSSSLOT") && !out.contains("MOVED"),
+        "{out}"
     );
 }
