@@ -523,3 +523,39 @@ fn ferry_verify_reads_a_cluster_target_on_each_keys_primary() {
         "{out}"
     );
 }
+
+#[test]
+fn preflight_accepts_a_cluster_target_and_fails_a_cluster_source_or_stray_dbs() {
+    let cluster = Cluster::start();
+    let source = RedisServer::start();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg(1)
+        .query(&mut source.conn())
+        .unwrap();
+    let preflight = |from: &str, to: &str| {
+        let out = ferry()
+            .args(["preflight", "--source", from, "--target", to])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (_, out) = preflight(&source.url(), &cluster.urls()[0]);
+    assert!(out.contains("3 primaries: 127.0.0.1:"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let (code, out) = preflight(&cluster.urls()[1], &source.url());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not yet from one"), "{out}");
+    let mut con = source.conn();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg(3).query(&mut con).unwrap();
+    let (code, out) = preflight(&source.url(), &cluster.urls()[2]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("but the source has keys in db 3; move them"),
+        "{out}"
+    );
+}
