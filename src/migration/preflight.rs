@@ -409,16 +409,11 @@ impl Preflight {
                 "the source's keys go to db 0, the only db of a cluster".into(),
             );
         } else {
-            let others = match stray.len() - 1 {
-                0 => String::new(),
-                1 => " and 1 other db".into(),
-                n => format!(" and {n} other dbs"),
-            };
             self.add(
                 "pair",
                 "dbs",
                 Level::Fail,
-                format!("a cluster has db 0 only, but the source has keys in db {}{others}; move them with the plan's rewrite, e.g. ferry.move_db({}, 0)", stray[0], stray[0]),
+                format!("a cluster has db 0 only, but the source has keys in {}; move them with the plan's rewrite, e.g. ferry.move_db({}, 0)", crate::net::cluster::stray_dbs(&stray), stray[0]),
             );
         }
     }

@@ -35,6 +35,17 @@ pub struct Topology {
     by_slot: std::collections::HashMap<Slot, u16>,
 }
 
+/// Dbs a cluster cannot hold, for a message: `db 1`, `db 1 and 1 other db`, `db 1 and 4
+/// other dbs` (the first named, the others counted). `dbs` is not empty.
+pub fn stray_dbs(dbs: &[u32]) -> String {
+    let first = dbs.first().copied().unwrap_or_default();
+    match dbs.len().saturating_sub(1) {
+        0 => format!("db {first}"),
+        1 => format!("db {first} and 1 other db"),
+        n => format!("db {first} and {n} other dbs"),
+    }
+}
+
 /// `host:port` of an endpoint, as the cluster names nodes in `MOVED` and `ASK`.
 pub fn host_port(ep: &Endpoint) -> Option<(String, u16)> {
     match ep.addr() {

@@ -465,14 +465,9 @@ impl Snapshotter {
                 let stray: Vec<u32> = dbs.iter().copied().filter(|&db| db != 0).collect();
                 if live.is_none() && !stray.is_empty() {
                     return Err(SnapshotError::Unsupported(format!(
-                        "the target {} is a Redis Cluster, which has db 0 only, but the source has keys in db {}{}: copy db 0 alone (--db 0) or migrate with a plan that moves the others (ferry.move_db)",
+                        "the target {} is a Redis Cluster, which has db 0 only, but the source has keys in {}: copy db 0 alone (--db 0) or migrate with a plan that moves the others (ferry.move_db)",
                         self.target,
-                        stray[0],
-                        match stray.len() - 1 {
-                            0 => String::new(),
-                            1 => " and 1 other db".into(),
-                            n => format!(" and {n} other dbs"),
-                        }
+                        crate::net::cluster::stray_dbs(&stray),
                     )));
                 }
                 if live.is_none() {

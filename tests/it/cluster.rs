@@ -8,14 +8,18 @@ use crate::cli::ferry;
 use crate::migrate::{start_migrate, tail};
 use crate::support::cluster::{Cluster, SLOT_RANGES};
 use crate::support::workload::{self, WorkloadOptions};
-use crate::support::{Dataset, OracleOptions, OracleReport, RedisServer, compare_nodes, fill};
+use crate::support::{
+    Dataset, OracleOptions, OracleReport, RedisServer, cluster_primaries, compare_to_cluster, fill,
+};
 
 fn oracle(source: &RedisServer, target: &Cluster) -> OracleReport {
     let opts = OracleOptions {
         ttl_tolerance_ms: 1000,
         ..OracleOptions::default()
     };
-    compare_nodes(&[source.url()], &target.urls(), &opts)
+    let primaries = cluster_primaries(&target.urls()[0]);
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    compare_to_cluster(&source.url(), &target.urls()[0], &opts)
 }
 
 /// One db: a cluster has db 0 only.
