@@ -384,6 +384,93 @@ fn from_slots(ep: &Endpoint, v: &Value) -> Vec<ClusterShard> {
 mod tests {
     use super::*;
 
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_the_primaries_of_cluster_shards() {
+        let ep = Endpoint::parse("redis://:pw@10.0.0.1:7000").unwrap();
+        let node = |ip: &str, port: i64, role: &str| {
+            Value::Array(vec![
+                bulk("id"),
+                bulk("abc"),
+                bulk("port"),
+                Value::Int(port),
+                bulk("ip"),
+                bulk(ip),
+                bulk("endpoint"),
+                bulk(ip),
+                bulk("role"),
+                bulk(role),
+            ])
+        };
+        let shard = |slots: Vec<i64>, nodes: Vec<Value>| {
+            Value::Array(vec![
+                bulk("slots"),
+                Value::Array(slots.into_iter().map(Value::Int).collect()),
+                bulk("nodes"),
+                Value::Array(nodes),
+            ])
+        };
+        let v = Value::Array(vec![
+            shard(
+                vec![5461, 10922],
+                vec![
+                    node("10.0.0.3", 7002, "replica"),
+                    node("10.0.0.2", 7001, "master"),
+                ],
+            ),
+            shard(vec![0, 100, 200, 5460], vec![node("", 7000, "master")]),
+        ]);
+        let shards = from_shards(&ep, &v);
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].ranges, vec![(5461, 10922)]);
+        assert_eq!(
+            host_port(&shards[0].primary),
+            Some(("10.0.0.2".into(), 7001))
+        );
+        // No announced address: the host of the URL, with its credentials.
+        assert_eq!(
+            host_port(&shards[1].primary),
+            Some(("10.0.0.1".into(), 7000))
+        );
+        assert_eq!(shards[1].ranges, vec![(0, 100), (200, 5460)]);
+        assert!(!shards[1].primary.redacted().contains("pw"));
+    }
+
+    #[test]
+    fn reads_the_primaries_of_cluster_slots_and_merges_their_ranges() {
+        let ep = Endpoint::parse("redis://10.0.0.1:7000").unwrap();
+        let range = |a: i64, b: i64, host: &str, port: i64| {
+            Value::Array(vec![
+                Value::Int(a),
+                Value::Int(b),
+                Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]),
+                Value::Array(vec![bulk("10.0.0.9"), Value::Int(7009), bulk("replica")]),
+            ])
+        };
+        let v = Value::Array(vec![
+            range(0, 99, "10.0.0.1", 7000),
+            range(100, 16383, "10.0.0.2", 7001),
+            range(5000, 5000, "10.0.0.1", 7000),
+        ]);
+        let shards = from_slots(&ep, &v);
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].ranges, vec![(0, 99), (5000, 5000)]);
+        assert_eq!(
+            host_port(&shards[1].primary),
+            Some(("10.0.0.2".into(), 7001))
+        );
+    }
+
+    #[test]
+    fn stray_dbs_name_the_first_and_count_the_others() {
+        assert_eq!(stray_dbs(&[2]), "db 2");
+        assert_eq!(stray_dbs(&[2, 5]), "db 2 and 1 other db");
+        assert_eq!(stray_dbs(&[1, 2, 3]), "db 1 and 2 other dbs");
+    }
+
     #[test]
     fn parses_moved_and_ask() {
         assert_eq!(

@@ -77,6 +77,11 @@ fn cross_slot_writer(
                 .arg(300)
                 .query(&mut con)
                 .unwrap();
+            // Many keys in one slot, so that moving it takes a while (ASK meanwhile).
+            let _: i64 = redis::cmd("INCR")
+                .arg(format!("{{xs}}:n:{}", i % 200))
+                .query(&mut con)
+                .unwrap();
             let _: () = redis::cmd("RPUSH")
                 .arg("{xs}:q")
                 .arg(i)
