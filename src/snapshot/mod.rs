@@ -202,6 +202,9 @@ pub struct SnapshotReport {
     pub elapsed_secs: f64,
 }
 
+/// Failure reasons the summary line names before it counts the rest.
+const SUMMARY_REASONS: usize = 3;
+
 impl SnapshotReport {
     /// Number of failed keys.
     pub fn failed_count(&self) -> u64 {
@@ -214,11 +217,19 @@ impl SnapshotReport {
         let failed = if self.failed.is_empty() {
             "0".to_string()
         } else {
-            let parts: Vec<_> = self
+            // Reasons may name their key (a chunked copy's do): the first few, then a count.
+            let mut parts: Vec<_> = self
                 .failed
                 .iter()
+                .take(SUMMARY_REASONS)
                 .map(|(r, n)| format!("{n} {r}"))
                 .collect();
+            if self.failed.len() > SUMMARY_REASONS {
+                parts.push(format!(
+                    "and {} other reasons",
+                    self.failed.len() - SUMMARY_REASONS
+                ));
+            }
             format!("{} ({})", self.failed_count(), parts.join(", "))
         };
         let field_ttls = match (self.field_ttls, self.field_ttls_dropped) {
@@ -833,5 +844,24 @@ async fn scan_all(
     .await;
     if let Err(e) = result {
         let _ = events.send(Event::Fatal(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_a_few_failure_reasons_and_counts_the_rest() {
+        let mut report = SnapshotReport::default();
+        for i in 0..40 {
+            report
+                .failed
+                .insert(format!("chunked copy: writing \"k:{i}\" on the target"), 1);
+        }
+        let line = report.summary();
+        assert!(line.contains("failed 40 ("), "{line}");
+        assert!(line.contains("and 37 other reasons)"), "{line}");
+        assert!(line.len() < 400, "{line}");
     }
 }

@@ -568,3 +568,54 @@ fn preflight_accepts_a_cluster_target_and_fails_a_cluster_source_or_stray_dbs() 
         "{out}"
     );
 }
+
+/// `ferry snapshot` then `ferry verify` toward a cluster of `options`' servers: 0 differences.
+fn snapshot_and_verify_toward(options: crate::support::ServerOptions) {
+    // The same engine on both sides: a cluster is what is under test, not a downgrade.
+    let source = RedisServer::start_with(options.clone());
+    let target = Cluster::start_with(options);
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0],
+            ..Dataset::tiny()
+        },
+    );
+    for command in ["snapshot", "verify"] {
+        let out = ferry()
+            .args([command, "--source", &source.url(), "--target"])
+            .arg(&target.urls()[1])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "ferry {command}: {text}");
+        assert!(text.contains("The target is a Redis Cluster"), "{text}");
+        assert!(!text.contains("s3cret"), "a password leaked: {text}");
+    }
+    let report = oracle(&source, &target);
+    assert!(report.keys_compared > 300, "{report}");
+    report.assert_identical();
+}
+
+#[test]
+fn an_elasticache_like_cluster_with_a_password_is_found_and_written_through_its_url() {
+    snapshot_and_verify_toward(crate::support::ServerOptions {
+        elasticache_like: true,
+        password: Some("s3cret".into()),
+        ..Default::default()
+    });
+}
+
+#[test]
+#[ignore = "needs the engines of `make servers` (FERRY_ENGINES=1)"]
+fn clusters_before_cluster_shards_are_read_with_cluster_slots() {
+    use crate::support::engines::Engine;
+    // Redis 6.2 has no CLUSTER SHARDS (7.0); Valkey 8.0 has both.
+    for engine in [Engine::Redis62, Engine::Valkey80] {
+        snapshot_and_verify_toward(crate::support::ServerOptions {
+            engine: Some(engine),
+            ..Default::default()
+        });
+    }
+}
