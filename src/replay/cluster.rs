@@ -10,8 +10,10 @@
 //! - Across slots: `MSET` becomes one `SET` per pair; `DEL`, `UNLINK` and `TOUCH` of several
 //!   keys one command per key; a `MULTI` group (or a script's effects) one group per slot when
 //!   each command has its keys in one slot. Anything else (`RENAME` across slots, `MSETNX`,
-//!   `SMOVE`…) is not sent: its keys are re-copied, since the command cannot run on a cluster
-//!   and no split keeps its effect.
+//!   `SMOVE`…) never reaches replay: the stitcher (`StitchConfig::cluster_target`) drops it
+//!   and makes its written keys dirty, so they are re-copied through fences. What still comes
+//!   across unsplittable (a group mixing keyless commands with keys of several slots) is not
+//!   sent either: its keys are re-copied through the replay's re-copy requests.
 //! - Operations without keys (`FLUSHALL`, `SCRIPT LOAD`, the function libraries) go to every
 //!   primary, alone, between barriers.
 
