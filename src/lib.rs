@@ -26,7 +26,8 @@
 //! - [`net`]: Redis URLs (redacted in every message) and their TLS settings
 //!   ([`net::TlsOptions`]: CA bundle, client certificate, server name), the one path that opens
 //!   every connection (TCP or unix socket, rustls, `AUTH`), control connections through
-//!   redis-rs, raw RESP connections and the line framing of a `MONITOR` stream.
+//!   redis-rs, raw RESP connections and the line framing of a `MONITOR` stream; a Redis
+//!   Cluster's topology ([`net::cluster::Topology`]), found from any node.
 //! - [`journal`]: the stream's vocabulary ([`journal::EntryKind`], [`journal::Marker`]) and
 //!   the embedded journal: segmented, checksummed, fsynced files that readers tail; behind the
 //!   default `sqs` feature, `journal::sqs`, the SQS transport between processes.
@@ -38,7 +39,8 @@
 //!   sources that cannot `SAVE` (ElastiCache): the rollback copy of a cutover.
 //! - [`replay`]: the stitcher ([`replay::Stitcher`]: fences, dirty keys, rewrites for exact
 //!   replay) producing [`replay::Op`]s, the pipelined sharded replayer, and `replay::remote`
-//!   (publishing to SQS and applying from it in other processes).
+//!   (publishing to SQS and applying from it in other processes). Toward a cluster target,
+//!   one connection per primary, routed by slot, following `MOVED` and `ASK` (docs/cluster.md).
 //! - [`verify`]: both-direction key comparison ([`verify::Verifier`]) and the fenced
 //!   comparison inside a running migration ([`verify::FencedVerifier`]).
 //! - [`plan`]: Lua plans evaluated once, in a sandbox, into a plain [`plan::Plan`] with opaque

@@ -81,8 +81,10 @@ pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
     let drop_field_ttls = plan
         .as_ref()
         .is_some_and(|p| p.on_field_ttls == ferry::plan::FieldTtlPolicy::DropFieldTtls);
+    let rewrite = plan.as_ref().map(|p| p.rewrite.clone()).unwrap_or_default();
     let report = Preflight::new(source, target)
         .drop_field_ttls(drop_field_ttls)
+        .rewrite(rewrite)
         .run()
         .await?;
     match args.json.as_deref() {

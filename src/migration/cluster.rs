@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::report::MigrateError;
 use crate::net::Endpoint;
-use crate::net::cluster::Topology;
+use crate::net::cluster::{Topology, stray_dbs};
 
 /// A cluster source: not supported yet (capture would need one stream per shard).
 pub(super) fn cluster_source_refusal(source: &Endpoint, t: &Topology) -> String {
@@ -17,14 +17,10 @@ pub(super) fn cluster_source_refusal(source: &Endpoint, t: &Topology) -> String 
 
 /// A source with keys in dbs other than 0 toward a cluster, which has db 0 only.
 pub(super) fn multi_db_refusal(target: &Endpoint, dbs: &[u32]) -> String {
-    let first = dbs[0];
-    let others = match dbs.len() - 1 {
-        0 => String::new(),
-        1 => " and 1 other db".to_string(),
-        n => format!(" and {n} other dbs"),
-    };
     format!(
-        "the target {target} is a Redis Cluster, which has db 0 only, but the source has keys in db {first}{others}: move them with the plan's rewrite, e.g. ferry.move_db({first}, 0)"
+        "the target {target} is a Redis Cluster, which has db 0 only, but the source has keys in {}: move them with the plan's rewrite, e.g. ferry.move_db({}, 0)",
+        stray_dbs(dbs),
+        dbs[0]
     )
 }
 

@@ -54,7 +54,8 @@ impl Running {
         report.expiry_recopies = self.stats.expiry_recopies.load(Ordering::Relaxed);
         report.cluster_redirects = self.stats.redirects.load(Ordering::Relaxed);
         report.cross_slot_split = self.stats.cross_slot_split.load(Ordering::Relaxed);
-        report.cross_slot_recopies = self.stats.cross_slot_recopies.load(Ordering::Relaxed);
+        report.cross_slot_recopies = self.stats.cross_slot_recopies.load(Ordering::Relaxed)
+            + self.shared.cross_slot_recopied.load(Ordering::Relaxed);
         report.errors = self.stats.errors_by_code();
         report.source_errors = self.stats.source_errors.load(Ordering::Relaxed);
         report.target_errors = self.stats.target_errors_by_code();

@@ -427,6 +427,7 @@ impl Migration {
             exact_effects: report.from_replica,
             mapper: self.cfg.mapper.clone(),
             split_shards,
+            cluster_target: target_cluster.is_some(),
             drop_field_ttls: self.cfg.drop_field_ttls
                 && engines.0.has_hash_field_expiry()
                 && !engines.1.has_hash_field_expiry(),

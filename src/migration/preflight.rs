@@ -93,6 +93,8 @@ pub struct Preflight {
     /// A plan's `on_field_ttls = "drop_field_ttls"`: field TTLs a target cannot hold are a
     /// warning, not a failure.
     drop_field_ttls: bool,
+    /// A plan's db moves (`ferry.move_db`), as source db → target db.
+    db_moves: Vec<crate::plan::Rule>,
 }
 
 /// Keys sampled for the biggest-key check.
@@ -106,6 +108,7 @@ impl Preflight {
             target,
             findings: Vec::new(),
             drop_field_ttls: false,
+            db_moves: Vec::new(),
         }
     }
 
@@ -113,6 +116,12 @@ impl Preflight {
     /// warn instead of failing.
     pub fn drop_field_ttls(mut self, drop: bool) -> Preflight {
         self.drop_field_ttls = drop;
+        self
+    }
+
+    /// A plan's rewrite rules: its db moves decide which dbs a cluster target must hold.
+    pub fn rewrite(mut self, rules: Vec<crate::plan::Rule>) -> Preflight {
+        self.db_moves = rules;
         self
     }
 
@@ -157,16 +166,20 @@ impl Preflight {
         self.field_ttls(se, te).await?;
         let s_info = info(&mut src).await;
         let t_info = info(&mut dst).await;
-        for (side, inf) in [("source", &s_info), ("target", &t_info)] {
-            if info_field(inf, "cluster_enabled") == Some("1") {
-                self.add(side, "cluster mode", Level::Fail, "cluster mode is on; ferry migrates standalone servers (Redis Cluster support is not in this release)".into());
-            }
+        if info_field(&s_info, "cluster_enabled") == Some("1") {
+            self.add("source", "cluster mode", Level::Fail, "cluster mode is on; ferry migrates to a Redis Cluster but not yet from one (docs/cluster.md)".into());
+        }
+        let target_cluster = info_field(&t_info, "cluster_enabled") == Some("1");
+        if target_cluster {
+            self.cluster_target(&s_info).await;
         }
         self.monitor(&source).await;
         self.replica(&s_info);
         self.keyspace_events(&mut src).await;
         self.memory(&s_info, &t_info, &mut dst).await;
-        self.dbs(&s_info, &mut dst).await;
+        if !target_cluster {
+            self.dbs(&s_info, &mut dst).await;
+        }
         self.biggest(&mut src).await;
         Ok(PreflightReport {
             source_engine: Some(se),
@@ -381,6 +394,41 @@ impl Preflight {
                 format!("{p}: the target may evict keys silently when full; use noeviction for the migration"),
             ),
             Some(_) => {}
+        }
+    }
+
+    /// A cluster target: its primaries, and the source's dbs it can hold (db 0 only, after
+    /// the plan's db moves).
+    async fn cluster_target(&mut self, s_info: &str) {
+        match crate::net::cluster::Topology::discover(&self.target).await {
+            Ok(Some(t)) => self.add(
+                "target",
+                "cluster mode",
+                Level::Ok,
+                format!("{} primaries: {}", t.shards.len(), t.describe()),
+            ),
+            Ok(None) => {}
+            Err(e) => self.add("target", "cluster mode", Level::Fail, e.to_string()),
+        }
+        let stray: Vec<u32> = s_info
+            .lines()
+            .filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok())
+            .filter(|&db| crate::plan::map_db(&self.db_moves, db) != 0)
+            .collect();
+        if stray.is_empty() {
+            self.add(
+                "pair",
+                "dbs",
+                Level::Ok,
+                "the source's keys go to db 0, the only db of a cluster".into(),
+            );
+        } else {
+            self.add(
+                "pair",
+                "dbs",
+                Level::Fail,
+                format!("a cluster has db 0 only, but the source has keys in {}; move them with the plan's rewrite, e.g. ferry.move_db({}, 0)", crate::net::cluster::stray_dbs(&stray), stray[0]),
+            );
         }
     }
 

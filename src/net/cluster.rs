@@ -31,6 +31,19 @@ pub struct Topology {
     pub shards: Vec<ClusterShard>,
     /// Slot → index into `shards`; `u16::MAX` for a slot no primary serves.
     owner: Vec<u16>,
+    /// The same by redis-rs's [`Slot`], which is what a key's slot comes as.
+    by_slot: std::collections::HashMap<Slot, u16>,
+}
+
+/// Dbs a cluster cannot hold, for a message: `db 1`, `db 1 and 1 other db`, `db 1 and 4
+/// other dbs` (the first named, the others counted). `dbs` is not empty.
+pub fn stray_dbs(dbs: &[u32]) -> String {
+    let first = dbs.first().copied().unwrap_or_default();
+    match dbs.len().saturating_sub(1) {
+        0 => format!("db {first}"),
+        1 => format!("db {first} and 1 other db"),
+        n => format!("db {first} and {n} other dbs"),
+    }
 }
 
 /// `host:port` of an endpoint, as the cluster names nodes in `MOVED` and `ASK`.
@@ -152,7 +165,14 @@ impl Topology {
                 }
             }
         }
-        Ok(Topology { shards, owner })
+        let by_slot = all_slots()
+            .map(|(n, slot)| (slot, owner[usize::from(n)]))
+            .collect();
+        Ok(Topology {
+            shards,
+            owner,
+            by_slot,
+        })
     }
 
     /// The index into [`Self::shards`] of the primary serving `slot`.
@@ -160,6 +180,22 @@ impl Topology {
         match self.owner.get(usize::from(slot)) {
             Some(&i) if i != u16::MAX => Some(usize::from(i)),
             _ => None,
+        }
+    }
+
+    /// The primary serving `key` (the first when no primary serves its slot: that node's
+    /// `CLUSTERDOWN` or redirect then says more).
+    pub fn primary_of(&self, key: &[u8]) -> &Endpoint {
+        let i = self.by_slot.get(&slot_of(key)).copied().unwrap_or(0);
+        let i = if i == u16::MAX { 0 } else { usize::from(i) };
+        &self.shards[i].primary
+    }
+
+    /// The primaries, or `ep` alone for a standalone server.
+    pub fn nodes(topology: Option<&Topology>, ep: &Endpoint) -> Vec<Endpoint> {
+        match topology {
+            Some(t) => t.shards.iter().map(|s| s.primary.clone()).collect(),
+            None => vec![ep.clone()],
         }
     }
 
@@ -347,6 +383,93 @@ fn from_slots(ep: &Endpoint, v: &Value) -> Vec<ClusterShard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_the_primaries_of_cluster_shards() {
+        let ep = Endpoint::parse("redis://:pw@10.0.0.1:7000").unwrap();
+        let node = |ip: &str, port: i64, role: &str| {
+            Value::Array(vec![
+                bulk("id"),
+                bulk("abc"),
+                bulk("port"),
+                Value::Int(port),
+                bulk("ip"),
+                bulk(ip),
+                bulk("endpoint"),
+                bulk(ip),
+                bulk("role"),
+                bulk(role),
+            ])
+        };
+        let shard = |slots: Vec<i64>, nodes: Vec<Value>| {
+            Value::Array(vec![
+                bulk("slots"),
+                Value::Array(slots.into_iter().map(Value::Int).collect()),
+                bulk("nodes"),
+                Value::Array(nodes),
+            ])
+        };
+        let v = Value::Array(vec![
+            shard(
+                vec![5461, 10922],
+                vec![
+                    node("10.0.0.3", 7002, "replica"),
+                    node("10.0.0.2", 7001, "master"),
+                ],
+            ),
+            shard(vec![0, 100, 200, 5460], vec![node("", 7000, "master")]),
+        ]);
+        let shards = from_shards(&ep, &v);
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].ranges, vec![(5461, 10922)]);
+        assert_eq!(
+            host_port(&shards[0].primary),
+            Some(("10.0.0.2".into(), 7001))
+        );
+        // No announced address: the host of the URL, with its credentials.
+        assert_eq!(
+            host_port(&shards[1].primary),
+            Some(("10.0.0.1".into(), 7000))
+        );
+        assert_eq!(shards[1].ranges, vec![(0, 100), (200, 5460)]);
+        assert!(!shards[1].primary.redacted().contains("pw"));
+    }
+
+    #[test]
+    fn reads_the_primaries_of_cluster_slots_and_merges_their_ranges() {
+        let ep = Endpoint::parse("redis://10.0.0.1:7000").unwrap();
+        let range = |a: i64, b: i64, host: &str, port: i64| {
+            Value::Array(vec![
+                Value::Int(a),
+                Value::Int(b),
+                Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]),
+                Value::Array(vec![bulk("10.0.0.9"), Value::Int(7009), bulk("replica")]),
+            ])
+        };
+        let v = Value::Array(vec![
+            range(0, 99, "10.0.0.1", 7000),
+            range(100, 16383, "10.0.0.2", 7001),
+            range(5000, 5000, "10.0.0.1", 7000),
+        ]);
+        let shards = from_slots(&ep, &v);
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].ranges, vec![(0, 99), (5000, 5000)]);
+        assert_eq!(
+            host_port(&shards[1].primary),
+            Some(("10.0.0.2".into(), 7001))
+        );
+    }
+
+    #[test]
+    fn stray_dbs_name_the_first_and_count_the_others() {
+        assert_eq!(stray_dbs(&[2]), "db 2");
+        assert_eq!(stray_dbs(&[2, 5]), "db 2 and 1 other db");
+        assert_eq!(stray_dbs(&[1, 2, 3]), "db 1 and 2 other dbs");
+    }
 
     #[test]
     fn parses_moved_and_ask() {

@@ -10,8 +10,10 @@
 //! - Across slots: `MSET` becomes one `SET` per pair; `DEL`, `UNLINK` and `TOUCH` of several
 //!   keys one command per key; a `MULTI` group (or a script's effects) one group per slot when
 //!   each command has its keys in one slot. Anything else (`RENAME` across slots, `MSETNX`,
-//!   `SMOVE`…) is not sent: its keys are re-copied, since the command cannot run on a cluster
-//!   and no split keeps its effect.
+//!   `SMOVE`…) never reaches replay: the stitcher (`StitchConfig::cluster_target`) drops it
+//!   and makes its written keys dirty, so they are re-copied through fences. What still comes
+//!   across unsplittable (a group mixing keyless commands with keys of several slots) is not
+//!   sent either: its keys are re-copied through the replay's re-copy requests.
 //! - Operations without keys (`FLUSHALL`, `SCRIPT LOAD`, the function libraries) go to every
 //!   primary, alone, between barriers.
 
@@ -367,6 +369,16 @@ impl Router {
             "A command across slots of the target cluster: its keys are re-copied."
         );
     }
+}
+
+/// Whether replay splits `argv` into one command per slot when its keys span slots (`MSET`,
+/// `DEL`, `UNLINK`, `TOUCH`); the stitcher re-copies the keys of any other such command.
+pub fn splits(argv: &Argv) -> bool {
+    let name = argv.name();
+    ["MSET", "DEL", "UNLINK", "TOUCH"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        && (!name.eq_ignore_ascii_case(b"MSET") || (argv.len() - 1).is_multiple_of(2))
 }
 
 /// A copy of a keyless operation for another primary (`FLUSHALL`, `SCRIPT LOAD`, libraries).

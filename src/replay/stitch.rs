@@ -35,6 +35,7 @@ use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::command::{Mapper, mixed_keys};
 use crate::journal::{EntryKind, JournalReader, Marker, is_check_read};
+use crate::net::cluster::slot_of;
 use crate::snapshot::{PayloadStore, Recopier, dump_holds_libraries};
 
 /// What a verification probe reads on the target for one key, at the key's fence.
@@ -104,6 +105,9 @@ pub struct StitchShared {
     pub checks: CheckRegistry,
     /// Field-TTL commands not sent to a target without field TTLs (`drop_field_ttls`).
     pub field_ttls_dropped: AtomicU64,
+    /// Toward a cluster: commands across slots not sent (no split keeps their effect), their
+    /// written keys re-copied.
+    pub cross_slot_recopied: AtomicU64,
 }
 
 impl StitchShared {
@@ -152,6 +156,9 @@ pub struct StitchConfig {
     /// The target has no hash-field TTLs and the plan drops them: field-TTL commands are not
     /// sent ([`super::rewrite::drop_field_ttl`]), and counted.
     pub drop_field_ttls: bool,
+    /// The target is a cluster: a command whose keys span slots and that replay cannot split
+    /// (see [`super::cluster`]) is not sent; its written keys are re-copied.
+    pub cluster_target: bool,
 }
 
 impl Default for StitchConfig {
@@ -162,6 +169,7 @@ impl Default for StitchConfig {
             mapper: None,
             split_shards: None,
             drop_field_ttls: false,
+            cluster_target: false,
         }
     }
 }
@@ -297,6 +305,28 @@ impl Stitcher {
                         self.mark_dirty(db, argv.get(k.pos).unwrap_or_default());
                     }
                 }
+                self.keys = keys;
+                return None;
+            }
+        }
+        if self.cfg.cluster_target && keys.len() > 1 && !super::cluster::splits(&argv) {
+            let slot = |k: &KeyRef| {
+                let key = argv.get(k.pos).unwrap_or_default();
+                match &self.cfg.mapper {
+                    Some(m) => m.map_key(db, key).map(|(_, t)| slot_of(&t)),
+                    None => Some(slot_of(key)),
+                }
+            };
+            let first = slot(&keys[0]);
+            if keys.iter().any(|k| slot(k) != first) {
+                for k in &keys {
+                    if writes(k.flags) {
+                        self.mark_dirty(db, argv.get(k.pos).unwrap_or_default());
+                    }
+                }
+                self.shared
+                    .cross_slot_recopied
+                    .fetch_add(1, Ordering::Relaxed);
                 self.keys = keys;
                 return None;
             }

@@ -88,10 +88,10 @@ pub struct ChunkedStats {
 pub enum ChunkedError {
     /// A read on the source failed (connection, or a server error such as `WRONGTYPE` when the
     /// key changed type under us).
-    #[error("reading {} on the source: {source}", Quoted(.key))]
+    #[error("reading {} on the source: {}", Quoted(.key), crate::net::short_error(.source, |_| None))]
     Source { key: Vec<u8>, source: RedisError },
     /// A write on the target failed.
-    #[error("writing {} on the target: {source}", Quoted(.key))]
+    #[error("writing {} on the target: {}", Quoted(.key), crate::net::short_error(.source, |_| None))]
     Target { key: Vec<u8>, source: RedisError },
     /// The source answered with something this module does not understand.
     #[error("unexpected reply while copying {}: {detail}", Quoted(.key))]

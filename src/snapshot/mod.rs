@@ -205,6 +205,9 @@ pub struct SnapshotReport {
     pub elapsed_secs: f64,
 }
 
+/// Failure reasons the summary line names before it counts the rest.
+const SUMMARY_REASONS: usize = 3;
+
 impl SnapshotReport {
     /// Number of failed keys.
     pub fn failed_count(&self) -> u64 {
@@ -217,11 +220,19 @@ impl SnapshotReport {
         let failed = if self.failed.is_empty() {
             "0".to_string()
         } else {
-            let parts: Vec<_> = self
+            // Reasons may name their key (a chunked copy's do): the first few, then a count.
+            let mut parts: Vec<_> = self
                 .failed
                 .iter()
+                .take(SUMMARY_REASONS)
                 .map(|(r, n)| format!("{n} {r}"))
                 .collect();
+            if self.failed.len() > SUMMARY_REASONS {
+                parts.push(format!(
+                    "and {} other reasons",
+                    self.failed.len() - SUMMARY_REASONS
+                ));
+            }
             format!("{} ({})", self.failed_count(), parts.join(", "))
         };
         let field_ttls = match (self.field_ttls, self.field_ttls_dropped) {
@@ -468,14 +479,9 @@ impl Snapshotter {
                 let stray: Vec<u32> = dbs.iter().copied().filter(|&db| db != 0).collect();
                 if live.is_none() && !stray.is_empty() {
                     return Err(SnapshotError::Unsupported(format!(
-                        "the target {} is a Redis Cluster, which has db 0 only, but the source has keys in db {}{}: copy db 0 alone (--db 0) or migrate with a plan that moves the others (ferry.move_db)",
+                        "the target {} is a Redis Cluster, which has db 0 only, but the source has keys in {}: copy db 0 alone (--db 0) or migrate with a plan that moves the others (ferry.move_db)",
                         self.target,
-                        stray[0],
-                        match stray.len() - 1 {
-                            0 => String::new(),
-                            1 => " and 1 other db".into(),
-                            n => format!(" and {n} other dbs"),
-                        }
+                        crate::net::cluster::stray_dbs(&stray),
                     )));
                 }
                 if live.is_none() {
@@ -841,5 +847,24 @@ async fn scan_all(
     .await;
     if let Err(e) = result {
         let _ = events.send(Event::Fatal(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_a_few_failure_reasons_and_counts_the_rest() {
+        let mut report = SnapshotReport::default();
+        for i in 0..40 {
+            report
+                .failed
+                .insert(format!("chunked copy: writing \"k:{i}\" on the target"), 1);
+        }
+        let line = report.summary();
+        assert!(line.contains("failed 40 ("), "{line}");
+        assert!(line.contains("and 37 other reasons)"), "{line}");
+        assert!(line.len() < 400, "{line}");
     }
 }

@@ -34,8 +34,10 @@ use crate::command::Mapper;
 use crate::escape::quote;
 use crate::journal::check_read_id;
 use crate::net::Endpoint;
+use crate::net::cluster::Topology;
 use crate::replay::{CheckSlot, StitchShared};
 use crate::snapshot::{FencedReader, next_read_id};
+use redis::aio::MultiplexedConnection;
 
 /// Payloads larger than this are compared through digests rather than read whole.
 pub const LOGICAL_MAX_BYTES: usize = 8 << 20;
@@ -99,6 +101,8 @@ pub struct FencedVerifier {
     fence_timeout: Duration,
     /// Both sides have hash-field TTLs (Redis 7.4), found at the start of a run.
     field_ttls: bool,
+    /// A cluster target, found at the start of a run: unfenced reads go to each key's primary.
+    target_cluster: Option<Topology>,
 }
 
 /// One key's reads on one side.
@@ -189,6 +193,7 @@ impl FencedVerifier {
             rules: None,
             fence_timeout: Duration::from_secs(120),
             field_ttls: false,
+            target_cluster: None,
         }
     }
 
@@ -237,8 +242,15 @@ impl FencedVerifier {
                     .map_err(VerifyError::Config)?,
             );
         }
+        self.target_cluster = Topology::discover(&self.link.target).await?;
+        let target_nodes = Topology::nodes(self.target_cluster.as_ref(), &self.link.target);
         let src_ks = keyspace(&self.link.node).await?;
-        let tgt_ks = keyspace(&self.link.target).await?;
+        let mut tgt_ks = BTreeMap::new();
+        for node in &target_nodes {
+            for (db, n) in keyspace(node).await? {
+                *tgt_ks.entry(db).or_default() += n;
+            }
+        }
         let src_dbs: Vec<u32> = match &self.cfg.dbs {
             Some(d) => d.clone(),
             None => src_ks.keys().copied().collect(),
@@ -286,8 +298,13 @@ impl FencedVerifier {
         // (the source side of the read then says whether it still does not).
         let tgt_total: u64 = tgt_ks.values().sum();
         let mut source_conns = HashMap::new();
-        for (&tdb, &size) in &tgt_ks {
-            let mut con = self.link.target.with_db(i64::from(tdb)).control().await?;
+        let per_node = tgt_ks
+            .iter()
+            .flat_map(|(&tdb, &size)| target_nodes.iter().map(move |n| (tdb, size, n.clone())));
+        for (tdb, size, node) in per_node {
+            // Each primary of a cluster holds its share; a sample asks each for the whole.
+            let size = size.div_ceil(target_nodes.len() as u64);
+            let mut con = node.with_db(i64::from(tdb)).control().await?;
             let net = |e: redis::RedisError| VerifyError::Net(self.link.target.classify(&e));
             let mut cursor = 0;
             loop {
@@ -600,12 +617,21 @@ impl FencedVerifier {
         Outcome::Same
     }
 
+    /// An unfenced connection to the target node holding `p`'s key (its primary on a cluster).
+    async fn target_conn(&self, p: &Probe) -> Result<MultiplexedConnection, VerifyError> {
+        let node = match &self.target_cluster {
+            Some(t) => t.primary_of(&p.tkey).clone(),
+            None => self.link.target.with_db(i64::from(p.tdb)),
+        };
+        Ok(node.control().await?)
+    }
+
     /// Compares a hash's field TTLs, re-checking a few times: unfenced, so a hash still
     /// changing may need a moment to agree.
     async fn field_ttl_compare(&self, p: &Probe) -> Result<Option<String>, VerifyError> {
         let tol = self.tolerance(p.db, &p.key);
         let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
-        let mut t = self.link.target.with_db(i64::from(p.tdb)).control().await?;
+        let mut t = self.target_conn(p).await?;
         let mut last = None;
         for attempt in 0..=self.cfg.rechecks {
             if attempt > 0 {
@@ -629,7 +655,7 @@ impl FencedVerifier {
     /// key still changing may need a moment to agree.
     async fn digest_compare(&self, p: &Probe, ty: &str) -> Result<Option<String>, VerifyError> {
         let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
-        let mut t = self.link.target.with_db(i64::from(p.tdb)).control().await?;
+        let mut t = self.target_conn(p).await?;
         let mut last = None;
         for attempt in 0..=self.cfg.rechecks {
             if attempt > 0 {

@@ -24,6 +24,7 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::escape::quote;
+use crate::net::cluster::Topology;
 use crate::net::{Endpoint, NetError};
 use crate::snapshot::expiry::ExpiryRead;
 
@@ -236,6 +237,43 @@ pub struct Verifier {
     field_ttls: bool,
     /// Keys compared so far, on a terminal ([`VerifyConfig::progress`]).
     bar: Option<indicatif::ProgressBar>,
+    /// A cluster target: its primaries, read and scanned each for its own slots.
+    cluster: Option<ClusterSide>,
+}
+
+/// The primaries of a cluster target, the slot each serves, and a connection to each.
+struct ClusterSide {
+    nodes: Vec<Endpoint>,
+    owner: HashMap<redis::cluster_routing::Slot, usize>,
+    conns: HashMap<usize, MultiplexedConnection>,
+}
+
+impl ClusterSide {
+    fn new(t: &Topology) -> ClusterSide {
+        ClusterSide {
+            nodes: t.shards.iter().map(|s| s.primary.clone()).collect(),
+            owner: crate::net::cluster::all_slots()
+                .map(|(n, slot)| (slot, t.shard_of_slot(n).unwrap_or(0)))
+                .collect(),
+            conns: HashMap::new(),
+        }
+    }
+
+    fn node_of(&self, key: &[u8]) -> usize {
+        self.owner
+            .get(&crate::net::cluster::slot_of(key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn conn(&mut self, node: usize) -> Result<MultiplexedConnection, VerifyError> {
+        if let Some(c) = self.conns.get(&node) {
+            return Ok(c.clone());
+        }
+        let c = self.nodes[node].control().await?;
+        self.conns.insert(node, c.clone());
+        Ok(c)
+    }
 }
 
 impl Verifier {
@@ -252,6 +290,7 @@ impl Verifier {
             expiry: (ExpiryRead::Pexpiretime, ExpiryRead::Pexpiretime),
             field_ttls: false,
             bar: None,
+            cluster: None,
         }
     }
 
@@ -298,6 +337,15 @@ impl Verifier {
         // Toward a target without field TTLs (a plan's drop_field_ttls) there is nothing to
         // compare them with: values are compared, field TTLs are not.
         self.field_ttls = engines.0.has_hash_field_expiry() && engines.1.has_hash_field_expiry();
+        if let Some(t) = Topology::discover(&self.target).await? {
+            tracing::info!(
+                target = %self.target,
+                primaries = t.shards.len(),
+                shards = %t.describe(),
+                "The target is a Redis Cluster; each key is read on its primary."
+            );
+            self.cluster = Some(ClusterSide::new(&t));
+        }
         let src_ks = self.keyspace(Side::Source).await?;
         let tgt_ks = self.keyspace(Side::Target).await?;
         let dbs: Vec<u32> = match &self.cfg.dbs {
@@ -425,6 +473,21 @@ impl Verifier {
         Ok((s, t))
     }
 
+    /// The target connection that serves `key` (its primary on a cluster).
+    async fn target_conn(
+        &mut self,
+        db: u32,
+        key: &[u8],
+    ) -> Result<MultiplexedConnection, VerifyError> {
+        match self.cluster.as_mut() {
+            Some(c) => {
+                let node = c.node_of(key);
+                c.conn(node).await
+            }
+            None => self.conn(Side::Target, db).await,
+        }
+    }
+
     async fn conn(&mut self, side: Side, db: u32) -> Result<MultiplexedConnection, VerifyError> {
         let (s, t) = self.conns(db).await?;
         Ok(match side {
@@ -435,13 +498,23 @@ impl Verifier {
 
     /// Keys per db from `INFO keyspace`.
     async fn keyspace(&mut self, side: Side) -> Result<BTreeMap<u32, u64>, VerifyError> {
-        let mut con = self.endpoint(side).control().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("keyspace")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| self.net(side, &e))?;
-        Ok(parse_keyspace(&info))
+        let nodes = match (side, &self.cluster) {
+            (Side::Target, Some(c)) => c.nodes.clone(),
+            _ => vec![self.endpoint(side).clone()],
+        };
+        let mut out = BTreeMap::new();
+        for node in nodes {
+            let mut con = node.control().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("keyspace")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.net(side, &e))?;
+            for (db, n) in parse_keyspace(&info) {
+                *out.entry(db).or_default() += n;
+            }
+        }
+        Ok(out)
     }
 
     /// `n` distinct keys from `RANDOMKEY`, with bounded attempts.
@@ -451,6 +524,19 @@ impl Verifier {
         db: u32,
         n: u64,
     ) -> Result<Vec<Vec<u8>>, VerifyError> {
+        if let (Side::Target, Some(c)) = (side, self.cluster.as_mut()) {
+            // A share from each primary, so every slot range is sampled.
+            let per = n.div_ceil(c.nodes.len() as u64);
+            let mut out = Vec::new();
+            for node in 0..c.nodes.len() {
+                let mut con = c.conn(node).await?;
+                let keys = random_keys(&mut con, per, self.cfg.batch)
+                    .await
+                    .map_err(|e| VerifyError::Net(c.nodes[node].classify(&e)))?;
+                out.extend(keys);
+            }
+            return Ok(out);
+        }
         let mut con = self.conn(side, db).await?;
         random_keys(&mut con, n, self.cfg.batch)
             .await
@@ -485,21 +571,34 @@ impl Verifier {
         db: u32,
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
-        let mut con = self.conn(Side::Target, db).await?;
-        let (mut cursor, mut checked) = (0, 0);
-        loop {
-            let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
-                .await
-                .map_err(|e| self.net(Side::Target, &e))?;
-            let (c, s) = self.extras(db, &keys).await?;
-            checked += c;
-            suspects.extend(s);
-            self.advance(keys.len() as u64);
-            cursor = next;
-            if cursor == 0 {
-                return Ok(checked);
+        let cons = match self.cluster.as_mut() {
+            Some(c) => {
+                let mut cons = Vec::with_capacity(c.nodes.len());
+                for node in 0..c.nodes.len() {
+                    cons.push(c.conn(node).await?);
+                }
+                cons
+            }
+            None => vec![self.conn(Side::Target, db).await?],
+        };
+        let mut checked = 0;
+        for mut con in cons {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
+                    .await
+                    .map_err(|e| self.net(Side::Target, &e))?;
+                let (c, s) = self.extras(db, &keys).await?;
+                checked += c;
+                suspects.extend(s);
+                self.advance(keys.len() as u64);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
+        Ok(checked)
     }
 
     /// Of these target keys, compares those the source does not have.
@@ -569,15 +668,17 @@ impl Verifier {
     async fn read_pairs(&mut self, probes: &[Suspect]) -> Result<(Vec<Fp>, Vec<Fp>), VerifyError> {
         let db = probes[0].db;
         let skeys: Vec<Vec<u8>> = probes.iter().map(|p| p.key.clone()).collect();
-        let mut by_tdb: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        // By target db, or on a cluster by the primary serving each key.
+        let mut by_tdb: BTreeMap<(u32, usize), Vec<usize>> = BTreeMap::new();
         for (i, p) in probes.iter().enumerate() {
-            by_tdb.entry(p.tdb).or_default().push(i);
+            let node = self.cluster.as_ref().map_or(0, |c| c.node_of(&p.tkey));
+            by_tdb.entry((p.tdb, node)).or_default().push(i);
         }
         let mut scon = self.conn(Side::Source, db).await?;
         let mut groups = Vec::with_capacity(by_tdb.len());
-        for (tdb, idx) in by_tdb {
+        for ((tdb, _), idx) in by_tdb {
             let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
-            groups.push((self.conn(Side::Target, tdb).await?, idx, tkeys));
+            groups.push((self.target_conn(tdb, &tkeys[0]).await?, idx, tkeys));
         }
         let (s_expiry, t_expiry) = self.expiry;
         let target_side = async {
@@ -685,7 +786,7 @@ impl Verifier {
         if let Some(rules) = self.rules.clone().filter(|r| r.has_compare(db, key)) {
             // The plan decides, from canonical values read on both sides.
             let mut s = self.conn(Side::Source, db).await?;
-            let mut t = self.conn(Side::Target, p.tdb).await?;
+            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
             let a = fenced::read_view(&mut s, key, &src.ty)
                 .await
                 .map_err(|e| self.net(Side::Source, &e))?;
@@ -700,7 +801,7 @@ impl Verifier {
         }
         if src.dump != tgt.dump {
             let mut s = self.conn(Side::Source, db).await?;
-            let mut t = self.conn(Side::Target, p.tdb).await?;
+            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
             if src.digest.is_none() {
                 let d = digest::digest(&mut s, key, &src.ty)
                     .await

@@ -8,14 +8,18 @@ use crate::cli::ferry;
 use crate::migrate::{start_migrate, tail};
 use crate::support::cluster::{Cluster, SLOT_RANGES};
 use crate::support::workload::{self, WorkloadOptions};
-use crate::support::{Dataset, OracleOptions, OracleReport, RedisServer, compare_nodes, fill};
+use crate::support::{
+    Dataset, OracleOptions, OracleReport, RedisServer, cluster_primaries, compare_to_cluster, fill,
+};
 
 fn oracle(source: &RedisServer, target: &Cluster) -> OracleReport {
     let opts = OracleOptions {
         ttl_tolerance_ms: 1000,
         ..OracleOptions::default()
     };
-    compare_nodes(&[source.url()], &target.urls(), &opts)
+    let primaries = cluster_primaries(&target.urls()[0]);
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    compare_to_cluster(&source.url(), &target.urls()[0], &opts)
 }
 
 /// One db: a cluster has db 0 only.
@@ -73,6 +77,11 @@ fn cross_slot_writer(
                 .arg(300)
                 .query(&mut con)
                 .unwrap();
+            // Many keys in one slot, so that moving it takes a while (ASK meanwhile).
+            let _: i64 = redis::cmd("INCR")
+                .arg(format!("{{xs}}:n:{}", i % 200))
+                .query(&mut con)
+                .unwrap();
             let _: () = redis::cmd("RPUSH")
                 .arg("{xs}:q")
                 .arg(i)
@@ -114,6 +123,7 @@ fn migrate_to_cluster(
     source: &RedisServer,
     target: &Cluster,
     secs: u64,
+    extra: &[&str],
     during: impl FnOnce(&crate::migrate::FerryProcess),
 ) -> String {
     fill(source, &dataset());
@@ -132,7 +142,7 @@ fn migrate_to_cluster(
         &source.url(),
         &target.urls()[1],
         state.path(),
-        &["--capture", "primary"],
+        &[&["--capture", "primary"], extra].concat(),
     );
     let started = Instant::now();
     during(&ferry);
@@ -183,7 +193,21 @@ fn count_before(stderr: &str, label: &str) -> u64 {
 fn standalone_elasticache_like_source_to_a_three_master_cluster_is_exact() {
     let source = RedisServer::elasticache_like();
     let target = Cluster::start();
-    let stderr = migrate_to_cluster(&source, &target, 20, |_| {});
+    // With the in-run fenced verification of every key, read on each key's primary.
+    let stderr = migrate_to_cluster(&source, &target, 20, &["--verify"], |ferry| {
+        ferry.wait_log("Fenced verification:", Duration::from_secs(90));
+    });
+    let verified = stderr
+        .lines()
+        .find(|l| l.contains("Fenced verification:"))
+        .unwrap_or_default();
+    assert!(verified.contains("differences=0"), "{verified}");
+    let keys: u64 = verified
+        .split("keys=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(keys > 3000, "{verified}");
     assert!(
         count_before(&stderr, "commands split by slot") > 0,
         "no command was split by slot:\n{}",
@@ -275,7 +299,7 @@ fn a_slot_migrated_on_the_target_during_replay_is_followed_exactly() {
     let slot = target.slot_of(b"{xs}:q");
     let from = Cluster::node_index_for_slot(slot);
     let to = (from + 1) % SLOT_RANGES.len();
-    let stderr = migrate_to_cluster(&source, &target, 20, |ferry| {
+    let stderr = migrate_to_cluster(&source, &target, 20, &[], |ferry| {
         ferry.wait_log("Snapshot reads done", Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(2));
         let moved = migrate_slot(&target, slot, from, to);
@@ -442,4 +466,156 @@ fn ferry_snapshot_of_several_dbs_toward_a_cluster_is_refused() {
         stderr.contains("has db 0 only, but the source has keys in db 1 and 1 other db"),
         "{stderr}"
     );
+}
+
+#[test]
+fn ferry_verify_reads_a_cluster_target_on_each_keys_primary() {
+    let source = RedisServer::start();
+    let target = Cluster::start();
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0],
+            ..Dataset::tiny()
+        },
+    );
+    let copy = ferry()
+        .args(["snapshot", "--source", &source.url(), "--target"])
+        .arg(&target.urls()[0])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let verify = |args: &[&str]| {
+        let out = ferry()
+            .args(["verify", "--source", &source.url(), "--target"])
+            .arg(&target.urls()[1])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    // A changed key and an extra key, each on some master: both found.
+    let changed = b"verify:changed".as_slice();
+    let _: () = redis::cmd("SET")
+        .arg(changed)
+        .arg("source")
+        .query(&mut source.conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(changed)
+        .arg("target")
+        .query(&mut target.node_for_key(changed).conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("verify:extra")
+        .arg(1)
+        .query(&mut target.node_for_key(b"verify:extra").conn())
+        .unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("verify:changed"), "{out}");
+    assert!(out.contains("verify:extra"), "{out}");
+    let (code, out) = verify(&["--sample", "200"]);
+    assert!(code.is_some(), "{out}");
+    assert!(
+        !out.contains("CROSSSLOT") && !out.contains("MOVED"),
+        "{out}"
+    );
+}
+
+#[test]
+fn preflight_accepts_a_cluster_target_and_fails_a_cluster_source_or_stray_dbs() {
+    let cluster = Cluster::start();
+    let source = RedisServer::start();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg(1)
+        .query(&mut source.conn())
+        .unwrap();
+    let preflight = |from: &str, to: &str| {
+        let out = ferry()
+            .args(["preflight", "--source", from, "--target", to])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (_, out) = preflight(&source.url(), &cluster.urls()[0]);
+    assert!(out.contains("3 primaries: 127.0.0.1:"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let (code, out) = preflight(&cluster.urls()[1], &source.url());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not yet from one"), "{out}");
+    let mut con = source.conn();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg(3).query(&mut con).unwrap();
+    let (code, out) = preflight(&source.url(), &cluster.urls()[2]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("but the source has keys in db 3; move them"),
+        "{out}"
+    );
+}
+
+/// `ferry snapshot` then `ferry verify` toward a cluster of `options`' servers: 0 differences.
+fn snapshot_and_verify_toward(options: crate::support::ServerOptions) {
+    // The same engine on both sides: a cluster is what is under test, not a downgrade.
+    let source = RedisServer::start_with(options.clone());
+    let target = Cluster::start_with(options);
+    fill(
+        &source,
+        &Dataset {
+            dbs: vec![0],
+            ..Dataset::tiny()
+        },
+    );
+    for command in ["snapshot", "verify"] {
+        let out = ferry()
+            .args([command, "--source", &source.url(), "--target"])
+            .arg(&target.urls()[1])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "ferry {command}: {text}");
+        assert!(text.contains("The target is a Redis Cluster"), "{text}");
+        assert!(!text.contains("s3cret"), "a password leaked: {text}");
+    }
+    let report = oracle(&source, &target);
+    assert!(report.keys_compared > 300, "{report}");
+    report.assert_identical();
+}
+
+#[test]
+fn an_elasticache_like_cluster_with_a_password_is_found_and_written_through_its_url() {
+    snapshot_and_verify_toward(crate::support::ServerOptions {
+        elasticache_like: true,
+        password: Some("s3cret".into()),
+        ..Default::default()
+    });
+}
+
+#[test]
+#[ignore = "needs the engines of `make servers` (FERRY_ENGINES=1)"]
+fn clusters_before_cluster_shards_are_read_with_cluster_slots() {
+    use crate::support::engines::Engine;
+    // Redis 6.2 has no CLUSTER SHARDS (7.0); Valkey 8.0 has both.
+    for engine in [Engine::Redis62, Engine::Valkey80] {
+        snapshot_and_verify_toward(crate::support::ServerOptions {
+            engine: Some(engine),
+            ..Default::default()
+        });
+    }
 }

@@ -30,12 +30,19 @@ impl Cluster {
             .collect();
         for (i, (node, (first, last))) in nodes.iter().zip(SLOT_RANGES).enumerate() {
             let mut con = node.conn();
-            redis::cmd("CLUSTER")
+            let ranged = redis::cmd("CLUSTER")
                 .arg("ADDSLOTSRANGE")
                 .arg(first)
                 .arg(last)
-                .exec(&mut con)
-                .expect("CLUSTER ADDSLOTSRANGE");
+                .exec(&mut con);
+            if ranged.is_err() {
+                // ADDSLOTSRANGE is Redis 7.0's; before it every slot is named.
+                redis::cmd("CLUSTER")
+                    .arg("ADDSLOTS")
+                    .arg((first..=last).collect::<Vec<u16>>())
+                    .exec(&mut con)
+                    .expect("CLUSTER ADDSLOTS");
+            }
             // Distinct epochs up front, as `redis-cli --cluster create` does, so the nodes do
             // not have to resolve an epoch collision before agreeing on the slot map.
             redis::cmd("CLUSTER")

@@ -19,7 +19,10 @@ pub use engines::{Engine, Feature};
 pub use fill::{Dataset, FillReport, fill, fill_cluster};
 #[cfg(feature = "sqs")]
 pub use moto::Moto;
-pub use oracle::{Diff, DiffKind, OracleOptions, OracleReport, compare, compare_nodes};
+pub use oracle::{
+    Diff, DiffKind, OracleOptions, OracleReport, cluster_primaries, compare, compare_nodes,
+    compare_to_cluster,
+};
 pub use proxy::RespProxy;
 pub use server::{RedisServer, ServerOptions};
 pub use workload::{Workload, WorkloadOptions, WorkloadReport};

@@ -229,6 +229,48 @@ pub fn compare(source_url: &str, target_url: &str, opts: &OracleOptions) -> Orac
     compare_nodes(&[source_url], &[target_url], opts)
 }
 
+/// The primaries serving slots in the cluster `url` belongs to, as URLs with `url`'s scheme and
+/// credentials. Read from the node's own `CLUSTER NODES`, so the oracle follows the cluster as
+/// it is now (after a slot moved, say) without any of ferry's topology code.
+pub fn cluster_primaries(url: &str) -> Vec<String> {
+    let mut con = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("oracle: cannot connect to {url}: {e}"));
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut con)
+        .expect("oracle: CLUSTER NODES");
+    let (scheme_auth, rest) = match url.rfind('@') {
+        Some(at) => url.split_at(at + 1),
+        None => {
+            let at = url.find("://").map_or(0, |i| i + 3);
+            url.split_at(at)
+        }
+    };
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let mut out: Vec<String> = nodes
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // id, ip:port@bus, flags, master, ping, pong, epoch, link-state, slots…
+            let serves = f.len() > 8 && f[2].split(',').any(|x| x == "master");
+            let addr = f.get(1)?.split('@').next()?;
+            serves.then(|| format!("{scheme_auth}{addr}{path}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Compares a source (one node) with a cluster target, every primary of it scanned.
+pub fn compare_to_cluster(
+    source_url: &str,
+    any_target_node: &str,
+    opts: &OracleOptions,
+) -> OracleReport {
+    compare_nodes(&[source_url], &cluster_primaries(any_target_node), opts)
+}
+
 /// Compares two keyspaces that may each be spread over several nodes (e.g. cluster masters):
 /// every key is read from the node where SCAN found it.
 pub fn compare_nodes<S: AsRef<str>, T: AsRef<str>>(
