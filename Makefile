@@ -70,9 +70,11 @@ test: deps
 servers:
 	bash scripts/servers.sh
 
-## The engine tests against every engine of the matrix; they fail when a server is missing.
+## The engine tests against every engine of the matrix (also Redis 7.4's hash-field TTLs and
+## clusters of 6.2 and Valkey 8.0); they fail when a server is missing.
 test-engines: deps servers
-	FERRY_ENGINES=1 $(CARGO) test --locked --test it engines:: -- --include-ignored
+	FERRY_ENGINES=1 $(CARGO) test --locked --test it -- --include-ignored \
+		engines:: fieldttl:: cluster::clusters_before_cluster_shards_are_read_with_cluster_slots
 
 ## A whole live migration between two local servers, checked by the oracle.
 demo: deps
@@ -82,6 +84,7 @@ demo: deps
 ## and the baseline alternating (scripts/bench/alternate.py); the tables go into
 ## docs/performance.md with the commit measured (commit first: it refuses uncommitted code).
 BENCH_RUNS ?= 3
+SERVERS = $(or $(FERRY_SERVERS_CACHE),$(HOME)/.cache/ferry/servers)
 ALTERNATE = python3 scripts/bench/alternate.py --runs $(BENCH_RUNS) --doc docs/performance.md
 bench: deps
 	$(ALTERNATE) --name snapshot --orders native-first,ferry-first \
@@ -90,6 +93,12 @@ bench: deps
 	$(ALTERNATE) --name snapshot-small --orders native-first,ferry-first --no-build \
 		--title "Snapshot: 1M keys of 100 bytes plus big keys, against native replication" \
 		-- bash scripts/bench/snapshot.sh 1000000 100
+	$(MAKE) servers
+	$(ALTERNATE) --name snapshot-6.2-to-7.4 --orders native-first,ferry-first --no-build \
+		--set SOURCE_BIN=$(SERVERS)/redis-6.2.16/redis-server \
+		--set TARGET_BIN=$(SERVERS)/redis-7.4.1/redis-server \
+		--title "Snapshot from Redis 6.2 to Redis 7.4: 200k keys of 1.5 kB plus big keys, against native replication between the same versions" \
+		-- bash scripts/bench/snapshot.sh 200000 1500
 	$(ALTERNATE) --name replay-1 --orders ferry-first,baseline-first --no-build \
 		--set LIKE=1 --set SHARDS=1 \
 		--title "Replay over 1 connection against redis-benchmark -c 1 -P 16384, same commands" \

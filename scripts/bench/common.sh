@@ -25,12 +25,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_server NAME [extra redis-server args...]; sets PORT_<NAME>
+# start_server NAME [extra redis-server args...]; sets PORT_<NAME> and PID_<NAME>. BIN=PATH before
+# the call runs another server binary (an engine of `make servers`).
 start_server() {
   local name=$1; shift
   local port; port=$(free_port)
   mkdir -p "$BENCH_DIR/$name"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+  "${BIN:-redis-server}" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$BENCH_DIR/$name" --logfile "$BENCH_DIR/$name/log" \
     --repl-diskless-sync yes --repl-diskless-sync-delay 0 "$@" &
   PIDS+=($!)

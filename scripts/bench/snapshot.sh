@@ -4,7 +4,10 @@
 # ferry's peak RSS.
 #
 # Usage: scripts/bench/snapshot.sh [KEYS=200000] [VALUE_BYTES=1500]
-# Environment: ORDER=native-first (default) or ferry-first; FERRY=target/release/ferry.
+# Environment: ORDER=native-first (default) or ferry-first; FERRY=target/release/ferry;
+# SOURCE_BIN and TARGET_BIN: the source's and the targets' redis-server (an engine of
+# `make servers`, e.g. ~/.cache/ferry/servers/redis-6.2.16/redis-server); native replication
+# then runs between the same two versions as ferry.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/common.sh
@@ -14,9 +17,10 @@ VALUE=${2:-1500}
 FERRY=${FERRY:-target/release/ferry}
 [ -x "$FERRY" ] || cargo build --release --quiet
 
-start_server source
-start_server native
-start_server target
+BIN=${SOURCE_BIN:-redis-server} start_server source
+BIN=${TARGET_BIN:-redis-server} start_server native
+BIN=${TARGET_BIN:-redis-server} start_server target
+echo "   source: $("${SOURCE_BIN:-redis-server}" --version | cut -d' ' -f1-3); targets: $("${TARGET_BIN:-redis-server}" --version | cut -d' ' -f1-3)"
 S=$PORT_source
 
 echo "== generating $KEYS keys of $VALUE bytes plus big keys on 127.0.0.1:$S"

@@ -38,8 +38,8 @@
 //!   the stream and the re-copies to a final marker, unpause. The target then equals the source
 //!   at that marker.
 
-mod cluster;
 pub mod acl;
+mod cluster;
 mod config;
 mod coordinator;
 mod evictions;

@@ -6,8 +6,8 @@
 //! from [`TlsOptions`]), and `redis+unix:///path?db=N&pass=…`. Every connection is opened by
 //! `connect::open`.
 
-mod connect;
 pub mod cluster;
+mod connect;
 mod engine;
 pub mod framing;
 mod raw;

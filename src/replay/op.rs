@@ -51,7 +51,8 @@ pub enum Op {
     /// lease): then none of it was applied.
     Fenced {
         seq: u64,
-        fence: Fence,
+        // Boxed: a fence is four vectors, and every other `Op` would carry its size.
+        fence: Box<Fence>,
         ops: Vec<Op>,
         done: oneshot::Sender<bool>,
     },

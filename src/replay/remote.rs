@@ -915,7 +915,7 @@ impl ReaderTask {
         let (done, wait) = oneshot::channel();
         let op = Op::Fenced {
             seq: 0,
-            fence: self.leases.fence(shard, token, group, end),
+            fence: Box::new(self.leases.fence(shard, token, group, end)),
             ops,
             done,
         };

@@ -23,8 +23,8 @@
 
 mod checkpoint;
 pub mod chunked;
-pub mod downgrade;
 mod cluster;
+pub mod downgrade;
 pub mod expiry;
 mod fieldttl;
 mod limit;

@@ -477,7 +477,7 @@ fn split_lease_fence_refuses_every_batch_of_a_holder_that_lost_the_lease() {
             ];
             let op = Op::Fenced {
                 seq: 0,
-                fence: leases.fence(0, token, 256, end),
+                fence: Box::new(leases.fence(0, token, 256, end)),
                 ops,
                 done,
             };
