@@ -51,6 +51,9 @@ pub struct MigrateConfig {
     pub table: Option<Arc<CommandTable>>,
     /// Replay connections; each key's writes stay on one.
     pub replay_shards: usize,
+    /// The plan ends with a cutover: a source that cannot pause writes alone (before Redis
+    /// 6.2) is refused at start rather than when the switch is reached.
+    pub cutover_planned: bool,
     /// The target already equals the source (a reverse sync started at a cutover's final
     /// fence): replay the stream from the start, with no snapshot.
     pub skip_snapshot: bool,
@@ -81,6 +84,7 @@ impl MigrateConfig {
             table: None,
             late: None,
             replay_shards: crate::replay::DEFAULT_SHARDS,
+            cutover_planned: false,
             skip_snapshot: false,
             functions: true,
             drop_field_ttls: false,

@@ -307,6 +307,14 @@ impl Migration {
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
+        // Said now, not after an hour of copying when the switch is reached.
+        if self.cfg.cutover_planned && !engines.0.has_pause_write() {
+            return Err(MigrateError::Unsupported(format!(
+                "{} runs {}: a cutover needs CLIENT PAUSE … WRITE (Redis 6.2) on the source, since an older source's pause holds every client, ferry's own reads too, and cannot be ended early; run without the cutover phase and switch clients yourself after the final fence",
+                self.source.redacted(),
+                engines.0
+            )));
+        }
         let target_cluster = self.check_clusters().await?;
         log_mechanics(engines);
         report.source_server = engines.0.to_string();

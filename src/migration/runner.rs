@@ -134,6 +134,7 @@ pub fn migrate_config(plan: &Plan) -> Result<MigrateConfig, RunError> {
     if let Some(ms) = cutover {
         cfg.max_pause = Duration::from_millis(ms);
     }
+    cfg.cutover_planned = cutover.is_some();
     if let JournalSpec::Sqs {
         queue_url,
         fifo,

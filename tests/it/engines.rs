@@ -1316,6 +1316,11 @@ fn live_migration_from_redis_6_2_to_7_0_is_exact() {
 /// Runs `ferry migrate` from `source` to `target`, which must refuse at start: exit 2 within
 /// 30 s, one `ferry: error` line (returned), nothing copied to the target.
 fn refused_at_start(source: &RedisServer, target: &RedisServer) -> String {
+    refused_at_start_with(source, target, &[])
+}
+
+/// [`refused_at_start`] with more `ferry migrate` arguments.
+fn refused_at_start_with(source: &RedisServer, target: &RedisServer, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let out = crate::cli::ferry()
@@ -1328,6 +1333,7 @@ fn refused_at_start(source: &RedisServer, target: &RedisServer) -> String {
         ])
         .arg("--state-dir")
         .arg(dir.path())
+        .args(extra)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1349,7 +1355,8 @@ fn refused_at_start(source: &RedisServer, target: &RedisServer) -> String {
 
 /// Pairs ferry cannot migrate live are refused at start with one line naming the reason, never
 /// a loop: Redis 7.4 → Valkey 8.0 (RDB 12 payloads, no rewrite to 11) and a Redis 4.0 target
-/// (no `SET … PXAT`). A Redis 3.x source is refused the same way (`Engine::too_old`).
+/// (no `SET … PXAT`), and a cutover from a source before 6.2 (no `CLIENT PAUSE … WRITE`). A
+/// Redis 3.x source is refused the same way (`Engine::too_old`).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
 fn unsupported_pairs_are_refused_at_start_with_one_line() {
@@ -1365,6 +1372,18 @@ fn unsupported_pairs_are_refused_at_start_with_one_line() {
     let line = refused_at_start(&RedisServer::start(), &start(Engine::Redis40));
     assert!(
         line.contains("runs Redis 4.0.14; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later"),
+        "{line}"
+    );
+    // A cutover from a source without CLIENT PAUSE … WRITE: said at start, not at the switch.
+    let line = refused_at_start_with(
+        &start(Engine::Redis60),
+        &RedisServer::start(),
+        &["--cutover"],
+    );
+    assert!(
+        line.contains(
+            "runs Redis 6.0.20: a cutover needs CLIENT PAUSE … WRITE (Redis 6.2) on the source"
+        ),
         "{line}"
     );
 }
