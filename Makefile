@@ -112,8 +112,12 @@ bench: deps
 		-- bash scripts/bench/verify.sh
 	$(ALTERNATE) --name backup --orders native-first,ferry-first --no-build \
 		--title "Backup against redis-cli --rdb" -- bash scripts/bench/backup.sh
-	bash scripts/bench/plans.sh
-	bash scripts/bench/sqs.sh
+	$(ALTERNATE) --name plans --orders plain-first,hook-first --no-build \
+		--title "Replay through plans: no rewrite, a declarative rename, a Lua hook per command" \
+		-- bash scripts/bench/plans.sh
+	$(ALTERNATE) --name sqs --orders ferry-first,seed-first --no-build \
+		--title "SQS end to end: ferry capture + 2 replay processes against the seed's way (moto)" \
+		-- bash scripts/bench/sqs.sh
 	bash scripts/bench/fencing.sh
 
 ## The README's picture of a run report: docs/report-screenshot.png, taken by headless Chromium

@@ -5,14 +5,17 @@
 #     `ferry replay` processes applying,
 # reporting commands/s end to end (from the first write until the target holds every key), and
 # for SQS the entries packed per message and the messages/s it took, beside moto's own message
-# rate measured the seed's way (one command per message).
+# rate; and 3. the seed's SQS migration end to end (scripts/bench/seed_sqs.py: MONITOR, one
+# message per write, a replayer applying one command per round trip), on SEED_N writes.
 #
-# Usage: scripts/bench/sqs.sh [N=300000]
+# Usage: scripts/bench/sqs.sh [N=300000]   Environment: SEED_N=1000, ORDER=ferry-first|seed-first
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/common.sh
 
 N=${1:-300000}
+# The seed's path manages tens of writes per second through moto: a smaller burst, same shape.
+SEED_N=${SEED_N:-1000}
 FERRY=${FERRY:-target/release/ferry}
 [ -x "$FERRY" ] || cargo build --release --quiet
 command -v moto_server >/dev/null || { echo "missing moto_server: run 'make deps'" >&2; exit 2; }
@@ -27,6 +30,7 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
 start_server source
 start_server target
 start_server target_sqs
+start_server target_seed
 S=$PORT_source
 
 # Writes N SETs of new keys on the source; waits until `port` holds as many keys; prints secs.
@@ -46,56 +50,61 @@ burst_and_wait() {
 
 stop() { kill -TERM "$1"; for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -KILL "$1"; }
 
-echo "== embedded journal: ferry migrate"
-"$FERRY" migrate --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target" \
-  --capture primary --state-dir "$BENCH_DIR/state-embedded" 2>"$BENCH_DIR/embedded.log" &
-FP=$!
-until grep -q "Caught up" "$BENCH_DIR/embedded.log"; do sleep 0.1; done
-EMB_S=$(burst_and_wait "$PORT_target")
-stop $FP
-EMB_RATE=$(echo "$N / $EMB_S" | bc)
-echo "   $N writes in ${EMB_S}s: $EMB_RATE cmd/s"
+embedded() {
+  redis-cli -p "$S" flushall >/dev/null
+  echo "== embedded journal: ferry migrate"
+  "$FERRY" migrate --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target" \
+    --capture primary --state-dir "$BENCH_DIR/state-embedded" 2>"$BENCH_DIR/embedded.log" &
+  FP=$!
+  until grep -q "Caught up" "$BENCH_DIR/embedded.log"; do sleep 0.1; done
+  EMB_S=$(burst_and_wait "$PORT_target")
+  stop $FP
+  EMB_RATE=$(echo "$N / $EMB_S" | bc)
+  echo "   $N writes in ${EMB_S}s: $EMB_RATE cmd/s"
+}
 
-echo "== SQS FIFO (moto): ferry capture + 2 x ferry replay"
-redis-cli -p "$S" flushall >/dev/null
-Q="http://127.0.0.1:$MOTO_PORT/123456789012/ferry-bench.fifo"
-"$FERRY" capture --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target_sqs" \
-  --queue "$Q" --create-queue --capture primary --state-dir "$BENCH_DIR/state-sqs" \
-  2>"$BENCH_DIR/capture.log" &
-CP=$!
-until grep -q "Caught up" "$BENCH_DIR/capture.log"; do sleep 0.1; done
-RPIDS=()
-for w in a b; do
-  "$FERRY" replay --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target_sqs" \
-    --queue "$Q" --state-dir "$BENCH_DIR/replay-$w" 2>"$BENCH_DIR/replay-$w.log" &
-  RPIDS+=($!)
-done
-sleep 1
-SQS_S=$(burst_and_wait "$PORT_target_sqs")
-stop $CP
-for p in "${RPIDS[@]}"; do stop "$p"; done
-SQS_RATE=$(echo "$N / $SQS_S" | bc)
-read -r ENTRIES MSGS < <(cat "$BENCH_DIR"/replay-*.log | sed -n 's/.*Replay stopped: \([0-9]*\) entries in \([0-9]*\) batches.*/\1 \2/p' \
-  | awk '{e+=$1; m+=$2} END {print e, m}')
-PER_MSG=$(echo "$ENTRIES / $MSGS" | bc)
-MSG_RATE=$(echo "scale=1; $MSGS / $SQS_S" | bc)
-echo "   $N writes in ${SQS_S}s: $SQS_RATE cmd/s; $ENTRIES entries in $MSGS messages ($PER_MSG per message, $MSG_RATE msg/s)"
+sqs() {
+  echo "== SQS FIFO (moto): ferry capture + 2 x ferry replay"
+  redis-cli -p "$S" flushall >/dev/null
+  Q="http://127.0.0.1:$MOTO_PORT/123456789012/ferry-bench.fifo"
+  "$FERRY" capture --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target_sqs" \
+    --queue "$Q" --create-queue --capture primary --state-dir "$BENCH_DIR/state-sqs" \
+    2>"$BENCH_DIR/capture.log" &
+  CP=$!
+  until grep -q "Caught up" "$BENCH_DIR/capture.log"; do sleep 0.1; done
+  RPIDS=()
+  for w in a b; do
+    "$FERRY" replay --source "redis://127.0.0.1:$S" --target "redis://127.0.0.1:$PORT_target_sqs" \
+      --queue "$Q" --state-dir "$BENCH_DIR/replay-$w" 2>"$BENCH_DIR/replay-$w.log" &
+    RPIDS+=($!)
+  done
+  sleep 1
+  SQS_S=$(burst_and_wait "$PORT_target_sqs")
+  stop $CP
+  for p in "${RPIDS[@]}"; do stop "$p"; done
+  SQS_RATE=$(echo "$N / $SQS_S" | bc)
+  read -r ENTRIES MSGS < <(cat "$BENCH_DIR"/replay-*.log | sed -n 's/.*Replay stopped: \([0-9]*\) entries in \([0-9]*\) batches.*/\1 \2/p' \
+    | awk '{e+=$1; m+=$2} END {print e, m}')
+  PER_MSG=$(echo "$ENTRIES / $MSGS" | bc)
+  MSG_RATE=$(echo "scale=1; $MSGS / $SQS_S" | bc)
+  echo "   $N writes in ${SQS_S}s: $SQS_RATE cmd/s; $ENTRIES entries in $MSGS messages ($PER_MSG per message, $MSG_RATE msg/s)"
+}
 
-echo "== moto's message rate the seed's way: one command per message (FIFO, SendMessage, 300 messages to a fresh queue)"
-SEED_RATE=$(python3 - "$MOTO_PORT" <<'PY'
-import sys, time, boto3  # boto3 comes with moto
-sqs = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
-                   aws_access_key_id="test", aws_secret_access_key="test")
-q = sqs.create_queue(QueueName="seed.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
-n = 300
-t0 = time.time()
-for i in range(n):
-    sqs.send_message(QueueUrl=q, MessageBody=f'+1.0 [0 127.0.0.1:1] "SET" "k{i}" "v"',
-                     MessageGroupId="g", MessageDeduplicationId=str(i))
-print(int(n / (time.time() - t0)))
-PY
-)
-echo "   $SEED_RATE msg/s = $SEED_RATE cmd/s at one command per message"
+seed() {
+  echo "== the seed's way, end to end: MONITOR → one SendMessage per write → receive, apply one per round trip, delete ($SEED_N writes)"
+  redis-cli -p "$S" flushall >/dev/null
+  SEED_OUT=$(python3 scripts/bench/seed_sqs.py --source "$S" --target "$PORT_target_seed" \
+    --moto "$MOTO_PORT" --n "$SEED_N") || { echo "the seed baseline failed" >&2; exit 1; }
+  SEED_RATE=$(sed -n 's/.*seed_e2e=\([0-9]*\).*/\1/p' <<<"$SEED_OUT")
+  echo "   $SEED_OUT"
+}
+
+# ORDER=ferry-first (default: embedded, SQS, seed) or seed-first (the reverse); scripts/bench/
+# alternate.py alternates it.
+if [ "${ORDER:-ferry-first}" = seed-first ]; then seed; sqs; embedded; else embedded; sqs; seed; fi
 
 echo
-echo "RESULT n=$N embedded=${EMB_RATE}cmd/s sqs_fifo=${SQS_RATE}cmd/s ($(echo "scale=2; $SQS_RATE / $EMB_RATE" | bc)x embedded) entries_per_message=$PER_MSG sqs_msgs_per_s=$MSG_RATE seed_style=${SEED_RATE}cmd/s ($(echo "scale=1; $SQS_RATE / $SEED_RATE" | bc)x)"
+echo "RESULT n=$N embedded=${EMB_RATE}cmd/s sqs_fifo=${SQS_RATE}cmd/s" \
+  "sqs_vs_embedded=$(echo "scale=2; $SQS_RATE / $EMB_RATE" | bc)x entries_per_message=$PER_MSG" \
+  "sqs_msgs_per_s=$MSG_RATE seed_n=$SEED_N seed_e2e=${SEED_RATE}cmd/s" \
+  "sqs_vs_seed=$(echo "scale=1; $SQS_RATE / $SEED_RATE" | bc)x order=${ORDER:-ferry-first}"
