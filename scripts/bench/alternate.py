@@ -77,7 +77,7 @@ def summarise(runs):
             if m:
                 vals.append(float(m.group(1)))
                 unit = m.group(2)
-        if len(vals) == len(runs) and len(set(vals)) >= 1 and k not in ("order",):
+        if len(vals) == len(runs):
             table.append((k, unit, vals))
     return table
 
@@ -90,7 +90,7 @@ def fmt(v):
     return f"{v:.3g}"
 
 
-def render(name, args, runs, table, heading):
+def render(runs, table, heading):
     lines = [heading, ""]
     lines.append("| figure | median | min – max | spread | runs |")
     lines.append("|---|---|---|---|---|")
@@ -193,7 +193,7 @@ def main():
         f"checking its own result. Command: `{(what + ' ') if what else ''}"
         f"{' '.join(cmd)}` (through `scripts/bench/alternate.py`)."
     )
-    block = render(a.name, a, runs, table, heading)
+    block = render(runs, table, heading)
     print()
     print(block)
     if a.doc:

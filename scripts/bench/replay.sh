@@ -132,7 +132,6 @@ stop_ferry() {
 
 proc_kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 csv_rps() { awk -F'"' 'NR == 2 { printf "%.0f", $4 }'; }
 kv() { sed -n "s/.*\<$1=\([^ ]*\).*/\1/p"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
@@ -298,10 +297,10 @@ python3 "$LAG_PY" load --port "$S2" --rate "$LOAD_RATE" --duration $(( LAG_SECS 
 LOAD_PID=$!
 BG_PIDS+=("$LOAD_PID")
 sleep 2 # warm-up
-c0=$(cpu_ticks "$P5_PID"); w0=$(now)
+c0=$(cpu_s "$P5_PID"); w0=$(now)
 PROBE_OUT=$(python3 "$LAG_PY" probe --source "$S2" --target "$T2" --duration "$LAG_SECS" \
   --interval-ms 10 --poll-ms 1 --samples "$BENCH_DIR/lag-samples.txt") || true
-c1=$(cpu_ticks "$P5_PID"); w1=$(now)
+c1=$(cpu_s "$P5_PID"); w1=$(now)
 echo "   $PROBE_OUT"
 LOAD_RC=0; wait "$LOAD_PID" || LOAD_RC=$?
 [ "$LOAD_RC" = 0 ] || die "the load generator failed: $(cat "$BENCH_DIR/load.out")"
@@ -310,8 +309,8 @@ LAG_P50=$(kv lag_p50_ms <<<"$PROBE_OUT"); LAG_P99=$(kv lag_p99_ms <<<"$PROBE_OUT
 LAG_MAX=$(kv lag_max_ms <<<"$PROBE_OUT"); PROBES_MISSING=$(kv missing <<<"$PROBE_OUT")
 [ -n "$LAG_P50" ] || die "lag.py probe failed"
 [ "$PROBES_MISSING" = 0 ] || FAILURES+=("$PROBES_MISSING lag probes never reached the target")
-FERRY_CPU=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v s="$(elapsed "$w0" "$w1")" \
-  'BEGIN { printf "%.0f", 100 * c / hz / s }')
+FERRY_CPU=$(awk -v a="$c0" -v b="$c1" -v s="$(elapsed "$w0" "$w1")" \
+  'BEGIN { printf "%.0f", 100 * (b - a) / s }')
 LAG_HWM_KB=$(proc_kb "$P5_PID" VmHWM)
 echo "   ferry CPU during the probe: ${FERRY_CPU}% of one core; VmHWM $(mb "$LAG_HWM_KB") MB"
 echo "   ferry's own lag_ms in status lines: max $(grep 'Status\.' "$P5_LOG" | sed -n 's/.* lag_ms=\([0-9]*\).*/\1/p' | sort -n | tail -1) ms"

@@ -12,6 +12,23 @@ use crate::cli::run_ferry;
 use crate::support::fill::keys;
 use crate::support::{Dataset, RedisServer, fill};
 
+/// Writes `plan.lua` in `dir`: a plan from `source` to `target` with `fields` (Lua table fields).
+fn plan_file(
+    dir: &std::path::Path,
+    source: &RedisServer,
+    target: &RedisServer,
+    fields: &str,
+) -> std::path::PathBuf {
+    let plan = dir.join("plan.lua");
+    let text = format!(
+        "local ferry = require \"ferry\"\nreturn ferry.plan {{\n  api_version = 1,\n  source = {{ url = \"{}\" }},\n  target = {{ url = \"{}\" }},\n  {fields}\n}}\n",
+        source.url(),
+        target.url()
+    );
+    std::fs::write(&plan, text).unwrap();
+    plan
+}
+
 /// Two servers holding the same data, TTLs included.
 fn twins() -> (RedisServer, RedisServer) {
     let ds = Dataset {
@@ -272,25 +289,14 @@ fn plan_renames_filters_and_rules_apply_to_a_standalone_verify() {
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.lua");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"local ferry = require "ferry"
-return ferry.plan {{
-  api_version = 1,
-  source = {{ url = "{}" }},
-  target = {{ url = "{}" }},
-  keys = {{ exclude = {{ "skip:*" }} }},
-  rewrite = {{ ferry.rename_prefix("a:", "b:") }},
-  verify = {{ rules = {{ {{ pattern = "noisy:*", ignore = true }} }} }},
-}}
-"#,
-            source.url(),
-            target.url()
-        ),
-    )
-    .unwrap();
+    let plan = plan_file(
+        dir.path(),
+        &source,
+        &target,
+        r#"keys = { exclude = { "skip:*" } },
+  rewrite = { ferry.rename_prefix("a:", "b:") },
+  verify = { rules = { { pattern = "noisy:*", ignore = true } } },"#,
+    );
     let run = || {
         let json = dir.path().join("v.json");
         let out = run_ferry(&[
@@ -363,24 +369,13 @@ fn a_sample_counts_only_keys_the_plan_migrates_and_says_what_it_skipped() {
         let _: () = pt.query(&mut t).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("plan.lua");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"local ferry = require "ferry"
-return ferry.plan {{
-  api_version = 1,
-  source = {{ url = "{}" }},
-  target = {{ url = "{}" }},
-  keys = {{ exclude = {{ "skip:*" }} }},
-  verify = {{ sample = 500 }},
-}}
-"#,
-            source.url(),
-            target.url()
-        ),
-    )
-    .unwrap();
+    let plan = plan_file(
+        dir.path(),
+        &source,
+        &target,
+        r#"keys = { exclude = { "skip:*" } },
+  verify = { sample = 500 },"#,
+    );
     let json = dir.path().join("v.json");
     let out = run_ferry(&[
         "verify",
