@@ -25,10 +25,18 @@ use super::parse::{MonitorLine, Peer};
 use crate::command::{Argv, Class, CommandTable};
 use crate::journal::{EntryKind, Marker, parse_read_echo};
 
-/// What ferry's own connections to the source are, by the address the server sees.
+/// What ferry's own connections to the source are, by the server they reach and the address
+/// that server sees. The server is part of the key: one client port can reach several nodes of
+/// a cluster source at once (the kernel reuses it toward different servers), and each node's
+/// capture must know only the connections to that node.
 #[derive(Debug, Default)]
 pub struct PeerRegistry {
-    roles: RwLock<HashMap<SocketAddr, Role>>,
+    roles: RwLock<HashMap<(String, SocketAddr), Role>>,
+}
+
+/// How a server is named in the registry: its address as ferry connects to it.
+fn server_key(server: &crate::net::Endpoint) -> String {
+    server.addr().to_string()
 }
 
 /// A ferry connection's role.
@@ -46,15 +54,23 @@ impl PeerRegistry {
         Arc::new(PeerRegistry::default())
     }
 
-    /// Registers a connection by its `CLIENT INFO` address.
-    pub fn register(&self, addr: &str, role: Role) {
+    /// Registers a connection to `server` by its `CLIENT INFO` address.
+    pub fn register(&self, server: &crate::net::Endpoint, addr: &str, role: Role) {
+        self.insert(server_key(server), addr, role);
+    }
+
+    fn insert(&self, server: String, addr: &str, role: Role) {
         if let (Ok(a), Ok(mut roles)) = (addr.parse(), self.roles.write()) {
-            roles.insert(a, role);
+            roles.insert((server, a), role);
         }
     }
 
-    fn role(&self, addr: &SocketAddr) -> Option<Role> {
-        self.roles.read().ok()?.get(addr).copied()
+    fn role(&self, server: &str, addr: &SocketAddr) -> Option<Role> {
+        self.roles
+            .read()
+            .ok()?
+            .get(&(server.to_string(), *addr))
+            .copied()
     }
 }
 
@@ -63,6 +79,8 @@ impl PeerRegistry {
 pub struct Grouper {
     table: Arc<CommandTable>,
     peers: Arc<PeerRegistry>,
+    /// The server this stream is from, as [`PeerRegistry`] names it.
+    server: String,
     /// Open transactions, by client.
     multi: HashMap<Peer, Vec<(u32, Argv)>>,
     /// The client of the last non-`lua` line: `lua` lines belong to its script.
@@ -86,6 +104,7 @@ impl Grouper {
         Grouper {
             table,
             peers,
+            server: String::new(),
             multi: HashMap::new(),
             last: None,
             script: None,
@@ -94,6 +113,12 @@ impl Grouper {
             ts_us: 0,
             late: None,
         }
+    }
+
+    /// The stream is `server`'s: only ferry's connections to it are its own.
+    pub fn on_server(mut self, server: &crate::net::Endpoint) -> Grouper {
+        self.server = server_key(server);
+        self
     }
 
     /// Counts writes after the switch marker in `late`.
@@ -183,7 +208,7 @@ impl Grouper {
             return false;
         }
         if let Peer::Tcp(addr) = &line.peer
-            && let Some(role) = self.peers.role(addr)
+            && let Some(role) = self.peers.role(&self.server, addr)
         {
             self.push_own(*addr, role, line, out);
             return false;
@@ -324,7 +349,7 @@ mod tests {
     fn run(lines: &[&str], peers: &[(&str, Role)]) -> Vec<EntryKind> {
         let reg = PeerRegistry::new();
         for (a, r) in peers {
-            reg.register(a, *r);
+            reg.insert(String::new(), a, *r);
         }
         let table = Arc::new(CommandTable::from_specs(
             CommandTable::builtin().iter().cloned().collect(),

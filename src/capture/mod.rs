@@ -18,5 +18,6 @@ pub use late::{
 pub use monitor::{CaptureError, MonitorStream};
 pub use parse::{MonitorLine, ParseError, ParseErrorKind, Peer, parse_line, parse_line_into};
 pub use task::{
-    Capture, CaptureConfig, CaptureHandle, CaptureSink, DEFAULT_OMEM_LIMIT, watch_output_buffer,
+    Capture, CaptureConfig, CaptureHandle, CaptureSet, CaptureSink, DEFAULT_OMEM_LIMIT,
+    watch_output_buffer,
 };

@@ -88,6 +88,38 @@ impl CaptureHandle {
     }
 }
 
+/// The captures of every node of a source (one per shard of a cluster), stopped together.
+pub struct CaptureSet(Vec<CaptureHandle>);
+
+impl CaptureSet {
+    /// The set of `handles`.
+    pub fn new(handles: Vec<CaptureHandle>) -> CaptureSet {
+        CaptureSet(handles)
+    }
+
+    /// Waits until every `MONITOR` is live (false when one failed for good).
+    pub async fn wait_live(&mut self) -> bool {
+        for h in &mut self.0 {
+            if !h.wait_live().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Stops every capture; returns the first failure.
+    pub async fn stop(self) -> Result<(), String> {
+        let mut result = Ok(());
+        for h in self.0 {
+            let r = h.stop().await;
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
 impl Capture {
     /// Capture of `source`, classifying with `table`; `peers` holds ferry's own connections.
     pub fn new(
@@ -125,7 +157,8 @@ impl Capture {
         live: watch::Sender<bool>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let mut grouper = Grouper::new(self.table.clone(), self.peers.clone());
+        let mut grouper =
+            Grouper::new(self.table.clone(), self.peers.clone()).on_server(&self.source);
         if let Some(late) = &self.late {
             grouper = grouper.with_late(late.clone());
         }
@@ -267,7 +300,7 @@ pub async fn watch_output_buffer(
 ) -> Option<String> {
     let mut con = source.control().await.ok()?;
     if let Ok(addr) = crate::net::client_addr(&mut con).await {
-        peers.register(&addr, Role::Control);
+        peers.register(source, &addr, Role::Control);
     }
     let mut tick = tokio::time::interval(cfg.guard_every);
     // `CLIENT LIST ID` is Redis 6.2's; before, the whole list, searched for the id.

@@ -7,10 +7,20 @@ use super::report::MigrateError;
 use crate::net::Endpoint;
 use crate::net::cluster::{Topology, stray_dbs};
 
-/// A cluster source: not supported yet (capture would need one stream per shard).
-pub(super) fn cluster_source_refusal(source: &Endpoint, t: &Topology) -> String {
+/// A cluster source with `capture = replica`: each shard is captured on its primary (a
+/// cluster replica answers key reads only after `READONLY`, which the fenced reads do not send).
+pub(super) fn cluster_replica_refusal(source: &Endpoint, t: &Topology) -> String {
     format!(
-        "the source {source} is a node of a Redis Cluster ({} primaries); ferry migrates to a cluster but not yet from one (capture needs one stream per shard): give a standalone source",
+        "the source {source} is a node of a Redis Cluster ({} primaries), and ferry captures a cluster on each shard's primary: use capture = \"auto\" or \"primary\" (--capture primary)",
+        t.shards.len()
+    )
+}
+
+/// A cutover from a cluster source: its switch would pause and release every primary, which is
+/// not built yet; a run without the cutover phase ends at a final fence on every shard.
+pub(super) fn cluster_cutover_refusal(source: &Endpoint, t: &Topology) -> String {
+    format!(
+        "the source {source} is a node of a Redis Cluster ({} primaries); a cutover from a cluster is not supported yet: run without the cutover phase (the final fence pauses every primary) and switch clients yourself",
         t.shards.len()
     )
 }

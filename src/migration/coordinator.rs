@@ -11,7 +11,7 @@ use crate::capture::PeerRegistry;
 use crate::clock::now_us;
 use crate::command::Mapper;
 use crate::journal::{EntryKind, Journal, Marker};
-use crate::net::Endpoint;
+use crate::net::{Endpoint, SourceNodes};
 use crate::replay::{ReplayStats, StitchEvent, StitchShared};
 use crate::snapshot::{LiveSink, PayloadStore, SnapshotConfig, Snapshotter};
 
@@ -21,13 +21,13 @@ use super::report::{MigrateError, MigrationReport, stage};
 
 /// What the background coordinator owns.
 pub(super) struct Coordinator {
-    pub(super) node: Endpoint,
+    pub(super) nodes: SourceNodes,
     pub(super) target: Endpoint,
     pub(super) snapshot_cfg: SnapshotConfig,
     pub(super) mapper: Option<Arc<dyn Mapper>>,
     pub(super) store: Arc<PayloadStore>,
     pub(super) peers: Arc<PeerRegistry>,
-    pub(super) capture: crate::capture::CaptureHandle,
+    pub(super) capture: crate::capture::CaptureSet,
     pub(super) journal: Journal,
     pub(super) stats: Arc<ReplayStats>,
     pub(super) shared: Arc<StitchShared>,
@@ -75,11 +75,16 @@ type SnapshotTask = tokio::task::JoinHandle<(
 )>;
 
 fn spawn_snapshot(c: &Coordinator, epoch: u64) -> SnapshotTask {
-    let snap = Snapshotter::new(c.node.clone(), c.target.clone(), c.snapshot_cfg.clone());
+    let snap = Snapshotter::new(
+        c.nodes.first().clone(),
+        c.target.clone(),
+        c.snapshot_cfg.clone(),
+    );
     let sink = LiveSink {
         store: c.store.clone(),
         peers: c.peers.clone(),
         mapper: c.mapper.clone(),
+        nodes: c.nodes.clone(),
     };
     tokio::spawn(async move {
         // After a gap the target may still be restarting: wait for it rather than fail.
@@ -101,7 +106,7 @@ type SweepTask =
     tokio::task::JoinHandle<(u64, Result<Vec<(u32, Vec<u8>)>, crate::verify::VerifyError>)>;
 
 fn spawn_sweep(c: &Coordinator, from: u64) -> SweepTask {
-    let (source, target, mapper) = (c.node.clone(), c.target.clone(), c.mapper.clone());
+    let (source, target, mapper) = (c.nodes.clone(), c.target.clone(), c.mapper.clone());
     tokio::spawn(async move { (from, sweep(&source, &target, mapper.as_ref()).await) })
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::capture::{PeerRegistry, Role};
 use crate::command::Mapper;
-use crate::net::{Endpoint, NetError, RawConn, Reply, info_field};
+use crate::net::{Endpoint, NetError, RawConn, Reply, SourceNodes, info_field};
 use crate::verify::{VerifyError, orphans, parse_keyspace, scan_page};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -130,7 +130,7 @@ fn event_db(channel: &[u8]) -> Option<u32> {
 
 /// Every target key whose source key no longer exists, named by its source db and key.
 pub async fn sweep(
-    source: &Endpoint,
+    source: &SourceNodes,
     target: &Endpoint,
     mapper: Option<&Arc<dyn crate::command::Mapper>>,
 ) -> Result<Vec<(u32, Vec<u8>)>, VerifyError> {
@@ -140,7 +140,9 @@ pub async fn sweep(
         .query_async(&mut tcon)
         .await
         .map_err(|e| VerifyError::Net(target.classify(&e)))?;
-    let mut source_conns: HashMap<u32, MultiplexedConnection> = HashMap::new();
+    // Per source node (one per shard of a cluster), per db.
+    let mut source_conns: Vec<HashMap<u32, MultiplexedConnection>> =
+        source.all().iter().map(|_| HashMap::new()).collect();
     let mut out = Vec::new();
     for tdb in parse_keyspace(&info).into_keys() {
         let mut con = target.with_db(i64::from(tdb)).control().await?;
@@ -149,8 +151,21 @@ pub async fn sweep(
             let (next, keys) = scan_page(&mut con, cursor, SWEEP_PAGE)
                 .await
                 .map_err(|e| VerifyError::Net(target.classify(&e)))?;
-            if !keys.is_empty() {
-                let absent = orphans(source, &mut source_conns, mapper, tdb, &keys).await?;
+            // Each target key is asked about on the node of the source key it maps from.
+            let mut by_node: Vec<Vec<Vec<u8>>> = source.all().iter().map(|_| Vec::new()).collect();
+            for k in keys {
+                let i = match mapper {
+                    Some(m) if source.is_cluster() => m
+                        .unmap_candidates(tdb, &k)
+                        .first()
+                        .map_or(0, |(_, sk)| source.index_of(sk)),
+                    _ => source.index_of(&k),
+                };
+                by_node[i].push(k);
+            }
+            for (i, keys) in by_node.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+                let node = &source.all()[i];
+                let absent = orphans(node, &mut source_conns[i], mapper, tdb, keys).await?;
                 out.extend(
                     absent
                         .into_iter()
@@ -174,7 +189,7 @@ pub(super) type EvictedRx = mpsc::Receiver<(u32, Vec<u8>)>;
 pub(super) struct Evictions {
     /// `None` when capture reads a replica (its stream shows evictions as `DEL`) or the source's
     /// counters cannot be read.
-    pub(super) watch: tokio::sync::Mutex<Option<EvictionWatch>>,
+    pub(super) watch: tokio::sync::Mutex<Option<Vec<EvictionWatch>>>,
     /// `evicted_keys` when the migration started.
     pub(super) baseline: u64,
     /// Evicted keys named by keyspace events, each re-copied through a `dirty:` marker.
@@ -190,7 +205,7 @@ pub(super) struct Evictions {
 
 impl Evictions {
     pub(super) async fn connect(
-        node: &Endpoint,
+        nodes: &SourceNodes,
         peers: &PeerRegistry,
         from_replica: bool,
     ) -> Evictions {
@@ -206,19 +221,46 @@ impl Evictions {
         if from_replica {
             return ev;
         }
-        let Ok(mut con) = node.control().await else {
-            return ev;
-        };
-        if let Ok(addr) = crate::net::client_addr(&mut con).await {
-            peers.register(&addr, Role::Control);
+        // One watch and one subscription per node (each shard of a cluster evicts on its own);
+        // the counters add up, the events share one channel.
+        let (tx, rx) = mpsc::channel(1 << 16);
+        let mut watches = Vec::with_capacity(nodes.len());
+        let mut subscribers = Vec::new();
+        let mut baseline = 0;
+        let mut policy = None;
+        for node in nodes.all() {
+            let Ok(mut con) = node.control().await else {
+                return ev;
+            };
+            if let Ok(addr) = crate::net::client_addr(&mut con).await {
+                peers.register(node, &addr, Role::Control);
+            }
+            let mut watch = EvictionWatch::new(node.clone(), con);
+            // Subscribed before the baseline is read: every eviction it counts can have an event.
+            let events = EvictionEvents::subscribe(node).await;
+            let Some(n) = watch.evicted_keys().await else {
+                return ev;
+            };
+            baseline += n;
+            if policy.is_none() {
+                policy = watch.evicting_policy().await;
+            }
+            match events {
+                Ok(events) => {
+                    let tx = tx.clone();
+                    subscribers.push(async move {
+                        if let Err(e) = events.run(tx).await {
+                            tracing::debug!(error = %e, "The keyspace event subscription ended.");
+                        }
+                    });
+                }
+                // Without a subscription the events cannot name every eviction: swept.
+                Err(e) => tracing::debug!(error = %e, "No keyspace event subscription."),
+            }
+            watches.push(watch);
         }
-        let mut watch = EvictionWatch::new(node.clone(), con);
-        // Subscribed before the baseline is read: every eviction it counts can have an event.
-        let events = EvictionEvents::subscribe(node).await;
-        let Some(baseline) = watch.evicted_keys().await else {
-            return ev;
-        };
-        if let Some(policy) = watch.evicting_policy().await {
+        drop(tx);
+        if let Some(policy) = policy {
             tracing::warn!(
                 %policy,
                 "The source may evict keys, and evictions leave no trace in MONITOR: ferry \
@@ -226,28 +268,31 @@ impl Evictions {
                  e), or else sweeps the target whenever the eviction counter grows."
             );
         }
-        let (tx, rx) = mpsc::channel(1 << 16);
-        match events {
-            Ok(events) => {
-                ev.subscriber = Some(tokio::spawn(async move {
-                    if let Err(e) = events.run(tx).await {
-                        tracing::debug!(error = %e, "The keyspace event subscription ended.");
-                    }
-                }));
-            }
-            // Without a subscription the channel closes at once: evictions are swept.
-            Err(e) => tracing::debug!(error = %e, "No keyspace event subscription."),
+        if !subscribers.is_empty() {
+            // A join set: aborting the subscriber drops it, which aborts every subscription.
+            ev.subscriber = Some(tokio::spawn(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for s in subscribers {
+                    set.spawn(s);
+                }
+                while set.join_next().await.is_some() {}
+            }));
         }
-        ev.watch = tokio::sync::Mutex::new(Some(watch));
+        ev.watch = tokio::sync::Mutex::new(Some(watches));
         ev.baseline = baseline;
         ev.swept_from = AtomicU64::new(baseline);
         ev.events = tokio::sync::Mutex::new(Some(rx));
         ev
     }
 
-    /// The source's eviction counter now, when it is watched.
+    /// The source's eviction counter now (the sum over its nodes), when it is watched.
     pub(super) async fn count(&self) -> Option<u64> {
-        self.watch.lock().await.as_mut()?.evicted_keys().await
+        let mut watches = self.watch.lock().await;
+        let mut total = 0;
+        for w in watches.as_mut()? {
+            total += w.evicted_keys().await?;
+        }
+        Some(total)
     }
 
     /// Stops relying on keyspace events, saying why once.
@@ -310,7 +355,7 @@ pub(super) async fn warn_if_target_evicts(target: &Endpoint) {
 /// finish within `limit` is abandoned: what it missed is reported.
 pub(super) async fn final_evictions(
     ev: &Evictions,
-    (source, target): (&Endpoint, &Endpoint),
+    (source, target): (&SourceNodes, &Endpoint),
     mapper: Option<&Arc<dyn Mapper>>,
     report: &std::sync::Mutex<MigrationReport>,
     markers: &mut Markers,

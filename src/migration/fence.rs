@@ -66,7 +66,11 @@ impl Running {
             // Begun with the final marker, a moment ago.
             Pause::all_clients(Instant::now(), self.cfg.max_pause)
         } else {
-            Pause::new(paused.then_some(src), pause_started, self.cfg.max_pause)
+            Pause::new(
+                if paused { src } else { Vec::new() },
+                pause_started,
+                self.cfg.max_pause,
+            )
         };
         Ok(Fenced::new(
             self.source,
@@ -113,7 +117,7 @@ impl Running {
         self.coordinator = spawn_coordinator(c, failure_tx);
         self.in_window = true;
         Ok(Pause::new(
-            paused.then_some(src),
+            if paused { src } else { Vec::new() },
             pause_started,
             self.cfg.max_pause,
         ))
@@ -137,7 +141,7 @@ impl Running {
         &self,
         markers: &mut Markers,
         evictions: bool,
-    ) -> Result<(MultiplexedConnection, Instant, bool), MigrateError> {
+    ) -> Result<(Vec<MultiplexedConnection>, Instant, bool), MigrateError> {
         let catchup = markers.place("catchup-").await?;
         if !self
             .shared
@@ -149,25 +153,42 @@ impl Running {
         if evictions {
             self.final_evictions(markers, None).await?;
         }
-        let mut src = self.source.control().await?;
+        // Every primary of a cluster source; the primary (not a capture replica) otherwise.
+        let pause_nodes = if self.nodes.is_cluster() {
+            self.nodes.all().to_vec()
+        } else {
+            vec![self.source.clone()]
+        };
+        let mut srcs = Vec::with_capacity(pause_nodes.len());
+        for node in &pause_nodes {
+            srcs.push(node.control().await?);
+        }
         let pause_started = Instant::now();
         if self.pause_all {
             // Paused with the final marker, once the drain no longer reads the source.
-            return Ok((src, pause_started, false));
+            return Ok((srcs, pause_started, false));
         }
-        let paused = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(self.cfg.max_pause.as_millis() as u64)
-            .arg("WRITE")
-            .query_async::<()>(&mut src)
-            .await;
-        if let Err(e) = &paused {
+        let mut refused = None;
+        for src in &mut srcs {
+            let paused = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(self.cfg.max_pause.as_millis() as u64)
+                .arg("WRITE")
+                .query_async::<()>(src)
+                .await;
+            if let Err(e) = paused {
+                refused = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = &refused {
             tracing::warn!(error = %e, "The source refuses CLIENT PAUSE; the final fence is taken without pausing writes.");
+            unpause(&mut srcs).await;
         }
-        if self.from_replica && paused.is_ok() {
-            wait_replica_caught_up(&self.source, &self.node).await;
+        if self.from_replica && refused.is_none() {
+            wait_replica_caught_up(&self.source, self.nodes.first()).await;
         }
-        Ok((src, pause_started, paused.is_ok()))
+        Ok((srcs, pause_started, refused.is_none()))
     }
 
     /// Handles every eviction counted so far (see [`final_evictions`]), within `limit`.
@@ -178,7 +199,7 @@ impl Running {
     ) -> Result<(), MigrateError> {
         final_evictions(
             &self.evictions,
-            (&self.node, &self.target),
+            (&self.nodes, &self.target),
             self.cfg.mapper.as_ref(),
             &self.report,
             markers,
@@ -318,10 +339,12 @@ impl Running {
     }
 }
 
-/// Ends a pause, ignoring a source that went away (its pause ends on its own).
-async fn unpause(src: &mut MultiplexedConnection) {
-    let _ = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async::<()>(src)
-        .await;
+/// Ends a pause on every node, ignoring one that went away (its pause ends on its own).
+async fn unpause(srcs: &mut [MultiplexedConnection]) {
+    for src in srcs {
+        let _ = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query_async::<()>(src)
+            .await;
+    }
 }

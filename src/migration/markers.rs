@@ -1,29 +1,44 @@
-//! Markers: `ECHO ferry:<id>` lines placed on the capture node, so that a position in the
+//! Markers: `ECHO ferry:<id>` lines placed on the capture nodes, so that a position in the
 //! source's stream can be named and waited for on the target.
+//!
+//! ## Behavior
+//! - A position (and a snapshot's end) is placed on every node, one copy per stream; the
+//!   stitcher counts the copies and treats the position as reached at the last one, when every
+//!   stream has delivered everything before its copy (a cluster source has one per shard).
+//! - A `dirty:` marker names its key, so it goes to the node holding the key, once.
 
 use crate::capture::{PeerRegistry, Role};
 use crate::journal::Marker;
-use crate::net::Endpoint;
+use crate::net::SourceNodes;
 
 use super::report::{MigrateError, stage};
 
-/// A control connection on the capture node whose `ECHO ferry:<id>` lines are markers.
+/// One control connection per capture node, whose `ECHO ferry:<id>` lines are markers.
 pub(super) struct Markers {
-    con: redis::aio::MultiplexedConnection,
+    cons: Vec<redis::aio::MultiplexedConnection>,
+    nodes: SourceNodes,
     n: u64,
 }
 
 impl Markers {
     pub(super) async fn connect(
-        node: &Endpoint,
+        nodes: &SourceNodes,
         peers: &PeerRegistry,
     ) -> Result<Markers, MigrateError> {
-        let mut con = node.control().await?;
-        let addr = crate::net::client_addr(&mut con)
-            .await
-            .map_err(|e| stage("markers", e))?;
-        peers.register(&addr, Role::Control);
-        Ok(Markers { con, n: 0 })
+        let mut cons = Vec::with_capacity(nodes.len());
+        for node in nodes.all() {
+            let mut con = node.control().await?;
+            let addr = crate::net::client_addr(&mut con)
+                .await
+                .map_err(|e| stage("markers", e))?;
+            peers.register(node, &addr, Role::Control);
+            cons.push(con);
+        }
+        Ok(Markers {
+            cons,
+            nodes: nodes.clone(),
+            n: 0,
+        })
     }
 
     /// Places a position marker named `what` plus a number, and returns its id.
@@ -34,13 +49,18 @@ impl Markers {
         Ok(id)
     }
 
-    /// Places `marker` in the source's stream.
+    /// Places `marker` in every node's stream.
     pub(super) async fn place_marker(&mut self, marker: &Marker) -> Result<(), MigrateError> {
-        redis::cmd("ECHO")
-            .arg(marker.echo())
-            .query_async::<()>(&mut self.con)
-            .await
-            .map_err(|e| stage("markers", e))
+        let echo = marker.echo();
+        // One node after the other: each copy only orders its own stream.
+        for con in &mut self.cons {
+            redis::cmd("ECHO")
+                .arg(echo.as_slice())
+                .query_async::<()>(con)
+                .await
+                .map_err(|e| stage("markers", e))?;
+        }
+        Ok(())
     }
 
     /// Pauses every client of the source for `ms` and places a position marker named `what`
@@ -54,38 +74,48 @@ impl Markers {
     ) -> Result<String, MigrateError> {
         self.n += 1;
         let id = format!("{what}{}", self.n);
-        redis::pipe()
-            .atomic()
-            .cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(ms)
-            .ignore()
-            .cmd("ECHO")
-            .arg(Marker::Position(id.clone()).echo())
-            .ignore()
-            .query_async::<()>(&mut self.con)
-            .await
-            .map_err(|e| stage("final fence", e))?;
+        let echo = Marker::Position(id.clone()).echo();
+        for con in &mut self.cons {
+            redis::pipe()
+                .atomic()
+                .cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(ms)
+                .ignore()
+                .cmd("ECHO")
+                .arg(echo.as_slice())
+                .ignore()
+                .query_async::<()>(con)
+                .await
+                .map_err(|e| stage("final fence", e))?;
+        }
         Ok(id)
     }
 
-    /// Asks for a fenced re-copy of each source key, from here in the stream.
+    /// Asks for a fenced re-copy of each source key, from here in the stream of its node.
     pub(super) async fn place_dirty(
         &mut self,
         keys: &[(u32, Vec<u8>)],
     ) -> Result<(), MigrateError> {
         for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
+            let mut pipes: Vec<Option<redis::Pipeline>> = vec![None; self.cons.len()];
             for (db, key) in chunk {
                 let marker = Marker::Dirty {
                     db: *db,
                     key: key.clone(),
                 };
-                pipe.cmd("ECHO").arg(marker.echo());
+                pipes[self.nodes.index_of(key)]
+                    .get_or_insert_with(redis::pipe)
+                    .cmd("ECHO")
+                    .arg(marker.echo());
             }
-            pipe.query_async::<()>(&mut self.con)
-                .await
-                .map_err(|e| stage("markers", e))?;
+            for (pipe, con) in pipes.iter().zip(&mut self.cons) {
+                if let Some(pipe) = pipe {
+                    pipe.query_async::<()>(con)
+                        .await
+                        .map_err(|e| stage("markers", e))?;
+                }
+            }
         }
         Ok(())
     }

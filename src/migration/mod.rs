@@ -64,11 +64,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::capture::{Capture, CaptureSink, PeerRegistry};
+use crate::capture::{Capture, CaptureSet, CaptureSink, PeerRegistry};
 use crate::command::CommandTable;
 use crate::journal::{EntryKind, Journal, JournalConfig};
 use crate::net::cluster::Topology;
-use crate::net::{Endpoint, Engine};
+use crate::net::{Endpoint, Engine, SourceNodes};
 use crate::replay::{
     Layout, Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
 };
@@ -85,19 +85,35 @@ pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
 pub use trailing::{Conflict, ConflictPolicy, TargetKey, WindowEnd, WindowReport, WindowSpec};
 pub use window::{TargetWrites, WindowMapper};
 
-use cluster::{cluster_source_refusal, multi_db_refusal, source_dbs};
+use cluster::{cluster_cutover_refusal, cluster_replica_refusal, multi_db_refusal, source_dbs};
 use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};
 use markers::Markers;
 use replica::find_replica;
 use report::stage;
 
-/// Capture's sink: the journal.
-struct JournalSink(Journal);
+/// Capture's sink: the journal, which every shard's capture of a cluster source appends to.
+struct JournalSink {
+    journal: Journal,
+    /// With a table: drop writes without keys (but flushes), which another shard's stream
+    /// carries already.
+    drop_keyless: Option<Arc<CommandTable>>,
+}
 
 impl CaptureSink for JournalSink {
-    fn append(&mut self, batch: Vec<(u64, EntryKind)>) -> Result<(), String> {
-        self.0
+    fn append(&mut self, mut batch: Vec<(u64, EntryKind)>) -> Result<(), String> {
+        if let Some(table) = &self.drop_keyless {
+            batch.retain(|(_, e)| match e {
+                EntryKind::Write { argv, .. } => {
+                    let name = argv.name();
+                    name.eq_ignore_ascii_case(b"FLUSHALL")
+                        || name.eq_ignore_ascii_case(b"FLUSHDB")
+                        || !table.keys(argv).is_empty()
+                }
+                _ => true,
+            });
+        }
+        self.journal
             .append_many(batch)
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -247,19 +263,33 @@ impl Migration {
         Ok(())
     }
 
-    /// Cluster mode of both sides, found from any node: a cluster source is refused (not
-    /// supported yet), and so is a source with keys in dbs that a cluster target cannot hold
-    /// (a cluster has db 0 only) unless the plan moves them to db 0. Returns the target's
-    /// topology, logged, when it is a cluster.
-    async fn check_clusters(&self) -> Result<Option<Topology>, MigrateError> {
-        if let Some(t) = Topology::discover(&self.source).await? {
-            return Err(MigrateError::Unsupported(cluster_source_refusal(
-                &self.source,
-                &t,
-            )));
+    /// Cluster mode of both sides, found from any node: a source with keys in dbs that a
+    /// cluster target cannot hold (a cluster has db 0 only) is refused unless the plan moves
+    /// them to db 0. Returns each side's topology, logged, when it is a cluster.
+    async fn check_clusters(&self) -> Result<(Option<Topology>, Option<Topology>), MigrateError> {
+        let source = Topology::discover(&self.source).await?;
+        if let Some(t) = &source {
+            if self.cfg.capture == CaptureMode::Replica {
+                return Err(MigrateError::Unsupported(cluster_replica_refusal(
+                    &self.source,
+                    t,
+                )));
+            }
+            if self.cfg.cutover_planned {
+                return Err(MigrateError::Unsupported(cluster_cutover_refusal(
+                    &self.source,
+                    t,
+                )));
+            }
+            tracing::info!(
+                source = %self.source,
+                primaries = t.shards.len(),
+                shards = %t.describe(),
+                "The source is a Redis Cluster; capturing one MONITOR stream per primary, each with its own fences."
+            );
         }
         let Some(topology) = Topology::discover(&self.target).await? else {
-            return Ok(None);
+            return Ok((source, None));
         };
         tracing::info!(
             target = %self.target,
@@ -284,7 +314,7 @@ impl Migration {
                 &stray,
             )));
         }
-        Ok(Some(topology))
+        Ok((source, Some(topology)))
     }
 
     /// Starts capture, then the snapshot, the stitcher and replay; returns at once.
@@ -315,7 +345,7 @@ impl Migration {
                 engines.0
             )));
         }
-        let target_cluster = self.check_clusters().await?;
+        let (source_cluster, target_cluster) = self.check_clusters().await?;
         log_mechanics(engines);
         report.source_server = engines.0.to_string();
         report.target_server = engines.1.to_string();
@@ -324,9 +354,9 @@ impl Migration {
             None => runner::load_table(&self.source).await?,
         };
 
-        let replica = match self.cfg.capture {
-            CaptureMode::Primary => None,
-            CaptureMode::Auto | CaptureMode::Replica => find_replica(&self.source).await,
+        let replica = match (self.cfg.capture, &source_cluster) {
+            (_, Some(_)) | (CaptureMode::Primary, _) => None,
+            (CaptureMode::Auto | CaptureMode::Replica, None) => find_replica(&self.source).await,
         };
         if self.cfg.capture == CaptureMode::Replica && replica.is_none() {
             return Err(stage(
@@ -338,16 +368,21 @@ impl Migration {
             ));
         }
         let node = replica.clone().unwrap_or_else(|| self.source.clone());
+        let nodes = match source_cluster {
+            Some(t) => SourceNodes::cluster(t),
+            None => SourceNodes::single(node.clone()),
+        };
         report.from_replica = replica.is_some();
-        report.capture_node = node.redacted().to_string();
+        report.capture_node = nodes.describe();
         let why = match (self.cfg.capture, report.from_replica) {
+            _ if nodes.is_cluster() => "a cluster source: each shard's primary",
             (CaptureMode::Auto, true) => "auto: chose the replica, a healthy one answers",
             (CaptureMode::Auto, false) => "auto: chose the primary, no healthy replica answers",
             (CaptureMode::Replica, _) => "capture = replica",
             (CaptureMode::Primary, _) => "capture = primary",
         };
         tracing::info!(
-            node = %node,
+            node = %nodes.describe(),
             mode = if report.from_replica { "replica (effects stream)" } else { "primary (command stream)" },
             why,
             "Capturing writes."
@@ -374,7 +409,7 @@ impl Migration {
         }
         let store = Arc::new(store);
         let (recopier, recopy_rx) = Recopier::channel();
-        let recopy_node = node.clone();
+        let recopy_node = nodes.clone();
         let recopy_peers = peers.clone();
         let recopy_store = store.clone();
         let recopy_task = tokio::spawn(async move {
@@ -385,14 +420,26 @@ impl Migration {
         });
 
         let late = self.cfg.late.clone().unwrap_or_default();
-        let mut capture = Capture::new(
-            node.clone(),
-            table.clone(),
-            peers.clone(),
-            self.cfg.capture_settings.clone(),
-        )
-        .with_late(late.clone())
-        .spawn(JournalSink(journal.clone()));
+        let mut handles = Vec::with_capacity(nodes.len());
+        for (i, n) in nodes.all().iter().enumerate() {
+            let sink = JournalSink {
+                journal: journal.clone(),
+                // Cluster clients send keyless writes (FUNCTION LOAD, SCRIPT LOAD) to every
+                // primary: the first shard's stream carries them once.
+                drop_keyless: (i > 0).then(|| table.clone()),
+            };
+            handles.push(
+                Capture::new(
+                    n.clone(),
+                    table.clone(),
+                    peers.clone(),
+                    self.cfg.capture_settings.clone(),
+                )
+                .with_late(late.clone())
+                .spawn(sink),
+            );
+        }
+        let mut capture = CaptureSet::new(handles);
         if !capture.wait_live().await {
             let e = capture.stop().await.err().unwrap_or_default();
             return Err(stage("capture", e));
@@ -402,8 +449,11 @@ impl Migration {
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
-        let recopy_requests =
-            tokio::spawn(request_recopies(node.clone(), recopy_rx, stats.clone()));
+        let recopy_requests = tokio::spawn(request_recopies(
+            nodes.first().clone(),
+            recopy_rx,
+            stats.clone(),
+        ));
         #[cfg(feature = "sqs")]
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
@@ -436,6 +486,7 @@ impl Migration {
             mapper: self.cfg.mapper.clone(),
             split_shards,
             cluster_target: target_cluster.is_some(),
+            streams: nodes.len(),
             drop_field_ttls: self.cfg.drop_field_ttls
                 && engines.0.has_hash_field_expiry()
                 && !engines.1.has_hash_field_expiry(),
@@ -463,9 +514,9 @@ impl Migration {
         });
 
         let markers = Arc::new(tokio::sync::Mutex::new(
-            Markers::connect(&node, &peers).await?,
+            Markers::connect(&nodes, &peers).await?,
         ));
-        let evictions = Arc::new(Evictions::connect(&node, &peers, replica.is_some()).await);
+        let evictions = Arc::new(Evictions::connect(&nodes, &peers, replica.is_some()).await);
         warn_if_target_evicts(&self.target).await;
         let report = Arc::new(std::sync::Mutex::new(report));
         let probe = probe::Probe::new(
@@ -481,7 +532,7 @@ impl Migration {
         let (failure_tx, failure) = tokio::sync::watch::channel(None);
         let coordinator = spawn_coordinator(
             Coordinator {
-                node: node.clone(),
+                nodes: nodes.clone(),
                 target: self.target.clone(),
                 snapshot_cfg: self.cfg.snapshot.clone(),
                 mapper: self.cfg.mapper.clone(),
@@ -507,7 +558,7 @@ impl Migration {
         Ok(Running {
             source: self.source,
             target: self.target,
-            node,
+            nodes,
             from_replica: replica.is_some(),
             pause_all: !engines.0.has_pause_write(),
             cfg: self.cfg,

@@ -12,7 +12,9 @@ use crate::net::Endpoint;
 /// Source writes paused by a fence (`CLIENT PAUSE … WRITE`), and how to end the pause without
 /// letting held writes run on the old source.
 pub struct Pause {
-    con: Option<MultiplexedConnection>,
+    /// One connection per paused node (every primary of a cluster source); empty when
+    /// nothing is paused through a connection.
+    cons: Vec<MultiplexedConnection>,
     started: Instant,
     max: Duration,
     /// Every client is paused (a source before Redis 6.2) until the pause runs out by itself.
@@ -31,13 +33,9 @@ pub struct PauseEnd {
 }
 
 impl Pause {
-    pub(crate) fn new(
-        con: Option<MultiplexedConnection>,
-        started: Instant,
-        max: Duration,
-    ) -> Pause {
+    pub(crate) fn new(cons: Vec<MultiplexedConnection>, started: Instant, max: Duration) -> Pause {
         Pause {
-            con,
+            cons,
             started,
             max,
             all_clients: false,
@@ -48,7 +46,7 @@ impl Pause {
     /// (`CLIENT PAUSE` before Redis 6.2 has no `WRITE` and no `CLIENT UNPAUSE`).
     pub(crate) fn all_clients(started: Instant, max: Duration) -> Pause {
         Pause {
-            con: None,
+            cons: Vec::new(),
             started,
             max,
             all_clients: true,
@@ -57,7 +55,7 @@ impl Pause {
 
     /// True when source writes are paused.
     pub fn paused(&self) -> bool {
-        self.con.is_some() || (self.all_clients && self.started.elapsed() < self.max)
+        !self.cons.is_empty() || (self.all_clients && self.started.elapsed() < self.max)
     }
 
     /// How long source writes have been paused.
@@ -69,25 +67,23 @@ impl Pause {
     /// reconnect (and find the new primary); returns how many were disconnected. For a source
     /// kept closed through a cutover's trailing window.
     pub async fn hold(&mut self) -> u64 {
-        let Some(con) = self.con.as_mut() else {
-            return 0;
-        };
-        let renewed = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(self.max.as_millis() as u64)
-            .arg("WRITE")
-            .query_async::<()>(con)
-            .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "Could not renew the source's write pause.");
-        }
-        match disconnect_blocked(con).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "Could not disconnect held clients.");
-                0
+        let mut disconnected = 0;
+        for con in &mut self.cons {
+            let renewed = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(self.max.as_millis() as u64)
+                .arg("WRITE")
+                .query_async::<()>(con)
+                .await;
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, "Could not renew the source's write pause.");
+            }
+            match disconnect_blocked(con).await {
+                Ok(n) => disconnected += n,
+                Err(e) => tracing::warn!(error = %e, "Could not disconnect held clients."),
             }
         }
+        disconnected
     }
 
     /// Ends the pause. With `disconnect_held`, first disconnects every client the pause holds
@@ -100,28 +96,33 @@ impl Pause {
             end.pause_ms = self.max.as_millis() as u64;
             return end;
         }
-        if let Some(mut src) = self.con.take() {
-            if disconnect_held {
-                match disconnect_blocked(&mut src).await {
-                    Ok(n) => end.held_clients_disconnected = n,
+        if self.cons.is_empty() {
+            return end;
+        }
+        if disconnect_held {
+            for src in &mut self.cons {
+                match disconnect_blocked(src).await {
+                    Ok(n) => end.held_clients_disconnected += n,
                     Err(e) => tracing::warn!(error = %e, "Could not disconnect held clients."),
                 }
             }
-            let elapsed = self.started.elapsed();
-            if elapsed > self.max {
-                tracing::warn!(
-                    paused_ms = elapsed.as_millis() as u64,
-                    max_pause_ms = self.max.as_millis() as u64,
-                    "The pause ran out before the release: writes held on the source may have run there after the final fence."
-                );
-                end.expired = true;
-            }
+        }
+        let elapsed = self.started.elapsed();
+        if elapsed > self.max {
+            tracing::warn!(
+                paused_ms = elapsed.as_millis() as u64,
+                max_pause_ms = self.max.as_millis() as u64,
+                "The pause ran out before the release: writes held on the source may have run there after the final fence."
+            );
+            end.expired = true;
+        }
+        for src in &mut self.cons {
             let _ = redis::cmd("CLIENT")
                 .arg("UNPAUSE")
-                .query_async::<()>(&mut src)
+                .query_async::<()>(src)
                 .await;
-            end.pause_ms = elapsed.min(self.max).as_millis() as u64;
         }
+        end.pause_ms = elapsed.min(self.max).as_millis() as u64;
         end
     }
 }

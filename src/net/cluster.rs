@@ -186,9 +186,14 @@ impl Topology {
     /// The primary serving `key` (the first when no primary serves its slot: that node's
     /// `CLUSTERDOWN` or redirect then says more).
     pub fn primary_of(&self, key: &[u8]) -> &Endpoint {
+        &self.shards[self.shard_of_key(key)].primary
+    }
+
+    /// The index into [`Self::shards`] of the primary serving `key` (the first when no
+    /// primary serves its slot).
+    pub fn shard_of_key(&self, key: &[u8]) -> usize {
         let i = self.by_slot.get(&slot_of(key)).copied().unwrap_or(0);
-        let i = if i == u16::MAX { 0 } else { usize::from(i) };
-        &self.shards[i].primary
+        if i == u16::MAX { 0 } else { usize::from(i) }
     }
 
     /// The primaries, or `ep` alone for a standalone server.

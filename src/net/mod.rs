@@ -10,11 +10,13 @@ pub mod cluster;
 mod connect;
 mod engine;
 pub mod framing;
+mod nodes;
 mod raw;
 pub mod resp;
 mod tls;
 
 pub use engine::{Engine, EngineKind};
+pub use nodes::SourceNodes;
 use std::io;
 use std::time::Duration;
 

@@ -159,6 +159,9 @@ pub struct StitchConfig {
     /// The target is a cluster: a command whose keys span slots and that replay cannot split
     /// (see [`super::cluster`]) is not sent; its written keys are re-copied.
     pub cluster_target: bool,
+    /// How many streams the journal interleaves (one per shard of a cluster source). Every
+    /// position marker comes once per stream; it is reached at its last copy.
+    pub streams: usize,
 }
 
 impl Default for StitchConfig {
@@ -170,6 +173,7 @@ impl Default for StitchConfig {
             split_shards: None,
             drop_field_ttls: false,
             cluster_target: false,
+            streams: 1,
         }
     }
 }
@@ -199,6 +203,8 @@ pub struct Stitcher {
     /// For the entry being stitched: the earliest expiry of a key it reaches while alive, and
     /// the target keys it writes.
     expiring: Option<(i64, Vec<TargetKey>)>,
+    /// Copies seen of position markers not yet seen in every stream.
+    copies: HashMap<String, usize>,
 }
 
 impl Stitcher {
@@ -223,7 +229,23 @@ impl Stitcher {
             keys: Vec::new(),
             expiries: Expiries::default(),
             expiring: None,
+            copies: HashMap::new(),
         }
+    }
+
+    /// True when this copy of marker `id` is the last of its streams': only then is every
+    /// stream's part before it in the journal.
+    fn last_copy(&mut self, id: &str) -> bool {
+        if self.cfg.streams <= 1 {
+            return true;
+        }
+        let seen = self.copies.entry(id.to_string()).or_insert(0);
+        *seen += 1;
+        if *seen < self.cfg.streams {
+            return false;
+        }
+        self.copies.remove(id);
+        true
     }
 
     fn unsettled(&self, h: u64) -> bool {
@@ -438,12 +460,19 @@ impl Stitcher {
                     if argv.name().eq_ignore_ascii_case(b"SWAPDB") {
                         self.gap("SWAPDB swapped dbs under the migration", &events);
                     }
-                    if self.cfg.split_shards.is_some()
+                    if (self.cfg.split_shards.is_some() || self.cfg.streams > 1)
                         && (argv.name().eq_ignore_ascii_case(b"FLUSHDB")
                             || argv.name().eq_ignore_ascii_case(b"FLUSHALL"))
                     {
-                        // Replay processes share no barrier to order a flush of every shard.
-                        self.gap("a flush under a split replay", &events);
+                        // Replay processes share no barrier to order a flush of every shard,
+                        // and a cluster source's flush empties one shard only, at a position
+                        // in its own stream that the others' streams do not share.
+                        let why = if self.cfg.streams > 1 {
+                            "a flush on a shard of the cluster source"
+                        } else {
+                            "a flush under a split replay"
+                        };
+                        self.gap(why, &events);
                         continue;
                     }
                     let mut out = Vec::new();
@@ -580,6 +609,7 @@ impl Stitcher {
                     }
                     None
                 }
+                EntryKind::Marker(marker) if !self.last_copy(&marker.id()) => None,
                 EntryKind::Marker(marker) => {
                     if marker == Marker::SnapshotDone(self.epoch) {
                         // Every key that existed throughout is fenced; every other key was

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use super::expiry::ExpiryRead;
 use crate::capture::{PeerRegistry, Role};
 use crate::journal::read_echo;
-use crate::net::Endpoint;
+use crate::net::{Endpoint, SourceNodes};
 
 /// What one fenced read returned for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,14 +227,15 @@ impl Recopier {
     }
 
     /// Serves requests until the channel closes: batches of keys per db, one
-    /// `MULTI; DUMP; PEXPIRETIME; …; EXEC` each, payloads into `store`.
+    /// `MULTI; DUMP; PEXPIRETIME; …; EXEC` each, payloads into `store`. On a cluster source each
+    /// key is read on its shard's node, whose stream carries its fence.
     pub async fn run(
-        source: Endpoint,
+        source: SourceNodes,
         peers: std::sync::Arc<PeerRegistry>,
         store: std::sync::Arc<PayloadStore>,
         mut rx: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
     ) -> Result<(), String> {
-        let mut reader: Option<FencedReader> = None;
+        let mut readers: Vec<Option<FencedReader>> = (0..source.len()).map(|_| None).collect();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < 256 {
@@ -243,23 +244,26 @@ impl Recopier {
                     Err(_) => break,
                 }
             }
-            batch.sort();
+            batch.sort_by_key(|(db, key)| (source.index_of(key), *db, key.clone()));
             store.wait_for_space().await;
-            let mut attempt = 0;
-            loop {
-                if reader.is_none() {
-                    reader = Some(FencedReader::connect(&source, &peers).await?);
-                }
-                let r = reader.as_mut().ok_or("no reader")?;
-                match r.read_groups(&batch, &store).await {
-                    Ok(_) => break,
-                    Err(e) if attempt < 3 => {
-                        tracing::warn!(error = %e, "Re-copy failed; reconnecting.");
-                        reader = None;
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+            for part in batch.chunk_by(|a, b| source.index_of(&a.1) == source.index_of(&b.1)) {
+                let i = source.index_of(&part[0].1);
+                let mut attempt = 0;
+                loop {
+                    if readers[i].is_none() {
+                        readers[i] = Some(FencedReader::connect(&source.all()[i], &peers).await?);
                     }
-                    Err(e) => return Err(e),
+                    let r = readers[i].as_mut().ok_or("no reader")?;
+                    match r.read_groups(part, &store).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < 3 => {
+                            tracing::warn!(error = %e, "Re-copy failed; reconnecting.");
+                            readers[i] = None;
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -297,7 +301,7 @@ impl FencedReader {
         let addr = crate::net::client_addr(&mut con)
             .await
             .map_err(|e| e.to_string())?;
-        peers.register(&addr, Role::Fence);
+        peers.register(source, &addr, Role::Fence);
         let expiry = ExpiryRead::detect(&mut con).await;
         Ok(FencedReader {
             con,
@@ -456,6 +460,9 @@ pub struct LiveSink {
     pub peers: std::sync::Arc<PeerRegistry>,
     /// The plan's keyspace rules: the target sweep reads the source key a target key maps from.
     pub mapper: Option<std::sync::Arc<dyn crate::command::Mapper>>,
+    /// The capture nodes: each key is scanned on, and read through, its shard's node, whose
+    /// stream carries the read's fence.
+    pub nodes: SourceNodes,
 }
 
 /// Hashes of the keys a live snapshot has read, so the target sweep reads only the others.
@@ -487,23 +494,20 @@ impl Seen {
 /// A live snapshot worker: fenced reads into the payload store, no writes to the target.
 pub(super) async fn run_worker(
     sink: LiveSink,
-    source: Endpoint,
     limiter: Option<std::sync::Arc<super::RateLimiter>>,
     seen: std::sync::Arc<Seen>,
     batches: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<super::Batch>>>,
     events: mpsc::UnboundedSender<super::Event>,
 ) {
-    let mut reader = match FencedReader::connect(&source, &sink.peers).await {
-        Ok(r) => r,
-        Err(message) => {
-            let _ = events.send(super::Event::Fatal(super::SnapshotError::Command {
-                endpoint: source.redacted().to_string(),
-                command: "connect",
-                message,
-            }));
-            return;
-        }
+    let nodes = sink.nodes.clone();
+    let fatal = |node: &Endpoint, command: &'static str, message: String| {
+        let _ = events.send(super::Event::Fatal(super::SnapshotError::Command {
+            endpoint: node.redacted().to_string(),
+            command,
+            message,
+        }));
     };
+    let mut readers: Vec<Option<FencedReader>> = (0..nodes.len()).map(|_| None).collect();
     loop {
         let batch = batches.lock().await.recv().await;
         let Some(batch) = batch else { break };
@@ -521,42 +525,54 @@ pub(super) async fn run_worker(
             }
             keys.extend(candidates);
         }
-        keys.sort();
+        // Sorted by node, then db: one fenced read per node and db.
+        keys.sort_by(|a, b| {
+            (nodes.index_of(&a.1), a.0, &a.1).cmp(&(nodes.index_of(&b.1), b.0, &b.1))
+        });
         if !keys.is_empty() {
             sink.store.wait_for_space().await;
             if let Some(l) = &limiter {
                 l.acquire(2 * keys.len() as u64 + 3).await;
             }
+        }
+        for part in keys.chunk_by(|a, b| nodes.index_of(&a.1) == nodes.index_of(&b.1)) {
+            let i = nodes.index_of(&part[0].1);
+            let node = &nodes.all()[i];
             let mut attempt = 0;
             loop {
-                match reader.read_groups(&keys, &sink.store).await {
+                if readers[i].is_none() {
+                    match FencedReader::connect(node, &sink.peers).await {
+                        Ok(r) => readers[i] = Some(r),
+                        Err(message) if attempt >= 3 => return fatal(node, "connect", message),
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::warn!(error = %e, "Reconnect failed.");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(reader) = readers[i].as_mut() else {
+                    continue;
+                };
+                match reader.read_groups(part, &sink.store).await {
                     Ok(bytes) => {
-                        stats.keys += keys.len() as u64;
+                        stats.keys += part.len() as u64;
                         stats.bytes += bytes;
                         break;
                     }
                     Err(e) if attempt < 3 => {
                         attempt += 1;
                         tracing::warn!(error = %e, "Snapshot read failed; reconnecting.");
+                        readers[i] = None;
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        match FencedReader::connect(&source, &sink.peers).await {
-                            Ok(r) => reader = r,
-                            Err(e) => tracing::warn!(error = %e, "Reconnect failed."),
-                        }
                     }
-                    Err(message) => {
-                        let _ = events.send(super::Event::Fatal(super::SnapshotError::Command {
-                            endpoint: source.redacted().to_string(),
-                            command: "fenced read",
-                            message,
-                        }));
-                        return;
-                    }
+                    Err(message) => return fatal(node, "fenced read", message),
                 }
             }
-            for (db, k) in &keys {
-                seen.insert(*db, k);
-            }
+        }
+        for (db, k) in &keys {
+            seen.insert(*db, k);
         }
         let _ = events.send(super::Event::Done {
             db: batch.db,

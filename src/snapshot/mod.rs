@@ -457,7 +457,11 @@ impl Snapshotter {
 
     async fn run_inner(&self, live: Option<LiveSink>) -> Result<SnapshotReport, SnapshotError> {
         let started = Instant::now();
-        let mut src = self.source.control().await?;
+        // A live run reads a cluster source through every shard's node.
+        let source_nodes: Vec<Endpoint> = match &live {
+            Some(sink) => sink.nodes.all().to_vec(),
+            None => vec![self.source.clone()],
+        };
         let mut dst = self.target.control().await?;
         redis::cmd("PING")
             .query_async::<()>(&mut dst)
@@ -466,7 +470,13 @@ impl Snapshotter {
         if live.is_none() {
             self.check_field_ttls().await?;
         }
-        let sizes = keyspace(&self.source, &mut src).await?;
+        let mut sizes: BTreeMap<u32, u64> = BTreeMap::new();
+        for node in &source_nodes {
+            let mut con = node.control().await?;
+            for (db, n) in keyspace(node, &mut con).await? {
+                *sizes.entry(db).or_default() += n;
+            }
+        }
         let dbs: Vec<u32> = match &self.cfg.dbs {
             Some(d) => d.clone(),
             None => sizes.keys().copied().collect(),
@@ -567,14 +577,17 @@ impl Snapshotter {
         }
         let shared = Arc::new(shared);
 
-        let mut scan_plan: Vec<ScanPass> = dbs
+        let mut scan_plan: Vec<ScanPass> = source_nodes
             .iter()
-            .filter(|db| !checkpoint.db_done(**db))
-            .map(|db| ScanPass {
-                endpoint: self.source.clone(),
-                db: *db,
-                cursor: checkpoint.cursor(*db),
-                sweep: false,
+            .flat_map(|node| {
+                dbs.iter()
+                    .filter(|db| !checkpoint.db_done(**db))
+                    .map(|db| ScanPass {
+                        endpoint: node.clone(),
+                        db: *db,
+                        cursor: checkpoint.cursor(*db),
+                        sweep: false,
+                    })
             })
             .collect();
         for node in &target_nodes {
@@ -630,7 +643,6 @@ impl Snapshotter {
                 )),
                 Some(sink) => tokio::spawn(live::run_worker(
                     sink.clone(),
-                    self.source.clone(),
                     limiter.clone(),
                     seen.clone(),
                     batch_rx.clone(),

@@ -1,0 +1,91 @@
+//! [`SourceNodes`]: the nodes ferry reads a source through, one for a standalone server and one
+//! per shard for a Redis Cluster, and which of them holds a key.
+//!
+//! ## Behavior
+//! - Capture, fenced reads and markers of one shard all go to that shard's node, so a key's
+//!   fences and writes share one stream (the node's `MONITOR`), in the node's own order.
+//! - Keys of different shards never share a command on a cluster, so per-shard order is all
+//!   the order a key needs: the shards' streams may interleave in the journal in any way.
+
+use std::sync::Arc;
+
+use super::Endpoint;
+use super::cluster::Topology;
+
+/// The source's nodes: the server itself, or each cluster shard's capture node.
+#[derive(Debug, Clone)]
+pub struct SourceNodes {
+    nodes: Vec<Endpoint>,
+    /// The cluster's slot map, whose shard `i` is read through `nodes[i]`.
+    topology: Option<Arc<Topology>>,
+}
+
+impl SourceNodes {
+    /// A standalone server (or one replica of it) read through `node`.
+    pub fn single(node: Endpoint) -> SourceNodes {
+        SourceNodes {
+            nodes: vec![node],
+            topology: None,
+        }
+    }
+
+    /// A cluster, each shard read through its primary.
+    pub fn cluster(topology: Topology) -> SourceNodes {
+        SourceNodes {
+            nodes: topology.shards.iter().map(|s| s.primary.clone()).collect(),
+            topology: Some(Arc::new(topology)),
+        }
+    }
+
+    /// Every node, shard by shard.
+    pub fn all(&self) -> &[Endpoint] {
+        &self.nodes
+    }
+
+    /// How many nodes (streams) there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true: there is always a node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The first node: where position-free requests go (re-copy requests name their key, so
+    /// any stream carries them).
+    pub fn first(&self) -> &Endpoint {
+        &self.nodes[0]
+    }
+
+    /// True for a cluster source.
+    pub fn is_cluster(&self) -> bool {
+        self.topology.is_some()
+    }
+
+    /// The cluster's slot map, for a cluster source.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_deref()
+    }
+
+    /// The index of the node holding `key`.
+    pub fn index_of(&self, key: &[u8]) -> usize {
+        match &self.topology {
+            None => 0,
+            Some(t) => t.shard_of_key(key).min(self.nodes.len() - 1),
+        }
+    }
+
+    /// The node holding `key`.
+    pub fn for_key(&self, key: &[u8]) -> &Endpoint {
+        &self.nodes[self.index_of(key)]
+    }
+
+    /// The nodes, for a log line.
+    pub fn describe(&self) -> String {
+        match &self.topology {
+            Some(t) => t.describe(),
+            None => self.nodes[0].redacted().to_string(),
+        }
+    }
+}
