@@ -20,8 +20,8 @@ pub use fill::{Dataset, FillReport, fill, fill_cluster};
 #[cfg(feature = "sqs")]
 pub use moto::Moto;
 pub use oracle::{
-    Diff, DiffKind, OracleOptions, OracleReport, cluster_primaries, compare, compare_nodes,
-    compare_to_cluster,
+    Diff, DiffKind, OracleOptions, OracleReport, cluster_primaries, compare, compare_any,
+    compare_clusters, compare_from_cluster, compare_nodes, compare_to_cluster, keyspace_nodes,
 };
 pub use proxy::RespProxy;
 pub use server::{RedisServer, ServerOptions};

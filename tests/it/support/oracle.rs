@@ -233,8 +233,8 @@ pub fn compare(source_url: &str, target_url: &str, opts: &OracleOptions) -> Orac
 /// credentials. Read from the node's own `CLUSTER NODES`, so the oracle follows the cluster as
 /// it is now (after a slot moved, say) without any of ferry's topology code.
 pub fn cluster_primaries(url: &str) -> Vec<String> {
-    let mut con = redis::Client::open(url)
-        .and_then(|c| c.get_connection())
+    let mut con = super::tls::client(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .unwrap_or_else(|e| panic!("oracle: cannot connect to {url}: {e}"));
     let nodes: String = redis::cmd("CLUSTER")
         .arg("NODES")
@@ -260,6 +260,56 @@ pub fn cluster_primaries(url: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// The nodes holding the keyspace `url` names: every primary of its cluster when the node says
+/// `cluster_enabled:1` in `INFO cluster`, else the node itself.
+pub fn keyspace_nodes(url: &str) -> Vec<String> {
+    let mut con = super::tls::client(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("oracle: cannot connect to {url}: {e}"));
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query(&mut con)
+        .expect("oracle: INFO cluster");
+    if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+        cluster_primaries(url)
+    } else {
+        vec![url.to_string()]
+    }
+}
+
+/// Compares two keyspaces each named by one node's URL, either or both of which may be a
+/// node of a cluster (then every primary of that cluster is scanned and each key read on the
+/// primary serving its slot): every key of either side, type, value and TTL, both directions.
+pub fn compare_any(source_url: &str, target_url: &str, opts: &OracleOptions) -> OracleReport {
+    compare_nodes(
+        &keyspace_nodes(source_url),
+        &keyspace_nodes(target_url),
+        opts,
+    )
+}
+
+/// Compares a cluster source with a cluster target, every primary of each scanned.
+pub fn compare_clusters(
+    any_source_node: &str,
+    any_target_node: &str,
+    opts: &OracleOptions,
+) -> OracleReport {
+    compare_nodes(
+        &cluster_primaries(any_source_node),
+        &cluster_primaries(any_target_node),
+        opts,
+    )
+}
+
+/// Compares a cluster source, every primary of it scanned, with a target of one node.
+pub fn compare_from_cluster(
+    any_source_node: &str,
+    target_url: &str,
+    opts: &OracleOptions,
+) -> OracleReport {
+    compare_nodes(&cluster_primaries(any_source_node), &[target_url], opts)
 }
 
 /// Compares a source (one node) with a cluster target, every primary of it scanned.
