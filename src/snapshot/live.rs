@@ -276,6 +276,9 @@ pub(crate) struct FencedReader {
     con: redis::aio::MultiplexedConnection,
     db: Option<u32>,
     expiry: ExpiryRead,
+    /// The node belongs to a cluster, where a transaction may touch one hash slot only: a
+    /// read of several slots is one transaction per slot, pipelined.
+    cluster: bool,
 }
 
 /// Ids of fenced reads: unique per process and run, so a restarted ferry never mistakes an old
@@ -303,10 +306,16 @@ impl FencedReader {
             .map_err(|e| e.to_string())?;
         peers.register(source, &addr, Role::Fence);
         let expiry = ExpiryRead::detect(&mut con).await;
+        let cluster = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut con)
+            .await
+            .is_ok_and(|i| crate::net::info_field(&i, "cluster_enabled") == Some("1"));
         Ok(FencedReader {
             con,
             db: None,
             expiry,
+            cluster,
         })
     }
 
@@ -320,7 +329,11 @@ impl FencedReader {
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
             let db = group[0].0;
             let refs: Vec<&[u8]> = group.iter().map(|(_, k)| k.as_slice()).collect();
-            bytes += self.read(db, &refs, store).await?;
+            bytes += if self.cluster {
+                self.read_by_slot(db, &refs, store).await?
+            } else {
+                self.read(db, &refs, store).await?
+            };
         }
         Ok(bytes)
     }
@@ -407,12 +420,7 @@ impl FencedReader {
         let id = next_read_id();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("ECHO").arg(read_echo(&id));
-        for k in keys {
-            pipe.cmd("DUMP").arg(*k);
-            self.expiry.push(&mut pipe, k);
-        }
-        self.expiry.finish(&mut pipe);
+        self.queue_read(&mut pipe, &id, keys, false);
         let replies: Vec<redis::Value> = pipe.query_async(&mut self.con).await.map_err(|e| {
             // Command 0 is the ECHO of the read id; then a DUMP and an expiry read per key.
             crate::net::short_error(&e, |i| {
@@ -420,6 +428,103 @@ impl FencedReader {
                 Some(crate::escape::Quoted(k).to_string())
             })
         })?;
+        self.store_read(&id, db, keys, &replies, store)
+    }
+
+    /// Fenced reads of `keys` in `db` on a cluster node: one transaction per hash slot (a
+    /// cluster refuses a transaction across slots), all sent in one round trip.
+    async fn read_by_slot(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        store: &PayloadStore,
+    ) -> Result<u64, String> {
+        self.select(db).await?;
+        let mut slots: HashMap<redis::cluster_routing::Slot, Vec<&[u8]>> = HashMap::new();
+        let mut order = Vec::new();
+        for k in keys {
+            let slot = crate::net::cluster::slot_of(k);
+            slots
+                .entry(slot)
+                .or_insert_with(|| {
+                    order.push(slot);
+                    Vec::new()
+                })
+                .push(k);
+        }
+        let mut pipe = redis::pipe();
+        let mut reads = Vec::with_capacity(order.len());
+        for slot in &order {
+            let id = next_read_id();
+            let group = &slots[slot];
+            pipe.cmd("MULTI").ignore();
+            self.queue_read(&mut pipe, &id, group, true);
+            pipe.cmd("EXEC");
+            reads.push((id, group));
+        }
+        let execs: Vec<redis::Value> = pipe
+            .query_async(&mut self.con)
+            .await
+            .map_err(|e| e.to_string())?;
+        if execs.len() != reads.len() {
+            return Err(format!(
+                "{} transactions answered for {} hash slots",
+                execs.len(),
+                reads.len()
+            ));
+        }
+        let mut bytes = 0;
+        for ((id, group), exec) in reads.iter().zip(&execs) {
+            match exec {
+                redis::Value::Array(replies) => {
+                    bytes += self.store_read(id, db, group, replies, store)?;
+                }
+                other => {
+                    let first = group.first().map(|k| crate::escape::Quoted(k).to_string());
+                    return Err(format!(
+                        "the fenced read of {} and {} other keys got {other:?}",
+                        first.unwrap_or_default(),
+                        group.len().saturating_sub(1)
+                    ));
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Queues a read's commands: the `ECHO` of its id, then a `DUMP` and an expiry read per key
+    /// (and the clock, where expiries are relative); `ignore` when only `EXEC`'s reply counts.
+    fn queue_read(&self, pipe: &mut redis::Pipeline, id: &str, keys: &[&[u8]], ignore: bool) {
+        pipe.cmd("ECHO").arg(read_echo(id));
+        if ignore {
+            pipe.ignore();
+        }
+        for k in keys {
+            pipe.cmd("DUMP").arg(*k);
+            if ignore {
+                pipe.ignore();
+            }
+            self.expiry.push(pipe, k);
+            if ignore {
+                pipe.ignore();
+            }
+        }
+        let before = pipe.len();
+        self.expiry.finish(pipe);
+        if ignore && pipe.len() > before {
+            pipe.ignore();
+        }
+    }
+
+    /// Stores the payloads of read `id` from its transaction's `replies`.
+    fn store_read(
+        &self,
+        id: &str,
+        db: u32,
+        keys: &[&[u8]],
+        replies: &[redis::Value],
+        store: &PayloadStore,
+    ) -> Result<u64, String> {
         if replies.len() != 2 * keys.len() + 1 + self.expiry.extra_replies() {
             return Err(format!(
                 "EXEC returned {} replies for {} reads",
@@ -427,7 +532,7 @@ impl FencedReader {
                 keys.len()
             ));
         }
-        let clock = self.expiry.clock(&replies);
+        let clock = self.expiry.clock(replies);
         let mut bytes = 0;
         for (ordinal, (k, pair)) in keys.iter().zip(replies[1..].chunks_exact(2)).enumerate() {
             let payload = match &pair[0] {
@@ -437,7 +542,7 @@ impl FencedReader {
             bytes += payload.as_ref().map_or(0, Vec::len) as u64;
             let expire_at_ms = self.expiry.expire_at(&pair[1], clock);
             store.insert(
-                &id,
+                id,
                 ordinal as u64,
                 Payload {
                     db,

@@ -10,6 +10,7 @@ mod capture;
 mod chunked;
 mod cli;
 mod cluster;
+mod cluster_live;
 mod cluster_source;
 mod command_table;
 mod cutover;

@@ -1,0 +1,251 @@
+//! Redis Cluster as a live source: `ferry migrate` from a 3-master cluster (one `MONITOR` per
+//! primary) to a cluster and to a standalone server, under a cluster-valid workload (every
+//! multi-key command within one hash tag), stopped with SIGTERM and compared key by key by the
+//! cluster-aware oracle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::migrate::{start_migrate, tail};
+use crate::support::cluster::Cluster;
+use crate::support::{
+    Dataset, OracleOptions, OracleReport, RedisServer, compare_any, fill_cluster,
+};
+
+/// Hash tags the workload writes under, each with the index of the master owning its slot.
+fn tags(cluster: &Cluster) -> Vec<(String, usize)> {
+    (0..24)
+        .map(|i| {
+            let tag = format!("{{w{i}}}");
+            let node = Cluster::node_index_for_slot(cluster.slot_of(tag.as_bytes()));
+            (tag, node)
+        })
+        .collect()
+}
+
+/// What the workload did.
+struct Load {
+    ops: Arc<AtomicU64>,
+    popped: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ops.load(Ordering::Relaxed),
+            self.popped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Writers (one per master, each writing the tags its master owns) and one blocking consumer
+/// per master: counters, relative TTLs, lists with `RPOPLPUSH`, hashes, sets with `SPOP`,
+/// sorted sets, streams with `XADD *`, `MULTI` groups and a script, all within a hash tag.
+fn start_load(cluster: &Cluster) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let popped = Arc::new(AtomicU64::new(0));
+    let tags = tags(cluster);
+    let mut threads = Vec::new();
+    for (n, node) in cluster.nodes().iter().enumerate() {
+        let mine: Vec<String> = tags
+            .iter()
+            .filter(|(_, i)| *i == n)
+            .map(|(t, _)| t.clone())
+            .collect();
+        assert!(!mine.is_empty(), "no tag on master {n}");
+        let url = node.url();
+        let (stop_w, ops_w) = (stop.clone(), ops.clone());
+        let writer_tags = mine.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut con = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut i = 0u64;
+            while !stop_w.load(Ordering::Relaxed) {
+                i += 1;
+                let t = &writer_tags[(i as usize) % writer_tags.len()];
+                let k = |name: &str| format!("{t}:{name}");
+                let mut pipe = redis::pipe();
+                pipe.cmd("INCR").arg(k("ctr")).ignore();
+                pipe.cmd("INCRBYFLOAT").arg(k("f")).arg("0.5").ignore();
+                pipe.cmd("SET")
+                    .arg(k(&format!("s{}", i % 40)))
+                    .arg(i)
+                    .arg("EX")
+                    .arg(60 + i % 100)
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(k("ctr")).arg(300_000).ignore();
+                pipe.cmd("HINCRBY").arg(k("h")).arg(format!("f{}", i % 9)).arg(1).ignore();
+                pipe.cmd("SADD").arg(k("set")).arg(i % 50).ignore();
+                pipe.cmd("ZINCRBY").arg(k("z")).arg(1).arg(format!("m{}", i % 20)).ignore();
+                pipe.cmd("RPUSH").arg(k("q")).arg(i).ignore();
+                pipe.cmd("LPUSH").arg(k("jobs")).arg(i).ignore();
+                pipe.cmd("XADD")
+                    .arg(k("x"))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(200)
+                    .arg("*")
+                    .arg("n")
+                    .arg(i)
+                    .ignore();
+                let _: () = pipe.query(&mut con).unwrap();
+                if i.is_multiple_of(3) {
+                    let _: redis::Value = redis::cmd("RPOPLPUSH")
+                        .arg(k("q"))
+                        .arg(k("done"))
+                        .query(&mut con)
+                        .unwrap();
+                    let _: redis::Value =
+                        redis::cmd("SPOP").arg(k("set")).query(&mut con).unwrap();
+                }
+                if i.is_multiple_of(5) {
+                    let _: () = redis::pipe()
+                        .atomic()
+                        .cmd("INCRBY")
+                        .arg(k("ctr"))
+                        .arg(10)
+                        .cmd("LTRIM")
+                        .arg(k("done"))
+                        .arg(0)
+                        .arg(99)
+                        .cmd("EXPIRE")
+                        .arg(k(&format!("s{}", (i + 7) % 40)))
+                        .arg(5 + i % 30)
+                        .query(&mut con)
+                        .unwrap();
+                    let _: redis::Value = redis::cmd("EVAL")
+                        .arg("redis.call('INCR', KEYS[1]); return redis.call('HSET', KEYS[2], 'last', ARGV[1])")
+                        .arg(2)
+                        .arg(k("ctr"))
+                        .arg(k("h"))
+                        .arg(i)
+                        .query(&mut con)
+                        .unwrap();
+                }
+                if i.is_multiple_of(17) {
+                    let _: i64 = redis::cmd("DEL")
+                        .arg(k(&format!("s{}", i % 40)))
+                        .arg(k("f"))
+                        .query(&mut con)
+                        .unwrap();
+                }
+                ops_w.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }));
+        let (stop_c, popped_c) = (stop.clone(), popped.clone());
+        let url = node.url();
+        threads.push(std::thread::spawn(move || {
+            let mut con = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            // One key per BRPOP: the keys of one command share a slot on a cluster.
+            let keys: Vec<String> = mine.iter().map(|t| format!("{t}:jobs")).collect();
+            let mut n = 0;
+            while !stop_c.load(Ordering::Relaxed) {
+                n += 1;
+                let got: Option<(String, String)> = redis::cmd("BRPOP")
+                    .arg(&keys[n % keys.len()])
+                    .arg(0.05)
+                    .query(&mut con)
+                    .unwrap();
+                if got.is_some() {
+                    popped_c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    Load {
+        ops,
+        popped,
+        stop,
+        threads,
+    }
+}
+
+fn dataset() -> Dataset {
+    Dataset {
+        dbs: vec![0],
+        keys_per_db: 3000,
+        big_list: 20_000,
+        big_hash: 10_000,
+        big_set: 5000,
+        big_zset: 5000,
+        stream_entries: 2000,
+        ..Dataset::default()
+    }
+}
+
+fn oracle(source: &str, target: &str) -> OracleReport {
+    let opts = OracleOptions {
+        ttl_tolerance_ms: 1000,
+        ..OracleOptions::default()
+    };
+    compare_any(source, target, &opts)
+}
+
+/// Fills `source`, runs the workload while ferry migrates it to `target` for `secs`, stops
+/// the workload, then ferry with SIGTERM, and compares; returns ferry's log.
+fn migrate_from_cluster(source: &Cluster, target: &str, secs: u64) -> String {
+    fill_cluster(source, &dataset());
+    let load = start_load(source);
+    std::thread::sleep(Duration::from_millis(300));
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(&source.urls()[1], target, state.path(), &[]);
+    let started = Instant::now();
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(120));
+    if let Some(rest) = Duration::from_secs(secs).checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let (ops, popped) = load.stop();
+    let code = ferry.terminate(Duration::from_secs(90));
+    let stderr = ferry.stderr();
+    assert_eq!(
+        code,
+        Some(0),
+        "ferry migrate failed:\n{}",
+        tail(&stderr, 40)
+    );
+    let report = oracle(&source.urls()[0], target);
+    eprintln!(
+        "workload: {ops} rounds, {popped} served pops\n{report}\n--- ferry stderr (tail) ---\n{}",
+        tail(&stderr, 15)
+    );
+    assert!(ops > 1000, "workload too slow: {ops}");
+    assert!(
+        popped > 100,
+        "blocking consumers served too few pops: {popped}"
+    );
+    assert!(report.keys_compared > 3000, "{report}");
+    report.assert_identical();
+    assert!(
+        stderr.contains("The source is a Redis Cluster"),
+        "the source's shards were not logged:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_three_master_elasticache_like_cluster_migrates_live_to_a_cluster_exactly() {
+    let source = Cluster::start_elasticache_like(false);
+    let target = Cluster::start();
+    migrate_from_cluster(&source, &target.urls()[2], 12);
+}
+
+#[test]
+fn a_cluster_migrates_live_to_a_standalone_server_exactly() {
+    let source = Cluster::start();
+    let target = RedisServer::start();
+    migrate_from_cluster(&source, &target.url(), 10);
+}
