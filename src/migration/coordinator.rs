@@ -11,7 +11,8 @@ use crate::capture::PeerRegistry;
 use crate::clock::now_us;
 use crate::command::Mapper;
 use crate::journal::{EntryKind, Journal, Marker};
-use crate::net::{Endpoint, SourceNodes};
+use crate::net::cluster::{Topology, host_port};
+use crate::net::{Endpoint, NodesCell, SourceNodes};
 use crate::replay::{ReplayStats, StitchEvent, StitchShared};
 use crate::snapshot::{LiveSink, PayloadStore, SnapshotConfig, Snapshotter};
 
@@ -21,7 +22,10 @@ use super::report::{MigrateError, MigrationReport, stage};
 
 /// What the background coordinator owns.
 pub(super) struct Coordinator {
-    pub(super) nodes: SourceNodes,
+    /// The source's nodes now (a cluster source's change at a failover).
+    pub(super) nodes: NodesCell,
+    /// Starts captures on new nodes after a failover.
+    pub(super) captures: super::Captures,
     pub(super) target: Endpoint,
     pub(super) snapshot_cfg: SnapshotConfig,
     pub(super) mapper: Option<Arc<dyn Mapper>>,
@@ -75,8 +79,9 @@ type SnapshotTask = tokio::task::JoinHandle<(
 )>;
 
 fn spawn_snapshot(c: &Coordinator, epoch: u64) -> SnapshotTask {
+    let nodes = c.nodes.get().1;
     let snap = Snapshotter::new(
-        c.nodes.first().clone(),
+        nodes.first().clone(),
         c.target.clone(),
         c.snapshot_cfg.clone(),
     );
@@ -84,7 +89,7 @@ fn spawn_snapshot(c: &Coordinator, epoch: u64) -> SnapshotTask {
         store: c.store.clone(),
         peers: c.peers.clone(),
         mapper: c.mapper.clone(),
-        nodes: c.nodes.clone(),
+        nodes,
     };
     tokio::spawn(async move {
         // After a gap the target may still be restarting: wait for it rather than fail.
@@ -106,7 +111,7 @@ type SweepTask =
     tokio::task::JoinHandle<(u64, Result<Vec<(u32, Vec<u8>)>, crate::verify::VerifyError>)>;
 
 fn spawn_sweep(c: &Coordinator, from: u64) -> SweepTask {
-    let (source, target, mapper) = (c.nodes.clone(), c.target.clone(), c.mapper.clone());
+    let (source, target, mapper) = (c.nodes.get().1, c.target.clone(), c.mapper.clone());
     tokio::spawn(async move { (from, sweep(&source, &target, mapper.as_ref()).await) })
 }
 
@@ -205,7 +210,12 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
                                 return Ok(());
                             }
                         }
-                        Ok((_, Err(e))) => return Err(stage("snapshot", e)),
+                        // A primary that failed over refuses the reads: follow it instead.
+                        Ok((_, Err(e))) => {
+                            if !follow_failover(&mut c).await? {
+                                return Err(stage("snapshot", e));
+                            }
+                        }
                         Err(e) if e.is_cancelled() => {}
                         Err(e) => return Err(stage("snapshot", e)),
                     }
@@ -221,6 +231,9 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
                         && let Err(e) = c.journal.remove_before(through)
                     {
                         tracing::warn!(error = %e, "Could not trim the journal.");
+                    }
+                    if !c.window {
+                        follow_failover(&mut c).await?;
                     }
                     c.markers.lock().await.place("tick-").await?;
                     if !c.window
@@ -292,6 +305,69 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
     }
     *c.evictions.events.lock().await = events.or(held_events);
     result.map(|()| c)
+}
+
+/// The primaries' addresses, in shard order, to tell a failover.
+fn primaries(nodes: &SourceNodes) -> Vec<Option<(String, u16)>> {
+    nodes.all().iter().map(host_port).collect()
+}
+
+/// For a cluster source: when a shard's primary changed (a failover), captures the new
+/// primaries and marks a gap, whose resync re-reads every key from them. Returns whether it
+/// did. A cluster that gained or lost shards ends the run: its streams no longer match the
+/// stitcher's.
+async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
+    let (_, now) = c.nodes.get();
+    if !now.is_cluster() {
+        return Ok(false);
+    }
+    let mut found = None;
+    for node in now.all() {
+        if let Ok(Some(t)) = Topology::discover(node).await {
+            found = Some(t);
+            break;
+        }
+    }
+    let Some(t) = found else {
+        return Ok(false);
+    };
+    let next = SourceNodes::cluster(t);
+    if primaries(&next) == primaries(&now) {
+        return Ok(false);
+    }
+    if next.len() != now.len() {
+        return Err(stage(
+            "capture",
+            format!(
+                "the source cluster now has {} primaries instead of {} (a shard was added or removed): run again; a new run resyncs every key",
+                next.len(),
+                now.len()
+            ),
+        ));
+    }
+    tracing::warn!(
+        before = %now.describe(),
+        now = %next.describe(),
+        "The source cluster failed over: capturing the new primaries and resyncing every key with fenced reads."
+    );
+    let old = std::mem::replace(&mut c.capture, c.captures.spawn(&next));
+    let _ = old.stop().await;
+    c.nodes.set(next);
+    if !c.capture.wait_live().await {
+        return Err(stage("capture", "the new primaries' MONITOR did not start"));
+    }
+    if let Ok(mut r) = c.report.lock() {
+        r.source_failovers += 1;
+    }
+    c.journal
+        .append(
+            now_us(),
+            EntryKind::Gap {
+                reason: "the source cluster failed over".into(),
+            },
+        )
+        .map_err(|e| MigrateError::Journal(e.to_string()))?;
+    Ok(true)
 }
 
 fn print_status(journal: &Journal, stats: &ReplayStats, shared: &StitchShared) {

@@ -154,8 +154,9 @@ impl Running {
             self.final_evictions(markers, None).await?;
         }
         // Every primary of a cluster source; the primary (not a capture replica) otherwise.
-        let pause_nodes = if self.nodes.is_cluster() {
-            self.nodes.all().to_vec()
+        let nodes = self.nodes.get().1;
+        let pause_nodes = if nodes.is_cluster() {
+            nodes.all().to_vec()
         } else {
             vec![self.source.clone()]
         };
@@ -186,7 +187,7 @@ impl Running {
             unpause(&mut srcs).await;
         }
         if self.from_replica && refused.is_none() {
-            wait_replica_caught_up(&self.source, self.nodes.first()).await;
+            wait_replica_caught_up(&self.source, nodes.first()).await;
         }
         Ok((srcs, pause_started, refused.is_none()))
     }
@@ -199,7 +200,7 @@ impl Running {
     ) -> Result<(), MigrateError> {
         final_evictions(
             &self.evictions,
-            (&self.nodes, &self.target),
+            (&self.nodes.get().1, &self.target),
             self.cfg.mapper.as_ref(),
             &self.report,
             markers,

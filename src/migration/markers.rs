@@ -9,7 +9,7 @@
 
 use crate::capture::{PeerRegistry, Role};
 use crate::journal::Marker;
-use crate::net::SourceNodes;
+use crate::net::{NodesCell, SourceNodes};
 
 use super::report::{MigrateError, stage};
 
@@ -17,14 +17,33 @@ use super::report::{MigrateError, stage};
 pub(super) struct Markers {
     cons: Vec<redis::aio::MultiplexedConnection>,
     nodes: SourceNodes,
+    /// Where the nodes come from, and the version `cons` reach.
+    cell: NodesCell,
+    version: u64,
+    peers: std::sync::Arc<PeerRegistry>,
     n: u64,
 }
 
 impl Markers {
     pub(super) async fn connect(
+        cell: &NodesCell,
+        peers: &std::sync::Arc<PeerRegistry>,
+    ) -> Result<Markers, MigrateError> {
+        let (version, nodes) = cell.get();
+        Ok(Markers {
+            cons: Self::open(&nodes, peers).await?,
+            nodes,
+            cell: cell.clone(),
+            version,
+            peers: peers.clone(),
+            n: 0,
+        })
+    }
+
+    async fn open(
         nodes: &SourceNodes,
         peers: &PeerRegistry,
-    ) -> Result<Markers, MigrateError> {
+    ) -> Result<Vec<redis::aio::MultiplexedConnection>, MigrateError> {
         let mut cons = Vec::with_capacity(nodes.len());
         for node in nodes.all() {
             let mut con = node.control().await?;
@@ -34,11 +53,19 @@ impl Markers {
             peers.register(node, &addr, Role::Control);
             cons.push(con);
         }
-        Ok(Markers {
-            cons,
-            nodes: nodes.clone(),
-            n: 0,
-        })
+        Ok(cons)
+    }
+
+    /// After a failover of a cluster source, reconnects to the nodes capture now reads.
+    async fn follow(&mut self) -> Result<(), MigrateError> {
+        if self.cell.version() == self.version {
+            return Ok(());
+        }
+        let (version, nodes) = self.cell.get();
+        self.cons = Self::open(&nodes, &self.peers).await?;
+        self.nodes = nodes;
+        self.version = version;
+        Ok(())
     }
 
     /// Places a position marker named `what` plus a number, and returns its id.
@@ -51,6 +78,7 @@ impl Markers {
 
     /// Places `marker` in every node's stream.
     pub(super) async fn place_marker(&mut self, marker: &Marker) -> Result<(), MigrateError> {
+        self.follow().await?;
         let echo = marker.echo();
         // One node after the other: each copy only orders its own stream.
         for con in &mut self.cons {
@@ -72,6 +100,7 @@ impl Markers {
         what: &str,
         ms: u64,
     ) -> Result<String, MigrateError> {
+        self.follow().await?;
         self.n += 1;
         let id = format!("{what}{}", self.n);
         let echo = Marker::Position(id.clone()).echo();
@@ -97,6 +126,7 @@ impl Markers {
         &mut self,
         keys: &[(u32, Vec<u8>)],
     ) -> Result<(), MigrateError> {
+        self.follow().await?;
         for chunk in keys.chunks(1000) {
             let mut pipes: Vec<Option<redis::Pipeline>> = vec![None; self.cons.len()];
             for (db, key) in chunk {

@@ -68,7 +68,7 @@ use crate::capture::{Capture, CaptureSet, CaptureSink, PeerRegistry};
 use crate::command::CommandTable;
 use crate::journal::{EntryKind, Journal, JournalConfig};
 use crate::net::cluster::Topology;
-use crate::net::{Endpoint, Engine, SourceNodes};
+use crate::net::{Endpoint, Engine, NodesCell, SourceNodes};
 use crate::replay::{
     Layout, Op, ReplayStats, StitchConfig, StitchShared, Stitcher, request_recopies, run_sharded,
 };
@@ -117,6 +117,43 @@ impl CaptureSink for JournalSink {
             .append_many(batch)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// What starts the captures of a source's nodes: at the start, and again on a cluster
+/// source's new primaries after a failover.
+#[derive(Clone)]
+pub(super) struct Captures {
+    table: Arc<CommandTable>,
+    peers: Arc<PeerRegistry>,
+    settings: crate::capture::CaptureConfig,
+    late: Arc<crate::capture::LateWrites>,
+    journal: Journal,
+}
+
+impl Captures {
+    /// One capture per node, all into the journal.
+    pub(super) fn spawn(&self, nodes: &SourceNodes) -> CaptureSet {
+        let mut handles = Vec::with_capacity(nodes.len());
+        for (i, n) in nodes.all().iter().enumerate() {
+            let sink = JournalSink {
+                journal: self.journal.clone(),
+                // Cluster clients send keyless writes (FUNCTION LOAD, SCRIPT LOAD) to every
+                // primary: the first shard's stream carries them once.
+                drop_keyless: (i > 0).then(|| self.table.clone()),
+            };
+            handles.push(
+                Capture::new(
+                    n.clone(),
+                    self.table.clone(),
+                    self.peers.clone(),
+                    self.settings.clone(),
+                )
+                .with_late(self.late.clone())
+                .spawn(sink),
+            );
+        }
+        CaptureSet::new(handles)
     }
 }
 
@@ -372,6 +409,7 @@ impl Migration {
             Some(t) => SourceNodes::cluster(t),
             None => SourceNodes::single(node.clone()),
         };
+        let cell = NodesCell::new(nodes.clone());
         report.from_replica = replica.is_some();
         report.capture_node = nodes.describe();
         let why = match (self.cfg.capture, report.from_replica) {
@@ -409,7 +447,7 @@ impl Migration {
         }
         let store = Arc::new(store);
         let (recopier, recopy_rx) = Recopier::channel();
-        let recopy_node = nodes.clone();
+        let recopy_node = cell.clone();
         let recopy_peers = peers.clone();
         let recopy_store = store.clone();
         let recopy_task = tokio::spawn(async move {
@@ -420,26 +458,14 @@ impl Migration {
         });
 
         let late = self.cfg.late.clone().unwrap_or_default();
-        let mut handles = Vec::with_capacity(nodes.len());
-        for (i, n) in nodes.all().iter().enumerate() {
-            let sink = JournalSink {
-                journal: journal.clone(),
-                // Cluster clients send keyless writes (FUNCTION LOAD, SCRIPT LOAD) to every
-                // primary: the first shard's stream carries them once.
-                drop_keyless: (i > 0).then(|| table.clone()),
-            };
-            handles.push(
-                Capture::new(
-                    n.clone(),
-                    table.clone(),
-                    peers.clone(),
-                    self.cfg.capture_settings.clone(),
-                )
-                .with_late(late.clone())
-                .spawn(sink),
-            );
-        }
-        let mut capture = CaptureSet::new(handles);
+        let captures = Captures {
+            table: table.clone(),
+            peers: peers.clone(),
+            settings: self.cfg.capture_settings.clone(),
+            late: late.clone(),
+            journal: journal.clone(),
+        };
+        let mut capture = captures.spawn(&nodes);
         if !capture.wait_live().await {
             let e = capture.stop().await.err().unwrap_or_default();
             return Err(stage("capture", e));
@@ -449,11 +475,8 @@ impl Migration {
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
-        let recopy_requests = tokio::spawn(request_recopies(
-            nodes.first().clone(),
-            recopy_rx,
-            stats.clone(),
-        ));
+        let recopy_requests =
+            tokio::spawn(request_recopies(cell.clone(), recopy_rx, stats.clone()));
         #[cfg(feature = "sqs")]
         let split_shards = self.cfg.publish.as_ref().map(|(spec, _)| spec.shards);
         #[cfg(not(feature = "sqs"))]
@@ -514,7 +537,7 @@ impl Migration {
         });
 
         let markers = Arc::new(tokio::sync::Mutex::new(
-            Markers::connect(&nodes, &peers).await?,
+            Markers::connect(&cell, &peers).await?,
         ));
         let evictions = Arc::new(Evictions::connect(&nodes, &peers, replica.is_some()).await);
         warn_if_target_evicts(&self.target).await;
@@ -532,7 +555,8 @@ impl Migration {
         let (failure_tx, failure) = tokio::sync::watch::channel(None);
         let coordinator = spawn_coordinator(
             Coordinator {
-                nodes: nodes.clone(),
+                nodes: cell.clone(),
+                captures,
                 target: self.target.clone(),
                 snapshot_cfg: self.cfg.snapshot.clone(),
                 mapper: self.cfg.mapper.clone(),
@@ -558,7 +582,7 @@ impl Migration {
         Ok(Running {
             source: self.source,
             target: self.target,
-            nodes,
+            nodes: cell,
             from_replica: replica.is_some(),
             pause_all: !engines.0.has_pause_write(),
             cfg: self.cfg,

@@ -26,6 +26,8 @@ pub struct MigrationReport {
     pub snapshot_keys: u64,
     /// Resyncs after gaps.
     pub resyncs: u64,
+    /// Failovers of a cluster source's primaries followed during the run (each with a resync).
+    pub source_failovers: u64,
     /// Journal entries written.
     pub journal_entries: u64,
     /// Commands answered by the target.

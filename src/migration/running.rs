@@ -9,7 +9,7 @@ use crate::capture::{LateWrites, PeerRegistry};
 
 use super::coordinator::CoordinatorTask;
 use crate::journal::Journal;
-use crate::net::{Endpoint, SourceNodes};
+use crate::net::{Endpoint, NodesCell};
 use crate::replay::{ReplayStats, StitchShared};
 
 use super::config::MigrateConfig;
@@ -21,7 +21,7 @@ use super::report::{MigrateError, MigrationReport, stage};
 pub struct Running {
     pub(super) source: Endpoint,
     pub(super) target: Endpoint,
-    pub(super) nodes: SourceNodes,
+    pub(super) nodes: NodesCell,
     pub(super) from_replica: bool,
     /// The source has no `CLIENT PAUSE … WRITE` (before Redis 6.2): its final fence pauses
     /// every client, reads and ferry's own connections too, once the drain is done.
@@ -193,7 +193,7 @@ impl Running {
     /// node, so that their fences are in the replayed stream.
     pub fn fence_link(&self) -> crate::verify::FenceLink {
         crate::verify::FenceLink {
-            node: self.nodes.first().clone(),
+            node: self.nodes.get().1.first().clone(),
             target: self.target.clone(),
             peers: self.peers.clone(),
             shared: self.shared.clone(),
@@ -207,7 +207,7 @@ impl Running {
         cfg: crate::verify::VerifyConfig,
         rules: Option<Arc<dyn crate::verify::VerifyRules>>,
     ) -> Result<crate::verify::VerifyReport, crate::verify::VerifyError> {
-        if self.nodes.is_cluster() {
+        if self.nodes.get().1.is_cluster() {
             return Err(crate::verify::VerifyError::Config(
                 "a fenced verification inside a run reads one source stream, and a cluster source has one per shard: run `ferry verify` after the final fence instead".into(),
             ));

@@ -16,7 +16,7 @@ pub mod resp;
 mod tls;
 
 pub use engine::{Engine, EngineKind};
-pub use nodes::SourceNodes;
+pub use nodes::{NodesCell, SourceNodes};
 use std::io;
 use std::time::Duration;
 

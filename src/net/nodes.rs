@@ -89,3 +89,38 @@ impl SourceNodes {
         }
     }
 }
+
+/// The source's nodes as they are now, shared by the stages that reach them: a cluster source
+/// that fails over gets new nodes, and each stage picks them up at its next request.
+#[derive(Debug, Clone)]
+pub struct NodesCell(Arc<std::sync::RwLock<(u64, SourceNodes)>>);
+
+impl NodesCell {
+    /// A cell holding `nodes`, at version 0.
+    pub fn new(nodes: SourceNodes) -> NodesCell {
+        NodesCell(Arc::new(std::sync::RwLock::new((0, nodes))))
+    }
+
+    /// The nodes now, with their version (it grows at every change).
+    pub fn get(&self) -> (u64, SourceNodes) {
+        match self.0.read() {
+            Ok(g) => (g.0, g.1.clone()),
+            Err(p) => (p.get_ref().0, p.get_ref().1.clone()),
+        }
+    }
+
+    /// The version now.
+    pub fn version(&self) -> u64 {
+        self.get().0
+    }
+
+    /// Replaces the nodes.
+    pub fn set(&self, nodes: SourceNodes) {
+        let mut g = match self.0.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.0 += 1;
+        g.1 = nodes;
+    }
+}

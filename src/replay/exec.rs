@@ -475,11 +475,12 @@ impl Replayer {
 /// diverged ledger, so a stop fails rather than hide it. `stats.recopies_outstanding` counts the
 /// requests not yet placed, so a final fence can wait for them.
 pub async fn request_recopies(
-    node: Endpoint,
+    nodes: crate::net::NodesCell,
     mut keys: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
     stats: Arc<ReplayStats>,
 ) {
     let mut con = None;
+    let mut version = nodes.version();
     let mut batch = Vec::new();
     while let Some(first) = keys.recv().await {
         batch.clear();
@@ -500,8 +501,12 @@ pub async fn request_recopies(
         // One reconnect: the connection may have been idle long enough to be dropped.
         let mut placed = false;
         for _ in 0..2 {
-            if con.is_none() {
-                con = node.control().await.ok();
+            if con.is_none() || nodes.version() != version {
+                // Any node's stream carries a request (it names its key); after a failover,
+                // one that capture still reads.
+                let now = nodes.get();
+                version = now.0;
+                con = now.1.first().control().await.ok();
             }
             let Some(c) = con.as_mut() else { break };
             match pipe.query_async::<()>(c).await {

@@ -515,7 +515,7 @@ impl Worker {
         // keys of a batch in doubt.
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
         let recopies = tokio::spawn(request_recopies(
-            self.source.clone(),
+            crate::net::NodesCell::new(crate::net::SourceNodes::single(self.source.clone())),
             recopy_rx,
             stats.clone(),
         ));

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use super::expiry::ExpiryRead;
 use crate::capture::{PeerRegistry, Role};
 use crate::journal::read_echo;
-use crate::net::{Endpoint, SourceNodes};
+use crate::net::{Endpoint, NodesCell, SourceNodes};
 
 /// What one fenced read returned for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,11 +230,12 @@ impl Recopier {
     /// `MULTI; DUMP; PEXPIRETIME; …; EXEC` each, payloads into `store`. On a cluster source each
     /// key is read on its shard's node, whose stream carries its fence.
     pub async fn run(
-        source: SourceNodes,
+        cell: NodesCell,
         peers: std::sync::Arc<PeerRegistry>,
         store: std::sync::Arc<PayloadStore>,
         mut rx: mpsc::UnboundedReceiver<(u32, Vec<u8>)>,
     ) -> Result<(), String> {
+        let (mut version, mut source) = cell.get();
         let mut readers: Vec<Option<FencedReader>> = (0..source.len()).map(|_| None).collect();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -244,9 +245,16 @@ impl Recopier {
                     Err(_) => break,
                 }
             }
+            if cell.version() != version {
+                // The source failed over: read through its new nodes.
+                (version, source) = cell.get();
+                readers = (0..source.len()).map(|_| None).collect();
+            }
             batch.sort_by_key(|(db, key)| (source.index_of(key), *db, key.clone()));
             store.wait_for_space().await;
-            for part in batch.chunk_by(|a, b| source.index_of(&a.1) == source.index_of(&b.1)) {
+            'parts: for part in
+                batch.chunk_by(|a, b| source.index_of(&a.1) == source.index_of(&b.1))
+            {
                 let i = source.index_of(&part[0].1);
                 let mut attempt = 0;
                 loop {
@@ -261,6 +269,18 @@ impl Recopier {
                             readers[i] = None;
                             attempt += 1;
                             tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) if source.is_cluster() => {
+                            // A primary that failed over refuses the reads (MOVED): the
+                            // coordinator notices within a second, and its resync re-reads
+                            // every key, these included.
+                            for _ in 0..50 {
+                                if cell.version() != version {
+                                    break 'parts;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            return Err(e);
                         }
                         Err(e) => return Err(e),
                     }

@@ -24,6 +24,48 @@ fn tags(cluster: &Cluster) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// A connection to the node a `MOVED` (or, during a failover, an `UNBLOCKED` or a broken
+/// connection) sends the workload to; any other error fails the test.
+fn follow(e: &redis::RedisError) -> redis::Connection {
+    let text = e.to_string();
+    // A pipeline's error lists each command's: `Moved: <slot> <host:port>`.
+    let in_text = ["Moved: ", "MOVED "].iter().find_map(|p| {
+        let rest = &text[text.find(p)? + p.len()..];
+        rest.split_whitespace()
+            .nth(1)
+            .map(|a| a.trim_end_matches([')', ',']).to_string())
+    });
+    let to = match e.redirect_node().map(|(a, _)| a.to_string()).or(in_text) {
+        Some(addr) => addr,
+        None => {
+            assert!(
+                text.contains("UNBLOCKED") || text.contains("READONLY") || e.is_io_error(),
+                "workload error: {text}"
+            );
+            // Asked again, the node answers MOVED with the new primary.
+            std::thread::sleep(Duration::from_millis(50));
+            return follow_retry();
+        }
+    };
+    redis::Client::open(format!("redis://{to}"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+thread_local! {
+    /// The URL the current workload thread writes to, for a retry after a failover.
+    static HOME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn follow_retry() -> redis::Connection {
+    let url = HOME.with(|h| h.borrow().clone());
+    redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 /// What the workload did.
 struct Load {
     ops: Arc<AtomicU64>,
@@ -65,6 +107,7 @@ fn start_load(cluster: &Cluster) -> Load {
         let (stop_w, ops_w) = (stop.clone(), ops.clone());
         let writer_tags = mine.clone();
         threads.push(std::thread::spawn(move || {
+            HOME.with(|h| *h.borrow_mut() = url.clone());
             let mut con = redis::Client::open(url.as_str())
                 .unwrap()
                 .get_connection()
@@ -72,6 +115,7 @@ fn start_load(cluster: &Cluster) -> Load {
             let mut i = 0u64;
             while !stop_w.load(Ordering::Relaxed) {
                 i += 1;
+                let round = |con: &mut redis::Connection| -> redis::RedisResult<()> {
                 let t = &writer_tags[(i as usize) % writer_tags.len()];
                 let k = |name: &str| format!("{t}:{name}");
                 let mut pipe = redis::pipe();
@@ -98,15 +142,14 @@ fn start_load(cluster: &Cluster) -> Load {
                     .arg("n")
                     .arg(i)
                     .ignore();
-                let _: () = pipe.query(&mut con).unwrap();
+                let _: () = pipe.query(con)?;
                 if i.is_multiple_of(3) {
                     let _: redis::Value = redis::cmd("RPOPLPUSH")
                         .arg(k("q"))
                         .arg(k("done"))
-                        .query(&mut con)
-                        .unwrap();
+                        .query(con)?;
                     let _: redis::Value =
-                        redis::cmd("SPOP").arg(k("set")).query(&mut con).unwrap();
+                        redis::cmd("SPOP").arg(k("set")).query(con)?;
                 }
                 if i.is_multiple_of(5) {
                     let _: () = redis::pipe()
@@ -121,23 +164,27 @@ fn start_load(cluster: &Cluster) -> Load {
                         .cmd("EXPIRE")
                         .arg(k(&format!("s{}", (i + 7) % 40)))
                         .arg(5 + i % 30)
-                        .query(&mut con)
-                        .unwrap();
+                        .query(con)?;
                     let _: redis::Value = redis::cmd("EVAL")
                         .arg("redis.call('INCR', KEYS[1]); return redis.call('HSET', KEYS[2], 'last', ARGV[1])")
                         .arg(2)
                         .arg(k("ctr"))
                         .arg(k("h"))
                         .arg(i)
-                        .query(&mut con)
-                        .unwrap();
+                        .query(con)?;
                 }
                 if i.is_multiple_of(17) {
                     let _: i64 = redis::cmd("DEL")
                         .arg(k(&format!("s{}", i % 40)))
                         .arg(k("f"))
-                        .query(&mut con)
-                        .unwrap();
+                        .query(con)?;
+                }
+                Ok(())
+                };
+                if let Err(e) = round(&mut con) {
+                    // A failover moved the tags' slots: follow the redirect to the new primary.
+                    con = follow(&e);
+                    continue;
                 }
                 ops_w.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_micros(300));
@@ -146,6 +193,7 @@ fn start_load(cluster: &Cluster) -> Load {
         let (stop_c, popped_c) = (stop.clone(), popped.clone());
         let url = node.url();
         threads.push(std::thread::spawn(move || {
+            HOME.with(|h| *h.borrow_mut() = url.clone());
             let mut con = redis::Client::open(url.as_str())
                 .unwrap()
                 .get_connection()
@@ -155,11 +203,17 @@ fn start_load(cluster: &Cluster) -> Load {
             let mut n = 0;
             while !stop_c.load(Ordering::Relaxed) {
                 n += 1;
-                let got: Option<(String, String)> = redis::cmd("BRPOP")
+                let got: Option<(String, String)> = match redis::cmd("BRPOP")
                     .arg(&keys[n % keys.len()])
                     .arg(0.05)
                     .query(&mut con)
-                    .unwrap();
+                {
+                    Ok(got) => got,
+                    Err(e) => {
+                        con = follow(&e);
+                        continue;
+                    }
+                };
                 if got.is_some() {
                     popped_c.fetch_add(1, Ordering::Relaxed);
                 }
@@ -198,6 +252,16 @@ fn oracle(source: &str, target: &str) -> OracleReport {
 /// Fills `source`, runs the workload while ferry migrates it to `target` for `secs`, stops
 /// the workload, then ferry with SIGTERM, and compares; returns ferry's log.
 fn migrate_from_cluster(source: &Cluster, target: &str, secs: u64) -> String {
+    migrate_from_cluster_with(source, target, secs, || {})
+}
+
+/// [`migrate_from_cluster`], calling `during` once the snapshot's reads are done.
+fn migrate_from_cluster_with(
+    source: &Cluster,
+    target: &str,
+    secs: u64,
+    during: impl FnOnce(),
+) -> String {
     fill_cluster(source, &dataset());
     let load = start_load(source);
     std::thread::sleep(Duration::from_millis(300));
@@ -205,6 +269,7 @@ fn migrate_from_cluster(source: &Cluster, target: &str, secs: u64) -> String {
     let mut ferry = start_migrate(&source.urls()[1], target, state.path(), &[]);
     let started = Instant::now();
     ferry.wait_log("Snapshot reads done", Duration::from_secs(120));
+    during();
     if let Some(rest) = Duration::from_secs(secs).checked_sub(started.elapsed()) {
         std::thread::sleep(rest);
     }
@@ -248,4 +313,44 @@ fn a_cluster_migrates_live_to_a_standalone_server_exactly() {
     let source = Cluster::start();
     let target = RedisServer::start();
     migrate_from_cluster(&source, &target.url(), 10);
+}
+
+/// A manual failover of one source shard (`CLUSTER FAILOVER` on its replica) during replay:
+/// ferry captures the new primary and resyncs, and the target ends equal to the source.
+#[test]
+fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
+    let source = Cluster::start_with_replicas();
+    let target = Cluster::start();
+    let replica = source.replicas()[0].url();
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut con = redis::Client::open(replica.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut con)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut con)
+                .unwrap();
+            if info.contains("role:master") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never became primary:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(
+        stderr.contains("The source cluster failed over"),
+        "the failover was not followed:\n{}",
+        tail(&stderr, 30)
+    );
 }
