@@ -62,6 +62,37 @@ pub fn slot_of(key: &[u8]) -> Slot {
     Slot::for_key(key)
 }
 
+/// The hash slot number of `key` (CRC16 of the key, or of its `{hash tag}`, modulo 16384),
+/// for grouping keys by slot where redis-rs's [`Slot`] does not give the number.
+pub fn slot_number(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % SLOTS as u16
+}
+
+/// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// Every slot with its number: redis-rs computes a key's [`Slot`] but keeps its number
 /// private, so maps from slots are built from this list.
 pub fn all_slots() -> impl Iterator<Item = (u16, Slot)> {
@@ -240,6 +271,31 @@ impl Topology {
             .collect::<Vec<_>>()
             .join("; ")
     }
+
+    /// A shard's slot ranges as `0-5460` or `0-99,200,300-399`, for logs and file names.
+    pub fn ranges_label(&self, shard: usize) -> String {
+        self.shards[shard]
+            .ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A shard primary's `host:port` (its redacted URL when it has none, e.g. a socket).
+    pub fn address(&self, shard: usize) -> String {
+        let primary = &self.shards[shard].primary;
+        host_port(primary).map_or_else(
+            || primary.redacted().to_string(),
+            |(h, p)| format!("{h}:{p}"),
+        )
+    }
 }
 
 fn server_error(ep: &Endpoint, command: &str, e: &redis::RedisError) -> NetError {
@@ -386,6 +442,29 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn slot_numbers_match_the_clusters_and_redis_rs() {
+        // `CLUSTER KEYSLOT` answers these.
+        assert_eq!(slot_number(b"foo"), 12182);
+        assert_eq!(slot_number(b"hello"), 866);
+        assert_eq!(
+            slot_number(b"{user1000}.following"),
+            slot_number(b"user1000")
+        );
+        // An empty tag hashes the whole key.
+        assert_eq!(slot_number(b"{}x"), crc16(b"{}x") % 16384);
+        let numbers: std::collections::HashMap<Slot, u16> =
+            all_slots().map(|(n, s)| (s, n)).collect();
+        for i in 0..2000 {
+            let key = format!("k:{i}:{{t{}}}", i % 17);
+            assert_eq!(
+                numbers[&slot_of(key.as_bytes())],
+                slot_number(key.as_bytes()),
+                "{key}"
+            );
+        }
     }
 
     #[test]
