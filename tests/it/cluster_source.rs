@@ -250,3 +250,59 @@ fn ferry_snapshot_and_verify_from_a_cluster_source_to_a_cluster_and_a_standalone
     let report = oracle(&from, &tc);
     assert_eq!(report.diffs.len(), 3, "{report}");
 }
+
+/// `ferry backup` of a cluster source: one RDB file per shard, named with its index and slot
+/// ranges; each loads into a fresh stock server, and together they hold every key with its
+/// TTL (the oracle, with the loaded servers as one keyspace).
+#[test]
+fn ferry_backup_of_a_cluster_source_writes_one_loadable_file_per_shard() {
+    let source = Cluster::start_elasticache_like(true);
+    let filled = fill_cluster(&source, &dataset());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("final.rdb");
+    let (code, text) = run_ferry(&[
+        "backup",
+        "--source",
+        &source.urls()[1],
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("one RDB file per shard"), "{text}");
+    assert!(
+        !out.exists(),
+        "a cluster backup writes per-shard files only"
+    );
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "final.shard0.0-5460.rdb",
+            "final.shard1.5461-10922.rdb",
+            "final.shard2.10923-16383.rdb"
+        ],
+        "{text}"
+    );
+    let mut keys = 0;
+    let restored: Vec<RedisServer> = files
+        .iter()
+        .map(|f| RedisServer::start_with_rdb(&dir.path().join(f)))
+        .collect();
+    for (server, (master, f)) in restored.iter().zip(source.nodes().iter().zip(&files)) {
+        let n: usize = redis::cmd("DBSIZE").query(&mut server.conn()).unwrap();
+        let m: usize = redis::cmd("DBSIZE").query(&mut master.conn()).unwrap();
+        assert_eq!(n, m, "{f} holds {n} keys, its shard {m}");
+        assert!(text.contains(&format!("Backup done: {n} keys")), "{text}");
+        keys += n;
+    }
+    assert_eq!(keys, filled.total_keys());
+    let urls: Vec<String> = restored.iter().map(RedisServer::url).collect();
+    let report = crate::support::compare_nodes(&keyspace_nodes(&source.urls()[0]), &urls, &opts());
+    eprintln!("{report}");
+    assert_eq!(report.keys_compared, filled.total_keys(), "{report}");
+    report.assert_identical();
+}
