@@ -298,6 +298,62 @@ impl Topology {
     }
 }
 
+/// The replicas of each primary of the cluster `ep` belongs to, as `host:port` lists keyed by
+/// their primary's `host:port`, from `CLUSTER NODES` (every version has it, ElastiCache too).
+/// Replicas flagged as failing are left out.
+pub async fn replicas(
+    ep: &Endpoint,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, NetError> {
+    let mut con = ep.control().await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| server_error(ep, "CLUSTER NODES", &e))?;
+    Ok(parse_replicas(
+        &nodes,
+        host_port(ep).map(|(h, _)| h).as_deref(),
+    ))
+}
+
+/// [`replicas`] from `CLUSTER NODES` text; `own_host` stands in for an empty announced host.
+fn parse_replicas(
+    nodes: &str,
+    own_host: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    // id, ip:port@cport[,hostname], flags, master id, …
+    let rows: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .collect();
+    let addr = |f: &[&str]| -> String {
+        let a = f[1].split(['@', ',']).next().unwrap_or_default();
+        match a.strip_prefix(':') {
+            Some(port) => format!("{}:{port}", own_host.unwrap_or("127.0.0.1")),
+            None => a.to_string(),
+        }
+    };
+    let by_id: std::collections::HashMap<&str, String> =
+        rows.iter().map(|f| (f[0], addr(f))).collect();
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for f in &rows {
+        let flags: Vec<&str> = f[2].split(',').collect();
+        let replica = flags.iter().any(|&x| x == "slave" || x == "replica");
+        let failing = flags.iter().any(|&x| x == "fail" || x == "fail?");
+        if replica
+            && !failing
+            && let Some(primary) = by_id.get(f[3])
+        {
+            out.entry(primary.clone()).or_default().push(addr(f));
+        }
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    out
+}
+
 fn server_error(ep: &Endpoint, command: &str, e: &redis::RedisError) -> NetError {
     NetError::Server {
         endpoint: ep.redacted().to_string(),
@@ -442,6 +498,21 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replicas_are_read_from_cluster_nodes_by_their_primary() {
+        let nodes = "\
+a1 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 10.0.0.2:7001@17001,host-b master - 0 0 2 connected 5461-16383
+c3 10.0.0.3:7002@17002 slave a1 0 0 1 connected
+d4 :7003@17003 slave b2 0 0 2 connected
+e5 10.0.0.5:7004@17004 slave,fail b2 0 0 2 connected
+";
+        let r = parse_replicas(nodes, Some("h"));
+        assert_eq!(r["10.0.0.1:7000"], ["10.0.0.3:7002"]);
+        assert_eq!(r["10.0.0.2:7001"], ["h:7003"]);
+        assert_eq!(r.len(), 2);
     }
 
     #[test]

@@ -306,3 +306,85 @@ fn ferry_backup_of_a_cluster_source_writes_one_loadable_file_per_shard() {
     assert_eq!(report.keys_compared, filled.total_keys(), "{report}");
     report.assert_identical();
 }
+
+/// `ferry preflight` with a cluster source (ElastiCache-like, a replica per master) names each
+/// shard with its slots and replica, ok rather than a failure; toward a cluster target too.
+#[test]
+fn preflight_lists_a_cluster_sources_shards_and_replicas() {
+    let source = Cluster::start_elasticache_like(true);
+    let to_cluster = Cluster::start();
+    let to_single = RedisServer::start();
+    fill_cluster(&source, &dataset());
+    for target in [to_single.url(), to_cluster.urls()[0].clone()] {
+        let (code, out) = run_ferry(&[
+            "preflight",
+            "--source",
+            &source.replicas()[2].url(),
+            "--target",
+            &target,
+        ]);
+        eprintln!("{out}");
+        assert_ne!(code, Some(2), "{out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains("cluster mode") && l.contains("shards"))
+            .unwrap_or_else(|| panic!("no source cluster line:\n{out}"));
+        assert!(line.contains("3 shards, 3 replicas: "), "{line}");
+        for (master, replica) in source.nodes().iter().zip(source.replicas()) {
+            assert!(
+                line.contains(&format!("{} ", master.addr()))
+                    && line.contains(&format!("(replica {})", replica.addr())),
+                "{line}"
+            );
+        }
+        assert!(line.contains("0-5460"), "{line}");
+        // The data of every primary counts, and no line says the cluster has no replica.
+        assert!(!out.contains("none online"), "{out}");
+        assert!(out.contains("the source uses"), "{out}");
+    }
+}
+
+/// `--db` other than 0 on a cluster source: one line naming it, exit 2, nothing copied or
+/// written.
+#[test]
+fn a_db_other_than_0_on_a_cluster_source_is_refused_with_one_line() {
+    let source = Cluster::start();
+    let target = RedisServer::start();
+    fill_cluster(&source, &dataset());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.rdb");
+    let from = source.urls()[0].clone();
+    for args in [
+        vec![
+            "snapshot",
+            "--source",
+            &from,
+            "--target",
+            &target.url(),
+            "--db",
+            "3",
+        ],
+        vec![
+            "backup",
+            "--source",
+            &from,
+            "--out",
+            out.to_str().unwrap(),
+            "--db",
+            "3",
+        ],
+    ] {
+        let (code, text) = run_ferry(&args);
+        assert_eq!(code, Some(2), "{text}");
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0]
+                .contains("is a Redis Cluster, which has db 0 only: --db 3 names none of its keys"),
+            "{text}"
+        );
+    }
+    let n: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
