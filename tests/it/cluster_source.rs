@@ -388,3 +388,74 @@ fn a_db_other_than_0_on_a_cluster_source_is_refused_with_one_line() {
     assert_eq!(n, 0);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Older clusters as a source: Redis 5.0 and 6.2 have no `CLUSTER SHARDS` (the topology comes
+/// from `CLUSTER SLOTS`) and no `PEXPIRETIME` (each per-slot transaction carries its own
+/// `TIME`); Valkey 8.0 has both. Snapshot to a standalone server of the same engine, verify,
+/// and back up: 0 differences each.
+#[test]
+#[ignore = "needs the engines of `make servers` (FERRY_ENGINES=1)"]
+fn older_cluster_sources_are_snapshotted_verified_and_backed_up() {
+    use crate::support::ServerOptions;
+    use crate::support::engines::Engine;
+    for engine in [Engine::Redis50, Engine::Redis62, Engine::Valkey80] {
+        let options = ServerOptions {
+            engine: Some(engine),
+            ..ServerOptions::default()
+        };
+        let source = Cluster::start_full(options.clone(), true);
+        let target = RedisServer::start_with(options);
+        let filled = fill_cluster(&source, &dataset());
+        let from = source.replicas()[0].url();
+        // The chunked copy of a stream needs Redis 7.0's stream metadata (XSETID
+        // ENTRIESADDED), so older engines copy big keys with DUMP.
+        let big = if engine == Engine::Valkey80 {
+            "20000"
+        } else {
+            "100000000"
+        };
+        let (code, out) = run_ferry(&[
+            "snapshot",
+            "--source",
+            &from,
+            "--target",
+            &target.url(),
+            "--big-key-bytes",
+            big,
+        ]);
+        assert_eq!(code, Some(0), "{engine:?}: {out}");
+        let report = oracle(&from, &target.url());
+        assert_eq!(
+            report.keys_compared,
+            filled.total_keys(),
+            "{engine:?}: {report}"
+        );
+        report.assert_identical();
+        let (code, out) = run_ferry(&["verify", "--source", &from, "--target", &target.url()]);
+        assert_eq!(code, Some(0), "{engine:?}: {out}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let out_file = dir.path().join("b.rdb");
+        let (code, out) = run_ferry(&[
+            "backup",
+            "--source",
+            &from,
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(0), "{engine:?}: {out}");
+        let restored: Vec<RedisServer> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| RedisServer::start_engine_with_rdb(Some(engine), &e.unwrap().path()))
+            .collect();
+        assert_eq!(restored.len(), 3, "{engine:?}: {out}");
+        let urls: Vec<String> = restored.iter().map(RedisServer::url).collect();
+        let report = crate::support::compare_nodes(&keyspace_nodes(&from), &urls, &opts());
+        assert_eq!(
+            report.keys_compared,
+            filled.total_keys(),
+            "{engine:?}: {report}"
+        );
+        report.assert_identical();
+    }
+}
