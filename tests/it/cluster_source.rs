@@ -459,3 +459,82 @@ fn older_cluster_sources_are_snapshotted_verified_and_backed_up() {
         report.assert_identical();
     }
 }
+
+/// `ferry snapshot --state-dir` from a cluster source, killed mid-run: each shard kept its
+/// checkpoint under the state dir, and the rerun resumes them all (copying fewer keys than the
+/// total), ending with 0 differences.
+#[test]
+fn a_killed_snapshot_of_a_cluster_source_resumes_every_shard() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let source = Cluster::start();
+    let target = Cluster::start();
+    let filled = fill_cluster(
+        &source,
+        &Dataset {
+            keys_per_db: 20_000,
+            ..dataset()
+        },
+    );
+    let total = filled.total_keys() as u64;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let from = source.urls()[0].clone();
+    let to = target.urls()[0].clone();
+    let common = [
+        "snapshot",
+        "--source",
+        &from,
+        "--target",
+        &to,
+        "--quiet",
+        "--state-dir",
+        &state_dir,
+    ];
+    // Throttled (per shard) so that the kill lands mid-snapshot.
+    let mut child = crate::cli::ferry()
+        .args(common)
+        .args(["--max-source-ops", "20000", "--batch", "32"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shards = ["shard-0", "shard-5461", "shard-10923"];
+    let keys_done = |shard: &str| -> u64 {
+        std::fs::read(state.path().join(shard).join("snapshot.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["keys_done"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shards.iter().all(|s| keys_done(s) > 500) {
+        assert!(Instant::now() < deadline, "the snapshot made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial: u64 = target
+        .nodes()
+        .iter()
+        .map(|n| redis::cmd("DBSIZE").query::<u64>(&mut n.conn()).unwrap())
+        .sum();
+    assert!(
+        partial > 0 && partial < total,
+        "killed too late: {partial} of {total}"
+    );
+
+    let json = state.path().join("report.json");
+    let (code, out) = run_ferry(&[&common[..], &["--json", json.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(0), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["resumed"], true, "{r}");
+    let second = r["keys"].as_u64().unwrap();
+    assert!(
+        second < total,
+        "the rerun copied {second} of {total} keys: it did not resume"
+    );
+    let report = oracle(&from, &to);
+    assert_eq!(report.keys_compared as u64, total, "{report}");
+    report.assert_identical();
+}
