@@ -29,6 +29,7 @@ use crate::clock::now_ms;
 use crate::escape::Quoted;
 use crate::net::{Endpoint, NetError, info_field};
 use crate::snapshot::expiry::ExpiryRead;
+use crate::snapshot::slotreads;
 
 /// Parallel readers, each with its own source connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -319,12 +320,13 @@ impl Backup {
             });
         }
         let mut done = Vec::new();
-        let mut written = Vec::new();
+        // Removed on drop unless kept: a failure, or the run dropped on Ctrl-C, leaves no set.
+        let mut written = ShardFiles::default();
         let mut first_err = None;
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((i, out, Ok(stats))) => {
-                    written.push(out);
+                    written.paths.push(out);
                     done.push((i, stats));
                 }
                 Ok((_, _, Err(e))) => {
@@ -340,11 +342,9 @@ impl Backup {
             }
         }
         if let Some(e) = first_err {
-            for path in written {
-                let _ = std::fs::remove_file(path);
-            }
             return Err(e);
         }
+        written.kept = true;
         done.sort_by_key(|(i, _)| *i);
         Ok(done.into_iter().map(|(_, s)| s).collect())
     }
@@ -640,6 +640,23 @@ impl Backup {
     }
 }
 
+/// The files of a cluster backup's shards, removed on drop unless `kept`.
+#[derive(Default)]
+struct ShardFiles {
+    paths: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Drop for ShardFiles {
+    fn drop(&mut self) {
+        if !self.kept {
+            for path in &self.paths {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
 /// The file of shard `index` (slot ranges `ranges`, as `0-5460` or `0-99,200`) of a cluster
 /// backup to `out`: `dir/name.rdb` becomes `dir/name.shard0.0-5460.rdb` (commas as `+`).
 pub fn shard_file(out: &Path, index: usize, ranges: &str) -> PathBuf {
@@ -723,42 +740,21 @@ async fn read_batch_by_slot(
     keys: Vec<Vec<u8>>,
     skips: &mut Skips,
 ) -> Result<Vec<Entry>, BackupError> {
-    let mut groups: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
-    for k in keys {
-        groups
-            .entry(crate::net::cluster::slot_number(&k))
-            .or_default()
-            .push(k);
-    }
-    let mut pipe = redis::pipe();
-    for group in groups.values() {
-        pipe.cmd("MULTI");
-        for k in group {
-            pipe.cmd("DUMP").arg(k.as_slice());
-            expiry.push(&mut pipe, k);
-        }
-        expiry.finish(&mut pipe);
-        pipe.cmd("EXEC");
-    }
-    let replies: Vec<Value> = pipe
+    let groups = slotreads::by_slot(keys);
+    let replies: Vec<Value> = slotreads::pipeline(&groups, expiry)
         .query_async(con)
         .await
         .map_err(|e| cmd_err(source, "DUMP", &e))?;
-    let mut replies = replies.into_iter();
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    let execs = slotreads::exec_replies(replies, sizes, expiry).map_err(|message| {
+        BackupError::Command {
+            endpoint: source.redacted().to_string(),
+            command: "DUMP",
+            message,
+        }
+    })?;
     let mut out = Vec::new();
-    for group in groups.into_values() {
-        // `OK` for MULTI and `QUEUED` for each read, then EXEC's array.
-        let queued = 1 + 2 * group.len() + expiry.extra_replies();
-        let exec = match replies.nth(queued) {
-            Some(Value::Array(a)) => a,
-            other => {
-                return Err(BackupError::Command {
-                    endpoint: source.redacted().to_string(),
-                    command: "DUMP",
-                    message: format!("EXEC returned {other:?}"),
-                });
-            }
-        };
+    for (group, exec) in groups.into_iter().zip(execs) {
         out.extend(entries_of(
             source,
             (db, version, expiry),

@@ -32,6 +32,7 @@ mod live;
 mod progress;
 pub mod rdb;
 mod shards;
+pub mod slotreads;
 mod tempkeys;
 mod worker;
 

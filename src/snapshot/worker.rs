@@ -222,46 +222,18 @@ impl Worker {
         keys: &[&[u8]],
         stats: &mut BatchStats,
     ) -> Result<Vec<KeyCopy>, Retry> {
-        let mut groups: std::collections::BTreeMap<u16, Vec<&[u8]>> = Default::default();
-        for k in keys {
-            groups
-                .entry(crate::net::cluster::slot_number(k))
-                .or_default()
-                .push(k);
-        }
+        let groups = super::slotreads::by_slot(keys.iter().copied());
         if groups.len() < 2 {
             return self.fenced_read_one(db, keys, stats).await;
         }
-        let mut pipe = redis::pipe();
-        for group in groups.values() {
-            pipe.cmd("MULTI");
-            for k in group {
-                pipe.cmd("DUMP").arg(*k);
-                self.expiry.push(&mut pipe, k);
-            }
-            self.expiry.finish(&mut pipe);
-            pipe.cmd("EXEC");
-        }
+        let pipe = super::slotreads::pipeline(&groups, self.expiry);
         self.shared.limit(2 * keys.len() + 3 * groups.len()).await;
         let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
-        let mut replies = replies.into_iter();
+        let execs =
+            super::slotreads::exec_replies(replies, groups.iter().map(Vec::len), self.expiry)
+                .map_err(Retry)?;
         let mut out = Vec::with_capacity(keys.len());
-        for group in groups.values() {
-            // `OK` for MULTI and `QUEUED` for each read, then EXEC's array.
-            let queued = 1 + 2 * group.len() + self.expiry.extra_replies();
-            if let Some(e) = replies.by_ref().take(queued).find_map(|v| error_text(&v)) {
-                return Err(Retry(format!("MULTI on the source: {e}")));
-            }
-            let exec = match replies.next() {
-                Some(Value::Array(a)) => a,
-                Some(other) => {
-                    return Err(Retry(format!(
-                        "EXEC on the source: {}",
-                        error_text(&other).unwrap_or_else(|| format!("{other:?}"))
-                    )));
-                }
-                None => return Err(Retry("EXEC on the source: no reply".into())),
-            };
+        for (group, exec) in groups.iter().zip(execs) {
             out.extend(self.copies(db, group, &exec, stats)?);
         }
         Ok(out)

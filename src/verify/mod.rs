@@ -392,7 +392,7 @@ impl Verifier {
                 let tgt_total: u64 = dbs.iter().filter_map(|d| tgt_ks.get(d)).sum();
                 for (db, share) in shares(&dbs, &src_ks, src_total, n) {
                     // On a cluster, a share from each primary, so every slot range is sampled.
-                    let cons = self.source_conns(db).await?;
+                    let cons = self.conns_of(Side::Source, db).await?;
                     let per = share.div_ceil(cons.len() as u64);
                     for mut con in cons {
                         let (keys, drawn) = sample_keys(&mut con, per, self.cfg.batch, |k| {
@@ -494,24 +494,37 @@ impl Verifier {
         Ok((s, t))
     }
 
-    /// The source connection that serves `key` (its primary on a cluster).
-    async fn source_conn(
+    /// A side's cluster, if it is one.
+    fn cluster_of(&mut self, side: Side) -> Option<&mut ClusterSide> {
+        match side {
+            Side::Source => self.source_cluster.as_mut(),
+            Side::Target => self.cluster.as_mut(),
+        }
+    }
+
+    /// The connection of `side` that serves `key` (its primary on a cluster).
+    async fn conn_for(
         &mut self,
+        side: Side,
         db: u32,
         key: &[u8],
     ) -> Result<MultiplexedConnection, VerifyError> {
-        match self.source_cluster.as_mut() {
+        match self.cluster_of(side) {
             Some(c) => {
                 let node = c.node_of(key);
                 c.conn(node).await
             }
-            None => self.conn(Side::Source, db).await,
+            None => self.conn(side, db).await,
         }
     }
 
-    /// A connection to every source node holding keys of `db`: each primary of a cluster.
-    async fn source_conns(&mut self, db: u32) -> Result<Vec<MultiplexedConnection>, VerifyError> {
-        match self.source_cluster.as_mut() {
+    /// A connection to every node of `side` holding keys of `db`: each primary of a cluster.
+    async fn conns_of(
+        &mut self,
+        side: Side,
+        db: u32,
+    ) -> Result<Vec<MultiplexedConnection>, VerifyError> {
+        match self.cluster_of(side) {
             Some(c) => {
                 let mut cons = Vec::with_capacity(c.nodes.len());
                 for node in 0..c.nodes.len() {
@@ -519,22 +532,7 @@ impl Verifier {
                 }
                 Ok(cons)
             }
-            None => Ok(vec![self.conn(Side::Source, db).await?]),
-        }
-    }
-
-    /// The target connection that serves `key` (its primary on a cluster).
-    async fn target_conn(
-        &mut self,
-        db: u32,
-        key: &[u8],
-    ) -> Result<MultiplexedConnection, VerifyError> {
-        match self.cluster.as_mut() {
-            Some(c) => {
-                let node = c.node_of(key);
-                c.conn(node).await
-            }
-            None => self.conn(Side::Target, db).await,
+            None => Ok(vec![self.conn(side, db).await?]),
         }
     }
 
@@ -605,7 +603,7 @@ impl Verifier {
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
         let mut checked = 0;
-        for mut con in self.source_conns(db).await? {
+        for mut con in self.conns_of(Side::Source, db).await? {
             let mut cursor = 0;
             loop {
                 let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
@@ -629,18 +627,8 @@ impl Verifier {
         db: u32,
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
-        let cons = match self.cluster.as_mut() {
-            Some(c) => {
-                let mut cons = Vec::with_capacity(c.nodes.len());
-                for node in 0..c.nodes.len() {
-                    cons.push(c.conn(node).await?);
-                }
-                cons
-            }
-            None => vec![self.conn(Side::Target, db).await?],
-        };
         let mut checked = 0;
-        for mut con in cons {
+        for mut con in self.conns_of(Side::Target, db).await? {
             let mut cursor = 0;
             loop {
                 let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
@@ -738,7 +726,11 @@ impl Verifier {
         let mut sgroups = Vec::with_capacity(by_snode.len());
         for idx in by_snode.into_values() {
             let skeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].key.clone()).collect();
-            sgroups.push((self.source_conn(db, &skeys[0]).await?, idx, skeys));
+            sgroups.push((
+                self.conn_for(Side::Source, db, &skeys[0]).await?,
+                idx,
+                skeys,
+            ));
         }
         // By target db, or on a cluster by the primary serving each key.
         let mut by_tdb: BTreeMap<(u32, usize), Vec<usize>> = BTreeMap::new();
@@ -749,7 +741,11 @@ impl Verifier {
         let mut groups = Vec::with_capacity(by_tdb.len());
         for ((tdb, _), idx) in by_tdb {
             let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
-            groups.push((self.target_conn(tdb, &tkeys[0]).await?, idx, tkeys));
+            groups.push((
+                self.conn_for(Side::Target, tdb, &tkeys[0]).await?,
+                idx,
+                tkeys,
+            ));
         }
         let (s_expiry, t_expiry) = self.expiry;
         let read = |groups: Vec<(MultiplexedConnection, Vec<usize>, Vec<Vec<u8>>)>, expiry| async move {
@@ -862,8 +858,8 @@ impl Verifier {
         }
         if let Some(rules) = self.rules.clone().filter(|r| r.has_compare(db, key)) {
             // The plan decides, from canonical values read on both sides.
-            let mut s = self.source_conn(db, key).await?;
-            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
+            let mut s = self.conn_for(Side::Source, db, key).await?;
+            let mut t = self.conn_for(Side::Target, p.tdb, &p.tkey).await?;
             let a = fenced::read_view(&mut s, key, &src.ty)
                 .await
                 .map_err(|e| self.net(Side::Source, &e))?;
@@ -877,8 +873,8 @@ impl Verifier {
             });
         }
         if src.dump != tgt.dump {
-            let mut s = self.source_conn(db, key).await?;
-            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
+            let mut s = self.conn_for(Side::Source, db, key).await?;
+            let mut t = self.conn_for(Side::Target, p.tdb, &p.tkey).await?;
             if src.digest.is_none() {
                 let d = digest::digest(&mut s, key, &src.ty)
                     .await
