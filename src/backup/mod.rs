@@ -6,5 +6,5 @@ mod writer;
 
 pub use writer::{
     Backup, BackupConfig, BackupError, BackupStats, DEFAULT_BATCH_KEYS, DEFAULT_SCAN_COUNT,
-    DEFAULT_WORKERS,
+    DEFAULT_WORKERS, shard_file,
 };

@@ -5,6 +5,11 @@
 //! One scanner per db feeds batches of keys to pipelined readers (`MULTI; DUMP k; PEXPIRETIME
 //! k; …; EXEC`), whose payloads go to one writer thread that appends them to `FILE.tmp`; the
 //! file is fsynced and renamed only once complete.
+//!
+//! A Redis Cluster source is written as one file per shard ([`Backup::run_all`]), read on
+//! each shard's primary in parallel: `FILE.rdb` becomes `FILE.shard0.0-5460.rdb`, … (the
+//! shard's index and slot ranges). Each loads into a stock server on its own; together they
+//! hold every key (docs/cluster.md).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -24,6 +29,7 @@ use crate::clock::now_ms;
 use crate::escape::Quoted;
 use crate::net::{Endpoint, NetError, info_field};
 use crate::snapshot::expiry::ExpiryRead;
+use crate::snapshot::slotreads;
 
 /// Parallel readers, each with its own source connection.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -187,6 +193,8 @@ pub struct Backup {
     source: Endpoint,
     out: PathBuf,
     cfg: BackupConfig,
+    /// The source is one primary of a cluster: a transaction holds keys of one slot only.
+    by_slot: bool,
 }
 
 fn cmd_err(ep: &Endpoint, command: &'static str, e: &redis::RedisError) -> BackupError {
@@ -264,7 +272,81 @@ impl Seen {
 impl Backup {
     /// A backup of `source` into the file `out`.
     pub fn new(source: Endpoint, out: PathBuf, cfg: BackupConfig) -> Backup {
-        Backup { source, out, cfg }
+        Backup {
+            source,
+            out,
+            cfg,
+            by_slot: false,
+        }
+    }
+
+    /// Writes the file, or for a Redis Cluster source one file per shard (named by
+    /// [`shard_file`]), the shards read in parallel on their primaries. When a shard fails,
+    /// the files of the others are removed too, so a failed run leaves no partial set.
+    pub async fn run_all(&self) -> Result<Vec<BackupStats>, BackupError> {
+        let Some(t) = crate::net::cluster::Topology::discover(&self.source).await? else {
+            return Ok(vec![self.run().await?]);
+        };
+        if let Some(db) = self.cfg.dbs.iter().flatten().find(|&&db| db != 0) {
+            return Err(BackupError::Command {
+                endpoint: self.source.redacted().to_string(),
+                command: "backup",
+                message: format!(
+                    "the source is a Redis Cluster, which has db 0 only: --db {db} names none of its keys"
+                ),
+            });
+        }
+        tracing::info!(
+            source = %self.source,
+            primaries = t.shards.len(),
+            shards = %t.describe(),
+            "The source is a Redis Cluster; one RDB file per shard, each read on its primary."
+        );
+        let mut tasks = JoinSet::new();
+        for (i, shard) in t.shards.iter().enumerate() {
+            let sub = Backup {
+                source: shard.primary.clone(),
+                out: shard_file(&self.out, i, &t.ranges_label(i)),
+                cfg: BackupConfig {
+                    dbs: Some(vec![0]),
+                    progress: false,
+                    ..self.cfg.clone()
+                },
+                by_slot: true,
+            };
+            tasks.spawn(async move {
+                let r = sub.run().await;
+                (i, sub.out, r)
+            });
+        }
+        let mut done = Vec::new();
+        // Removed on drop unless kept: a failure, or the run dropped on Ctrl-C, leaves no set.
+        let mut written = ShardFiles::default();
+        let mut first_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, out, Ok(stats))) => {
+                    written.paths.push(out);
+                    done.push((i, stats));
+                }
+                Ok((_, _, Err(e))) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(BackupError::Command {
+                        endpoint: self.source.redacted().to_string(),
+                        command: "backup of a shard",
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        written.kept = true;
+        done.sort_by_key(|(i, _)| *i);
+        Ok(done.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Writes the file; see [`Backup`] for what goes in.
@@ -476,8 +558,10 @@ impl Backup {
                 let rx = batches_rx.clone();
                 let tx = to_writer.clone();
                 let source = self.source.clone();
+                let by_slot = self.by_slot;
                 tasks.spawn(async move {
-                    let skips = read_db(&source, &mut reader, db, version, &rx, &tx).await;
+                    let skips =
+                        read_db(&source, &mut reader, (db, version, by_slot), &rx, &tx).await;
                     (reader, skips)
                 });
             }
@@ -556,6 +640,38 @@ impl Backup {
     }
 }
 
+/// The files of a cluster backup's shards, removed on drop unless `kept`.
+#[derive(Default)]
+struct ShardFiles {
+    paths: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Drop for ShardFiles {
+    fn drop(&mut self) {
+        if !self.kept {
+            for path in &self.paths {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// The file of shard `index` (slot ranges `ranges`, as `0-5460` or `0-99,200`) of a cluster
+/// backup to `out`: `dir/name.rdb` becomes `dir/name.shard0.0-5460.rdb` (commas as `+`).
+pub fn shard_file(out: &Path, index: usize, ranges: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "backup".into(), |s| s.to_string_lossy().into_owned());
+    let ext = out
+        .extension()
+        .map_or_else(|| "rdb".into(), |e| e.to_string_lossy().into_owned());
+    out.with_file_name(format!(
+        "{stem}.shard{index}.{}.{ext}",
+        ranges.replace(',', "+")
+    ))
+}
+
 fn io_err(path: &Path, e: io::Error) -> BackupError {
     BackupError::Io {
         path: path.display().to_string(),
@@ -567,8 +683,7 @@ fn io_err(path: &Path, e: io::Error) -> BackupError {
 async fn read_db(
     source: &Endpoint,
     con: &mut MultiplexedConnection,
-    db: u32,
-    version: u16,
+    (db, version, by_slot): (u32, u16, bool),
     batches: &Mutex<mpsc::Receiver<Vec<Vec<u8>>>>,
     to_writer: &mpsc::Sender<ToWriter>,
 ) -> Result<Skips, BackupError> {
@@ -582,7 +697,11 @@ async fn read_db(
     loop {
         let batch = batches.lock().await.recv().await;
         let Some(keys) = batch else { break };
-        let entries = read_batch(source, con, (db, version, expiry), keys, &mut skips).await?;
+        let entries = if by_slot {
+            read_batch_by_slot(source, con, (db, version, expiry), keys, &mut skips).await?
+        } else {
+            read_batch(source, con, (db, version, expiry), keys, &mut skips).await?
+        };
         if !entries.is_empty() && to_writer.send(ToWriter::Keys(entries)).await.is_err() {
             break; // The writer failed; its error is reported.
         }
@@ -609,6 +728,53 @@ async fn read_batch(
         .query_async(con)
         .await
         .map_err(|e| cmd_err(source, "DUMP", &e))?;
+    entries_of(source, (db, version, expiry), keys, replies, skips)
+}
+
+/// [`read_batch`] on a primary of a cluster, which refuses a transaction across slots: one
+/// `MULTI … EXEC` per slot, all pipelined in one round trip.
+async fn read_batch_by_slot(
+    source: &Endpoint,
+    con: &mut MultiplexedConnection,
+    (db, version, expiry): (u32, u16, ExpiryRead),
+    keys: Vec<Vec<u8>>,
+    skips: &mut Skips,
+) -> Result<Vec<Entry>, BackupError> {
+    let groups = slotreads::by_slot(keys);
+    let replies: Vec<Value> = slotreads::pipeline(&groups, expiry)
+        .query_async(con)
+        .await
+        .map_err(|e| cmd_err(source, "DUMP", &e))?;
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    let execs = slotreads::exec_replies(replies, sizes, expiry).map_err(|message| {
+        BackupError::Command {
+            endpoint: source.redacted().to_string(),
+            command: "DUMP",
+            message,
+        }
+    })?;
+    let mut out = Vec::new();
+    for (group, exec) in groups.into_iter().zip(execs) {
+        out.extend(entries_of(
+            source,
+            (db, version, expiry),
+            group,
+            exec,
+            skips,
+        )?);
+    }
+    Ok(out)
+}
+
+/// The entries one transaction's replies (`DUMP` and expiry per key, then what
+/// [`ExpiryRead::finish`] added) hold for `keys`; checks each payload.
+fn entries_of(
+    source: &Endpoint,
+    (db, version, expiry): (u32, u16, ExpiryRead),
+    keys: Vec<Vec<u8>>,
+    replies: Vec<Value>,
+    skips: &mut Skips,
+) -> Result<Vec<Entry>, BackupError> {
     let clock = expiry.clock(&replies);
     if replies.len() != 2 * keys.len() + expiry.extra_replies() {
         return Err(BackupError::Command {
@@ -721,6 +887,14 @@ mod tests {
             info_field("# Server\r\nredis_version:7.0.15\r\n", "redis_version"),
             Some("7.0.15")
         );
+    }
+
+    #[test]
+    fn shard_files_carry_the_index_and_slot_ranges() {
+        let f = shard_file(Path::new("/b/final.rdb"), 1, "5461-10922");
+        assert_eq!(f, Path::new("/b/final.shard1.5461-10922.rdb"));
+        let f = shard_file(Path::new("out"), 0, "0-99,200");
+        assert_eq!(f, Path::new("out.shard0.0-99+200.rdb"));
     }
 
     #[test]

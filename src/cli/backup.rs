@@ -11,7 +11,8 @@ use ferry::net::Endpoint;
 ///
 /// Write every key of the source (values and expiry times) to an RDB file, using only `SCAN`,
 /// `DUMP` and `PEXPIRETIME`, so it works where `SAVE`/`BGSAVE` do not (ElastiCache). The file
-/// appears under its name only once complete.
+/// appears under its name only once complete. A Redis Cluster source gives one file per shard,
+/// named after `--out` with the shard's index and slot ranges (FILE.shard0.0-5460.rdb, …).
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// The server to back up, `redis://[user:pass@]host:port` (or `rediss://`).
@@ -50,10 +51,12 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     cfg.progress = true;
     let backup = Backup::new(source, args.out, cfg);
     // Dropping the run on Ctrl-C removes the unfinished `.tmp` file.
-    let stats = tokio::select! {
-        r = backup.run() => r?,
+    let all = tokio::select! {
+        r = backup.run_all() => r?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; no file was written"),
     };
-    say!("{}", stats.summary());
+    for stats in all {
+        say!("{}", stats.summary());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -166,17 +166,23 @@ impl Preflight {
         self.field_ttls(se, te).await?;
         let s_info = info(&mut src).await;
         let t_info = info(&mut dst).await;
-        if info_field(&s_info, "cluster_enabled") == Some("1") {
-            self.add("source", "cluster mode", Level::Fail, "cluster mode is on; ferry migrates to a Redis Cluster but not yet from one (docs/cluster.md)".into());
+        let source_cluster = info_field(&s_info, "cluster_enabled") == Some("1");
+        // A cluster source's data is its primaries' together.
+        let mut s_memory = s_info.clone();
+        if source_cluster && let Some(used) = self.cluster_source().await {
+            s_memory = format!("used_memory:{used}\r\n");
         }
         let target_cluster = info_field(&t_info, "cluster_enabled") == Some("1");
         if target_cluster {
             self.cluster_target(&s_info).await;
         }
         self.monitor(&source).await;
-        self.replica(&s_info);
+        // A cluster source's replicas are listed with its shards.
+        if !source_cluster {
+            self.replica(&s_info);
+        }
         self.keyspace_events(&mut src).await;
-        self.memory(&s_info, &t_info, &mut dst).await;
+        self.memory(&s_memory, &t_info, &mut dst).await;
         if !target_cluster {
             self.dbs(&s_info, &mut dst).await;
         }
@@ -395,6 +401,57 @@ impl Preflight {
             ),
             Some(_) => {}
         }
+    }
+
+    /// A cluster source: its shards (each primary with its slots) and their replicas; returns
+    /// the memory its primaries use together, when each answered.
+    async fn cluster_source(&mut self) -> Option<u64> {
+        let t = match crate::net::cluster::Topology::discover(&self.source).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(e) => {
+                self.add("source", "cluster mode", Level::Fail, e.to_string());
+                return None;
+            }
+        };
+        // Replicas only inform: a shard without one is read on its primary all the same.
+        let replicas = crate::net::cluster::replicas(&self.source)
+            .await
+            .unwrap_or_default();
+        let total: usize = replicas.values().map(Vec::len).sum();
+        let shards: Vec<String> = (0..t.shards.len())
+            .map(|i| {
+                let addr = t.address(i);
+                let of = replicas.get(&addr).map(Vec::as_slice).unwrap_or_default();
+                let with = match of {
+                    [] => "no replica".to_string(),
+                    [one] => format!("replica {one}"),
+                    [first, rest @ ..] => format!("replicas {first} and {} more", rest.len()),
+                };
+                format!("{addr} {} ({with})", t.ranges_label(i))
+            })
+            .collect();
+        self.add(
+            "source",
+            "cluster mode",
+            Level::Ok,
+            format!(
+                "{} shards, {total} replicas: {}",
+                t.shards.len(),
+                shards.join("; ")
+            ),
+        );
+        let mut used = 0;
+        for shard in &t.shards {
+            let mut con = shard.primary.control().await.ok()?;
+            let memory: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            used += info_field(&memory, "used_memory")?.parse::<u64>().ok()?;
+        }
+        Some(used)
     }
 
     /// A cluster target: its primaries, and the source's dbs it can hold (db 0 only, after

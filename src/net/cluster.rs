@@ -62,6 +62,37 @@ pub fn slot_of(key: &[u8]) -> Slot {
     Slot::for_key(key)
 }
 
+/// The hash slot number of `key` (CRC16 of the key, or of its `{hash tag}`, modulo 16384),
+/// for grouping keys by slot where redis-rs's [`Slot`] does not give the number.
+pub fn slot_number(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % SLOTS as u16
+}
+
+/// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// Every slot with its number: redis-rs computes a key's [`Slot`] but keeps its number
 /// private, so maps from slots are built from this list.
 pub fn all_slots() -> impl Iterator<Item = (u16, Slot)> {
@@ -245,6 +276,87 @@ impl Topology {
             .collect::<Vec<_>>()
             .join("; ")
     }
+
+    /// A shard's slot ranges as `0-5460` or `0-99,200,300-399`, for logs and file names.
+    pub fn ranges_label(&self, shard: usize) -> String {
+        self.shards[shard]
+            .ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A shard primary's `host:port` (its redacted URL when it has none, e.g. a socket).
+    pub fn address(&self, shard: usize) -> String {
+        let primary = &self.shards[shard].primary;
+        host_port(primary).map_or_else(
+            || primary.redacted().to_string(),
+            |(h, p)| format!("{h}:{p}"),
+        )
+    }
+}
+
+/// The replicas of each primary of the cluster `ep` belongs to, as `host:port` lists keyed by
+/// their primary's `host:port`, from `CLUSTER NODES` (every version has it, ElastiCache too).
+/// Replicas flagged as failing are left out.
+pub async fn replicas(
+    ep: &Endpoint,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, NetError> {
+    let mut con = ep.control().await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut con)
+        .await
+        .map_err(|e| server_error(ep, "CLUSTER NODES", &e))?;
+    Ok(parse_replicas(
+        &nodes,
+        host_port(ep).map(|(h, _)| h).as_deref(),
+    ))
+}
+
+/// [`replicas`] from `CLUSTER NODES` text; `own_host` stands in for an empty announced host.
+fn parse_replicas(
+    nodes: &str,
+    own_host: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    // id, ip:port@cport[,hostname], flags, master id, …
+    let rows: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .collect();
+    let addr = |f: &[&str]| -> String {
+        let a = f[1].split(['@', ',']).next().unwrap_or_default();
+        match a.strip_prefix(':') {
+            Some(port) => format!("{}:{port}", own_host.unwrap_or("127.0.0.1")),
+            None => a.to_string(),
+        }
+    };
+    let by_id: std::collections::HashMap<&str, String> =
+        rows.iter().map(|f| (f[0], addr(f))).collect();
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for f in &rows {
+        let flags: Vec<&str> = f[2].split(',').collect();
+        let replica = flags.iter().any(|&x| x == "slave" || x == "replica");
+        let failing = flags.iter().any(|&x| x == "fail" || x == "fail?");
+        if replica
+            && !failing
+            && let Some(primary) = by_id.get(f[3])
+        {
+            out.entry(primary.clone()).or_default().push(addr(f));
+        }
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    out
 }
 
 fn server_error(ep: &Endpoint, command: &str, e: &redis::RedisError) -> NetError {
@@ -391,6 +503,44 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replicas_are_read_from_cluster_nodes_by_their_primary() {
+        let nodes = "\
+a1 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 10.0.0.2:7001@17001,host-b master - 0 0 2 connected 5461-16383
+c3 10.0.0.3:7002@17002 slave a1 0 0 1 connected
+d4 :7003@17003 slave b2 0 0 2 connected
+e5 10.0.0.5:7004@17004 slave,fail b2 0 0 2 connected
+";
+        let r = parse_replicas(nodes, Some("h"));
+        assert_eq!(r["10.0.0.1:7000"], ["10.0.0.3:7002"]);
+        assert_eq!(r["10.0.0.2:7001"], ["h:7003"]);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn slot_numbers_match_the_clusters_and_redis_rs() {
+        // `CLUSTER KEYSLOT` answers these.
+        assert_eq!(slot_number(b"foo"), 12182);
+        assert_eq!(slot_number(b"hello"), 866);
+        assert_eq!(
+            slot_number(b"{user1000}.following"),
+            slot_number(b"user1000")
+        );
+        // An empty tag hashes the whole key.
+        assert_eq!(slot_number(b"{}x"), crc16(b"{}x") % 16384);
+        let numbers: std::collections::HashMap<Slot, u16> =
+            all_slots().map(|(n, s)| (s, n)).collect();
+        for i in 0..2000 {
+            let key = format!("k:{i}:{{t{}}}", i % 17);
+            assert_eq!(
+                numbers[&slot_of(key.as_bytes())],
+                slot_number(key.as_bytes()),
+                "{key}"
+            );
+        }
     }
 
     #[test]

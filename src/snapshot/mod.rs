@@ -31,6 +31,8 @@ mod limit;
 mod live;
 mod progress;
 pub mod rdb;
+mod shards;
+pub mod slotreads;
 mod tempkeys;
 mod worker;
 
@@ -375,6 +377,8 @@ pub struct Snapshotter {
     source: Endpoint,
     target: Endpoint,
     cfg: SnapshotConfig,
+    /// The source is one primary of a cluster ([`shards`]): fenced reads go slot by slot.
+    shard_of_cluster: bool,
 }
 
 fn cmd_err(ep: &Endpoint, command: &'static str, e: redis::RedisError) -> SnapshotError {
@@ -412,12 +416,17 @@ impl Snapshotter {
             source,
             target,
             cfg,
+            shard_of_cluster: false,
         }
     }
 
     /// Copies every key of the selected dbs; returns the report even when some keys failed.
+    /// A cluster source is copied shard by shard in parallel, each on its primary.
     pub async fn run(&self) -> Result<SnapshotReport, SnapshotError> {
-        self.run_inner(None).await
+        match Topology::discover(&self.source).await? {
+            Some(t) => self.run_shards(t).await,
+            None => self.run_inner(None).await,
+        }
     }
 
     /// The live form: fenced reads of every source key, then of every target key the source
@@ -494,7 +503,7 @@ impl Snapshotter {
                         crate::net::cluster::stray_dbs(&stray),
                     )));
                 }
-                if live.is_none() {
+                if live.is_none() && !self.shard_of_cluster {
                     tracing::info!(
                         target = %self.target,
                         primaries = t.shards.len(),
@@ -575,6 +584,7 @@ impl Snapshotter {
         if live.is_none() {
             shared.cluster = target_cluster.clone();
         }
+        shared.by_slot = self.shard_of_cluster;
         let shared = Arc::new(shared);
 
         let mut scan_plan: Vec<ScanPass> = source_nodes

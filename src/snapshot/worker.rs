@@ -36,6 +36,9 @@ pub(super) struct Shared {
     memory_usage: AtomicBool,
     /// A cluster target's topology: writes go to each key's primary.
     pub(super) cluster: Option<Topology>,
+    /// The source is a primary of a cluster, which refuses a transaction across slots: a
+    /// fenced read is one `MULTI … EXEC` per slot.
+    pub(super) by_slot: bool,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             version_rejected: AtomicBool::new(false),
             memory_usage: AtomicBool::new(true),
             cluster: None,
+            by_slot: false,
         }
     }
 
@@ -210,8 +214,46 @@ impl Worker {
         Ok((small, big))
     }
 
+    /// The fenced read of `keys` on a cluster's primary: one `MULTI … EXEC` per slot (a
+    /// cluster refuses a transaction across slots), all pipelined in one round trip.
+    async fn fenced_read_by_slot(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        stats: &mut BatchStats,
+    ) -> Result<Vec<KeyCopy>, Retry> {
+        let groups = super::slotreads::by_slot(keys.iter().copied());
+        if groups.len() < 2 {
+            return self.fenced_read_one(db, keys, stats).await;
+        }
+        let pipe = super::slotreads::pipeline(&groups, self.expiry);
+        self.shared.limit(2 * keys.len() + 3 * groups.len()).await;
+        let replies: Vec<Value> = pipe.query_async(&mut self.src).await?;
+        let execs =
+            super::slotreads::exec_replies(replies, groups.iter().map(Vec::len), self.expiry)
+                .map_err(Retry)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (group, exec) in groups.iter().zip(execs) {
+            out.extend(self.copies(db, group, &exec, stats)?);
+        }
+        Ok(out)
+    }
+
     /// The fenced read of `keys`: one `MULTI; DUMP; PEXPIRETIME; …; EXEC`.
     async fn fenced_read(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        stats: &mut BatchStats,
+    ) -> Result<Vec<KeyCopy>, Retry> {
+        if self.shared.by_slot {
+            return self.fenced_read_by_slot(db, keys, stats).await;
+        }
+        self.fenced_read_one(db, keys, stats).await
+    }
+
+    /// One `MULTI; DUMP; PEXPIRETIME; …; EXEC` over all of `keys`.
+    async fn fenced_read_one(
         &mut self,
         db: u32,
         keys: &[&[u8]],
@@ -231,6 +273,18 @@ impl Worker {
                     .map(|k| crate::escape::Quoted(k).to_string())
             }))
         })?;
+        self.copies(db, keys, &replies, stats)
+    }
+
+    /// The copies one transaction's replies (`DUMP` and expiry per key, then what
+    /// [`ExpiryRead::finish`] added) hold for `keys`.
+    fn copies(
+        &mut self,
+        db: u32,
+        keys: &[&[u8]],
+        replies: &[Value],
+        stats: &mut BatchStats,
+    ) -> Result<Vec<KeyCopy>, Retry> {
         if replies.len() != 2 * keys.len() + self.expiry.extra_replies() {
             return Err(Retry(format!(
                 "EXEC returned {} replies for {} reads",
@@ -238,7 +292,7 @@ impl Worker {
                 2 * keys.len()
             )));
         }
-        let clock = self.expiry.clock(&replies);
+        let clock = self.expiry.clock(replies);
         let mut out = Vec::with_capacity(keys.len());
         for (k, pair) in keys.iter().zip(replies.chunks_exact(2)) {
             let ordinal = self.ordinal;

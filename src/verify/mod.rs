@@ -9,6 +9,10 @@
 //! [`VerifyConfig::recheck_delay`], so a target that lags behind a busy source (replay catching
 //! up) is not reported. A key missing on one side whose TTL on the other is within the
 //! tolerance is about to expire and is not a difference.
+//!
+//! Either side may be a Redis Cluster (found from any node's URL): its keys are counted with
+//! `INFO keyspace` on every primary, every primary is scanned, and each key is read on the
+//! primary serving its slot (docs/cluster.md).
 
 mod digest;
 
@@ -239,9 +243,12 @@ pub struct Verifier {
     bar: Option<indicatif::ProgressBar>,
     /// A cluster target: its primaries, read and scanned each for its own slots.
     cluster: Option<ClusterSide>,
+    /// A cluster source, read the same way.
+    source_cluster: Option<ClusterSide>,
 }
 
-/// The primaries of a cluster target, the slot each serves, and a connection to each.
+/// The primaries of a cluster (source or target), the slot each serves, and a connection to
+/// each.
 struct ClusterSide {
     nodes: Vec<Endpoint>,
     owner: HashMap<redis::cluster_routing::Slot, usize>,
@@ -291,6 +298,7 @@ impl Verifier {
             field_ttls: false,
             bar: None,
             cluster: None,
+            source_cluster: None,
         }
     }
 
@@ -346,6 +354,15 @@ impl Verifier {
             );
             self.cluster = Some(ClusterSide::new(&t));
         }
+        if let Some(t) = Topology::discover(&self.source).await? {
+            tracing::info!(
+                source = %self.source,
+                primaries = t.shards.len(),
+                shards = %t.describe(),
+                "The source is a Redis Cluster; each key is read on its primary."
+            );
+            self.source_cluster = Some(ClusterSide::new(&t));
+        }
         let src_ks = self.keyspace(Side::Source).await?;
         let tgt_ks = self.keyspace(Side::Target).await?;
         let dbs: Vec<u32> = match &self.cfg.dbs {
@@ -374,19 +391,23 @@ impl Verifier {
             Some(n) if n < src_total => {
                 let tgt_total: u64 = dbs.iter().filter_map(|d| tgt_ks.get(d)).sum();
                 for (db, share) in shares(&dbs, &src_ks, src_total, n) {
-                    let mut con = self.conn(Side::Source, db).await?;
-                    let (keys, drawn) = sample_keys(&mut con, share, self.cfg.batch, |k| {
-                        !self.rules.as_ref().is_some_and(|r| r.ignored(db, k))
-                            && self.target_of(db, k).is_some()
-                    })
-                    .await
-                    .map_err(|e| self.net(Side::Source, &e))?;
-                    sample_drawn += drawn;
-                    sample_skipped += drawn - keys.len() as u64;
-                    for chunk in keys.chunks(self.cfg.batch) {
-                        checked += chunk.len() as u64;
-                        suspects.extend(self.compare_batch(db, chunk).await?);
-                        self.advance(chunk.len() as u64);
+                    // On a cluster, a share from each primary, so every slot range is sampled.
+                    let cons = self.conns_of(Side::Source, db).await?;
+                    let per = share.div_ceil(cons.len() as u64);
+                    for mut con in cons {
+                        let (keys, drawn) = sample_keys(&mut con, per, self.cfg.batch, |k| {
+                            !self.rules.as_ref().is_some_and(|r| r.ignored(db, k))
+                                && self.target_of(db, k).is_some()
+                        })
+                        .await
+                        .map_err(|e| self.net(Side::Source, &e))?;
+                        sample_drawn += drawn;
+                        sample_skipped += drawn - keys.len() as u64;
+                        for chunk in keys.chunks(self.cfg.batch) {
+                            checked += chunk.len() as u64;
+                            suspects.extend(self.compare_batch(db, chunk).await?);
+                            self.advance(chunk.len() as u64);
+                        }
                     }
                 }
                 let extra_n = (n / 10).max(1);
@@ -473,18 +494,45 @@ impl Verifier {
         Ok((s, t))
     }
 
-    /// The target connection that serves `key` (its primary on a cluster).
-    async fn target_conn(
+    /// A side's cluster, if it is one.
+    fn cluster_of(&mut self, side: Side) -> Option<&mut ClusterSide> {
+        match side {
+            Side::Source => self.source_cluster.as_mut(),
+            Side::Target => self.cluster.as_mut(),
+        }
+    }
+
+    /// The connection of `side` that serves `key` (its primary on a cluster).
+    async fn conn_for(
         &mut self,
+        side: Side,
         db: u32,
         key: &[u8],
     ) -> Result<MultiplexedConnection, VerifyError> {
-        match self.cluster.as_mut() {
+        match self.cluster_of(side) {
             Some(c) => {
                 let node = c.node_of(key);
                 c.conn(node).await
             }
-            None => self.conn(Side::Target, db).await,
+            None => self.conn(side, db).await,
+        }
+    }
+
+    /// A connection to every node of `side` holding keys of `db`: each primary of a cluster.
+    async fn conns_of(
+        &mut self,
+        side: Side,
+        db: u32,
+    ) -> Result<Vec<MultiplexedConnection>, VerifyError> {
+        match self.cluster_of(side) {
+            Some(c) => {
+                let mut cons = Vec::with_capacity(c.nodes.len());
+                for node in 0..c.nodes.len() {
+                    cons.push(c.conn(node).await?);
+                }
+                Ok(cons)
+            }
+            None => Ok(vec![self.conn(side, db).await?]),
         }
     }
 
@@ -498,9 +546,13 @@ impl Verifier {
 
     /// Keys per db from `INFO keyspace`.
     async fn keyspace(&mut self, side: Side) -> Result<BTreeMap<u32, u64>, VerifyError> {
-        let nodes = match (side, &self.cluster) {
-            (Side::Target, Some(c)) => c.nodes.clone(),
-            _ => vec![self.endpoint(side).clone()],
+        let cluster = match side {
+            Side::Source => &self.source_cluster,
+            Side::Target => &self.cluster,
+        };
+        let nodes = match cluster {
+            Some(c) => c.nodes.clone(),
+            None => vec![self.endpoint(side).clone()],
         };
         let mut out = BTreeMap::new();
         for node in nodes {
@@ -543,26 +595,30 @@ impl Verifier {
             .map_err(|e| self.net(side, &e))
     }
 
-    /// SCANs the source db and compares every key; returns keys compared.
+    /// SCANs the source db (every primary of a cluster) and compares every key; returns keys
+    /// compared.
     async fn scan_source(
         &mut self,
         db: u32,
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
-        let mut con = self.conn(Side::Source, db).await?;
-        let (mut cursor, mut checked) = (0, 0);
-        loop {
-            let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
-                .await
-                .map_err(|e| self.net(Side::Source, &e))?;
-            checked += keys.len() as u64;
-            suspects.extend(self.compare_batch(db, &keys).await?);
-            self.advance(keys.len() as u64);
-            cursor = next;
-            if cursor == 0 {
-                return Ok(checked);
+        let mut checked = 0;
+        for mut con in self.conns_of(Side::Source, db).await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
+                    .await
+                    .map_err(|e| self.net(Side::Source, &e))?;
+                checked += keys.len() as u64;
+                suspects.extend(self.compare_batch(db, &keys).await?);
+                self.advance(keys.len() as u64);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
+        Ok(checked)
     }
 
     /// SCANs the target db for keys the source lacks; returns keys compared.
@@ -571,18 +627,8 @@ impl Verifier {
         db: u32,
         suspects: &mut Vec<Suspect>,
     ) -> Result<u64, VerifyError> {
-        let cons = match self.cluster.as_mut() {
-            Some(c) => {
-                let mut cons = Vec::with_capacity(c.nodes.len());
-                for node in 0..c.nodes.len() {
-                    cons.push(c.conn(node).await?);
-                }
-                cons
-            }
-            None => vec![self.conn(Side::Target, db).await?],
-        };
         let mut checked = 0;
-        for mut con in cons {
+        for mut con in self.conns_of(Side::Target, db).await? {
             let mut cursor = 0;
             loop {
                 let (next, keys) = scan_page(&mut con, cursor, self.cfg.batch)
@@ -608,9 +654,10 @@ impl Verifier {
         keys: &[Vec<u8>],
     ) -> Result<(u64, Vec<Suspect>), VerifyError> {
         let mapper = self.mapper.clone();
-        let absent = orphans(
+        let absent = orphans_routed(
             &self.source,
             &mut self.orphan_conns,
+            self.source_cluster.as_mut(),
             mapper.as_ref(),
             tdb,
             keys,
@@ -667,30 +714,56 @@ impl Verifier {
     /// sides read concurrently.
     async fn read_pairs(&mut self, probes: &[Suspect]) -> Result<(Vec<Fp>, Vec<Fp>), VerifyError> {
         let db = probes[0].db;
-        let skeys: Vec<Vec<u8>> = probes.iter().map(|p| p.key.clone()).collect();
+        // On a cluster source, by the primary serving each key.
+        let mut by_snode: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, p) in probes.iter().enumerate() {
+            let node = self
+                .source_cluster
+                .as_ref()
+                .map_or(0, |c| c.node_of(&p.key));
+            by_snode.entry(node).or_default().push(i);
+        }
+        let mut sgroups = Vec::with_capacity(by_snode.len());
+        for idx in by_snode.into_values() {
+            let skeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].key.clone()).collect();
+            sgroups.push((
+                self.conn_for(Side::Source, db, &skeys[0]).await?,
+                idx,
+                skeys,
+            ));
+        }
         // By target db, or on a cluster by the primary serving each key.
         let mut by_tdb: BTreeMap<(u32, usize), Vec<usize>> = BTreeMap::new();
         for (i, p) in probes.iter().enumerate() {
             let node = self.cluster.as_ref().map_or(0, |c| c.node_of(&p.tkey));
             by_tdb.entry((p.tdb, node)).or_default().push(i);
         }
-        let mut scon = self.conn(Side::Source, db).await?;
         let mut groups = Vec::with_capacity(by_tdb.len());
         for ((tdb, _), idx) in by_tdb {
             let tkeys: Vec<Vec<u8>> = idx.iter().map(|&i| probes[i].tkey.clone()).collect();
-            groups.push((self.target_conn(tdb, &tkeys[0]).await?, idx, tkeys));
+            groups.push((
+                self.conn_for(Side::Target, tdb, &tkeys[0]).await?,
+                idx,
+                tkeys,
+            ));
         }
         let (s_expiry, t_expiry) = self.expiry;
-        let target_side = async {
+        let read = |groups: Vec<(MultiplexedConnection, Vec<usize>, Vec<Vec<u8>>)>, expiry| async move {
             let mut out = Vec::with_capacity(groups.len());
-            for (mut con, idx, tkeys) in groups {
-                out.push((idx, fingerprints(&mut con, &tkeys, t_expiry).await));
+            for (mut con, idx, keys) in groups {
+                out.push((idx, fingerprints(&mut con, &keys, expiry).await));
             }
             out
         };
-        let (src, tgt_groups) =
-            tokio::join!(fingerprints(&mut scon, &skeys, s_expiry), target_side);
-        let src = src.map_err(|e| self.net(Side::Source, &e))?;
+        let (src_groups, tgt_groups) =
+            tokio::join!(read(sgroups, s_expiry), read(groups, t_expiry));
+        let mut src: Vec<Fp> = vec![Fp::missing(); probes.len()];
+        for (idx, fps) in src_groups {
+            let fps = fps.map_err(|e| self.net(Side::Source, &e))?;
+            for (i, fp) in idx.into_iter().zip(fps) {
+                src[i] = fp;
+            }
+        }
         let mut tgt: Vec<Option<Fp>> = vec![None; probes.len()];
         for (idx, fps) in tgt_groups {
             let fps = fps.map_err(|e| self.net(Side::Target, &e))?;
@@ -785,8 +858,8 @@ impl Verifier {
         }
         if let Some(rules) = self.rules.clone().filter(|r| r.has_compare(db, key)) {
             // The plan decides, from canonical values read on both sides.
-            let mut s = self.conn(Side::Source, db).await?;
-            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
+            let mut s = self.conn_for(Side::Source, db, key).await?;
+            let mut t = self.conn_for(Side::Target, p.tdb, &p.tkey).await?;
             let a = fenced::read_view(&mut s, key, &src.ty)
                 .await
                 .map_err(|e| self.net(Side::Source, &e))?;
@@ -800,8 +873,8 @@ impl Verifier {
             });
         }
         if src.dump != tgt.dump {
-            let mut s = self.conn(Side::Source, db).await?;
-            let mut t = self.target_conn(p.tdb, &p.tkey).await?;
+            let mut s = self.conn_for(Side::Source, db, key).await?;
+            let mut t = self.conn_for(Side::Target, p.tdb, &p.tkey).await?;
             if src.digest.is_none() {
                 let d = digest::digest(&mut s, key, &src.ty)
                     .await
@@ -950,6 +1023,18 @@ pub(crate) async fn orphans(
     tdb: u32,
     keys: &[Vec<u8>],
 ) -> Result<BTreeMap<u32, Vec<Vec<u8>>>, VerifyError> {
+    orphans_routed(source, conns, None, mapper, tdb, keys).await
+}
+
+/// [`orphans`], asking a cluster source each key on the primary serving its slot.
+async fn orphans_routed(
+    source: &Endpoint,
+    conns: &mut HashMap<u32, MultiplexedConnection>,
+    mut cluster: Option<&mut ClusterSide>,
+    mapper: Option<&std::sync::Arc<dyn crate::command::Mapper>>,
+    tdb: u32,
+    keys: &[Vec<u8>],
+) -> Result<BTreeMap<u32, Vec<Vec<u8>>>, VerifyError> {
     let candidates: Vec<Vec<(u32, Vec<u8>)>> = keys
         .iter()
         .map(|k| match mapper {
@@ -958,19 +1043,30 @@ pub(crate) async fn orphans(
             Some(m) => m.unmap_candidates(tdb, k),
         })
         .collect();
-    let mut by_db: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
+    // By source db, or on a cluster (db 0 only) by the primary serving each key:
+    // (source db, node) → (index into `keys`, source key) pairs to ask about.
+    type Asks<'a> = BTreeMap<(u32, usize), Vec<(usize, &'a [u8])>>;
+    let mut by_db: Asks<'_> = BTreeMap::new();
     for (i, cands) in candidates.iter().enumerate() {
         for (db, key) in cands {
-            by_db.entry(*db).or_default().push((i, key));
+            let node = cluster.as_ref().map_or(0, |c| c.node_of(key));
+            by_db.entry((*db, node)).or_default().push((i, key));
         }
     }
     let mut exists = vec![false; keys.len()];
-    for (db, asks) in by_db {
-        let con = match conns.entry(db) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(source.with_db(i64::from(db)).control().await?)
+    for ((db, node), asks) in by_db {
+        let mut routed;
+        let con = match cluster.as_mut() {
+            Some(c) => {
+                routed = c.conn(node).await?;
+                &mut routed
             }
+            None => match conns.entry(db) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(source.with_db(i64::from(db)).control().await?)
+                }
+            },
         };
         let mut pipe = redis::pipe();
         for (_, k) in &asks {

@@ -142,13 +142,20 @@ pub fn fill<T: FillTarget + ?Sized>(target: &T, dataset: &Dataset) -> FillReport
     let con = super::tls::client(url.as_str())
         .and_then(|c| c.get_connection())
         .unwrap_or_else(|e| panic!("fill: connect to {url}: {e}"));
-    Filler::new(Sink::Single(con), dataset).run()
+    Filler::new(Sink::Single(con), dataset, None).run()
 }
 
 /// Adds `dataset` to a cluster; only db 0 exists there, so `dataset.dbs` must be `[0]`.
 pub fn fill_cluster(cluster: &Cluster, dataset: &Dataset) -> FillReport {
     assert_eq!(dataset.dbs, [0], "a cluster has only db 0");
-    Filler::new(Sink::Cluster(Box::new(cluster.cluster_conn())), dataset).run()
+    // The nodes' engine decides which commands the filler may send.
+    let info = cluster.nodes()[0].info("server");
+    Filler::new(
+        Sink::Cluster(Box::new(cluster.cluster_conn())),
+        dataset,
+        Some(info),
+    )
+    .run()
 }
 
 enum Sink {
@@ -200,15 +207,16 @@ struct Filler<'a> {
 }
 
 impl<'a> Filler<'a> {
-    fn new(mut sink: Sink, ds: &'a Dataset) -> Self {
-        // Clusters in the tests run the stock 7.0 server.
-        let info = match &sink {
-            Sink::Single(_) => match sink.one(redis::cmd("INFO").arg("server").clone()) {
+    /// `info` is `INFO server` of a cluster's node; a single server is asked here.
+    fn new(mut sink: Sink, ds: &'a Dataset, info: Option<String>) -> Self {
+        let info = match (&sink, info) {
+            (_, Some(info)) => info,
+            (Sink::Single(_), None) => match sink.one(redis::cmd("INFO").arg("server").clone()) {
                 redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
                 redis::Value::VerbatimString { text, .. } => text,
                 _ => String::new(),
             },
-            Sink::Cluster(_) => String::new(),
+            (Sink::Cluster(_), None) => String::new(),
         };
         let level = super::server::info_field(&info, "redis_version").and_then(|v| {
             let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());

@@ -115,8 +115,15 @@ impl RedisServer {
 
     /// A stock server that loaded `rdb` at startup, returned once loading has finished.
     pub fn start_with_rdb(rdb: &Path) -> Self {
+        Self::start_engine_with_rdb(None, rdb)
+    }
+
+    /// A server of `engine` (`None`: the stock one) that loaded `rdb` at startup, returned once
+    /// loading has finished: a file with a newer RDB version needs a newer engine.
+    pub fn start_engine_with_rdb(engine: Option<Engine>, rdb: &Path) -> Self {
         let server = Self::start_with(ServerOptions {
             rdb: Some(rdb.to_path_buf()),
+            engine,
             ..ServerOptions::default()
         });
         server.wait_for_loading();
