@@ -460,24 +460,14 @@ impl FencedReader {
         store: &PayloadStore,
     ) -> Result<u64, String> {
         self.select(db).await?;
-        let mut slots: HashMap<redis::cluster_routing::Slot, Vec<&[u8]>> = HashMap::new();
-        let mut order = Vec::new();
-        for k in keys {
-            let slot = crate::net::cluster::slot_of(k);
-            slots
-                .entry(slot)
-                .or_insert_with(|| {
-                    order.push(slot);
-                    Vec::new()
-                })
-                .push(k);
-        }
+        let groups = super::slotreads::by_slot(keys.iter().copied());
         let mut pipe = redis::pipe();
-        let mut reads = Vec::with_capacity(order.len());
-        for slot in &order {
+        let mut reads = Vec::with_capacity(groups.len());
+        for group in &groups {
             let id = next_read_id();
-            let group = &slots[slot];
             pipe.cmd("MULTI").ignore();
+            // The read id is what makes these reads fences (the non-live reads of
+            // `slotreads::pipeline` need none).
             self.queue_read(&mut pipe, &id, group, true);
             pipe.cmd("EXEC");
             reads.push((id, group));
