@@ -33,8 +33,8 @@ use crate::command::Argv;
 use crate::command::Mapper;
 use crate::escape::quote;
 use crate::journal::check_read_id;
-use crate::net::Endpoint;
 use crate::net::cluster::Topology;
+use crate::net::{Endpoint, SourceNodes};
 use crate::replay::{CheckSlot, StitchShared};
 use crate::snapshot::{FencedReader, next_read_id};
 use redis::aio::MultiplexedConnection;
@@ -81,8 +81,9 @@ pub trait VerifyRules: Send + Sync {
 /// What a fenced verification needs from the running migration.
 #[derive(Clone)]
 pub struct FenceLink {
-    /// The capture node: fenced reads must be in its stream.
-    pub node: Endpoint,
+    /// The capture nodes (one per shard of a cluster source): a key's fenced reads must be in
+    /// the stream of its node.
+    pub nodes: SourceNodes,
     /// The target.
     pub target: Endpoint,
     /// ferry's connections, so capture sees the reads as fences.
@@ -103,6 +104,8 @@ pub struct FencedVerifier {
     field_ttls: bool,
     /// A cluster target, found at the start of a run: unfenced reads go to each key's primary.
     target_cluster: Option<Topology>,
+    /// A cluster source's primaries, asked whether a target key's source key exists.
+    source_side: Option<super::ClusterSide>,
 }
 
 /// One key's reads on one side.
@@ -128,11 +131,11 @@ struct Probe {
 /// Registers a batch's target reads, then reads the source inside a fenced read; hands the
 /// reader back with the outcome.
 async fn send(
-    mut reader: FencedReader,
+    (index, mut reader): (usize, FencedReader),
     shared: Arc<StitchShared>,
     node: String,
     batch: Vec<Probe>,
-) -> (FencedReader, Result<Sent, VerifyError>) {
+) -> ((usize, FencedReader), Result<Sent, VerifyError>) {
     let db = batch[0].db;
     let id = check_read_id(&next_read_id());
     let mut source_cmds = Vec::with_capacity(batch.len());
@@ -162,7 +165,7 @@ async fn send(
             Err(VerifyError::Config(format!("fenced read on {node}: {e}")))
         }
     };
-    (reader, out)
+    ((index, reader), out)
 }
 
 /// A batch whose source side is read and whose target side is on its way.
@@ -194,6 +197,7 @@ impl FencedVerifier {
             fence_timeout: Duration::from_secs(120),
             field_ttls: false,
             target_cluster: None,
+            source_side: None,
         }
     }
 
@@ -223,7 +227,7 @@ impl FencedVerifier {
         }
         // Both sides answer the same reads at one stream position, expiry as an absolute time.
         self.field_ttls = true;
-        for ep in [&self.link.node, &self.link.target] {
+        for ep in [self.link.nodes.first(), &self.link.target] {
             let engine = crate::net::Engine::detect(ep).await?;
             self.field_ttls &= engine.has_hash_field_expiry();
             if !engine.has_pexpiretime() {
@@ -234,17 +238,30 @@ impl FencedVerifier {
             }
         }
         let started = Instant::now();
-        let mut reader = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            reader.push(
-                FencedReader::connect(&self.link.node, &self.link.peers)
-                    .await
-                    .map_err(VerifyError::Config)?,
-            );
+        // Readers per node: a key's fenced read goes to its shard's node.
+        let mut reader = Vec::with_capacity(READERS * self.link.nodes.len());
+        for (i, node) in self.link.nodes.all().iter().enumerate() {
+            for _ in 0..READERS {
+                reader.push((
+                    i,
+                    FencedReader::connect(node, &self.link.peers)
+                        .await
+                        .map_err(VerifyError::Config)?,
+                ));
+            }
         }
+        self.source_side = self.link.nodes.topology().map(super::ClusterSide::new);
         self.target_cluster = Topology::discover(&self.link.target).await?;
         let target_nodes = Topology::nodes(self.target_cluster.as_ref(), &self.link.target);
-        let src_ks = keyspace(&self.link.node).await?;
+        let mut node_ks = Vec::with_capacity(self.link.nodes.len());
+        let mut src_ks: BTreeMap<u32, u64> = BTreeMap::new();
+        for node in self.link.nodes.all() {
+            let ks = keyspace(node).await?;
+            for (db, n) in &ks {
+                *src_ks.entry(*db).or_default() += n;
+            }
+            node_ks.push(ks);
+        }
         let mut tgt_ks = BTreeMap::new();
         for node in &target_nodes {
             for (db, n) in keyspace(node).await? {
@@ -260,11 +277,15 @@ impl FencedVerifier {
         // Source → target, a SCAN page (or a sample) at a time, so memory follows the batch.
         let src_total: u64 = src_dbs.iter().filter_map(|d| src_ks.get(d)).sum();
         let sample = self.cfg.sample.filter(|n| *n < src_total);
-        for &db in &src_dbs {
-            let mut con = self.link.node.with_db(i64::from(db)).control().await?;
-            let net = |e: redis::RedisError| VerifyError::Net(self.link.node.classify(&e));
+        let nodes = self.link.nodes.clone();
+        for (&db, (i, node)) in src_dbs
+            .iter()
+            .flat_map(|db| std::iter::repeat(db).zip(nodes.all().iter().enumerate()))
+        {
+            let mut con = node.with_db(i64::from(db)).control().await?;
+            let net = |e: redis::RedisError| VerifyError::Net(node.classify(&e));
             if let Some(n) = sample {
-                let share = share_of(n, src_ks.get(&db).copied().unwrap_or(0), src_total);
+                let share = share_of(n, node_ks[i].get(&db).copied().unwrap_or(0), src_total);
                 let (keys, drawn) = super::sample_keys(&mut con, share, self.cfg.batch, |k| {
                     !self.rules.as_ref().is_some_and(|r| r.ignored(db, k))
                         && self.map(db, k).is_some()
@@ -327,9 +348,10 @@ impl FencedVerifier {
                     }
                     keys
                 };
-                let absent = super::orphans(
-                    &self.link.node,
+                let absent = super::orphans_routed(
+                    self.link.nodes.first(),
                     &mut source_conns,
+                    self.source_side.as_mut(),
                     self.link.mapper.as_ref(),
                     tdb,
                     &keys,
@@ -400,7 +422,7 @@ impl FencedVerifier {
     /// Round one for source keys of `db`.
     async fn check_keys(
         &self,
-        reader: &mut Vec<FencedReader>,
+        reader: &mut Vec<(usize, FencedReader)>,
         run: &mut Run,
         db: u32,
         keys: Vec<Vec<u8>>,
@@ -432,27 +454,39 @@ impl FencedVerifier {
     /// batch's target reads wait for replay to reach its fence.
     async fn check_probes(
         &self,
-        readers: &mut Vec<FencedReader>,
+        readers: &mut Vec<(usize, FencedReader)>,
         run: &mut Run,
         mut probes: Vec<Probe>,
     ) -> Result<(), VerifyError> {
-        probes.sort_by_key(|p| p.db);
+        // One batch per db and node; on a cluster, per hash slot too (a cluster refuses a
+        // transaction across slots), with more batches in flight since they are small.
+        let nodes = &self.link.nodes;
+        let slot = |p: &Probe| {
+            nodes
+                .is_cluster()
+                .then(|| crate::net::cluster::slot_number(&p.key))
+        };
+        probes.sort_by_key(|p| (p.db, nodes.index_of(&p.key), slot(p)));
+        let max_in_flight = if nodes.is_cluster() { 64 } else { IN_FLIGHT };
         let mut idle = std::mem::take(readers);
         let mut sending = tokio::task::JoinSet::new();
         let mut in_flight = std::collections::VecDeque::new();
         let mut failure = None;
         let batches: Vec<Vec<Probe>> = probes
-            .chunk_by(|a, b| a.db == b.db)
+            .chunk_by(|a, b| {
+                (a.db, nodes.index_of(&a.key), slot(a)) == (b.db, nodes.index_of(&b.key), slot(b))
+            })
             .flat_map(|g| g.chunks(self.cfg.batch).map(<[Probe]>::to_vec))
             .collect();
         for batch in batches {
-            while in_flight.len() >= IN_FLIGHT {
+            while in_flight.len() >= max_in_flight {
                 let sent = in_flight.pop_front().expect("not empty");
                 self.collect(run, sent).await?;
             }
+            let node = nodes.index_of(&batch[0].key);
             let reader = loop {
-                if let Some(r) = idle.pop() {
-                    break r;
+                if let Some(at) = idle.iter().position(|(i, _)| *i == node) {
+                    break idle.swap_remove(at).1;
                 }
                 match sending.join_next().await {
                     Some(Ok((r, sent))) => {
@@ -467,13 +501,13 @@ impl FencedVerifier {
                 }
             };
             if failure.is_some() {
-                idle.push(reader);
+                idle.push((node, reader));
                 break;
             }
             sending.spawn(send(
-                reader,
+                (node, reader),
                 self.link.shared.clone(),
-                self.link.node.redacted().to_string(),
+                nodes.all()[node].redacted().to_string(),
                 batch,
             ));
         }
@@ -630,7 +664,8 @@ impl FencedVerifier {
     /// changing may need a moment to agree.
     async fn field_ttl_compare(&self, p: &Probe) -> Result<Option<String>, VerifyError> {
         let tol = self.tolerance(p.db, &p.key);
-        let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
+        let source = self.link.nodes.for_key(&p.key);
+        let mut s = source.with_db(i64::from(p.db)).control().await?;
         let mut t = self.target_conn(p).await?;
         let mut last = None;
         for attempt in 0..=self.cfg.rechecks {
@@ -639,7 +674,7 @@ impl FencedVerifier {
             }
             let a = crate::snapshot::field_expiries(&mut s, &p.key)
                 .await
-                .map_err(|e| VerifyError::Net(self.link.node.classify(&e)))?;
+                .map_err(|e| VerifyError::Net(source.classify(&e)))?;
             let b = crate::snapshot::field_expiries(&mut t, &p.tkey)
                 .await
                 .map_err(|e| VerifyError::Net(self.link.target.classify(&e)))?;
@@ -654,7 +689,8 @@ impl FencedVerifier {
     /// Compares a huge key through windowed digests, re-checking a few times: unfenced, so a
     /// key still changing may need a moment to agree.
     async fn digest_compare(&self, p: &Probe, ty: &str) -> Result<Option<String>, VerifyError> {
-        let mut s = self.link.node.with_db(i64::from(p.db)).control().await?;
+        let source = self.link.nodes.for_key(&p.key);
+        let mut s = source.with_db(i64::from(p.db)).control().await?;
         let mut t = self.target_conn(p).await?;
         let mut last = None;
         for attempt in 0..=self.cfg.rechecks {
@@ -663,7 +699,7 @@ impl FencedVerifier {
             }
             let a = digest::digest(&mut s, &p.key, ty)
                 .await
-                .map_err(|e| VerifyError::Net(self.link.node.classify(&e)))?;
+                .map_err(|e| VerifyError::Net(source.classify(&e)))?;
             let b = digest::digest(&mut t, &p.tkey, ty)
                 .await
                 .map_err(|e| VerifyError::Net(self.link.target.classify(&e)))?;

@@ -249,14 +249,14 @@ pub struct Verifier {
 
 /// The primaries of a cluster (source or target), the slot each serves, and a connection to
 /// each.
-struct ClusterSide {
+pub(crate) struct ClusterSide {
     nodes: Vec<Endpoint>,
     owner: HashMap<redis::cluster_routing::Slot, usize>,
     conns: HashMap<usize, MultiplexedConnection>,
 }
 
 impl ClusterSide {
-    fn new(t: &Topology) -> ClusterSide {
+    pub(crate) fn new(t: &Topology) -> ClusterSide {
         ClusterSide {
             nodes: t.shards.iter().map(|s| s.primary.clone()).collect(),
             owner: crate::net::cluster::all_slots()
@@ -1027,7 +1027,7 @@ pub(crate) async fn orphans(
 }
 
 /// [`orphans`], asking a cluster source each key on the primary serving its slot.
-async fn orphans_routed(
+pub(crate) async fn orphans_routed(
     source: &Endpoint,
     conns: &mut HashMap<u32, MultiplexedConnection>,
     mut cluster: Option<&mut ClusterSide>,

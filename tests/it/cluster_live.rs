@@ -252,7 +252,7 @@ fn oracle(source: &str, target: &str) -> OracleReport {
 /// Fills `source`, runs the workload while ferry migrates it to `target` for `secs`, stops
 /// the workload, then ferry with SIGTERM, and compares; returns ferry's log.
 fn migrate_from_cluster(source: &Cluster, target: &str, secs: u64) -> String {
-    migrate_from_cluster_with(source, target, secs, || {})
+    migrate_from_cluster_with(source, target, secs, &[], || {})
 }
 
 /// [`migrate_from_cluster`], calling `during` once the snapshot's reads are done.
@@ -260,13 +260,14 @@ fn migrate_from_cluster_with(
     source: &Cluster,
     target: &str,
     secs: u64,
+    extra: &[&str],
     during: impl FnOnce(),
 ) -> String {
     fill_cluster(source, &dataset());
     let load = start_load(source);
     std::thread::sleep(Duration::from_millis(300));
     let state = tempfile::tempdir().unwrap();
-    let mut ferry = start_migrate(&source.urls()[1], target, state.path(), &[]);
+    let mut ferry = start_migrate(&source.urls()[1], target, state.path(), extra);
     let started = Instant::now();
     ferry.wait_log("Snapshot reads done", Duration::from_secs(120));
     during();
@@ -301,11 +302,28 @@ fn migrate_from_cluster_with(
     stderr
 }
 
+/// With the in-run fenced verification of every key: each key's source side read in a
+/// transaction of its own slot on its shard's node, the target side at the same position.
 #[test]
 fn a_three_master_elasticache_like_cluster_migrates_live_to_a_cluster_exactly() {
     let source = Cluster::start_elasticache_like(false);
     let target = Cluster::start();
-    migrate_from_cluster(&source, &target.urls()[2], 12);
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[2], 12, &["--verify"], || {});
+    let verified = stderr
+        .lines()
+        .find(|l| l.contains("Fenced verification:"))
+        .unwrap_or_default();
+    assert!(
+        verified.contains("differences=0"),
+        "{verified}\n{}",
+        tail(&stderr, 20)
+    );
+    let keys: u64 = verified
+        .split("keys=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(keys > 3000, "{verified}");
 }
 
 #[test]
@@ -322,7 +340,7 @@ fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
     let source = Cluster::start_with_replicas();
     let target = Cluster::start();
     let replica = source.replicas()[0].url();
-    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, || {
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, &[], || {
         std::thread::sleep(Duration::from_secs(2));
         let mut con = redis::Client::open(replica.as_str())
             .unwrap()
