@@ -2,7 +2,7 @@
 # Redis Cluster benchmarks (issue 15), each measuring ferry and its comparison in the same run:
 #
 #  snapshot [KEYS=300000] [VALUE_BYTES=1500]: a 3-master source cluster filled with KEYS strings
-#    (redis-benchmark --cluster, spread over the shards) plus big keys on every shard, copied
+#    over all 16384 slots (cluster_fill.py) plus big keys on every shard, copied
 #    (a) by native per-shard replication: one plain redis-server per source primary, the three
 #    REPLICAOF sent together, timed until every replica has finished its full sync (diskless,
 #    no delay); a non-cluster replica loads a cluster primary's RDB, db 0 only;
@@ -21,8 +21,9 @@
 #    single-first.
 #    RESULT writes cluster single ratio (cluster / single) and CPU seconds.
 #
-# Environment: FERRY=target/release/ferry (built when missing); BIG (elements of the largest big
-# key, default 500000; the others are smaller in proportion); the replay settings of
+# Environment: FERRY=target/release/ferry (built when missing); BIG (list elements, over the
+# three shards' lists, as in snapshot.sh's one list; default 500000; the other big keys in
+# proportion); the replay settings of
 # common.sh's replay_settings (TESTS, VALUE_BYTES, STALL_SECS, STOP_SECS).
 # Exit code: 0 when the run completed and its checks passed; 1 when a check failed; 2 when the
 # benchmark itself could not run. Every process it starts is stopped by PID at exit.
@@ -73,6 +74,15 @@ owner_port() {
   die "no primary serves slot $slot of $key"
 }
 
+# tag_on PORT PORT...: a hash tag (a, b, c, ...) whose slot the primary at PORT serves.
+tag_on() {
+  local want=$1 tag; shift
+  for tag in {a..z}; do
+    [ "$(owner_port "{$tag}" "$@")" = "$want" ] && { echo "$tag"; return; }
+  done
+  die "no hash tag a-z lands on the primary at port $want"
+}
+
 ###############################################################################################
 snapshot_bench() {
   local keys=${1:-300000} value=${2:-1500}
@@ -92,22 +102,24 @@ snapshot_bench() {
   done
   echo "   $(redis-server --version | cut -d' ' -f1-3); source cluster ${sp[*]}, target cluster ${tp[*]}, native replicas ${np[*]}"
 
-  log "generating $keys keys of $value bytes over the source cluster, plus big keys on every shard"
-  redis-benchmark --cluster -p "${sp[0]}" -t set -n "$keys" -r 1000000000 -d "$value" -P 64 -q >/dev/null
-  # A list and a hash under each of six hash tags (spread over the shards), a zset, a set and a
-  # stream; each written on the primary that owns its slot.
+  log "generating $keys keys of $value bytes over all slots of the source cluster, plus big keys on every shard"
+  local filled
+  filled=$(python3 scripts/bench/cluster_fill.py --port "${sp[0]}" --keys "$keys" --value-bytes "$value")
+  echo "   keys per primary (port:keys): $filled"
+  # snapshot.sh's big keys, in the same total sizes: a list and a hash on every shard (under a
+  # hash tag that shard owns), a set, a zset and a stream; each written by redis-benchmark on
+  # the primary that owns its slot (it does not follow MOVED for custom commands).
   local tag port
-  for tag in a b c d e f; do
-    port=$(owner_port "big:list:{$tag}" "${sp[@]}")
-    redis-benchmark -p "$port" -n "$big" -r 1000000000 -P 64 -q rpush "big:list:{$tag}" "element-__rand_int__" >/dev/null
-    port=$(owner_port "big:hash:{$tag}" "${sp[@]}")
-    redis-benchmark -p "$port" -n $(( big / 5 )) -r 1000000000 -P 64 -q hset "big:hash:{$tag}" "f-__rand_int__" "value-__rand_int__" >/dev/null
+  for port in "${sp[@]}"; do
+    tag=$(tag_on "$port" "${sp[@]}")
+    redis-benchmark -p "$port" -n $(( big / 3 )) -r 1000000000 -P 64 -q rpush "big:list:{$tag}" "element-__rand_int__" >/dev/null
+    redis-benchmark -p "$port" -n $(( big * 2 / 15 )) -r 1000000000 -P 64 -q hset "big:hash:{$tag}" "f-__rand_int__" "value-__rand_int__" >/dev/null
   done
-  port=$(owner_port "big:zset" "${sp[@]}")
-  redis-benchmark -p "$port" -n $(( big / 5 )) -r 1000000000 -P 64 -q zadd big:zset "__rand_int__" "m-__rand_int__" >/dev/null
-  port=$(owner_port "big:set" "${sp[@]}")
+  port=$(owner_port big:set "${sp[@]}")
   redis-benchmark -p "$port" -n $(( big / 5 )) -r 1000000000 -P 64 -q sadd big:set "m-__rand_int__" >/dev/null
-  port=$(owner_port "big:stream" "${sp[@]}")
+  port=$(owner_port big:zset "${sp[@]}")
+  redis-benchmark -p "$port" -n $(( big / 5 )) -r 1000000000 -P 64 -q zadd big:zset "__rand_int__" "m-__rand_int__" >/dev/null
+  port=$(owner_port big:stream "${sp[@]}")
   redis-benchmark -p "$port" -n $(( big / 10 )) -r 1000000000 -P 64 -q xadd big:stream "*" f "__rand_int__" >/dev/null
   local per_shard=""
   for port in "${sp[@]}"; do per_shard+="$(redis-cli -p "$port" dbsize) "; done
