@@ -27,6 +27,7 @@
 # common.sh's replay_settings (TESTS, VALUE_BYTES, STALL_SECS, STOP_SECS).
 # Exit code: 0 when the run completed and its checks passed; 1 when a check failed; 2 when the
 # benchmark itself could not run. Every process it starts is stopped by PID at exit.
+# shellcheck disable=SC2154 # PORT_x, PID_x (start_server) and x_PORTS, x_PIDS (start_cluster) are set by printf -v
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/bench/common.sh

@@ -180,6 +180,7 @@ source_writes() {
 # must exit 0. Needs replay_settings. Sets W, GEN_RATE, REPLAY_STATUS, REPLAY_RATE, REPLAY_FIG,
 # REPLAY_S, REPLAY_APPLIED, REPLAY_FERRY_CPU, REPLAY_TARGET_CPU, STALL_RSS_KB, STALL_HWM_KB,
 # AFTER_HWM_KB, JOURNAL_MB, P1_EXIT; appends to FAILURES.
+# shellcheck disable=SC2034 # the figures it sets are the calling script's to print
 replay_backlog() {
   local name=$1 src=$2 tports tpids port t0 t1 base_seq qbuf
   read -ra tports <<<"$3"
@@ -227,7 +228,7 @@ replay_backlog() {
   REPLAY_APPLIED=$(kv applied <<<"$out")
   REPLAY_S=$(kv elapsed <<<"$out")
   AFTER_HWM_KB=$(proc_kb "$P1_PID" VmHWM)
-  if [ "$REPLAY_STATUS" = done ]; then
+  if [ "$REPLAY_STATUS" = "done" ]; then
     REPLAY_RATE=$(kv rate <<<"$out")
     REPLAY_FIG="$REPLAY_RATE"
     # -c: on a cluster the sentinel's slot may live on another primary.
