@@ -193,30 +193,38 @@ replay_bench() {
   [ -x "$FERRY" ] || cargo build --release --quiet
   echo "   $(redis-server --version | cut -d' ' -f1-3); $("$FERRY" --version); N=$N TESTS=$TESTS VALUE_BYTES=$VALUE_BYTES"
 
+  # keep SIDE: replay_backlog's figures for SIDE (cluster, single), before the other side's.
+  local -A fig
+  keep() {
+    fig[$1.w]=$W; fig[$1.rate]=$REPLAY_RATE; fig[$1.fig]=$REPLAY_FIG; fig[$1.exit]=$P1_EXIT
+    fig[$1.ferry_cpu]=$REPLAY_FERRY_CPU; fig[$1.target_cpu]=$REPLAY_TARGET_CPU
+    fig[$1.hwm]=$(mb "$AFTER_HWM_KB")
+  }
   cluster_side() {
     log "ferry replay toward a 3-master cluster (targets paused while $N writes are journaled)"
     start_server csrc
     start_cluster ctgt
     replay_backlog cluster "$PORT_csrc" "$ctgt_PORTS" "$ctgt_PIDS"
-    CL_W=$W; CL_RATE=$REPLAY_RATE; CL_FIG=$REPLAY_FIG; CL_EXIT=$P1_EXIT
-    CL_FERRY_CPU=$REPLAY_FERRY_CPU; CL_TARGET_CPU=$REPLAY_TARGET_CPU; CL_HWM=$(mb "$AFTER_HWM_KB")
+    keep cluster
   }
   single_side() {
     log "ferry replay toward one standalone primary, $SHARDS connections (target paused while $N writes are journaled)"
     start_server ssrc
     start_server stgt
     replay_backlog single "$PORT_ssrc" "$PORT_stgt" "$PID_stgt"
-    SG_W=$W; SG_RATE=$REPLAY_RATE; SG_FIG=$REPLAY_FIG; SG_EXIT=$P1_EXIT
-    SG_FERRY_CPU=$REPLAY_FERRY_CPU; SG_TARGET_CPU=$REPLAY_TARGET_CPU; SG_HWM=$(mb "$AFTER_HWM_KB")
+    keep single
   }
   if [ "$ORDER" = single-first ]; then single_side; cluster_side; else cluster_side; single_side; fi
 
-  [ "$CL_W" = "$SG_W" ] || FAILURES+=("the two loads differ: $CL_W writes toward the cluster, $SG_W toward the single primary")
+  [ "${fig[cluster.w]}" = "${fig[single.w]}" ] ||
+    FAILURES+=("the two loads differ: ${fig[cluster.w]} writes toward the cluster, ${fig[single.w]} toward the single primary")
   echo
-  echo "RESULT writes=$CL_W cluster=${CL_FIG}writes/s single=${SG_FIG}writes/s ratio=$(ratio "$CL_RATE" "$SG_RATE")" \
-    "single_connections=$SHARDS cluster_ferry_cpu=${CL_FERRY_CPU}s single_ferry_cpu=${SG_FERRY_CPU}s" \
-    "cluster_target_cpu=${CL_TARGET_CPU}s single_target_cpu=${SG_TARGET_CPU}s" \
-    "cluster_peak_rss=${CL_HWM}MB single_peak_rss=${SG_HWM}MB exit=$CL_EXIT,$SG_EXIT order=$ORDER"
+  echo "RESULT writes=${fig[cluster.w]} cluster=${fig[cluster.fig]}writes/s single=${fig[single.fig]}writes/s" \
+    "ratio=$(ratio "${fig[cluster.rate]}" "${fig[single.rate]}") single_connections=$SHARDS" \
+    "cluster_ferry_cpu=${fig[cluster.ferry_cpu]}s single_ferry_cpu=${fig[single.ferry_cpu]}s" \
+    "cluster_target_cpu=${fig[cluster.target_cpu]}s single_target_cpu=${fig[single.target_cpu]}s" \
+    "cluster_peak_rss=${fig[cluster.hwm]}MB single_peak_rss=${fig[single.hwm]}MB" \
+    "exit=${fig[cluster.exit]},${fig[single.exit]} order=$ORDER"
   if [ "${#FAILURES[@]}" -gt 0 ]; then
     for f in "${FAILURES[@]}"; do echo "FAIL: $f" >&2; done
     exit 1
