@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Replay benchmark, in one run:
 #  1. ferry replay throughput (common.sh replay_backlog): `ferry migrate --capture primary`
-#     between an empty source and a target; the target is stalled with CLIENT PAUSE WRITE while N writes (redis-benchmark -P 64)
-#     land in ferry's journal; ferry's RSS and the journal size are taken once everything is
-#     journaled; then the target is unpaused and the time until it has processed the N writes is
-#     measured (INFO stats total_commands_processed, polled every 10 ms).
+#     between an empty source and a target; the target is stalled with CLIENT PAUSE WRITE while
+#     N writes (redis-benchmark -P 64) land in ferry's journal; ferry's RSS and the journal size
+#     are taken once everything is journaled; then the target is unpaused and the time until it
+#     has processed the N writes is measured (INFO stats total_commands_processed, polled every
+#     10 ms).
 #  2. a seed-style replayer (one command per round trip): redis-benchmark -c 1 -P 1 SET.
 #  3. redis-benchmark -P 64 SET on the target (1 client, and 50 clients).
 #  4. the ratios of 1 to 2 and 3.
