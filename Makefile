@@ -107,6 +107,12 @@ bench: deps
 		--set LIKE=1 --set SHARDS=4 \
 		--title "Replay over 4 connections against redis-benchmark -c 4 -P 16384, same commands" \
 		-- bash scripts/bench/replay.sh
+	$(ALTERNATE) --name cluster-snapshot --orders native-first,ferry-first --no-build \
+		--title "Cluster to cluster snapshot: 300k keys of 1.5 kB plus big keys over 3 shards, against native per-shard replication (3 replicas syncing together)" \
+		-- bash scripts/bench/cluster.sh snapshot 300000 1500
+	$(ALTERNATE) --name cluster-replay --orders cluster-first,single-first --no-build \
+		--title "Replay toward a 3-master cluster against toward 1 standalone primary (3 connections each), same 1M writes" \
+		-- bash scripts/bench/cluster.sh replay
 	$(ALTERNATE) --name verify --orders fixed,fixed --no-build \
 		--title "Verification rates against the snapshot's, same run" \
 		-- bash scripts/bench/verify.sh

@@ -4,7 +4,7 @@
 Subcommands:
   replay-wait  UNPAUSE the (paused) target and time until it has processed EXPECT more commands
                (INFO stats total_commands_processed, polled every --poll-ms, own commands
-               subtracted). Prints one `key=value ...` line; exit 0 done, 3 stalled/timed out.
+               subtracted); several --port values (a cluster's primaries) are summed. Prints one `key=value ...` line; exit 0 done, 3 stalled/timed out.
   load         Steady write load: SET load:<rand> <value> at --rate commands/s for --duration s.
   probe        Every --interval-ms write `SET lagprobe:<i> <t_send_us>` on the source; poll the
                target with EXISTS on the oldest unseen probe every --poll-ms; print lag p50/p99.
@@ -94,22 +94,28 @@ def info_field(con, section, field):
 
 
 def replay_wait(a):
-    con = Resp(a.port)
-    own = 0  # commands this connection made the target process after the baseline
-    base = info_field(con, "stats", "total_commands_processed")
+    # Several ports: a cluster target's primaries, unpaused together and summed.
+    cons = [Resp(p) for p in a.port]
+    own = 0  # commands these connections made the targets process after the baseline
+
+    def total():
+        return sum(info_field(c, "stats", "total_commands_processed") for c in cons)
+
+    base = total()
     t0 = time.monotonic()
-    con.call("CLIENT", "UNPAUSE")
-    own += 1
+    for c in cons:
+        c.call("CLIENT", "UNPAUSE")
+    own += len(cons)
     last_delta, last_change = -1, t0
     polls, status = 0, "done"
     first_move = None
     while True:
         time.sleep(a.poll_ms / 1000.0)
-        now_total = info_field(con, "stats", "total_commands_processed")
+        now_total = total()
         now = time.monotonic()
         polls += 1
-        delta = now_total - base - own  # `own` excludes this INFO, whether or not it counts itself
-        own += 1
+        delta = now_total - base - own  # `own` excludes these INFOs, whether or not they count themselves
+        own += len(cons)
         if delta > 0 and first_move is None:
             first_move = now - t0
         if delta >= a.expect:
@@ -233,7 +239,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("replay-wait")
-    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--port", type=int, nargs="+", required=True, help="the target's primaries")
     r.add_argument("--expect", type=int, required=True)
     r.add_argument("--poll-ms", type=float, default=10.0)
     r.add_argument("--stall", type=float, default=15.0, help="seconds without progress")

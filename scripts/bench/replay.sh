@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Replay benchmark, in one run:
-#  1. ferry replay throughput: `ferry migrate --capture primary` between an empty source and a
-#     target; the target is stalled with CLIENT PAUSE WRITE while N writes (redis-benchmark -P 64)
-#     land in ferry's journal; ferry's RSS and the journal size are taken once everything is
-#     journaled; then the target is unpaused and the time until it has processed the N writes is
-#     measured (INFO stats total_commands_processed, polled every 10 ms).
+#  1. ferry replay throughput (common.sh replay_backlog): `ferry migrate --capture primary`
+#     between an empty source and a target; the target is stalled with CLIENT PAUSE WRITE while
+#     N writes (redis-benchmark -P 64) land in ferry's journal; ferry's RSS and the journal size
+#     are taken once everything is journaled; then the target is unpaused and the time until it
+#     has processed the N writes is measured (INFO stats total_commands_processed, polled every
+#     10 ms).
 #  2. a seed-style replayer (one command per round trip): redis-benchmark -c 1 -P 1 SET.
 #  3. redis-benchmark -P 64 SET on the target (1 client, and 50 clients).
 #  4. the ratios of 1 to 2 and 3.
@@ -33,116 +34,13 @@ source scripts/bench/common.sh
 
 N=${1:-${N:-1000000}}
 LAG_SECS=${2:-${LAG_SECS:-20}}
-TESTS=${TESTS:-set,incr,lpush,hset}
-VALUE_BYTES=${VALUE_BYTES:-3}
+replay_settings # common.sh: TESTS, VALUE_BYTES, STALL_SECS, STOP_SECS, FERRY, SHARDS, per_test
 LOAD_RATE=${LOAD_RATE:-5000}
 SEED_N=${SEED_N:-100000}
 P64_N=${P64_N:-1000000}
-STALL_SECS=${STALL_SECS:-15}
-STOP_SECS=${STOP_SECS:-30}
-FERRY=${FERRY:-target/release/ferry}
-SHARDS=${SHARDS:-4}
 DEPTH=${DEPTH:-16384}
 ORDER=${ORDER:-ferry-first}
-LAG_PY=scripts/bench/lag.py
 [ -x "$FERRY" ] || cargo build --release --quiet
-
-FERRY_PIDS=()
-BG_PIDS=()
-FAILURES=()
-
-# ferry is not in common.sh's PIDS: a stuck ferry ignores SIGTERM for a long time (its final
-# fence waits for replay), so it is killed here first, by PID, with SIGKILL after a grace period.
-replay_cleanup() {
-  local pid
-  for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${FERRY_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${FERRY_PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [ -n "${LOG_DIR:-}" ]; then
-    mkdir -p "$LOG_DIR" && cp "$BENCH_DIR"/*.log "$BENCH_DIR"/*.txt "$LOG_DIR"/ 2>/dev/null || true
-  fi
-  cleanup
-}
-trap replay_cleanup EXIT
-
-die() { echo "replay.sh: $*" >&2; exit 2; }
-log() { echo "== $*"; }
-
-# wait_until SECONDS DESCRIPTION COMMAND...: polls COMMAND every 50 ms, fails clearly on timeout.
-wait_until() {
-  local secs=$1 what=$2; shift 2
-  local deadline; deadline=$(( $(date +%s) + secs ))
-  until "$@"; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${secs}s waiting for $what"
-    sleep 0.05
-  done
-}
-
-# status_field LOG FIELD: FIELD of ferry's last status line.
-status_field() {
-  { grep 'Status\.' "$1" || true; } | tail -1 | sed -n "s/.* $2=\"\{0,1\}\([^ \"]*\)\"\{0,1\}.*/\1/p"
-}
-
-journaled() { # LOG: entries journaled (pending + applied) per the last status line
-  local p a; p=$(status_field "$1" pending); a=$(status_field "$1" applied)
-  echo $(( ${p:-0} + ${a:-0} ))
-}
-
-# start_ferry NAME SOURCE_PORT TARGET_PORT: sets FERRY_PID, FERRY_LOG, FERRY_STATE.
-start_ferry() {
-  FERRY_STATE="$BENCH_DIR/$1-state"
-  FERRY_LOG="$BENCH_DIR/$1-ferry.log"
-  if [ -n "${PLAN:-}" ]; then
-    # A plan without a cutover phase replays until SIGTERM, like `ferry migrate`.
-    "$FERRY" run "$PLAN" --set SOURCE_URL="redis://127.0.0.1:$2" \
-      --set TARGET_URL="redis://127.0.0.1:$3" --set FERRY_STATE_DIR="$FERRY_STATE" 2>"$FERRY_LOG" &
-  else
-    "$FERRY" migrate --source "redis://127.0.0.1:$2" --target "redis://127.0.0.1:$3" \
-      --state-dir "$FERRY_STATE" --capture primary --replay-shards "$SHARDS" 2>"$FERRY_LOG" &
-  fi
-  FERRY_PID=$!
-  FERRY_PIDS+=("$FERRY_PID")
-  ferry_ready() {
-    kill -0 "$FERRY_PID" 2>/dev/null || { tail -5 "$FERRY_LOG" >&2; die "ferry exited early"; }
-    grep -q 'Snapshot reads done' "$FERRY_LOG" && [ "$(status_field "$FERRY_LOG" phase)" = replay ]
-  }
-  # The snapshot of an empty source is instant; the first status line in phase "replay" shows
-  # that its done-marker went through replay, so later writes are plain replay.
-  wait_until 30 "ferry's snapshot to finish (log: $FERRY_LOG)" ferry_ready
-}
-
-# stop_ferry PID: SIGTERM, then waits up to STOP_SECS; sets STOP_RC to the exit code or "hung"
-# (then SIGKILL). Not for $(...): only this shell can wait for its children.
-stop_ferry() {
-  local pid=$1
-  STOP_RC=0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq $(( STOP_SECS * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    STOP_RC=hung
-    return
-  fi
-  wait "$pid" || STOP_RC=$?
-}
-
-proc_kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-csv_rps() { awk -F'"' 'NR == 2 { printf "%.0f", $4 }'; }
-kv() { sed -n "s/.*\<$1=\([^ ]*\).*/\1/p"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
-
-# Write commands that the redis-benchmark tests issue (the sum of their calls on the source is
-# the exact number of writes: redis-benchmark rounds -n up to a multiple of -P per test).
-WRITE_CMDS='set|incr|lpush|rpush|lpop|rpop|sadd|spop|hset|zadd|zpopmin|mset|xadd'
-source_writes() {
-  redis-cli -p "$1" info commandstats | tr -d '\r' |
-    awk -F'[_:,=]' -v re="^($WRITE_CMDS)\$" '$1 == "cmdstat" && $2 ~ re { n += $4 } END { print n + 0 }'
-}
 
 echo "ferry replay benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   $(redis-server --version)"
@@ -151,9 +49,6 @@ if [ -n "$(find src -newer "$FERRY" -name '*.rs' 2>/dev/null | head -1)" ]; then
   echo "   note: src/ has files newer than $FERRY; run 'cargo build --release' to measure them"
 fi
 echo "   N=$N TESTS=$TESTS VALUE_BYTES=$VALUE_BYTES LAG_SECS=$LAG_SECS LOAD_RATE=$LOAD_RATE SEED_N=$SEED_N P64_N=$P64_N"
-
-ntests=$(tr ',' '\n' <<<"$TESTS" | grep -c .)
-per_test=$(( (N + ntests - 1) / ntests ))
 
 # baseline_like PORT: redis-benchmark on an emptied PORT with what step 1 replays there: the same
 # tests, requests per test, keys (-r) and values (-d), over SHARDS connections DEPTH deep. Sets
@@ -190,64 +85,7 @@ start_server src1
 start_server tgt1
 S=$PORT_src1; T=$PORT_tgt1
 if [ -n "${LIKE:-}" ] && [ "$ORDER" = baseline-first ]; then baseline_like "$T"; fi
-start_ferry replay "$S" "$T"
-P1_PID=$FERRY_PID; P1_LOG=$FERRY_LOG; P1_STATE=$FERRY_STATE
-base_seq=$(journaled "$P1_LOG")
-redis-cli -p "$T" client pause 600000 write >/dev/null
-
-t0=$(now)
-redis-benchmark -p "$S" -c 50 -P 64 -r 100000 -d "$VALUE_BYTES" -t "$TESTS" -n "$per_test" --csv \
-  >"$BENCH_DIR/gen.csv"
-redis-cli -p "$S" set replay:sentinel 1 >/dev/null
-t1=$(now)
-W=$(source_writes "$S")
-GEN_S=$(awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN { printf "%.2f", s }')
-GEN_RATE=$(awk -v n="$W" -v s="$GEN_S" 'BEGIN { printf "%.0f", n / s }')
-echo "   source: $W writes (incl. the sentinel) in ${GEN_S}s = $GEN_RATE/s with ferry's MONITOR attached"
-
-all_journaled() {
-  kill -0 "$P1_PID" 2>/dev/null || die "ferry exited while journaling (log: $P1_LOG)"
-  [ "$(journaled "$P1_LOG")" -ge $(( base_seq + W )) ]
-}
-wait_until 180 "ferry to journal $W writes (log: $P1_LOG)" all_journaled
-JOURNAL_WAIT_S=$(awk -v s="$(elapsed "$t1" "$(now)")" 'BEGIN { printf "%.1f", s }')
-STALL_RSS_KB=$(proc_kb "$P1_PID" VmRSS)
-STALL_HWM_KB=$(proc_kb "$P1_PID" VmHWM)
-JOURNAL_BYTES=$(du -sb "$P1_STATE/journal" | cut -f1)
-JOURNAL_MB=$(awk -v b="$JOURNAL_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
-TARGET_QBUF=$(redis-cli -p "$T" client list | grep -v 'cmd=client' | sed -n 's/.* qbuf=\([0-9]*\) .*/\1/p' | sort -n | tail -1)
-echo "   journaled (status lines, 1 s apart; ${JOURNAL_WAIT_S}s after the load ended): journal ${JOURNAL_MB} MB on disk"
-echo "   ferry while the target is stalled: VmRSS $(mb "$STALL_RSS_KB") MB, VmHWM $(mb "$STALL_HWM_KB") MB; target query buffer ${TARGET_QBUF:-0} bytes"
-
-# Where the time goes: CPU seconds of ferry and of the target while the backlog is applied.
-c_ferry0=$(cpu_s "$P1_PID"); c_tgt0=$(cpu_s "$PID_tgt1")
-REPLAY_OUT=$(python3 "$LAG_PY" replay-wait --port "$T" --expect "$W" --poll-ms 10 \
-  --stall "$STALL_SECS" --timeout 600) || true
-REPLAY_FERRY_CPU=$(echo "$(cpu_s "$P1_PID") - $c_ferry0" | bc)
-REPLAY_TARGET_CPU=$(echo "$(cpu_s "$PID_tgt1") - $c_tgt0" | bc)
-echo "   $REPLAY_OUT"
-REPLAY_STATUS=$(kv status <<<"$REPLAY_OUT")
-[ -n "$REPLAY_STATUS" ] || die "lag.py replay-wait failed"
-REPLAY_APPLIED=$(kv applied <<<"$REPLAY_OUT")
-REPLAY_S=$(kv elapsed <<<"$REPLAY_OUT")
-AFTER_HWM_KB=$(proc_kb "$P1_PID" VmHWM)
-if [ "$REPLAY_STATUS" = done ]; then
-  REPLAY_RATE=$(kv rate <<<"$REPLAY_OUT")
-  REPLAY_FIG="$REPLAY_RATE"
-  wait_until 10 "the sentinel on the target" \
-    sh -c "[ \"\$(redis-cli -p $T exists replay:sentinel)\" = 1 ]"
-  a=$(redis-cli -p "$S" dbsize); b=$(redis-cli -p "$T" dbsize)
-  [ "$a" = "$b" ] || FAILURES+=("after replay the source has $a keys, the target $b")
-else
-  REPLAY_RATE=0
-  REPLAY_FIG="STALLED(${REPLAY_APPLIED}/${W})"
-  FAILURES+=("ferry replay $REPLAY_STATUS: the target processed $REPLAY_APPLIED of $W writes after UNPAUSE, then nothing for ${STALL_SECS}s; last status: $(grep 'Status\.' "$P1_LOG" | tail -1 | sed 's/.*Status\. //')")
-fi
-echo "   ferry VmHWM after replay: $(mb "$AFTER_HWM_KB") MB"
-log "   stopping ferry (SIGTERM)"
-stop_ferry "$P1_PID"; P1_EXIT=$STOP_RC
-echo "   exit: $P1_EXIT; $(grep -o 'Migration stopped at the final fence.*' "$P1_LOG" || echo 'no final-fence line')"
-[ "$P1_EXIT" = 0 ] || FAILURES+=("ferry (replay run) after SIGTERM: exit $P1_EXIT (waited ${STOP_SECS}s)")
+replay_backlog replay "$S" "$T" "$PID_tgt1"
 
 if [ -n "${LIKE:-}" ]; then
   [ "$ORDER" = baseline-first ] || baseline_like "$T"
