@@ -155,14 +155,25 @@ fn log_mechanics((se, te): (Engine, Engine)) {
 pub fn payload_mechanism((se, te): (Engine, Engine)) -> String {
     let (from, to) = (se.rdb_version(), te.rdb_version());
     if to >= from {
-        format!(
+        return format!(
             "RESTORE of the source's DUMP payloads (RDB {from}; the target reads up to RDB {to})"
-        )
-    } else {
-        format!(
-            "DUMP payloads rewritten from RDB {from} to RDB {to} before RESTORE (the target rejects RDB {from}): listpack sets as plain sets, streams without consumers' active times"
-        )
+        );
     }
+    // What each older version lacks, newest first (docs/redis-behaviour.md §20).
+    let mut how = Vec::new();
+    if from >= 12 {
+        how.push("hashes with field TTLs as plain hashes (on_field_ttls = \"drop_field_ttls\"; refused otherwise)");
+    }
+    if from >= 11 && to < 11 {
+        how.push("listpack sets as plain sets, streams without consumers' active times");
+    }
+    if from >= 10 && to < 10 {
+        how.push("listpack hashes, sorted sets and lists as plain ones, streams without first and max-deleted IDs, entries-added and groups' entries-read");
+    }
+    format!(
+        "DUMP payloads rewritten from RDB {from} to RDB {to} before RESTORE (the target rejects RDB {from}): {}",
+        how.join("; ")
+    )
 }
 
 /// A migration, before it starts.
@@ -370,7 +381,9 @@ impl Migration {
         let peers = PeerRegistry::new();
         let mut store = PayloadStore::new(DEFAULT_PAYLOAD_BUDGET);
         if engines.1.rdb_version() < engines.0.rdb_version() {
-            store = store.with_rdb_target(engines.1.rdb_version());
+            store = store
+                .with_rdb_target(engines.1.rdb_version())
+                .with_field_ttls_dropped(self.cfg.drop_field_ttls);
         }
         let store = Arc::new(store);
         let (recopier, recopy_rx) = Recopier::channel();

@@ -575,3 +575,106 @@ fn verify_inside_a_run_and_after_it_compares_field_ttls() {
         );
     }
 }
+
+/// Redis 7.4 → Redis 7.0 under a plan with `on_field_ttls = "drop_field_ttls"`, live: the
+/// snapshot's RDB 12 payloads of hashes with field TTLs (listpack ones and a big one) are
+/// rewritten into plain RDB 10 hashes without the TTLs, the `HEXPIRE`s written during the run
+/// are dropped, and the oracle (field TTLs set aside) finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_74_to_70_drops_field_ttls_under_the_plan() {
+    let source = redis74();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let mut pipe = redis::pipe();
+    for h in 0..20 {
+        let key = format!("fh:{h}");
+        // fh:0 is too big for a listpack: a hash table with field TTLs (HASH_METADATA).
+        let fields = if h == 0 { 300 } else { 10 };
+        for f in 0..fields {
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(format!("f{f}"))
+                .arg(f)
+                .ignore();
+        }
+        pipe.cmd("HEXPIRE")
+            .arg(&key)
+            .arg(3600)
+            .arg("FIELDS")
+            .arg(2)
+            .arg("f0")
+            .arg("f1")
+            .ignore();
+        pipe.cmd("SET").arg(format!("s:{h}")).arg(h).ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let plan = state.path().join("plan.lua");
+    std::fs::write(
+        &plan,
+        "local ferry = require \"ferry\"\n\
+         return ferry.plan {\n\
+           api_version = 1,\n\
+           source = { url = ferry.env \"SOURCE_URL\", capture = \"primary\" },\n\
+           target = { url = ferry.env \"TARGET_URL\" },\n\
+           journal = ferry.embedded { dir = \"state\" },\n\
+           on_field_ttls = \"drop_field_ttls\",\n\
+           phases = { \"snapshot\", ferry.catch_up { max_lag_ms = 500 },
+             ferry.phase(\"soak\", function(ctx) ctx.sleep(3000) end),
+             ferry.cutover { max_pause_ms = 2000 } },\n\
+         }\n",
+    )
+    .unwrap();
+    let writer = {
+        let mut con = source.conn();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            for n in 0..200 {
+                let key = format!("fh:{}", n % 20);
+                let _: () = redis::pipe()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(format!("w{n}"))
+                    .arg(n)
+                    .ignore()
+                    .cmd("HEXPIRE")
+                    .arg(&key)
+                    .arg(7200)
+                    .arg("FIELDS")
+                    .arg(1)
+                    .arg(format!("w{n}"))
+                    .ignore()
+                    .query(&mut con)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (s, t) = (
+        format!("SOURCE_URL={}", source.url()),
+        format!("TARGET_URL={}", target.url()),
+    );
+    let out = crate::cli::run_ferry(&["run", plan.to_str().unwrap(), "--set", &s, "--set", &t]);
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for part in [
+        "DUMP payloads rewritten from RDB 12 to RDB 10 before RESTORE",
+        "Field TTLs dropped",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing:\n{stderr}");
+    }
+    let report = oracle(&source, &target, true);
+    eprintln!(
+        "{report}\n--- ferry stderr (tail) ---\n{}",
+        tail(&stderr, 8)
+    );
+    assert!(report.keys_compared >= 40, "{report}");
+    report.assert_identical();
+    let n: usize = redis::cmd("HLEN")
+        .arg("fh:0")
+        .query(&mut target.conn())
+        .unwrap();
+    assert!(n >= 300, "fh:0 has {n} fields on the target");
+}
