@@ -46,6 +46,7 @@ mod evictions;
 mod fence;
 mod functions;
 mod markers;
+mod older;
 mod phases;
 mod preflight;
 mod probe;
@@ -117,12 +118,6 @@ fn unsupported_pair(
             source.redacted()
         ));
     }
-    if !te.has_set_pxat() {
-        return Some(format!(
-            "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",
-            target.redacted()
-        ));
-    }
     if te.rdb_version() < se.rdb_version() && !can_downgrade(se.rdb_version(), te.rdb_version()) {
         return Some(format!(
             "{} runs {te}, whose RESTORE rejects the DUMP payloads of {} ({se}, RDB {} > {}); a live migration toward this older payload version is not supported (`ferry snapshot --type-aware` copies the keys once)",
@@ -148,7 +143,8 @@ fn log_mechanics((se, te): (Engine, Engine)) {
         "CLIENT PAUSE of every client, reads too, with the final marker (no CLIENT PAUSE … WRITE before Redis 6.2); it lasts max_pause, and no cutover"
     };
     let payloads = payload_mechanism((se, te));
-    tracing::info!(source = %se, target = %te, expiry, pause, payloads, "Engines.");
+    let replay = older::replay_forms((se, te));
+    tracing::info!(source = %se, target = %te, expiry, pause, payloads, replay, "Engines.");
 }
 
 /// How key copies reach the target: as read, or rewritten for its older RDB version.
@@ -318,6 +314,7 @@ impl Migration {
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
+        older::check_streams(&self.source, &self.target, engines).await?;
         // Said now, not after an hour of copying when the switch is reached.
         if self.cfg.cutover_planned && !engines.0.has_pause_write() {
             return Err(MigrateError::Unsupported(format!(
@@ -412,6 +409,10 @@ impl Migration {
         }
 
         let stats = Arc::new(ReplayStats::default());
+        stats.older_target.store(
+            engines.1.redis_level() < engines.0.redis_level(),
+            Ordering::Relaxed,
+        );
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
@@ -449,6 +450,7 @@ impl Migration {
             mapper: self.cfg.mapper.clone(),
             split_shards,
             cluster_target: target_cluster.is_some(),
+            target_level: Some(engines.1.redis_level()).filter(|l| *l < (7, 0)),
             drop_field_ttls: self.cfg.drop_field_ttls
                 && engines.0.has_hash_field_expiry()
                 && !engines.1.has_hash_field_expiry(),

@@ -36,6 +36,8 @@ pub(super) struct Shared {
     memory_usage: AtomicBool,
     /// A cluster target's topology: writes go to each key's primary.
     pub(super) cluster: Option<Topology>,
+    /// The target has no `RESTORE … ABSTTL` (Redis 4.0): restores carry the TTL left.
+    pub(super) relative_restores: bool,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             version_rejected: AtomicBool::new(false),
             memory_usage: AtomicBool::new(true),
             cluster: None,
+            relative_restores: false,
         }
     }
 
@@ -280,6 +283,15 @@ impl Worker {
         for c in copies {
             match c.expire_at_ms {
                 Some(t) if t <= now => stats.skipped_expired += 1,
+                // Redis 4.0: the TTL left now (it runs late by the pipeline's latency).
+                Some(t) if self.shared.relative_restores => {
+                    pipe.cmd("RESTORE")
+                        .arg(c.key.as_slice())
+                        .arg(t - now)
+                        .arg(c.payload.as_slice())
+                        .arg("REPLACE");
+                    sent.push(c);
+                }
                 Some(t) => {
                     pipe.cmd("RESTORE")
                         .arg(c.key.as_slice())
