@@ -1,6 +1,6 @@
 //! A target older than the source, or without forms replay writes (Redis 4.0 to 6.2): the
 //! refusal of a source with streams toward Redis 4.0, and what replay writes instead, said once
-//! at start (docs/redis-behaviour.md §21).
+//! at start (docs/redis-behaviour.md §22).
 
 use super::MigrateError;
 use crate::escape::Quoted;
@@ -101,7 +101,7 @@ pub fn replay_forms((se, te): (Engine, Engine)) -> String {
     if t < (7, 0) {
         how.push("blocked pops served on the source re-copied, not replayed as LMPOP/ZMPOP/LMOVE");
     }
-    if t < se.redis_level() {
+    if te.may_lack_commands_of(&se) {
         how.push("writes the older target refuses with ERR (commands or options it lacks) re-copied from the source");
     }
     if how.is_empty() {

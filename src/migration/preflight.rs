@@ -212,7 +212,7 @@ impl Preflight {
             (Level::Ok, se.to_string())
         };
         self.add("source", "engine", src.0, src.1);
-        let tgt = if te.has_set_pxat() && te.redis_level() >= se.redis_level() {
+        let tgt = if te.has_set_pxat() && !te.may_lack_commands_of(&se) {
             (Level::Ok, te.to_string())
         } else {
             (

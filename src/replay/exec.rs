@@ -73,7 +73,7 @@ pub struct ReplayStats {
     pub cross_slot_recopies: AtomicU64,
     /// The target runs an older Redis than the source (set at start): an `ERR` reply to a
     /// write may be the older engine not knowing a command or option the source accepted, so
-    /// it counts as target-only and the keys are re-copied (docs/redis-behaviour.md §21).
+    /// it counts as target-only and the keys are re-copied (docs/redis-behaviour.md §22).
     pub older_target: AtomicBool,
     /// The target has no `RESTORE … ABSTTL` (Redis 4.0; set by the replayer from the target's
     /// engine): restores carry the TTL left, computed from the absolute expiry as they are

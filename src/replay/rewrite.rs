@@ -393,7 +393,7 @@ pub enum Lowered {
 /// (5.0) is re-copied instead (its relative TTL would count from replay's time, not the
 /// source's). Everything else is sent as it is: what an older target still refuses (a newer
 /// source's commands) fails there with `ERR`, which toward an older target means a re-copy
-/// (docs/redis-behaviour.md §21).
+/// (docs/redis-behaviour.md §22).
 pub fn for_older_target(argv: Argv, target: (u32, u32)) -> Lowered {
     let name = argv.name();
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
