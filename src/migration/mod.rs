@@ -315,6 +315,14 @@ impl Migration {
             return Err(MigrateError::Unsupported(reason));
         }
         older::check_streams(&self.source, &self.target, engines).await?;
+        #[cfg(feature = "sqs")]
+        if self.cfg.publish.is_some() && !engines.1.has_restore_absttl() {
+            return Err(MigrateError::Unsupported(format!(
+                "{} runs {}: split replay's restores of big payloads need RESTORE … ABSTTL (Redis 5.0); replay in this process instead (no publish)",
+                self.target.redacted(),
+                engines.1
+            )));
+        }
         // Said now, not after an hour of copying when the switch is reached.
         if self.cfg.cutover_planned && !engines.0.has_pause_write() {
             return Err(MigrateError::Unsupported(format!(

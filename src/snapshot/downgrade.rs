@@ -477,13 +477,19 @@ fn stream_rewrite(
     Ok(())
 }
 
-/// A listpack of field/value pairs (`HASH_LISTPACK`) as a plain hash's value.
-fn pairs_as_plain(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+/// The elements of the listpack string `value` holds, which come in tuples of `n`.
+fn listpack_tuples(value: &[u8], n: usize, what: &str) -> Result<Vec<Vec<u8>>, DowngradeError> {
     let mut r = Reader { buf: value, at: 0 };
     let items = listpack_elements(&r.string()?)?;
-    if items.len() % 2 != 0 {
-        return Err(err("a hash listpack with an odd count"));
+    if items.len() % n != 0 {
+        return Err(err(format!("{what} whose count is not a multiple of {n}")));
     }
+    Ok(items)
+}
+
+/// A listpack of field/value pairs (`HASH_LISTPACK`) as a plain hash's value.
+fn pairs_as_plain(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+    let items = listpack_tuples(value, 2, "a hash listpack")?;
     put_len(out, items.len() as u64 / 2);
     for item in items {
         put_string(out, &item);
@@ -494,11 +500,7 @@ fn pairs_as_plain(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError>
 /// A `ZSET_LISTPACK` (member, score pairs; scores as Redis prints them, which read back to the
 /// same double) as a `ZSET_2` value: members with binary doubles.
 fn zset_listpack_as_zset2(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
-    let mut r = Reader { buf: value, at: 0 };
-    let items = listpack_elements(&r.string()?)?;
-    if items.len() % 2 != 0 {
-        return Err(err("a zset listpack with an odd count"));
-    }
+    let items = listpack_tuples(value, 2, "a zset listpack")?;
     put_len(out, items.len() as u64 / 2);
     for pair in items.chunks_exact(2) {
         let score: f64 = std::str::from_utf8(&pair[1])
@@ -601,14 +603,9 @@ fn hash_listpack_ex_as_hash(
     policy: FieldTtls,
     out: &mut Vec<u8>,
 ) -> Result<(), DowngradeError> {
-    let mut r = Reader { buf: value, at: 0 };
-    r.take(8)?;
-    let items = listpack_elements(&r.string()?)?;
-    if items.len() % 3 != 0 {
-        return Err(err(
-            "a hash listpack with field TTLs whose count is not triples",
-        ));
-    }
+    // The next field expiry (8 bytes) comes first; the TTLs themselves are in the listpack.
+    let rest = value.get(8..).ok_or_else(|| err("payload ends early"))?;
+    let items = listpack_tuples(rest, 3, "a hash listpack with field TTLs")?;
     let mut fields = Vec::new();
     for t in items.chunks_exact(3) {
         let at: u64 = std::str::from_utf8(&t[2])
