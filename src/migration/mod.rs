@@ -9,6 +9,8 @@
 //! - `running.rs` ([`Running`]): waits, lag, fenced verification while it runs.
 //! - `markers.rs`: positions placed in the source's stream.
 //! - `functions.rs`: whether the source's function libraries are copied, or the run refused.
+//! - `older.rs`: a target older than the source or before 6.2: streams toward 4.0 refused, and
+//!   what replay writes instead (logged with the engines).
 //! - `fence.rs`, `switch.rs` ([`Fenced`]): the final fence, the switch and the reverse sync.
 //! - `evictions.rs`, `replica.rs`: what `MONITOR` does not show (evictions) or cannot carry
 //!   (a replica's stream-group positions).
