@@ -678,3 +678,50 @@ fn live_migration_74_to_70_drops_field_ttls_under_the_plan() {
         .unwrap();
     assert!(n >= 300, "fh:0 has {n} fields on the target");
 }
+
+/// Redis 7.4 → Redis 7.0 with the default policy (`refuse`) and no field TTL at the start: a
+/// hash that gets one during the run is refused by the target (`HEXPIRE` is unknown there), its
+/// re-copy's RDB 12 payload is not rewritten without the plan's consent, and the run fails at
+/// the final fence naming the key (exit 2), never with the TTL silently lost.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn a_field_ttl_set_during_a_refusing_run_fails_it_at_the_final_fence() {
+    let source = redis74();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg(1)
+        .arg("g")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
+    let _: Vec<i64> = redis::cmd("HEXPIRE")
+        .arg("h")
+        .arg(3600)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("g")
+        .query(&mut con)
+        .unwrap();
+    ferry.wait_log(
+        "cannot be rewritten for the target's RDB version",
+        Duration::from_secs(20),
+    );
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a hash with field TTLs, which the target cannot hold"),
+        "{stderr}"
+    );
+    let error: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("\"h\""), "{stderr}");
+}
