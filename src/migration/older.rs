@@ -102,7 +102,7 @@ pub fn replay_forms((se, te): (Engine, Engine)) -> String {
         how.push("blocked pops served on the source re-copied, not replayed as LMPOP/ZMPOP/LMOVE");
     }
     if te.may_lack_commands_of(&se) {
-        how.push("writes the older target refuses with ERR (commands or options it lacks) re-copied from the source");
+        how.push("writes the target refuses with ERR (commands or options it may lack) re-copied from the source");
     }
     if how.is_empty() {
         "the source's writes, rewritten with absolute expiries".to_string()

@@ -1887,6 +1887,11 @@ fn live_migration_from_redis_7_0_to_6_2_is_exact() {
         "{stderr}"
     );
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+    // The writes 6.2 refused (7.0's EXPIRE … GT|NX among them) were re-copied, not dropped.
+    assert!(
+        stderr.contains("target-only (ERR "),
+        "no write was refused, so the path did not run:\n{stderr}"
+    );
     verify_after(&source, &target);
 }
 
