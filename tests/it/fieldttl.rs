@@ -43,6 +43,30 @@ fn fields_with_ttl(server: &RedisServer, key: &str) -> usize {
     times.iter().filter(|t| **t >= 0).count()
 }
 
+/// Queues `HSET key f<i> value(i)` for `fields` fields and a one-hour TTL on `f0` and `f1`.
+fn long_ttl_hash(
+    pipe: &mut redis::Pipeline,
+    key: &str,
+    fields: usize,
+    value: impl Fn(usize) -> usize,
+) {
+    for f in 0..fields {
+        pipe.cmd("HSET")
+            .arg(key)
+            .arg(format!("f{f}"))
+            .arg(value(f))
+            .ignore();
+    }
+    pipe.cmd("HEXPIRE")
+        .arg(key)
+        .arg(3600)
+        .arg("FIELDS")
+        .arg(2)
+        .arg("f0")
+        .arg("f1")
+        .ignore();
+}
+
 /// Hashes with fields that have TTLs: long ones (past the test), and short ones that expire
 /// while ferry runs.
 fn seed(server: &RedisServer, hashes: usize) {
@@ -50,21 +74,7 @@ fn seed(server: &RedisServer, hashes: usize) {
     let mut pipe = redis::pipe();
     for h in 0..hashes {
         let key = format!("fh:{h}");
-        for f in 0..20 {
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(format!("f{f}"))
-                .arg(h * f)
-                .ignore();
-        }
-        pipe.cmd("HEXPIRE")
-            .arg(&key)
-            .arg(3600)
-            .arg("FIELDS")
-            .arg(2)
-            .arg("f0")
-            .arg("f1")
-            .ignore();
+        long_ttl_hash(&mut pipe, &key, 20, |f| h * f);
         pipe.cmd("HPEXPIRE")
             .arg(&key)
             .arg(1500 + 100 * h as u64)
@@ -590,22 +600,7 @@ fn live_migration_74_to_70_drops_field_ttls_under_the_plan() {
     for h in 0..20 {
         let key = format!("fh:{h}");
         // fh:0 is too big for a listpack: a hash table with field TTLs (HASH_METADATA).
-        let fields = if h == 0 { 300 } else { 10 };
-        for f in 0..fields {
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(format!("f{f}"))
-                .arg(f)
-                .ignore();
-        }
-        pipe.cmd("HEXPIRE")
-            .arg(&key)
-            .arg(3600)
-            .arg("FIELDS")
-            .arg(2)
-            .arg("f0")
-            .arg("f1")
-            .ignore();
+        long_ttl_hash(&mut pipe, &key, if h == 0 { 300 } else { 10 }, |f| f);
         pipe.cmd("SET").arg(format!("s:{h}")).arg(h).ignore();
     }
     let _: () = pipe.query(&mut con).unwrap();
