@@ -13,7 +13,10 @@
 //!   at once cannot be told from the stream; a needless re-copy is harmless).
 //! - A TCP client's entry ends with its next line: a blocked client sends nothing that runs.
 //!   Unix-socket clients all show the same peer, so theirs end only at their timeout.
-//! - An entry also ends one second after its timeout (`0` = never), by the stream's clock.
+//! - A unix-socket entry also ends one second after its timeout (`0` = never), by the stream's
+//!   clock; a TCP entry only a minute after it (its client disconnected): the server serves a
+//!   blocked client until it handles the timeout, which a stalled server does late, so a push
+//!   seconds past the timeout can still have served it.
 //! - A disconnect is invisible: its entry stays until its timeout, costing re-copies, never
 //!   exactness.
 
@@ -23,9 +26,15 @@ use std::net::SocketAddr;
 use super::parse::Peer;
 use crate::command::{Argv, CommandFlags, CommandTable, KeyRef};
 
-/// Added to a blocking timeout before its entry is dropped: a push racing the timeout may still
-/// have served the client.
+/// Added to a blocking timeout before the entry of a client that cannot be told apart (a unix
+/// socket) is dropped: a push racing the timeout may still have served the client.
 const TIMEOUT_SLACK_US: u64 = 1_000_000;
+/// Added to a TCP client's timeout before its entry is dropped without a line of its own (it
+/// disconnected while blocked). A server serves a blocked client until it *handles* its timeout,
+/// once per event-loop turn (`beforeSleep`): after a stall of the server (a loaded host, a slow
+/// command), a push long past the timeout by the stream's clock still serves it, so a TCP entry
+/// normally ends with its client's next line, and this only bounds the cost of disconnects.
+const TCP_GONE_SLACK_US: u64 = 60_000_000;
 
 #[derive(Debug)]
 struct Entry {
@@ -88,9 +97,13 @@ impl BlockedLedger {
         if keys.is_empty() {
             return;
         }
+        let slack = match peer {
+            Peer::Tcp(_) => TCP_GONE_SLACK_US,
+            _ => TIMEOUT_SLACK_US,
+        };
         let deadline_us = match timeout_us {
             0 => u64::MAX,
-            t => ts_us.saturating_add(t).saturating_add(TIMEOUT_SLACK_US),
+            t => ts_us.saturating_add(t).saturating_add(slack),
         };
         match peer {
             Peer::Tcp(addr) => {
@@ -302,9 +315,10 @@ mod tests {
     #[test]
     fn blmove_marks_its_destination_and_timeouts_end_entries() {
         let mut l = BlockedLedger::default();
+        let unix = Peer::Unix(b"/tmp/r.sock".to_vec().into());
         l.block(
             table(),
-            &tcp(1),
+            &unix,
             2,
             &Argv::from_args(["BLMOVE", "src", "dst", "LEFT", "RIGHT", "0.5"]),
             10_000_000,
@@ -318,6 +332,38 @@ mod tests {
             served(&mut l, 2, &["RPUSH", "src", "j"], 11_600_000),
             vec![]
         );
+        assert!(l.is_empty());
+    }
+
+    /// Regression (issue 14, a 6.0 → 7.0 run left `queue:mailers` on the target): a server that
+    /// stalls between a blocked client's timeout and handling it serves the client with a push
+    /// stamped seconds past the timeout. A TCP client's entry lasts until its next line.
+    #[test]
+    fn a_tcp_client_served_after_its_timeout_by_a_stalled_server_is_still_marked() {
+        let mut l = BlockedLedger::default();
+        let c = tcp(7);
+        l.block(
+            table(),
+            &c,
+            1,
+            &Argv::from_args(["BRPOP", "queue:default", "queue:mailers", "1"]),
+            10_000_000,
+        );
+        assert_eq!(
+            served(&mut l, 1, &["LPUSH", "queue:mailers", "j"], 13_500_000),
+            vec![(1, "queue:default".into()), (1, "queue:mailers".into())]
+        );
+        l.active(&c);
+        assert!(l.is_empty());
+        // A client that disconnected while blocked: gone a minute after its timeout.
+        l.block(
+            table(),
+            &c,
+            1,
+            &Argv::from_args(["BRPOP", "q", "1"]),
+            20_000_000,
+        );
+        assert_eq!(served(&mut l, 1, &["LPUSH", "q", "j"], 82_000_000), vec![]);
         assert!(l.is_empty());
     }
 
@@ -374,8 +420,9 @@ mod tests {
             served(&mut l, 0, &["XADD", "s", "*", "f", "v"], 2),
             vec![(0, "s".into())]
         );
+        // 100 ms, then the minute a TCP entry waits for its client's next line.
         assert_eq!(
-            served(&mut l, 0, &["XADD", "s", "*", "f", "v"], 1_200_002),
+            served(&mut l, 0, &["XADD", "s", "*", "f", "v"], 60_100_002),
             vec![]
         );
     }

@@ -104,6 +104,10 @@ pub async fn missing_permissions(
             probes.push(("set", vec!["SET", k, "ferry", "XX"]));
             probes.push(("del", vec!["DEL", k]));
             probes.push(("pexpireat", vec!["PEXPIREAT", k, "1"]));
+            if !engine.has_set_pxat() {
+                // `SET … PXAT` goes as one EVAL of SET and PEXPIREAT before 6.2.
+                probes.push(("eval", vec!["EVAL", "return 1", "0"]));
+            }
         }
     }
     let mut missing = Vec::new();

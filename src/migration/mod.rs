@@ -9,6 +9,8 @@
 //! - `running.rs` ([`Running`]): waits, lag, fenced verification while it runs.
 //! - `markers.rs`: positions placed in the source's stream.
 //! - `functions.rs`: whether the source's function libraries are copied, or the run refused.
+//! - `older.rs`: a target older than the source or before 6.2: streams toward 4.0 refused, and
+//!   what replay writes instead (logged with the engines).
 //! - `fence.rs`, `switch.rs` ([`Fenced`]): the final fence, the switch and the reverse sync.
 //! - `evictions.rs`, `replica.rs`: what `MONITOR` does not show (evictions) or cannot carry
 //!   (a replica's stream-group positions).
@@ -46,6 +48,7 @@ mod evictions;
 mod fence;
 mod functions;
 mod markers;
+mod older;
 mod phases;
 mod preflight;
 mod probe;
@@ -170,12 +173,6 @@ fn unsupported_pair(
             source.redacted()
         ));
     }
-    if !te.has_set_pxat() {
-        return Some(format!(
-            "{} runs {te}; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later",
-            target.redacted()
-        ));
-    }
     if te.rdb_version() < se.rdb_version() && !can_downgrade(se.rdb_version(), te.rdb_version()) {
         return Some(format!(
             "{} runs {te}, whose RESTORE rejects the DUMP payloads of {} ({se}, RDB {} > {}); a live migration toward this older payload version is not supported (`ferry snapshot --type-aware` copies the keys once)",
@@ -201,21 +198,33 @@ fn log_mechanics((se, te): (Engine, Engine)) {
         "CLIENT PAUSE of every client, reads too, with the final marker (no CLIENT PAUSE … WRITE before Redis 6.2); it lasts max_pause, and no cutover"
     };
     let payloads = payload_mechanism((se, te));
-    tracing::info!(source = %se, target = %te, expiry, pause, payloads, "Engines.");
+    let replay = older::replay_forms((se, te));
+    tracing::info!(source = %se, target = %te, expiry, pause, payloads, replay, "Engines.");
 }
 
 /// How key copies reach the target: as read, or rewritten for its older RDB version.
 pub fn payload_mechanism((se, te): (Engine, Engine)) -> String {
     let (from, to) = (se.rdb_version(), te.rdb_version());
     if to >= from {
-        format!(
+        return format!(
             "RESTORE of the source's DUMP payloads (RDB {from}; the target reads up to RDB {to})"
-        )
-    } else {
-        format!(
-            "DUMP payloads rewritten from RDB {from} to RDB {to} before RESTORE (the target rejects RDB {from}): listpack sets as plain sets, streams without consumers' active times"
-        )
+        );
     }
+    // What each older version lacks, newest first (docs/redis-behaviour.md §20).
+    let mut how = Vec::new();
+    if from >= 12 {
+        how.push("hashes with field TTLs as plain hashes (on_field_ttls = \"drop_field_ttls\"; refused otherwise)");
+    }
+    if from >= 11 && to < 11 {
+        how.push("listpack sets as plain sets, streams without consumers' active times");
+    }
+    if from >= 10 && to < 10 {
+        how.push("listpack hashes, sorted sets and lists as plain ones, streams without first and max-deleted IDs, entries-added and groups' entries-read");
+    }
+    format!(
+        "DUMP payloads rewritten from RDB {from} to RDB {to} before RESTORE (the target rejects RDB {from}): {}",
+        how.join("; ")
+    )
 }
 
 /// A migration, before it starts.
@@ -374,6 +383,15 @@ impl Migration {
         if let Some(reason) = unsupported_pair(&self.source, &self.target, engines) {
             return Err(MigrateError::Unsupported(reason));
         }
+        older::check_streams(&self.source, &self.target, engines).await?;
+        #[cfg(feature = "sqs")]
+        if self.cfg.publish.is_some() && !engines.1.has_restore_absttl() {
+            return Err(MigrateError::Unsupported(format!(
+                "{} runs {}: split replay's restores of big payloads need RESTORE … ABSTTL (Redis 5.0); replay in this process instead (no publish)",
+                self.target.redacted(),
+                engines.1
+            )));
+        }
         // Said now, not after an hour of copying when the switch is reached.
         if self.cfg.cutover_planned && !engines.0.has_pause_write() {
             return Err(MigrateError::Unsupported(format!(
@@ -443,7 +461,9 @@ impl Migration {
         let peers = PeerRegistry::new();
         let mut store = PayloadStore::new(DEFAULT_PAYLOAD_BUDGET);
         if engines.1.rdb_version() < engines.0.rdb_version() {
-            store = store.with_rdb_target(engines.1.rdb_version());
+            store = store
+                .with_rdb_target(engines.1.rdb_version())
+                .with_field_ttls_dropped(self.cfg.drop_field_ttls);
         }
         let store = Arc::new(store);
         let (recopier, recopy_rx) = Recopier::channel();
@@ -472,6 +492,10 @@ impl Migration {
         }
 
         let stats = Arc::new(ReplayStats::default());
+        stats.older_target.store(
+            engines.1.redis_level() < engines.0.redis_level(),
+            Ordering::Relaxed,
+        );
         let (ops_tx, ops_rx) = mpsc::channel::<Op>(8192);
         let (replay_broken_tx, replay_broken) = mpsc::unbounded_channel::<String>();
         let (recopy_tx, recopy_rx) = mpsc::unbounded_channel();
@@ -510,6 +534,7 @@ impl Migration {
             split_shards,
             cluster_target: target_cluster.is_some(),
             streams: nodes.len(),
+            target_level: Some(engines.1.redis_level()).filter(|l| *l < (7, 0)),
             drop_field_ttls: self.cfg.drop_field_ttls
                 && engines.0.has_hash_field_expiry()
                 && !engines.1.has_hash_field_expiry(),

@@ -164,6 +164,18 @@ impl Preflight {
             }
         }
         self.field_ttls(se, te).await?;
+        if se.has_streams() && !te.has_streams() {
+            let (level, detail) =
+                match super::older::check_streams(&self.source, &self.target, (se, te)).await {
+                    Ok(()) => (
+                        Level::Ok,
+                        format!("none on the source ({te} has no streams)"),
+                    ),
+                    Err(super::MigrateError::Unsupported(reason)) => (Level::Fail, reason),
+                    Err(e) => (Level::Warn, format!("could not look for streams: {e}")),
+                };
+            self.add("pair", "streams", level, detail);
+        }
         let s_info = info(&mut src).await;
         let t_info = info(&mut dst).await;
         let source_cluster = info_field(&s_info, "cluster_enabled") == Some("1");
@@ -206,14 +218,12 @@ impl Preflight {
             (Level::Ok, se.to_string())
         };
         self.add("source", "engine", src.0, src.1);
-        let tgt = if te.has_set_pxat() {
+        let tgt = if te.has_set_pxat() && !te.may_lack_commands_of(&se) {
             (Level::Ok, te.to_string())
         } else {
             (
-                Level::Fail,
-                format!(
-                    "{te}: replay writes absolute expiries (SET … PXAT), so the target must run Redis 6.2 or later"
-                ),
+                Level::Ok,
+                format!("{te}: {}", super::older::replay_forms((se, te))),
             )
         };
         self.add("target", "engine", tgt.0, tgt.1);

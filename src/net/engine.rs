@@ -115,6 +115,21 @@ impl Engine {
         }
     }
 
+    /// True when this engine may lack commands or options `other` has: an older version of the
+    /// same kind, or another kind not at a newer Redis level (Valkey and Redis each have
+    /// commands the other lacks).
+    pub fn may_lack_commands_of(&self, other: &Engine) -> bool {
+        let (mine, theirs) = (
+            (self.version.0, self.version.1),
+            (other.version.0, other.version.1),
+        );
+        if self.kind == other.kind {
+            mine < theirs
+        } else {
+            self.redis_level() <= other.redis_level()
+        }
+    }
+
     /// True when this engine is too old for ferry at all.
     pub fn too_old(&self) -> bool {
         self.version < OLDEST && self.kind == EngineKind::Redis
@@ -159,5 +174,14 @@ mod tests {
         assert_eq!(engine("redis_version:7.0.15\r\n").rdb_version(), 10);
         assert!(engine("redis_version:3.2.12\r\n").too_old());
         assert!(Engine::from_info("nothing here").is_none());
+        let r70 = engine("redis_version:7.0.15\r\n");
+        let r74 = engine("redis_version:7.4.1\r\n");
+        assert!(r62.may_lack_commands_of(&r70) && !r70.may_lack_commands_of(&r62));
+        assert!(!r70.may_lack_commands_of(&r70));
+        assert!(v80.may_lack_commands_of(&r74) && !r74.may_lack_commands_of(&v80));
+        assert!(
+            r70.may_lack_commands_of(&v80)
+                && v80.may_lack_commands_of(&engine("redis_version:7.2.6\r\n"))
+        );
     }
 }

@@ -14,7 +14,7 @@
 //!   flight may or may not have been applied.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -71,6 +71,14 @@ pub struct ReplayStats {
     pub cross_slot_split: AtomicU64,
     /// Toward a cluster: keys of commands across slots that could not be split, re-copied.
     pub cross_slot_recopies: AtomicU64,
+    /// The target runs an older Redis than the source (set at start): an `ERR` reply to a
+    /// write may be the older engine not knowing a command or option the source accepted, so
+    /// it counts as target-only and the keys are re-copied (docs/redis-behaviour.md §22).
+    pub older_target: AtomicBool,
+    /// The target has no `RESTORE … ABSTTL` (Redis 4.0; set by the replayer from the target's
+    /// engine): restores carry the TTL left, computed from the absolute expiry as they are
+    /// encoded, and a key already past it is deleted instead.
+    pub relative_restores: AtomicBool,
 }
 
 impl ReplayStats {
@@ -245,6 +253,12 @@ impl Replayer {
         stats: Arc<ReplayStats>,
     ) -> Result<(), ReplayError> {
         let conn = self.target.raw().await.map_err(ReplayError::Connect)?;
+        if let Ok(engine) = crate::net::Engine::detect(&self.target).await {
+            stats
+                .relative_restores
+                .store(!engine.has_restore_absttl(), Ordering::Relaxed);
+        }
+        let relative = stats.relative_restores.load(Ordering::Relaxed);
         let (reader, mut writer) = conn.split();
         let window = Arc::new(Semaphore::new(self.window));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
@@ -354,7 +368,7 @@ impl Replayer {
                         ..
                     } => {
                         select(&mut buf, d, &mut replies);
-                        encode_restore(&mut buf, &key, payload.as_deref(), expire_at_ms);
+                        encode_restore(&mut buf, &key, payload.as_deref(), expire_at_ms, relative);
                         replies += 1;
                         stats.restores.fetch_add(1, Ordering::Relaxed);
                         origin = Origin::Restore(d, key);
@@ -588,6 +602,13 @@ impl Failures {
                 return Ok(());
             }
             (_, ErrorClass::Transient) => ErrorClass::Transient,
+            // An older target than the source: `ERR` may be its not knowing what the source
+            // accepted (`unknown command`, `syntax error`, `wrong number of arguments`).
+            (Origin::Cmd(..) | Origin::Atomic(_) | Origin::Fenced(_), ErrorClass::AsOnSource)
+                if code == "ERR" && stats.older_target.load(Ordering::Relaxed) =>
+            {
+                ErrorClass::TargetOnly
+            }
             // The source produced this payload a moment ago: any failure is the target's.
             (Origin::Restore(..) | Origin::Functions, _) => ErrorClass::TargetOnly,
             (_, c) => c,
@@ -798,7 +819,13 @@ fn encode_fenced(
         match item {
             Queued::Select => return,
             Queued::Argv(argv) => encode_argv(buf, argv),
-            Queued::Restore(key, payload, at) => encode_restore(buf, key, payload, at),
+            Queued::Restore(key, payload, at) => encode_restore(
+                buf,
+                key,
+                payload,
+                at,
+                stats.relative_restores.load(Ordering::Relaxed),
+            ),
         }
         *replies += 1;
         slots.push(slot);
@@ -860,16 +887,25 @@ enum Queued<'a> {
 }
 
 /// `RESTORE key <abs ms or 0> payload REPLACE [ABSTTL]`, or `DEL key` for a key the source no
-/// longer has.
+/// longer has. With `relative` (a target without `ABSTTL`), the TTL left now: the key then
+/// expires later than on the source by the time from here to the target's execution (a
+/// pipeline's latency), and a key already past its expiry is deleted, as `RESTORE … ABSTTL`
+/// with a past time does.
 fn encode_restore(
     buf: &mut Vec<u8>,
     key: &[u8],
     payload: Option<&[u8]>,
     expire_at_ms: Option<i64>,
+    relative: bool,
 ) {
-    match payload {
-        None => encode_command(buf, &[b"DEL", key]),
-        Some(p) => {
+    match (payload, expire_at_ms) {
+        (None, _) => encode_command(buf, &[b"DEL", key]),
+        (Some(_), Some(t)) if relative && t <= now_ms() => encode_command(buf, &[b"DEL", key]),
+        (Some(p), Some(t)) if relative => {
+            let ttl = (t - now_ms()).to_string();
+            encode_command(buf, &[b"RESTORE", key, ttl.as_bytes(), p, b"REPLACE"]);
+        }
+        (Some(p), _) => {
             let ttl = expire_at_ms.map_or_else(|| "0".to_string(), |t| t.to_string());
             let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), p, b"REPLACE"];
             if expire_at_ms.is_some() {

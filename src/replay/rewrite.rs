@@ -371,6 +371,76 @@ fn hexpire(argv: Argv, unit_ms: i64, now_ms: i64) -> Argv {
     out
 }
 
+/// Sets `KEYS[1]` with `SET` and the options after `ARGV[2]` and, when it was set, its absolute
+/// expiry `ARGV[2]` with `PEXPIREAT` (Redis 2.6): `SET … PXAT` for a target before Redis 6.2,
+/// atomic like the original, `NX`/`XX` included.
+pub const SET_PXAT_SCRIPT: &str = "local r = redis.call('SET', KEYS[1], ARGV[1], unpack(ARGV, 3)) \
+if r then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end return r";
+
+/// What a target older than a rewritten command's form gets instead of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lowered {
+    /// The target has the form: send it.
+    Send(Argv),
+    /// The target lacks the form and nothing it has is the same: nothing is sent, and the
+    /// command's written keys are re-copied.
+    Recopy,
+}
+
+/// `argv`, as [`rewrite`] left it, in a form a target at Redis level `target` (major, minor)
+/// knows: `SET … PXAT|EXAT` (6.2) as [`SET_PXAT_SCRIPT`]; the non-blocking forms of blocking
+/// pops (`LMPOP`, `ZMPOP`: 7.0; `LMOVE`: 6.2), already dirty, are not sent; `RESTORE … ABSTTL`
+/// (5.0) is re-copied instead (its relative TTL would count from replay's time, not the
+/// source's). Everything else is sent as it is: what an older target still refuses (a newer
+/// source's commands) fails there with `ERR`, which toward an older target means a re-copy
+/// (docs/redis-behaviour.md §22).
+pub fn for_older_target(argv: Argv, target: (u32, u32)) -> Lowered {
+    let name = argv.name();
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    if (is(b"LMPOP") || is(b"ZMPOP")) && target < (7, 0) || is(b"LMOVE") && target < (6, 2) {
+        return Lowered::Recopy;
+    }
+    if is(b"RESTORE") && target < (5, 0) && argv.iter().any(|a| is_kw(a, b"ABSTTL")) {
+        return Lowered::Recopy;
+    }
+    if !is(b"SET") || target >= (6, 2) || argv.len() < 5 {
+        return Lowered::Send(argv);
+    }
+    let mut at = None;
+    let mut rest: Vec<&[u8]> = Vec::new();
+    let ok = scan_string_opts(&argv, 3, true, |pos, opt| match opt {
+        StrOpt::Absolute => at = Some(pos),
+        StrOpt::Relative { .. } => at = None,
+        StrOpt::Flag => rest.push(arg(&argv, pos)),
+    });
+    let Some(pos) = at.filter(|_| ok) else {
+        return Lowered::Send(argv);
+    };
+    let unit_ms = if is_kw(arg(&argv, pos), b"EXAT") {
+        1000
+    } else {
+        1
+    };
+    let Some(ms) = parse_ll(arg(&argv, pos + 1)).and_then(|t| t.checked_mul(unit_ms)) else {
+        return Lowered::Send(argv);
+    };
+    let mut out = Argv::new();
+    for a in [
+        &b"EVAL"[..],
+        SET_PXAT_SCRIPT.as_bytes(),
+        b"1",
+        arg(&argv, 1),
+        arg(&argv, 2),
+    ] {
+        out.push(a);
+    }
+    out.push(&num(ms));
+    for a in rest {
+        out.push(a);
+    }
+    Lowered::Send(out)
+}
+
 /// What a target without hash-field TTLs (a plan's `drop_field_ttls`) gets instead of a
 /// field-TTL command, as [`rewrite`] left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -936,6 +1006,44 @@ mod tests {
         );
         assert_eq!(drop(&["HSET", "h", "f", "v"]), FieldTtlDrop::Keep);
         assert_eq!(drop(&["EXPIRE", "h", "0"]), FieldTtlDrop::Keep);
+    }
+
+    #[test]
+    fn older_targets_get_forms_they_have() {
+        let low = |args: &[&str], level| for_older_target(Argv::from_args(args), level);
+        let sent = |args: &[&str]| Lowered::Send(Argv::from_args(args));
+        let script = SET_PXAT_SCRIPT;
+        // SET … PXAT before 6.2: one EVAL, NX/XX kept, EXAT in ms.
+        assert_eq!(
+            low(&["SET", "k", "v", "NX", "PXAT", "1795658101048"], (6, 0)),
+            sent(&["EVAL", script, "1", "k", "v", "1795658101048", "NX"])
+        );
+        assert_eq!(
+            low(&["set", "k", "v", "exat", "1795658101"], (4, 0)),
+            sent(&["EVAL", script, "1", "k", "v", "1795658101000"])
+        );
+        // From 6.2 on, and forms without an absolute expiry, unchanged.
+        let pxat = ["SET", "k", "v", "PXAT", "1795658101048"];
+        assert_eq!(low(&pxat, (6, 2)), sent(&pxat));
+        assert_eq!(
+            low(&["SET", "k", "v", "XX"], (5, 0)),
+            sent(&["SET", "k", "v", "XX"])
+        );
+        // A syntax error the source gave stays one.
+        let bad = ["SET", "k", "v", "PXAT", "1", "EX", "2"];
+        assert_eq!(low(&bad, (6, 0)), sent(&bad));
+        // Blocked pops' forms the target lacks: re-copied.
+        assert_eq!(low(&["LMPOP", "1", "l", "LEFT"], (6, 2)), Lowered::Recopy);
+        assert_eq!(
+            low(&["LMOVE", "a", "b", "LEFT", "RIGHT"], (6, 0)),
+            Lowered::Recopy
+        );
+        let lmove = ["LMOVE", "a", "b", "LEFT", "RIGHT"];
+        assert_eq!(low(&lmove, (6, 2)), sent(&lmove));
+        // RESTORE … ABSTTL toward Redis 4.0: re-copied.
+        let restore = ["RESTORE", "k", "1795658101048", "p", "ABSTTL"];
+        assert_eq!(low(&restore, (4, 0)), Lowered::Recopy);
+        assert_eq!(low(&restore, (5, 0)), sent(&restore));
     }
 
     #[test]

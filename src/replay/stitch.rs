@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::expiry::Expiries;
 use super::op::Op;
-use super::rewrite::{FieldTtlDrop, drop_field_ttl, rewrite};
+use super::rewrite::{FieldTtlDrop, Lowered, drop_field_ttl, for_older_target, rewrite};
 use crate::clock::now_ms;
 use crate::command::{Argv, CommandTable, KeyFlags, KeyRef};
 use crate::command::{Mapper, mixed_keys};
@@ -162,6 +162,10 @@ pub struct StitchConfig {
     /// How many streams the journal interleaves (one per shard of a cluster source). Every
     /// position marker comes once per stream; it is reached at its last copy.
     pub streams: usize,
+    /// The target's Redis level (major, minor), when it lacks forms that rewrites produce
+    /// (before Redis 7.0): what it lacks is lowered or re-copied
+    /// ([`super::rewrite::for_older_target`]).
+    pub target_level: Option<(u32, u32)>,
 }
 
 impl Default for StitchConfig {
@@ -174,6 +178,7 @@ impl Default for StitchConfig {
             drop_field_ttls: false,
             cluster_target: false,
             streams: 1,
+            target_level: None,
         }
     }
 }
@@ -297,6 +302,13 @@ impl Stitcher {
                 FieldTtlDrop::Recopy => (None, true),
             },
             out => (out, dirty),
+        };
+        let (out, dirty) = match (out, self.cfg.target_level) {
+            (Some(sent), Some(level)) => match for_older_target(sent, level) {
+                Lowered::Send(sent) => (Some(sent), dirty),
+                Lowered::Recopy => (None, true),
+            },
+            (out, _) => (out, dirty),
         };
         for k in &keys {
             let key = argv.get(k.pos).unwrap_or_default();

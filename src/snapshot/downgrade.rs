@@ -1,34 +1,53 @@
-//! Rewriting a `DUMP` payload into an older RDB version (Redis 7.2 / Valkey 7.2–8.x, RDB 11,
-//! toward Redis 7.0, RDB 10), so a live migration toward the older engine still copies each key
-//! with one fenced read and one `RESTORE`.
+//! Rewriting a `DUMP` payload into an older RDB version (Redis 7.4's RDB 12 down to Redis
+//! 4.0's RDB 8), so a live migration toward the older engine still copies each key with one
+//! fenced read and one `RESTORE`.
 //!
 //! ## Behavior
 //! - A payload is `[object type][value][RDB version u16 LE][CRC-64 u64 LE]`; `RESTORE` refuses
-//!   any version above its own (docs/redis-behaviour.md §16, §20). RDB 11 differs from RDB 10 in two
-//!   object types only (Redis 7.2's `rdb.h`): `SET_LISTPACK` (20) and `STREAM_LISTPACKS_3` (21).
-//!   Every other type is the same bytes in both versions.
-//! - A listpack set (20) becomes a plain set (2): its members, integers in their decimal form
-//!   (the value the set holds; Redis 7.0 re-encodes small integer sets as intsets on load).
-//! - A stream (21) becomes a `STREAM_LISTPACKS_2` (19): the same bytes without each consumer's
-//!   active time, which Redis 7.0 does not have (its consumers keep their seen time).
-//! - `FUNCTION DUMP` payloads (libraries' code after opcode 245) are the same in both versions.
-//! - Everything else keeps its bytes; the version becomes the target's and the CRC is computed
-//!   again. Module values and unknown types are refused with [`DowngradeError`]: the caller
-//!   passes the original on, the target's `RESTORE` refuses it, and the key is reported as
-//!   diverged (never a silent loss).
+//!   any version above its own (docs/redis-behaviour.md §16, §20). Each version adds object
+//!   types only (the `rdb.h` of Redis 5.0, 7.0, 7.2 and 7.4); every other type is the same
+//!   bytes in every version from 8 on, and keeps them.
+//! - RDB 12 (7.4) adds hashes with field TTLs (`HASH_METADATA` 24, `HASH_LISTPACK_EX` 25):
+//!   they become plain hashes (4) without the TTLs under [`FieldTtls::Drop`] (a plan's
+//!   `drop_field_ttls`; fields already expired are left out), and are refused under
+//!   [`FieldTtls::Refuse`] unless no field has a TTL any more.
+//! - RDB 11 (7.2, Valkey): a listpack set (20) becomes a plain set (2), integers in their
+//!   decimal form; a stream (21) loses each consumer's active time.
+//! - RDB 10 (7.0): listpack hashes (16), sorted sets (17) and quicklists of listpacks (18)
+//!   become plain hashes (4), `ZSET_2` (5, binary doubles: a listpack's score text reads back
+//!   to the same double) and plain lists (1); a stream (19) loses its first and max-deleted
+//!   IDs, entries-added and each group's entries-read, which Redis 5.0–6.2 do not have.
+//! - RDB 9 (5.0) adds streams: Redis 4.0 (RDB 8) has none, so a stream is refused.
+//! - `FUNCTION DUMP` payloads (libraries' code after opcode 245) are the same from RDB 10 on.
+//! - The version becomes the target's and the CRC is computed again. Module values and unknown
+//!   types are refused with [`DowngradeError`]: the caller passes the original on, the target's
+//!   `RESTORE` refuses it, and the key is reported as diverged (never a silent loss).
 
 use std::fmt;
 
 use super::rdb::{DUMP_TRAILER, crc64, put_len, put_string};
 
-/// The oldest and newest payload versions [`downgrade`] converts between.
-pub const FROM_RDB: u16 = 11;
-/// See [`FROM_RDB`].
-pub const TO_RDB: u16 = 10;
+/// The newest payload version [`downgrade`] reads (Redis 7.4).
+pub const FROM_RDB: u16 = 12;
+/// The oldest payload version [`downgrade`] writes (Redis 4.0).
+pub const TO_RDB: u16 = 8;
 
-/// True when payloads of RDB `from` can be rewritten for a server that reads up to RDB `to`.
+/// True when payloads of RDB `from` can be rewritten for a server that reads up to RDB `to`
+/// (per key, some values may still have no older form: module values, streams for RDB 8,
+/// field TTLs under [`FieldTtls::Refuse`]).
 pub fn can_downgrade(from: u16, to: u16) -> bool {
-    from == FROM_RDB && to == TO_RDB
+    from > to && from <= FROM_RDB && to >= TO_RDB
+}
+
+/// What a hash with field TTLs (Redis 7.4, RDB 12) becomes toward a target without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldTtls {
+    /// A hash with a field that has a TTL is not rewritten (the key is reported as diverged);
+    /// a hash whose fields have none (any more) becomes a plain hash.
+    Refuse,
+    /// Fields keep their values without their TTLs; fields whose TTL is at or before `now_ms`
+    /// (expired, not yet reclaimed by the source) are left out.
+    Drop { now_ms: i64 },
 }
 
 /// Why a payload could not be rewritten.
@@ -54,8 +73,17 @@ pub fn payload_version(payload: &[u8]) -> Option<u16> {
 }
 
 /// `payload` rewritten for a server that reads up to RDB `to`; unchanged (copied) when it
-/// already is at or below `to`.
+/// already is at or below `to`. Hashes with field TTLs are refused ([`FieldTtls::Refuse`]).
 pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
+    downgrade_with(payload, to, FieldTtls::Refuse)
+}
+
+/// [`downgrade`], with what becomes of field TTLs.
+pub fn downgrade_with(
+    payload: &[u8],
+    to: u16,
+    field_ttls: FieldTtls,
+) -> Result<Vec<u8>, DowngradeError> {
     let version = payload_version(payload).ok_or_else(|| err("payload too short"))?;
     if version <= to {
         return Ok(payload.to_vec());
@@ -76,15 +104,55 @@ pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
         return Ok(restamped(out, to));
     };
     match ty {
-        // Types that RDB 10 reads the same: strings, lists, sets, zsets, hashes in every
-        // encoding Redis 7.0 knows, and version-2 streams.
-        0..=5 | 9..=19 => {
+        // Types every RDB version from 8 on reads the same: strings, plain lists, sets,
+        // zsets and hashes, intsets, ziplists and quicklists of ziplists.
+        0..=5 | 9..=14 => {
             out.push(ty);
             out.extend_from_slice(value);
         }
-        // `FUNCTION DUMP`: one `RDB_OPCODE_FUNCTION2` and the library's code per library, the
-        // same in RDB 10 and 11.
-        FUNCTION2 => {
+        // Redis 7.0's listpack encodings (RDB 10): the plain forms older versions read.
+        16..=18 if to >= 10 => {
+            out.push(ty);
+            out.extend_from_slice(value);
+        }
+        16 => {
+            out.push(4);
+            pairs_as_plain(value, &mut out)?;
+        }
+        17 => {
+            out.push(5);
+            zset_listpack_as_zset2(value, &mut out)?;
+        }
+        18 => {
+            out.push(1);
+            quicklist2_as_list(value, &mut out)?;
+        }
+        // Streams: RDB 9 (5.0) has the first form, RDB 10 adds IDs and counters, RDB 11 the
+        // consumers' active times; RDB 8 (4.0) has no streams at all.
+        15 | 19 | 21 if to < 9 => return Err(err("Redis 4.0 (RDB 8) has no streams")),
+        15 => {
+            out.push(ty);
+            out.extend_from_slice(value);
+        }
+        19 | 21 => {
+            let new_ty = match to {
+                11.. => ty,
+                10 => 19,
+                _ => 15,
+            };
+            out.push(new_ty);
+            if new_ty == ty {
+                out.extend_from_slice(value);
+            } else {
+                let shape = StreamShape {
+                    active_times: ty == 21,
+                    drop_active_times: new_ty != 21,
+                    drop_v2: new_ty == 15,
+                };
+                stream_rewrite(value, shape, &mut out)?;
+            }
+        }
+        20 if to >= 11 => {
             out.push(ty);
             out.extend_from_slice(value);
         }
@@ -92,10 +160,22 @@ pub fn downgrade(payload: &[u8], to: u16) -> Result<Vec<u8>, DowngradeError> {
             out.push(2);
             set_listpack_as_set(value, &mut out)?;
         }
-        21 => {
-            out.push(19);
-            stream_without_active_times(value, &mut out)?;
+        // Redis 7.4's hashes with field TTLs (RDB 12): plain hashes, or refused.
+        24 => {
+            out.push(4);
+            hash_metadata_as_hash(value, field_ttls, &mut out)?;
         }
+        25 => {
+            out.push(4);
+            hash_listpack_ex_as_hash(value, field_ttls, &mut out)?;
+        }
+        // `FUNCTION DUMP`: one `RDB_OPCODE_FUNCTION2` and the library's code per library, the
+        // same from RDB 10 (Redis 7.0, which has functions) on.
+        FUNCTION2 if to >= 10 => {
+            out.push(ty);
+            out.extend_from_slice(value);
+        }
+        FUNCTION2 => return Err(err("function libraries need Redis 7.0 (RDB 10)")),
         6 | 7 => return Err(err("module values have no older form")),
         t => return Err(err(format!("unknown object type {t}"))),
     }
@@ -315,26 +395,59 @@ fn set_listpack_as_set(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeE
     Ok(())
 }
 
-/// A `STREAM_LISTPACKS_3` value as a `STREAM_LISTPACKS_2` one: the consumers' active times
-/// (8 bytes after each seen time) are left out, every other byte is kept.
-fn stream_without_active_times(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+/// Which stream fields a payload has, and which the target's version lacks.
+#[derive(Debug, Clone, Copy)]
+struct StreamShape {
+    /// Each consumer has an active time after its seen time (`STREAM_LISTPACKS_3`, RDB 11).
+    active_times: bool,
+    /// Leave the active times out (for RDB 10 and older).
+    drop_active_times: bool,
+    /// Leave out what RDB 10 added (`STREAM_LISTPACKS_2`): the first and max-deleted IDs and
+    /// entries-added after the last ID, each group's entries-read (for RDB 9).
+    drop_v2: bool,
+}
+
+/// A stream value rewritten for an older stream type: the fields the older type lacks are
+/// left out, every other byte is kept.
+fn stream_rewrite(
+    value: &[u8],
+    shape: StreamShape,
+    out: &mut Vec<u8>,
+) -> Result<(), DowngradeError> {
     let mut r = Reader { buf: value, at: 0 };
     // Bytes of `value` before this offset are in `out` already (or left out).
     let mut copied = 0;
+    let skip = |r: &mut Reader, copied: &mut usize, from: usize, out: &mut Vec<u8>| {
+        out.extend_from_slice(&value[*copied..from]);
+        *copied = r.at;
+    };
     let nodes = r.len()?;
     for _ in 0..2 * nodes {
         r.skip_string()?;
     }
-    // Length, last ID (2), first ID (2), max deleted ID (2), entries added.
-    for _ in 0..8 {
+    // Length, last ID (2).
+    for _ in 0..3 {
         r.len()?;
+    }
+    // First ID (2), max deleted ID (2), entries added: in every form but the first, which
+    // `value` is not (an RDB 9 stream is never rewritten).
+    let from = r.at;
+    for _ in 0..5 {
+        r.len()?;
+    }
+    if shape.drop_v2 {
+        skip(&mut r, &mut copied, from, out);
     }
     let groups = r.len()?;
     for _ in 0..groups {
         r.skip_string()?;
-        // Last delivered ID (2), entries read.
-        for _ in 0..3 {
-            r.len()?;
+        // Last delivered ID (2), then entries read.
+        r.len()?;
+        r.len()?;
+        let from = r.at;
+        r.len()?;
+        if shape.drop_v2 {
+            skip(&mut r, &mut copied, from, out);
         }
         let pending = r.len()?;
         for _ in 0..pending {
@@ -346,9 +459,13 @@ fn stream_without_active_times(value: &[u8], out: &mut Vec<u8>) -> Result<(), Do
         for _ in 0..consumers {
             r.skip_string()?;
             r.take(8)?;
-            out.extend_from_slice(&value[copied..r.at]);
-            r.take(8)?;
-            copied = r.at;
+            if shape.active_times {
+                let from = r.at;
+                r.take(8)?;
+                if shape.drop_active_times {
+                    skip(&mut r, &mut copied, from, out);
+                }
+            }
             let owned = r.len()?;
             r.take(16 * usize::try_from(owned).map_err(|_| err("huge"))?)?;
         }
@@ -358,6 +475,146 @@ fn stream_without_active_times(value: &[u8], out: &mut Vec<u8>) -> Result<(), Do
     }
     out.extend_from_slice(&value[copied..]);
     Ok(())
+}
+
+/// The elements of the listpack string `value` holds, which come in tuples of `n`.
+fn listpack_tuples(value: &[u8], n: usize, what: &str) -> Result<Vec<Vec<u8>>, DowngradeError> {
+    let mut r = Reader { buf: value, at: 0 };
+    let items = listpack_elements(&r.string()?)?;
+    if items.len() % n != 0 {
+        return Err(err(format!("{what} whose count is not a multiple of {n}")));
+    }
+    Ok(items)
+}
+
+/// A listpack of field/value pairs (`HASH_LISTPACK`) as a plain hash's value.
+fn pairs_as_plain(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+    let items = listpack_tuples(value, 2, "a hash listpack")?;
+    put_len(out, items.len() as u64 / 2);
+    for item in items {
+        put_string(out, &item);
+    }
+    Ok(())
+}
+
+/// A `ZSET_LISTPACK` (member, score pairs; scores as Redis prints them, which read back to the
+/// same double) as a `ZSET_2` value: members with binary doubles.
+fn zset_listpack_as_zset2(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+    let items = listpack_tuples(value, 2, "a zset listpack")?;
+    put_len(out, items.len() as u64 / 2);
+    for pair in items.chunks_exact(2) {
+        let score: f64 = std::str::from_utf8(&pair[1])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| err("a zset score that is not a number"))?;
+        put_string(out, &pair[0]);
+        out.extend_from_slice(&score.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// A `LIST_QUICKLIST_2` (nodes, each a plain element or a listpack) as a plain list.
+fn quicklist2_as_list(value: &[u8], out: &mut Vec<u8>) -> Result<(), DowngradeError> {
+    /// `QUICKLIST_NODE_CONTAINER_PLAIN`: the node is one element.
+    const PLAIN: u64 = 1;
+    let mut r = Reader { buf: value, at: 0 };
+    let nodes = r.len()?;
+    let mut items = Vec::new();
+    for _ in 0..nodes {
+        let container = r.len()?;
+        let data = r.string()?;
+        if container == PLAIN {
+            items.push(data);
+        } else {
+            items.extend(listpack_elements(&data)?);
+        }
+    }
+    if r.at != value.len() {
+        return Err(err("list value has trailing bytes"));
+    }
+    put_len(out, items.len() as u64);
+    for item in items {
+        put_string(out, &item);
+    }
+    Ok(())
+}
+
+/// The fields of a hash with field TTLs, as (field, value, absolute TTL in ms or none), as a
+/// plain hash's value under `policy`.
+fn fields_without_ttls(
+    fields: Vec<(Vec<u8>, Vec<u8>, Option<u64>)>,
+    policy: FieldTtls,
+    out: &mut Vec<u8>,
+) -> Result<(), DowngradeError> {
+    let kept: Vec<_> = match policy {
+        FieldTtls::Refuse => {
+            if fields.iter().any(|f| f.2.is_some()) {
+                return Err(err(
+                    "a hash with field TTLs, which the target cannot hold (on_field_ttls = \"refuse\")",
+                ));
+            }
+            fields
+        }
+        FieldTtls::Drop { now_ms } => fields
+            .into_iter()
+            .filter(|f| f.2.is_none_or(|at| at as i64 > now_ms))
+            .collect(),
+    };
+    if kept.is_empty() {
+        // RESTORE refuses an empty hash; the source reclaims the key as its fields expire.
+        return Err(err("every field of the hash had expired"));
+    }
+    put_len(out, kept.len() as u64);
+    for (f, v, _) in kept {
+        put_string(out, &f);
+        put_string(out, &v);
+    }
+    Ok(())
+}
+
+/// A `HASH_METADATA` value (the next field expiry, then per field a TTL relative to it plus
+/// one, or 0 for none; the field; the value) as a plain hash's value.
+fn hash_metadata_as_hash(
+    value: &[u8],
+    policy: FieldTtls,
+    out: &mut Vec<u8>,
+) -> Result<(), DowngradeError> {
+    let mut r = Reader { buf: value, at: 0 };
+    let min = u64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default());
+    let n = r.len()?;
+    let mut fields = Vec::new();
+    for _ in 0..n {
+        let ttl = r.len()?;
+        let f = r.string()?;
+        let v = r.string()?;
+        let at = (ttl != 0).then(|| (min + ttl).saturating_sub(1));
+        fields.push((f, v, at));
+    }
+    if r.at != value.len() {
+        return Err(err("hash value has trailing bytes"));
+    }
+    fields_without_ttls(fields, policy, out)
+}
+
+/// A `HASH_LISTPACK_EX` value (the next field expiry, then a listpack of field, value,
+/// absolute TTL triples, 0 for none) as a plain hash's value.
+fn hash_listpack_ex_as_hash(
+    value: &[u8],
+    policy: FieldTtls,
+    out: &mut Vec<u8>,
+) -> Result<(), DowngradeError> {
+    // The next field expiry (8 bytes) comes first; the TTLs themselves are in the listpack.
+    let rest = value.get(8..).ok_or_else(|| err("payload ends early"))?;
+    let items = listpack_tuples(rest, 3, "a hash listpack with field TTLs")?;
+    let mut fields = Vec::new();
+    for t in items.chunks_exact(3) {
+        let at: u64 = std::str::from_utf8(&t[2])
+            .ok()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| err("a field TTL that is not a number"))?;
+        fields.push((t[0].clone(), t[1].clone(), (at != 0).then_some(at)));
+    }
+    fields_without_ttls(fields, policy, out)
 }
 
 #[cfg(test)]
@@ -379,7 +636,12 @@ mod tests {
         assert_eq!(downgrade(&p, 10).unwrap(), p);
         let q = payload(0, b"\x03abc", 11);
         assert_eq!(downgrade(&q, 10).unwrap(), payload(0, b"\x03abc", 10));
-        assert!(downgrade(&payload(0, b"\x03abc", 12), 10).is_err());
+        assert_eq!(
+            downgrade(&payload(0, b"\x03abc", 12), 8).unwrap(),
+            payload(0, b"\x03abc", 8)
+        );
+        assert!(downgrade(&payload(0, b"\x03abc", 13), 10).is_err());
+        assert!(downgrade(&payload(245, b"\x05#!lua", 11), 9).is_err());
         assert!(downgrade(&payload(7, b"", 11), 10).is_err());
         let functions = payload(245, b"\x05#!lua", 11);
         assert_eq!(
@@ -446,5 +708,122 @@ mod tests {
         );
         v.push(0);
         assert!(downgrade(&payload(21, &v, 11), 10).is_err());
+    }
+
+    /// A listpack of short strings (each under 64 bytes), as an RDB string value.
+    fn listpack(items: &[&[u8]]) -> Vec<u8> {
+        let mut lp = vec![0, 0, 0, 0, items.len() as u8, 0];
+        for it in items {
+            lp.push(0x80 | it.len() as u8);
+            lp.extend_from_slice(it);
+            lp.push(1 + it.len() as u8);
+        }
+        lp.push(0xff);
+        let n = lp.len() as u32;
+        lp[..4].copy_from_slice(&n.to_le_bytes());
+        let mut value = Vec::new();
+        put_len(&mut value, lp.len() as u64);
+        value.extend_from_slice(&lp);
+        value
+    }
+
+    fn plain(items: &[&[u8]], count: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_len(&mut v, count);
+        for it in items {
+            put_string(&mut v, it);
+        }
+        v
+    }
+
+    #[test]
+    fn listpack_hashes_zsets_and_lists_become_plain_for_rdb_9() {
+        let hash = payload(16, &listpack(&[b"f", b"v", b"g", b"w"]), 10);
+        assert_eq!(downgrade(&hash, 10).unwrap(), hash);
+        assert_eq!(
+            downgrade(&hash, 9).unwrap(),
+            payload(4, &plain(&[b"f", b"v", b"g", b"w"], 2), 9)
+        );
+        let zset = payload(17, &listpack(&[b"a", b"1.5", b"b", b"-inf"]), 11);
+        let mut want = Vec::new();
+        put_len(&mut want, 2);
+        put_string(&mut want, b"a");
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        put_string(&mut want, b"b");
+        want.extend_from_slice(&f64::NEG_INFINITY.to_le_bytes());
+        assert_eq!(downgrade(&zset, 8).unwrap(), payload(5, &want, 8));
+        // Two nodes: a packed one of two elements and a plain one.
+        let mut list = vec![2, 2];
+        list.extend_from_slice(&listpack(&[b"x", b"y"]));
+        list.extend_from_slice(&[1, 3]);
+        list.extend_from_slice(b"big");
+        assert_eq!(
+            downgrade(&payload(18, &list, 10), 9).unwrap(),
+            payload(1, &plain(&[b"x", b"y", b"big"], 3), 9)
+        );
+    }
+
+    #[test]
+    fn hashes_with_field_ttls_lose_them_only_when_told() {
+        // HASH_LISTPACK_EX: next expiry, then field, value, absolute TTL (0: none) triples.
+        let mut v = 2000u64.to_le_bytes().to_vec();
+        v.extend_from_slice(&listpack(&[
+            b"a", b"1", b"0", b"b", b"2", b"2000", b"c", b"3", b"900",
+        ]));
+        let p = payload(25, &v, 12);
+        let e = downgrade(&p, 11).unwrap_err().to_string();
+        assert!(e.contains("field TTLs"), "{e}");
+        // Kept without TTLs, except the field that expired before the rewrite.
+        assert_eq!(
+            downgrade_with(&p, 11, FieldTtls::Drop { now_ms: 1000 }).unwrap(),
+            payload(4, &plain(&[b"a", b"1", b"b", b"2"], 2), 11)
+        );
+        // No field has a TTL any more: nothing is lost, so it is rewritten under Refuse too.
+        let mut none = 0u64.to_le_bytes().to_vec();
+        none.extend_from_slice(&listpack(&[b"a", b"1", b"0"]));
+        assert_eq!(
+            downgrade(&payload(25, &none, 12), 10).unwrap(),
+            payload(4, &plain(&[b"a", b"1"], 1), 10)
+        );
+        // HASH_METADATA: TTLs relative to the next expiry, plus one.
+        let mut m = 5000u64.to_le_bytes().to_vec();
+        m.extend_from_slice(&[2, 0, 1, b'a', 1, b'1', 1, 1, b'b', 1, b'2']);
+        let p = payload(24, &m, 12);
+        assert!(downgrade(&p, 10).is_err());
+        assert_eq!(
+            downgrade_with(&p, 10, FieldTtls::Drop { now_ms: 4999 }).unwrap(),
+            payload(4, &plain(&[b"a", b"1", b"b", b"2"], 2), 10)
+        );
+        assert_eq!(
+            downgrade_with(&p, 10, FieldTtls::Drop { now_ms: 5000 }).unwrap(),
+            payload(4, &plain(&[b"a", b"1"], 1), 10)
+        );
+    }
+
+    #[test]
+    fn streams_lose_what_rdb_9_lacks_and_have_no_rdb_8_form() {
+        let mut v = vec![1, 2, b'n', b'k', 3, b'l', b'p', b'x'];
+        // Length, last ID; then first ID, max deleted ID, entries added (RDB 10).
+        v.extend_from_slice(&[1, 5, 0]);
+        let v2_at = v.len();
+        v.extend_from_slice(&[5, 0, 0, 0, 9]);
+        // One group "g", last ID 5-0, entries read 1, no pending entries, one consumer.
+        v.extend_from_slice(&[1, 1, b'g', 5, 0]);
+        let read_at = v.len();
+        v.extend_from_slice(&[1, 0, 1, 1, b'c']);
+        v.extend_from_slice(&[0x11; 8]);
+        let active_at = v.len();
+        v.extend_from_slice(&[0x22; 8]);
+        v.push(0);
+        let mut want = v[..v2_at].to_vec();
+        want.extend_from_slice(&v[v2_at + 5..read_at]);
+        want.extend_from_slice(&v[read_at + 1..active_at]);
+        want.extend_from_slice(&v[active_at + 8..]);
+        assert_eq!(
+            downgrade(&payload(21, &v, 12), 9).unwrap(),
+            payload(15, &want, 9)
+        );
+        assert!(downgrade(&payload(21, &v, 12), 8).is_err());
+        assert!(downgrade(&payload(15, &want, 9), 8).is_err());
     }
 }

@@ -46,6 +46,9 @@ pub struct PayloadStore {
     /// The RDB version the target reads up to, when it is older than the source's payloads:
     /// payloads are rewritten for it as they arrive ([`super::downgrade`]).
     rdb_target: Option<u16>,
+    /// Hashes with field TTLs toward a target without them: their fields without the TTLs
+    /// (a plan's `drop_field_ttls`), or not rewritten.
+    drop_field_ttls: bool,
     /// Payloads rewritten for the target.
     downgraded: AtomicU64,
     /// Payloads that could not be rewritten (passed on as read: the target refuses them and
@@ -64,6 +67,7 @@ impl PayloadStore {
             bytes: AtomicU64::new(0),
             budget,
             rdb_target: None,
+            drop_field_ttls: false,
             downgraded: AtomicU64::new(0),
             not_downgraded: AtomicU64::new(0),
         }
@@ -72,6 +76,13 @@ impl PayloadStore {
     /// Payloads newer than RDB `version` are rewritten for a target that reads up to it.
     pub fn with_rdb_target(mut self, version: u16) -> PayloadStore {
         self.rdb_target = Some(version);
+        self
+    }
+
+    /// Hashes with field TTLs are rewritten as plain hashes without them (a plan's
+    /// `drop_field_ttls`); otherwise such a payload is passed on as read and refused.
+    pub fn with_field_ttls_dropped(mut self, drop: bool) -> PayloadStore {
+        self.drop_field_ttls = drop;
         self
     }
 
@@ -91,7 +102,14 @@ impl PayloadStore {
         if super::downgrade::payload_version(bytes).is_none_or(|v| v <= to) {
             return p;
         }
-        match super::downgrade::downgrade(bytes, to) {
+        let field_ttls = if self.drop_field_ttls {
+            super::downgrade::FieldTtls::Drop {
+                now_ms: crate::clock::now_ms(),
+            }
+        } else {
+            super::downgrade::FieldTtls::Refuse
+        };
+        match super::downgrade::downgrade_with(bytes, to, field_ttls) {
             Ok(older) => {
                 self.downgraded.fetch_add(1, Ordering::Relaxed);
                 p.payload = Some(older);

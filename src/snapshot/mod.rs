@@ -583,6 +583,9 @@ impl Snapshotter {
         );
         if live.is_none() {
             shared.cluster = target_cluster.clone();
+            shared.relative_restores = !crate::net::Engine::detect(&self.target)
+                .await?
+                .has_restore_absttl();
         }
         shared.by_slot = self.shard_of_cluster;
         let shared = Arc::new(shared);

@@ -39,6 +39,8 @@ pub(super) struct Shared {
     /// The source is a primary of a cluster, which refuses a transaction across slots: a
     /// fenced read is one `MULTI … EXEC` per slot.
     pub(super) by_slot: bool,
+    /// The target has no `RESTORE … ABSTTL` (Redis 4.0): restores carry the TTL left.
+    pub(super) relative_restores: bool,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             memory_usage: AtomicBool::new(true),
             cluster: None,
             by_slot: false,
+            relative_restores: false,
         }
     }
 
@@ -334,6 +337,15 @@ impl Worker {
         for c in copies {
             match c.expire_at_ms {
                 Some(t) if t <= now => stats.skipped_expired += 1,
+                // Redis 4.0: the TTL left now (it runs late by the pipeline's latency).
+                Some(t) if self.shared.relative_restores => {
+                    pipe.cmd("RESTORE")
+                        .arg(c.key.as_slice())
+                        .arg(t - now)
+                        .arg(c.payload.as_slice())
+                        .arg("REPLACE");
+                    sent.push(c);
+                }
                 Some(t) => {
                     pipe.cmd("RESTORE")
                         .arg(c.key.as_slice())

@@ -134,3 +134,75 @@ fn pops_served_after_blocking_are_replayed_exactly() {
     assert!(oracle.keys_compared >= 200, "{oracle}");
     oracle.assert_identical();
 }
+
+/// Regression (issue 14: a 6.0 → 7.0 engine run once left `queue:mailers`, emptied on the source
+/// by a served `BRPOP`, on the target). A server serves a blocked client until it *handles* its
+/// timeout, once per event-loop turn: a push that runs after a stall (here `DEBUG SLEEP`,
+/// pipelined with the push so both run in one turn) serves a client whose timeout passed
+/// seconds ago by the stream's clock. The ledger must still count that client as blocked.
+#[test]
+fn a_pop_served_after_a_stall_past_its_timeout_is_replayed_exactly() {
+    let opts = crate::support::ServerOptions {
+        extra_config: vec!["enable-debug-command yes".into()],
+        ..crate::support::ServerOptions::default()
+    };
+    let source = RedisServer::start_with(opts);
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let _: () = redis::cmd("SET").arg("k").arg(1).query(&mut con).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
+
+    let consumer = {
+        let mut c = source.conn();
+        std::thread::spawn(move || {
+            redis::cmd("BRPOP")
+                .arg("q")
+                .arg(1)
+                .query::<Option<(String, String)>>(&mut c)
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&mut con) == 0 {
+        assert!(Instant::now() < deadline, "the consumer never blocked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ferry re-copies `q` for the BRPOP line itself (its pop may have been served at once):
+    // let that read land first, so only the ledger can account for what follows.
+    std::thread::sleep(Duration::from_millis(500));
+    // The server stalls 2.5 s, past the 1 s timeout, then runs the push before it handles the
+    // timeout: the consumer gets the job.
+    let _: () = redis::pipe()
+        .cmd("DEBUG")
+        .arg("SLEEP")
+        .arg(2.5)
+        .ignore()
+        .cmd("LPUSH")
+        .arg("q")
+        .arg("job")
+        .ignore()
+        .query(&mut con)
+        .unwrap();
+    let got = consumer.join().unwrap();
+    assert_eq!(got, Some(("q".into(), "job".into())), "not served late");
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    ferry.wait_log("Status.", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("q")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(
+        exists, 0,
+        "the served pop is missing on the target:\n{stderr}"
+    );
+    compare(&source.url(), &target.url(), &OracleOptions::default()).assert_identical();
+}

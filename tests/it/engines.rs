@@ -1354,24 +1354,32 @@ fn refused_at_start_with(source: &RedisServer, target: &RedisServer, extra: &[&s
 }
 
 /// Pairs ferry cannot migrate live are refused at start with one line naming the reason, never
-/// a loop: Redis 7.4 → Valkey 8.0 (RDB 12 payloads, no rewrite to 11) and a Redis 4.0 target
-/// (no `SET … PXAT`), and a cutover from a source before 6.2 (no `CLIENT PAUSE … WRITE`). A
-/// Redis 3.x source is refused the same way (`Engine::too_old`).
+/// a loop: a source with streams toward Redis 4.0 (which has none), and a cutover from a source before 6.2 (no
+/// `CLIENT PAUSE … WRITE`). A Redis 3.x source is refused the same way (`Engine::too_old`).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
 fn unsupported_pairs_are_refused_at_start_with_one_line() {
-    let line = refused_at_start(
-        &start(Engine::Redis74),
-        &RedisServer::start_engine(Engine::Valkey80, ServerOptions::default()),
-    );
+    // Streams toward Redis 4.0, which has none: the first stream and the count.
+    let source = start(Engine::Redis50);
+    let mut con = source.conn();
+    for (db, key) in [(0, "plain"), (2, "events"), (2, "more")] {
+        let _: () = redis::cmd("SELECT").arg(db).query(&mut con).unwrap();
+        if key == "plain" {
+            let _: () = redis::cmd("SET").arg(key).arg(1).query(&mut con).unwrap();
+        } else {
+            let _: String = redis::cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("f")
+                .arg(1)
+                .query(&mut con)
+                .unwrap();
+        }
+    }
+    let line = refused_at_start(&source, &start(Engine::Redis40));
     assert!(
-        line.contains("runs Valkey 8.0.1, whose RESTORE rejects the DUMP payloads of")
-            && line.contains("a live migration toward this older payload version is not supported"),
-        "{line}"
-    );
-    let line = refused_at_start(&RedisServer::start(), &start(Engine::Redis40));
-    assert!(
-        line.contains("runs Redis 4.0.14; replay writes absolute expiries (SET … PXAT, Redis 6.2), so the target must run Redis 6.2 or later"),
+        line.contains("has 2 stream(s) (first: db2 ")
+            && line.contains("runs Redis 4.0.14, which has no streams (Redis 5.0)"),
         "{line}"
     );
     // A cutover from a source without CLIENT PAUSE … WRITE: said at start, not at the switch.
@@ -1431,6 +1439,37 @@ fn live_migration_from_valkey_8_0_to_redis_7_0_is_exact() {
     let stderr = live(&source, &mut target, 12);
     assert!(
         stderr.contains("DUMP payloads rewritten from RDB 11 to RDB 10 before RESTORE"),
+        "{stderr}"
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// Redis 7.4 → Redis 7.0, a short live run under the workload, stopped with SIGTERM: Redis
+/// 7.0 rejects RDB 12 payloads, so ferry rewrites them to RDB 10 (the RDB 11 → 10 rewrite
+/// included: listpack sets, streams with consumer groups); 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_4_to_7_0_is_exact() {
+    let source = start(Engine::Redis74);
+    let mut target = RedisServer::start();
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("DUMP payloads rewritten from RDB 12 to RDB 10 before RESTORE"),
+        "{stderr}"
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// Redis 7.4 → Valkey 8.0, a short live run: RDB 12 payloads rewritten to RDB 11 (every type
+/// but hashes with field TTLs has the same bytes); 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_4_to_valkey_8_0_is_exact() {
+    let source = start(Engine::Redis74);
+    let mut target = RedisServer::start_engine(Engine::Valkey80, ServerOptions::default());
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("DUMP payloads rewritten from RDB 12 to RDB 11 before RESTORE"),
         "{stderr}"
     );
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
@@ -1558,9 +1597,9 @@ fn a_target_engine_without_functions_is_refused_when_the_source_has_libraries() 
     }
 }
 
-/// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 is ready and names
-/// the payload rewrite (exit 0); Redis 7.4 → Valkey 8.0 cannot be migrated live, the payloads
-/// finding says why (exit 2); a 4.0 target fails on its engine (exit 2); a 6.0 source warns
+/// `ferry preflight --json` on engine pairs, parsed: Valkey 8.0 → Redis 7.0 and Redis 7.4 →
+/// Valkey 8.0 are ready and name the payload rewrite (exit 0); a 4.0 target names replay's forms and fails on a source's
+/// stream (exit 2); a 6.0 source warns
 /// that its final fence pauses every client (exit 1).
 #[test]
 #[ignore = "needs make servers; run make test-engines"]
@@ -1584,27 +1623,53 @@ fn preflight_judges_engine_pairs() {
 
     let r74 = start(Engine::Redis74);
     let (code, stderr, r) = preflight(&r74, &v80);
-    assert_eq!(code, Some(2), "{stderr}{r:#}");
+    assert_eq!(code, Some(0), "{stderr}{r:#}");
     let payloads = finding(&r, "payloads");
-    assert_eq!(payloads["level"], "fail", "{r:#}");
+    assert_eq!(payloads["level"], "ok", "{r:#}");
     assert!(
         payloads["detail"]
             .as_str()
             .unwrap()
-            .contains("the target's RESTORE rejects RDB 12 payloads (it reads up to RDB 11)"),
+            .contains("DUMP payloads rewritten from RDB 12 to RDB 11 before RESTORE"),
         "{payloads:#}"
     );
 
+    // Toward Redis 4.0: the target engine is fine (replay's forms named), a source with a
+    // stream is not.
     let r40 = start(Engine::Redis40);
+    let (_, stderr, r) = preflight(&r70, &r40);
+    let engine = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["side"] == "target" && f["check"] == "engine")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(engine["level"], "ok", "{stderr}{r:#}");
+    assert!(
+        engine["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SET … PXAT as one EVAL of SET and PEXPIREAT"),
+        "{engine:#}"
+    );
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg(1)
+        .query(&mut r70.conn())
+        .unwrap();
     let (code, stderr, r) = preflight(&r70, &r40);
     assert_eq!(code, Some(2), "{stderr}{r:#}");
+    let streams = finding(&r, "streams");
+    assert_eq!(streams["level"], "fail", "{r:#}");
     assert!(
-        r["findings"]
-            .as_array()
+        streams["detail"]
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|f| f["side"] == "target" && f["check"] == "engine" && f["level"] == "fail"),
-        "{r:#}"
+            .contains("has 1 stream(s) (first: db0 \"s\")"),
+        "{streams:#}"
     );
     let r60 = start(Engine::Redis60);
     let (code, stderr, r) = preflight(&r60, &r70);
@@ -1755,6 +1820,79 @@ fn live_migration_from_redis_4_0_to_7_0_is_exact() {
         stderr.contains("Pausing every client of the source, reads too"),
         "{stderr}"
     );
+}
+
+/// `ferry verify` from `source` to `target` after a run: exit 0, 0 differences (PTTL with
+/// ferry's clock where a side has no PEXPIRETIME).
+fn verify_after(source: &RedisServer, target: &RedisServer) {
+    let out = crate::cli::run_ferry(&[
+        "verify",
+        "--source",
+        &source.url(),
+        "--target",
+        &target.url(),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
+
+/// Redis 6.0 → Redis 6.0, the upgrade path of old fleets moving hosts, under the workload,
+/// stopped with SIGTERM: the target has no `SET … PXAT` (ferry sends `SET` and `PEXPIREAT`
+/// in one `EVAL`) and no `LMPOP` (served blocked pops are re-copied); 0 differences, and
+/// `ferry verify` agrees.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_6_0_to_6_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis60, ServerOptions::elasticache_like());
+    let mut target = start(Engine::Redis60);
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("SET … PXAT as one EVAL of SET and PEXPIREAT"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("target-only ("), "{stderr}");
+    verify_after(&source, &target);
+}
+
+/// Redis 4.0 → Redis 4.0 under the workload (no streams), stopped with SIGTERM: restores
+/// carry the TTL left (no `RESTORE … ABSTTL`); 0 differences, and `ferry verify` agrees.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_4_0_to_4_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis40, ServerOptions::elasticache_like());
+    let mut target = start(Engine::Redis40);
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("RESTORE with the TTL left when sent (no ABSTTL before Redis 5.0)"),
+        "{stderr}"
+    );
+    verify_after(&source, &target);
+}
+
+/// Redis 7.0 → Redis 6.2, toward an older engine, under the workload (with 7.0's `EXPIRE …
+/// GT|NX`), stopped with SIGTERM: RDB 10 payloads rewritten to RDB 9, the writes 6.2 refuses
+/// with `ERR` re-copied (counted as target-only errors); 0 differences, `ferry verify` agrees.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_0_to_6_2_is_exact() {
+    let source = RedisServer::elasticache_like();
+    let mut target = start(Engine::Redis62);
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("DUMP payloads rewritten from RDB 10 to RDB 9 before RESTORE"),
+        "{stderr}"
+    );
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+    // The writes 6.2 refused (7.0's EXPIRE … GT|NX among them) were re-copied, not dropped.
+    assert!(
+        stderr.contains("target-only (ERR "),
+        "no write was refused, so the path did not run:\n{stderr}"
+    );
+    verify_after(&source, &target);
 }
 
 /// The built-in tables of engines before 7.0 (`src/command/builtin_pre7/`, used when such a

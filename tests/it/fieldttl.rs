@@ -43,6 +43,30 @@ fn fields_with_ttl(server: &RedisServer, key: &str) -> usize {
     times.iter().filter(|t| **t >= 0).count()
 }
 
+/// Queues `HSET key f<i> value(i)` for `fields` fields and a one-hour TTL on `f0` and `f1`.
+fn long_ttl_hash(
+    pipe: &mut redis::Pipeline,
+    key: &str,
+    fields: usize,
+    value: impl Fn(usize) -> usize,
+) {
+    for f in 0..fields {
+        pipe.cmd("HSET")
+            .arg(key)
+            .arg(format!("f{f}"))
+            .arg(value(f))
+            .ignore();
+    }
+    pipe.cmd("HEXPIRE")
+        .arg(key)
+        .arg(3600)
+        .arg("FIELDS")
+        .arg(2)
+        .arg("f0")
+        .arg("f1")
+        .ignore();
+}
+
 /// Hashes with fields that have TTLs: long ones (past the test), and short ones that expire
 /// while ferry runs.
 fn seed(server: &RedisServer, hashes: usize) {
@@ -50,21 +74,7 @@ fn seed(server: &RedisServer, hashes: usize) {
     let mut pipe = redis::pipe();
     for h in 0..hashes {
         let key = format!("fh:{h}");
-        for f in 0..20 {
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(format!("f{f}"))
-                .arg(h * f)
-                .ignore();
-        }
-        pipe.cmd("HEXPIRE")
-            .arg(&key)
-            .arg(3600)
-            .arg("FIELDS")
-            .arg(2)
-            .arg("f0")
-            .arg("f1")
-            .ignore();
+        long_ttl_hash(&mut pipe, &key, 20, |f| h * f);
         pipe.cmd("HPEXPIRE")
             .arg(&key)
             .arg(1500 + 100 * h as u64)
@@ -574,4 +584,139 @@ fn verify_inside_a_run_and_after_it_compares_field_ttls() {
             "{found:?}"
         );
     }
+}
+
+/// Redis 7.4 → Redis 7.0 under a plan with `on_field_ttls = "drop_field_ttls"`, live: the
+/// snapshot's RDB 12 payloads of hashes with field TTLs (listpack ones and a big one) are
+/// rewritten into plain RDB 10 hashes without the TTLs, the `HEXPIRE`s written during the run
+/// are dropped, and the oracle (field TTLs set aside) finds 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_74_to_70_drops_field_ttls_under_the_plan() {
+    let source = redis74();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let mut pipe = redis::pipe();
+    for h in 0..20 {
+        let key = format!("fh:{h}");
+        // fh:0 is too big for a listpack: a hash table with field TTLs (HASH_METADATA).
+        long_ttl_hash(&mut pipe, &key, if h == 0 { 300 } else { 10 }, |f| f);
+        pipe.cmd("SET").arg(format!("s:{h}")).arg(h).ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let plan = state.path().join("plan.lua");
+    std::fs::write(
+        &plan,
+        "local ferry = require \"ferry\"\n\
+         return ferry.plan {\n\
+           api_version = 1,\n\
+           source = { url = ferry.env \"SOURCE_URL\", capture = \"primary\" },\n\
+           target = { url = ferry.env \"TARGET_URL\" },\n\
+           journal = ferry.embedded { dir = \"state\" },\n\
+           on_field_ttls = \"drop_field_ttls\",\n\
+           phases = { \"snapshot\", ferry.catch_up { max_lag_ms = 500 },
+             ferry.phase(\"soak\", function(ctx) ctx.sleep(3000) end),
+             ferry.cutover { max_pause_ms = 2000 } },\n\
+         }\n",
+    )
+    .unwrap();
+    let writer = {
+        let mut con = source.conn();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            for n in 0..200 {
+                let key = format!("fh:{}", n % 20);
+                let _: () = redis::pipe()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(format!("w{n}"))
+                    .arg(n)
+                    .ignore()
+                    .cmd("HEXPIRE")
+                    .arg(&key)
+                    .arg(7200)
+                    .arg("FIELDS")
+                    .arg(1)
+                    .arg(format!("w{n}"))
+                    .ignore()
+                    .query(&mut con)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (s, t) = (
+        format!("SOURCE_URL={}", source.url()),
+        format!("TARGET_URL={}", target.url()),
+    );
+    let out = crate::cli::run_ferry(&["run", plan.to_str().unwrap(), "--set", &s, "--set", &t]);
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for part in [
+        "DUMP payloads rewritten from RDB 12 to RDB 10 before RESTORE",
+        "Field TTLs dropped",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing:\n{stderr}");
+    }
+    let report = oracle(&source, &target, true);
+    eprintln!(
+        "{report}\n--- ferry stderr (tail) ---\n{}",
+        tail(&stderr, 8)
+    );
+    assert!(report.keys_compared >= 40, "{report}");
+    report.assert_identical();
+    let n: usize = redis::cmd("HLEN")
+        .arg("fh:0")
+        .query(&mut target.conn())
+        .unwrap();
+    assert!(n >= 300, "fh:0 has {n} fields on the target");
+}
+
+/// Redis 7.4 → Redis 7.0 with the default policy (`refuse`) and no field TTL at the start: a
+/// hash that gets one during the run is refused by the target (`HEXPIRE` is unknown there), its
+/// re-copy's RDB 12 payload is not rewritten without the plan's consent, and the run fails at
+/// the final fence naming the key (exit 2), never with the TTL silently lost.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn a_field_ttl_set_during_a_refusing_run_fails_it_at_the_final_fence() {
+    let source = redis74();
+    let target = RedisServer::start();
+    let mut con = source.conn();
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg(1)
+        .arg("g")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_past_snapshot(&source, &target, state.path(), &[]);
+    let _: Vec<i64> = redis::cmd("HEXPIRE")
+        .arg("h")
+        .arg(3600)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("g")
+        .query(&mut con)
+        .unwrap();
+    ferry.wait_log(
+        "cannot be rewritten for the target's RDB version",
+        Duration::from_secs(20),
+    );
+    let code = ferry.terminate(Duration::from_secs(60));
+    let stderr = ferry.stderr();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a hash with field TTLs, which the target cannot hold"),
+        "{stderr}"
+    );
+    let error: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error"))
+        .collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("\"h\""), "{stderr}");
 }
