@@ -16,15 +16,6 @@ pub(super) fn cluster_replica_refusal(source: &Endpoint, t: &Topology) -> String
     )
 }
 
-/// A cutover from a cluster source: its switch would pause and release every primary, which is
-/// not built yet; a run without the cutover phase ends at a final fence on every shard.
-pub(super) fn cluster_cutover_refusal(source: &Endpoint, t: &Topology) -> String {
-    format!(
-        "the source {source} is a node of a Redis Cluster ({} primaries); a cutover from a cluster is not supported yet: run without the cutover phase (the final fence pauses every primary) and switch clients yourself",
-        t.shards.len()
-    )
-}
-
 /// A source with keys in dbs other than 0 toward a cluster, which has db 0 only.
 pub(super) fn multi_db_refusal(target: &Endpoint, dbs: &[u32]) -> String {
     format!(

@@ -88,7 +88,7 @@ pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
 pub use trailing::{Conflict, ConflictPolicy, TargetKey, WindowEnd, WindowReport, WindowSpec};
 pub use window::{TargetWrites, WindowMapper};
 
-use cluster::{cluster_cutover_refusal, cluster_replica_refusal, multi_db_refusal, source_dbs};
+use cluster::{cluster_replica_refusal, multi_db_refusal, source_dbs};
 use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};
 use markers::Markers;
@@ -317,12 +317,6 @@ impl Migration {
         if let Some(t) = &source {
             if self.cfg.capture == CaptureMode::Replica {
                 return Err(MigrateError::Unsupported(cluster_replica_refusal(
-                    &self.source,
-                    t,
-                )));
-            }
-            if self.cfg.cutover_planned {
-                return Err(MigrateError::Unsupported(cluster_cutover_refusal(
                     &self.source,
                     t,
                 )));

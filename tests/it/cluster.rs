@@ -326,8 +326,10 @@ fn a_slot_migrated_on_the_target_during_replay_is_followed_exactly() {
     assert!(n > 0, "the new owner holds no key of slot {slot}");
 }
 
+/// A cluster source is captured on each shard's primary: `--capture replica` is refused at
+/// start, in one line, and nothing reaches the target.
 #[test]
-fn a_cluster_source_is_refused_at_start_with_one_line() {
+fn a_cluster_source_with_capture_replica_is_refused_at_start_with_one_line() {
     let source = Cluster::start();
     let target = RedisServer::start();
     let state = tempfile::tempdir().unwrap();
@@ -338,6 +340,8 @@ fn a_cluster_source_is_refused_at_start_with_one_line() {
             &source.urls()[0],
             "--target",
             &target.url(),
+            "--capture",
+            "replica",
         ])
         .arg("--state-dir")
         .arg(state.path())
@@ -351,9 +355,11 @@ fn a_cluster_source_is_refused_at_start_with_one_line() {
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("is a node of a Redis Cluster (3 primaries)"),
+        lines[0].contains("is a node of a Redis Cluster (3 primaries), and ferry captures a cluster on each shard's primary"),
         "{stderr}"
     );
+    let n: u64 = redis::cmd("DBSIZE").query(&mut target.conn()).unwrap();
+    assert_eq!(n, 0, "the refused run wrote to the target");
 }
 
 #[test]

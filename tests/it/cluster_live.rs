@@ -187,7 +187,9 @@ fn start_load(cluster: &Cluster) -> Load {
                     continue;
                 }
                 ops_w.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(300));
+                // Paced so that a debug build's replay keeps up and the verification's
+                // catch-up phase ends while the load runs.
+                std::thread::sleep(Duration::from_millis(2));
             }
         }));
         let (stop_c, popped_c) = (stop.clone(), popped.clone());
@@ -252,7 +254,7 @@ fn oracle(source: &str, target: &str) -> OracleReport {
 /// Fills `source`, runs the workload while ferry migrates it to `target` for `secs`, stops
 /// the workload, then ferry with SIGTERM, and compares; returns ferry's log.
 fn migrate_from_cluster(source: &Cluster, target: &str, secs: u64) -> String {
-    migrate_from_cluster_with(source, target, secs, &[], || {})
+    migrate_from_cluster_with(source, target, secs, &[], |_| {})
 }
 
 /// [`migrate_from_cluster`], calling `during` once the snapshot's reads are done.
@@ -261,7 +263,7 @@ fn migrate_from_cluster_with(
     target: &str,
     secs: u64,
     extra: &[&str],
-    during: impl FnOnce(),
+    during: impl FnOnce(&crate::migrate::FerryProcess),
 ) -> String {
     fill_cluster(source, &dataset());
     let load = start_load(source);
@@ -270,7 +272,7 @@ fn migrate_from_cluster_with(
     let mut ferry = start_migrate(&source.urls()[1], target, state.path(), extra);
     let started = Instant::now();
     ferry.wait_log("Snapshot reads done", Duration::from_secs(120));
-    during();
+    during(&ferry);
     if let Some(rest) = Duration::from_secs(secs).checked_sub(started.elapsed()) {
         std::thread::sleep(rest);
     }
@@ -308,7 +310,9 @@ fn migrate_from_cluster_with(
 fn a_three_master_elasticache_like_cluster_migrates_live_to_a_cluster_exactly() {
     let source = Cluster::start_elasticache_like(false);
     let target = Cluster::start();
-    let stderr = migrate_from_cluster_with(&source, &target.urls()[2], 12, &["--verify"], || {});
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[2], 12, &["--verify"], |f| {
+        f.wait_log("Fenced verification:", Duration::from_secs(120));
+    });
     let verified = stderr
         .lines()
         .find(|l| l.contains("Fenced verification:"))
@@ -340,7 +344,7 @@ fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
     let source = Cluster::start_with_replicas();
     let target = Cluster::start();
     let replica = source.replicas()[0].url();
-    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, &[], || {
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, &[], |_| {
         std::thread::sleep(Duration::from_secs(2));
         let mut con = redis::Client::open(replica.as_str())
             .unwrap()
@@ -371,4 +375,42 @@ fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
         "the failover was not followed:\n{}",
         tail(&stderr, 30)
     );
+}
+
+/// `ferry migrate --cutover` from a cluster: the switch fence pauses writes on every primary,
+/// drains each shard's stream to its copy of the switch marker, and releases them all; the
+/// target then equals the source.
+#[test]
+fn a_cutover_from_a_cluster_pauses_every_primary_and_ends_exact() {
+    let source = Cluster::start();
+    let target = Cluster::start();
+    fill_cluster(&source, &dataset());
+    let load = start_load(&source);
+    let state = tempfile::tempdir().unwrap();
+    let mut ferry = start_migrate(
+        &source.urls()[0],
+        &target.urls()[0],
+        state.path(),
+        &["--cutover", "--max-pause-ms", "3000"],
+    );
+    ferry.wait_log("Snapshot reads done", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(2));
+    let (ops, popped) = load.stop();
+    let code = ferry.wait(Duration::from_secs(120));
+    let stderr = ferry.stderr();
+    assert_eq!(
+        code,
+        Some(0),
+        "ferry migrate --cutover failed:\n{}",
+        tail(&stderr, 40)
+    );
+    assert!(
+        stderr.contains("Switched; source writes resumed."),
+        "{}",
+        tail(&stderr, 30)
+    );
+    let report = oracle(&source.urls()[0], &target.urls()[0]);
+    eprintln!("workload: {ops} rounds, {popped} served pops\n{report}");
+    assert!(report.keys_compared > 3000, "{report}");
+    report.assert_identical();
 }
