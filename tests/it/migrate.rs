@@ -265,6 +265,10 @@ pub(crate) fn migrate_under_load(
         tail(&stderr, 15)
     );
     assert!(oracle.keys_compared > 9000, "{oracle}");
+    if !oracle.is_identical() {
+        // A rare difference is diagnosed from the whole log, not its tail.
+        eprintln!("--- ferry stderr (whole) ---\n{stderr}");
+    }
     oracle.assert_identical();
     stderr
 }
