@@ -5,16 +5,7 @@ use std::collections::BTreeSet;
 
 use super::report::MigrateError;
 use crate::net::Endpoint;
-use crate::net::cluster::{Topology, stray_dbs};
-
-/// A cluster source with `capture = replica`: each shard is captured on its primary (a
-/// cluster replica answers key reads only after `READONLY`, which the fenced reads do not send).
-pub(super) fn cluster_replica_refusal(source: &Endpoint, t: &Topology) -> String {
-    format!(
-        "the source {source} is a node of a Redis Cluster ({} primaries), and ferry captures a cluster on each shard's primary: use capture = \"auto\" or \"primary\" (--capture primary)",
-        t.shards.len()
-    )
-}
+use crate::net::cluster::stray_dbs;
 
 /// A source with keys in dbs other than 0 toward a cluster, which has db 0 only.
 pub(super) fn multi_db_refusal(target: &Endpoint, dbs: &[u32]) -> String {

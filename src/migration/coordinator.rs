@@ -309,7 +309,7 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
 
 /// The primaries' addresses, in shard order, to tell a failover.
 fn primaries(nodes: &SourceNodes) -> Vec<Option<(String, u16)>> {
-    nodes.all().iter().map(host_port).collect()
+    nodes.primaries().iter().map(host_port).collect()
 }
 
 /// For a cluster source: when a shard's primary changed (a failover), captures the new
@@ -331,10 +331,30 @@ async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
     let Some(t) = found else {
         return Ok(false);
     };
-    let next = SourceNodes::cluster(t);
-    if primaries(&next) == primaries(&now) {
+    if primaries(&SourceNodes::cluster(t.clone())) == primaries(&now) {
         return Ok(false);
     }
+    // Read the same way as before: through replicas (their streams carry effects, and the
+    // stitcher reads either kind, not both), the new primaries' once one answers healthy.
+    let next = if now.on_replicas() {
+        let mut found = None;
+        for _ in 0..20 {
+            let n = super::cluster_nodes(t.clone(), super::CaptureMode::Auto).await?;
+            if n.on_replicas() {
+                found = Some(n);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        found.ok_or_else(|| {
+            stage(
+                "capture",
+                "the source cluster failed over, and a shard's new primary has no healthy replica to capture within 10 s: run again (a new run resyncs every key)",
+            )
+        })?
+    } else {
+        SourceNodes::cluster(t)
+    };
     if next.len() != now.len() {
         return Err(stage(
             "capture",

@@ -156,7 +156,7 @@ impl Running {
         // Every primary of a cluster source; the primary (not a capture replica) otherwise.
         let nodes = self.nodes.get().1;
         let pause_nodes = if nodes.is_cluster() {
-            nodes.all().to_vec()
+            nodes.primaries()
         } else {
             vec![self.source.clone()]
         };
@@ -187,7 +187,10 @@ impl Running {
             unpause(&mut srcs).await;
         }
         if self.from_replica && refused.is_none() {
-            wait_replica_caught_up(&self.source, nodes.first()).await;
+            // Each capture replica has everything its paused primary ran.
+            for (primary, replica) in pause_nodes.iter().zip(nodes.all()) {
+                wait_replica_caught_up(primary, replica).await;
+            }
         }
         Ok((srcs, pause_started, refused.is_none()))
     }
@@ -271,7 +274,13 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.from_replica && paused {
-            fix_stream_groups(shared, &self.source, &self.target).await?;
+            let nodes = self.nodes.get().1;
+            let primaries = if nodes.is_cluster() {
+                nodes.primaries()
+            } else {
+                vec![self.source.clone()]
+            };
+            fix_stream_groups(shared, &primaries, |k| nodes.index_of(k), &self.target).await?;
         }
         let last = if self.pause_all {
             let ms = self.cfg.max_pause.as_millis() as u64;

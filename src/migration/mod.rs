@@ -88,7 +88,7 @@ pub use switch::{Fenced, Pause, PauseEnd, reverse_sync};
 pub use trailing::{Conflict, ConflictPolicy, TargetKey, WindowEnd, WindowReport, WindowSpec};
 pub use window::{TargetWrites, WindowMapper};
 
-use cluster::{cluster_replica_refusal, multi_db_refusal, source_dbs};
+use cluster::{multi_db_refusal, source_dbs};
 use coordinator::{Coordinator, spawn_coordinator};
 use evictions::{Evictions, warn_if_target_evicts};
 use markers::Markers;
@@ -121,6 +121,35 @@ impl CaptureSink for JournalSink {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// The nodes a cluster source is read through: a healthy replica of each shard when `capture`
+/// asks for replicas (`auto`: when every shard has one), else each shard's primary. Capture
+/// modes do not mix, since the stitcher reads either commands or effects.
+pub(super) async fn cluster_nodes(
+    t: Topology,
+    capture: CaptureMode,
+) -> Result<SourceNodes, MigrateError> {
+    if capture == CaptureMode::Primary {
+        return Ok(SourceNodes::cluster(t));
+    }
+    let mut replicas = Vec::with_capacity(t.shards.len());
+    for shard in &t.shards {
+        match find_replica(&shard.primary).await {
+            Some(r) => replicas.push(r),
+            None if capture == CaptureMode::Replica => {
+                return Err(stage(
+                    "capture",
+                    format!(
+                        "capture = replica, but the shard of {} has no reachable, healthy replica (capture reads one replica per shard of a cluster)",
+                        shard.primary
+                    ),
+                ));
+            }
+            None => return Ok(SourceNodes::cluster(t)),
+        }
+    }
+    Ok(SourceNodes::cluster_on_replicas(t, replicas))
 }
 
 /// What starts the captures of a source's nodes: at the start, and again on a cluster
@@ -315,12 +344,6 @@ impl Migration {
     async fn check_clusters(&self) -> Result<(Option<Topology>, Option<Topology>), MigrateError> {
         let source = Topology::discover(&self.source).await?;
         if let Some(t) = &source {
-            if self.cfg.capture == CaptureMode::Replica {
-                return Err(MigrateError::Unsupported(cluster_replica_refusal(
-                    &self.source,
-                    t,
-                )));
-            }
             tracing::info!(
                 source = %self.source,
                 primaries = t.shards.len(),
@@ -407,7 +430,8 @@ impl Migration {
             (_, Some(_)) | (CaptureMode::Primary, _) => None,
             (CaptureMode::Auto | CaptureMode::Replica, None) => find_replica(&self.source).await,
         };
-        if self.cfg.capture == CaptureMode::Replica && replica.is_none() {
+        if self.cfg.capture == CaptureMode::Replica && replica.is_none() && source_cluster.is_none()
+        {
             return Err(stage(
                 "capture",
                 format!(
@@ -418,13 +442,15 @@ impl Migration {
         }
         let node = replica.clone().unwrap_or_else(|| self.source.clone());
         let nodes = match source_cluster {
-            Some(t) => SourceNodes::cluster(t),
+            Some(t) => cluster_nodes(t, self.cfg.capture).await?,
             None => SourceNodes::single(node.clone()),
         };
         let cell = NodesCell::new(nodes.clone());
-        report.from_replica = replica.is_some();
+        report.from_replica = replica.is_some() || nodes.on_replicas();
         report.capture_node = nodes.describe();
+        let from_replica = report.from_replica;
         let why = match (self.cfg.capture, report.from_replica) {
+            _ if nodes.on_replicas() => "a cluster source: a healthy replica of each shard",
             _ if nodes.is_cluster() => "a cluster source: each shard's primary",
             (CaptureMode::Auto, true) => "auto: chose the replica, a healthy one answers",
             (CaptureMode::Auto, false) => "auto: chose the primary, no healthy replica answers",
@@ -558,7 +584,7 @@ impl Migration {
         let markers = Arc::new(tokio::sync::Mutex::new(
             Markers::connect(&cell, &peers).await?,
         ));
-        let evictions = Arc::new(Evictions::connect(&nodes, &peers, replica.is_some()).await);
+        let evictions = Arc::new(Evictions::connect(&nodes, &peers, report.from_replica).await);
         warn_if_target_evicts(&self.target).await;
         let report = Arc::new(std::sync::Mutex::new(report));
         let probe = probe::Probe::new(
@@ -602,7 +628,7 @@ impl Migration {
             source: self.source,
             target: self.target,
             nodes: cell,
-            from_replica: replica.is_some(),
+            from_replica,
             pause_all: !engines.0.has_pause_write(),
             cfg: self.cfg,
             started,

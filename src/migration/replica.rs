@@ -55,7 +55,8 @@ pub(super) async fn find_replica(source: &Endpoint) -> Option<Endpoint> {
 /// replica's stream could not carry exactly, from the paused primary to the target.
 pub(super) async fn fix_stream_groups(
     shared: &StitchShared,
-    primary: &Endpoint,
+    primaries: &[Endpoint],
+    shard_of: impl Fn(&[u8]) -> usize,
     target: &Endpoint,
 ) -> Result<(), MigrateError> {
     let keys: Vec<(u32, Vec<u8>)> = shared
@@ -66,24 +67,39 @@ pub(super) async fn fix_stream_groups(
     if keys.is_empty() {
         return Ok(());
     }
-    let mut p = primary.control().await?;
-    let mut t = target.control().await?;
+    let mut conns = Vec::with_capacity(primaries.len());
+    for primary in primaries {
+        conns.push(primary.control().await?);
+    }
+    // A cluster target: each key's groups are set on the primary serving its slot.
+    let target_cluster = crate::net::cluster::Topology::discover(target).await?;
+    let mut targets: std::collections::HashMap<String, redis::aio::MultiplexedConnection> =
+        std::collections::HashMap::new();
     for (db, key) in keys {
+        // The key's primary on the source (its shard's, for a cluster source).
+        let p = &mut conns[shard_of(&key).min(primaries.len() - 1)];
+        let tnode = target_cluster
+            .as_ref()
+            .map_or(target, |t| t.primary_of(&key));
+        let t = match targets.entry(tnode.redacted().to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(tnode.control().await?),
+        };
         let err = |e: redis::RedisError| stage("final fence", format!("stream groups: {e}"));
         redis::cmd("SELECT")
             .arg(db)
-            .query_async::<()>(&mut p)
+            .query_async::<()>(p)
             .await
             .map_err(err)?;
         redis::cmd("SELECT")
             .arg(db)
-            .query_async::<()>(&mut t)
+            .query_async::<()>(t)
             .await
             .map_err(err)?;
         let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&key)
-            .query_async(&mut p)
+            .query_async(p)
             .await
         {
             Ok(g) => g,
@@ -105,7 +121,7 @@ pub(super) async fn fix_stream_groups(
             if let Some(n) = text("entries-read") {
                 cmd.arg("ENTRIESREAD").arg(n);
             }
-            cmd.query_async::<()>(&mut t).await.map_err(err)?;
+            cmd.query_async::<()>(t).await.map_err(err)?;
         }
     }
     Ok(())

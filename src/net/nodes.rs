@@ -16,6 +16,8 @@ use super::cluster::Topology;
 #[derive(Debug, Clone)]
 pub struct SourceNodes {
     nodes: Vec<Endpoint>,
+    /// A cluster read through a replica of each shard (whose streams carry effects).
+    on_replicas: bool,
     /// The cluster's slot map, whose shard `i` is read through `nodes[i]`.
     topology: Option<Arc<Topology>>,
 }
@@ -25,6 +27,7 @@ impl SourceNodes {
     pub fn single(node: Endpoint) -> SourceNodes {
         SourceNodes {
             nodes: vec![node],
+            on_replicas: false,
             topology: None,
         }
     }
@@ -33,7 +36,31 @@ impl SourceNodes {
     pub fn cluster(topology: Topology) -> SourceNodes {
         SourceNodes {
             nodes: topology.shards.iter().map(|s| s.primary.clone()).collect(),
+            on_replicas: false,
             topology: Some(Arc::new(topology)),
+        }
+    }
+
+    /// A cluster, shard `i` read through `replicas[i]`, a replica of its primary.
+    pub fn cluster_on_replicas(topology: Topology, replicas: Vec<Endpoint>) -> SourceNodes {
+        SourceNodes {
+            nodes: replicas,
+            on_replicas: true,
+            topology: Some(Arc::new(topology)),
+        }
+    }
+
+    /// True when a cluster is read through replicas.
+    pub fn on_replicas(&self) -> bool {
+        self.on_replicas
+    }
+
+    /// The primaries of a cluster, shard by shard (what a fence pauses); the node itself for
+    /// a standalone server.
+    pub fn primaries(&self) -> Vec<Endpoint> {
+        match &self.topology {
+            Some(t) => t.shards.iter().map(|s| s.primary.clone()).collect(),
+            None => self.nodes.clone(),
         }
     }
 
@@ -84,6 +111,21 @@ impl SourceNodes {
     /// The nodes, for a log line.
     pub fn describe(&self) -> String {
         match &self.topology {
+            Some(t) if self.on_replicas => {
+                let replicas: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        super::cluster::host_port(n)
+                            .map_or_else(|| n.redacted().to_string(), |(h, p)| format!("{h}:{p}"))
+                    })
+                    .collect();
+                format!(
+                    "{} (read through replicas {})",
+                    t.describe(),
+                    replicas.join(", ")
+                )
+            }
             Some(t) => t.describe(),
             None => self.nodes[0].redacted().to_string(),
         }

@@ -349,6 +349,21 @@ impl FencedReader {
             .query_async::<String>(&mut con)
             .await
             .is_ok_and(|i| crate::net::info_field(&i, "cluster_enabled") == Some("1"));
+        if cluster {
+            // A cluster replica (a capture node) answers key reads only in READONLY mode;
+            // elsewhere READONLY is harmless.
+            let role: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default();
+            if crate::net::info_field(&role, "role") == Some("slave") {
+                redis::cmd("READONLY")
+                    .query_async::<()>(&mut con)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         Ok(FencedReader {
             con,
             db: None,

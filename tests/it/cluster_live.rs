@@ -337,14 +337,33 @@ fn a_cluster_migrates_live_to_a_standalone_server_exactly() {
     migrate_from_cluster(&source, &target.url(), 10);
 }
 
-/// A manual failover of one source shard (`CLUSTER FAILOVER` on its replica) during replay:
-/// ferry captures the new primary and resyncs, and the target ends equal to the source.
+/// A manual failover of one source shard (`CLUSTER FAILOVER` on its replica) during replay,
+/// captured on primaries: ferry captures the new primary and resyncs, and the target ends
+/// equal to the source.
 #[test]
 fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
+    failover_during_replay("primary");
+}
+
+/// The same failover with the cluster captured on its replicas (the default when every shard
+/// has a healthy one): the promoted replica was a capture node; ferry captures a replica of
+/// each primary again (the old primary, once it replicates) and resyncs.
+#[test]
+fn a_failover_while_capturing_replicas_is_followed_exactly() {
+    let stderr = failover_during_replay("auto");
+    assert!(
+        stderr.contains("read through replicas"),
+        "the replicas were not captured:\n{}",
+        tail(&stderr, 30)
+    );
+}
+
+fn failover_during_replay(capture: &str) -> String {
     let source = Cluster::start_with_replicas();
     let target = Cluster::start();
     let replica = source.replicas()[0].url();
-    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, &[], |_| {
+    let extra = ["--capture", capture];
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 14, &extra, |_| {
         std::thread::sleep(Duration::from_secs(2));
         let mut con = redis::Client::open(replica.as_str())
             .unwrap()
@@ -373,6 +392,22 @@ fn a_failover_on_the_source_cluster_during_replay_is_followed_exactly() {
     assert!(
         stderr.contains("The source cluster failed over"),
         "the failover was not followed:\n{}",
+        tail(&stderr, 30)
+    );
+    stderr
+}
+
+/// A cluster whose every shard has a healthy replica is captured on the replicas (effects
+/// streams) by default: reads through fences on the replicas (`READONLY`), the final fence
+/// pausing the primaries and waiting for each replica; 0 differences.
+#[test]
+fn a_cluster_with_replicas_is_captured_on_its_replicas_exactly() {
+    let source = Cluster::start_with_replicas();
+    let target = Cluster::start();
+    let stderr = migrate_from_cluster(&source, &target.urls()[1], 10);
+    assert!(
+        stderr.contains("read through replicas") && stderr.contains("replica (effects stream)"),
+        "{}",
         tail(&stderr, 30)
     );
 }

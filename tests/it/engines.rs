@@ -1485,6 +1485,31 @@ fn live_migration_from_valkey_7_2_to_redis_7_0_is_exact() {
     assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
 }
 
+/// Redis 7.2 → Redis 7.0: payloads rewritten RDB 11 → 10 under the workload, SIGTERM, 0
+/// differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_7_2_to_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis72, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = live(&source, &mut target, 6);
+    assert!(payloads_rewritten(&stderr) > 9000, "{stderr}");
+}
+
+/// Redis 5.0 → Redis 7.0 (the flagship test takes 5.0 to 7.4): PTTL + TIME reads, the
+/// all-client final pause, under the workload, SIGTERM, 0 differences.
+#[test]
+#[ignore = "needs make servers; run make test-engines"]
+fn live_migration_from_redis_5_0_to_7_0_is_exact() {
+    let source = RedisServer::start_engine(Engine::Redis50, ServerOptions::elasticache_like());
+    let mut target = RedisServer::start();
+    let stderr = live(&source, &mut target, 6);
+    assert!(
+        stderr.contains("Pausing every client of the source, reads too"),
+        "{stderr}"
+    );
+}
+
 /// One engine pair's function libraries: `libA` loaded on the source before the migration and
 /// `libB` loaded during it (after the snapshot read the libraries, so only the stream brings
 /// it) both answer `FCALL` on the target after the final fence, under a short workload, and
