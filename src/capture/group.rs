@@ -46,6 +46,8 @@ pub enum Role {
     Fence,
     /// Control traffic: ignored, except markers.
     Control,
+    /// Another ferry's replay into this server (a reverse sync's): its writes are dropped.
+    Replay,
 }
 
 impl PeerRegistry {
@@ -209,6 +211,7 @@ impl Grouper {
         }
         if let Peer::Tcp(addr) = &line.peer
             && let Some(role) = self.peers.role(&self.server, addr)
+            && (role == Role::Replay || !self.writes(&line.argv))
         {
             self.push_own(*addr, role, line, out);
             return false;
@@ -271,6 +274,17 @@ impl Grouper {
         // A lua line outside a known script (the EVAL line was before capture started) still
         // took effect; keep it.
         self.script.get_or_insert_with(Vec::new).push(entry);
+    }
+
+    /// True for a command the stream must replay. ferry's fence and control connections never
+    /// send one, so such a line from their address is an application's: a client that reuses
+    /// the port of a connection ferry closed (on loopback the kernel hands ports in TIME_WAIT
+    /// out again at once).
+    fn writes(&self, argv: &Argv) -> bool {
+        matches!(
+            self.table.classify(argv),
+            Class::Write | Class::Script | Class::ScriptCache
+        )
     }
 
     fn push_own(
@@ -465,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn own_connections_give_fences_and_markers_only() {
+    fn own_connections_give_fences_and_markers_only_and_never_writes() {
         let out = run(
             &[
                 r#"+1.000001 [0 127.0.0.1:9] "MULTI""#,
@@ -475,7 +489,11 @@ mod tests {
                 r#"+1.000004 [3 127.0.0.1:9] "DUMP" "k2""#,
                 r#"+1.000005 [3 127.0.0.1:9] "EXEC""#,
                 r#"+1.000006 [0 127.0.0.1:8] "ECHO" "ferry:final-1""#,
-                r#"+1.000007 [0 127.0.0.1:8] "SET" "ignored" "x""#,
+                // ferry's control connections never write: a write from their address is an
+                // application's that reuses a closed connection's port. A reverse sync's
+                // replay connection writes, and is dropped.
+                r#"+1.000007 [0 127.0.0.1:8] "SET" "reused-port" "x""#,
+                r#"+1.000007 [0 127.0.0.1:6] "SET" "ignored" "x""#,
                 r#"+1.000008 [0 127.0.0.1:9] "TYPE" "outside-a-read""#,
                 r#"+1.000009 [0 127.0.0.1:9] "MULTI""#,
                 r#"+1.000009 [0 127.0.0.1:9] "ECHO" "ferry-read:r2""#,
@@ -491,7 +509,11 @@ mod tests {
                 r#"+1.000012 [0 127.0.0.1:7] "FUNCTION" "DUMP""#,
                 r##"+1.000013 [0 127.0.0.1:7] "FUNCTION" "LOAD" "#!lua name=l\n""##,
             ],
-            &[("127.0.0.1:9", Role::Fence), ("127.0.0.1:8", Role::Control)],
+            &[
+                ("127.0.0.1:9", Role::Fence),
+                ("127.0.0.1:8", Role::Control),
+                ("127.0.0.1:6", Role::Replay),
+            ],
         );
         let read = |db, key: &str, id: &str, ordinal| EntryKind::KeyFence {
             db,
@@ -505,6 +527,10 @@ mod tests {
                 read(3, "k1", "r1", 0),
                 read(3, "k2", "r1", 1),
                 EntryKind::Marker(Marker::Position("final-1".into())),
+                EntryKind::Write {
+                    db: 0,
+                    argv: Argv::from_args(["SET", "reused-port", "x"]),
+                },
                 read(0, "big", "r2", 0),
                 EntryKind::Marker(Marker::Functions {
                     read_id: "r3".into()

@@ -212,7 +212,15 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
                         }
                         // A primary that failed over refuses the reads: follow it instead.
                         Ok((_, Err(e))) => {
-                            if !follow_failover(&mut c).await? {
+                            // A slot still moving refuses reads (ASK) until its move ends:
+                            // give the topology time to settle before failing.
+                            let mut followed = follow_failover(&mut c).await?;
+                            let deadline = Instant::now() + Duration::from_secs(30);
+                            while !followed && c.nodes.get().1.is_cluster() && Instant::now() < deadline {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                followed = follow_failover(&mut c).await?;
+                            }
+                            if !followed {
                                 return Err(stage("snapshot", e));
                             }
                         }
@@ -331,8 +339,39 @@ async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
     let Some(t) = found else {
         return Ok(false);
     };
+    let layout = |t: &Topology| -> Vec<(Option<(String, u16)>, Vec<(u16, u16)>)> {
+        t.shards
+            .iter()
+            .map(|s| (host_port(&s.primary), s.ranges.clone()))
+            .collect()
+    };
     if primaries(&SourceNodes::cluster(t.clone())) == primaries(&now) {
-        return Ok(false);
+        if now.topology().is_none_or(|old| layout(old) == layout(&t)) {
+            return Ok(false);
+        }
+        // The same primaries serving other slots: a slot moved between shards. Captures stay;
+        // reads follow the new slot map, and a resync re-reads every key where it lives now.
+        let Some(next) = now.with_topology(t) else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            before = %now.describe(),
+            now = %next.describe(),
+            "The source cluster moved slots between shards: reading each key on its new shard and resyncing every key with fenced reads."
+        );
+        c.nodes.set(next);
+        if let Ok(mut r) = c.report.lock() {
+            r.source_slot_moves += 1;
+        }
+        c.journal
+            .append(
+                now_us(),
+                EntryKind::Gap {
+                    reason: "slots moved between the source cluster's shards".into(),
+                },
+            )
+            .map_err(|e| MigrateError::Journal(e.to_string()))?;
+        return Ok(true);
     }
     // Read the same way as before: through replicas (their streams carry effects, and the
     // stitcher reads either kind, not both), the new primaries' once one answers healthy.

@@ -28,6 +28,9 @@ pub struct MigrationReport {
     pub resyncs: u64,
     /// Failovers of a cluster source's primaries followed during the run (each with a resync).
     pub source_failovers: u64,
+    /// Slot moves between a cluster source's shards followed during the run (each with a
+    /// resync).
+    pub source_slot_moves: u64,
     /// Journal entries written.
     pub journal_entries: u64,
     /// Commands answered by the target.

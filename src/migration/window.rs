@@ -176,7 +176,7 @@ pub(super) async fn register_ferry_clients(endpoint: &Endpoint, peers: &PeerRegi
     if let Some(names) = client_names(endpoint).await {
         for (addr, name) in names {
             if name == REPLAY_CLIENT_NAME {
-                peers.register(endpoint, &addr, Role::Control);
+                peers.register(endpoint, &addr, Role::Replay);
                 n += 1;
             }
         }

@@ -50,6 +50,23 @@ impl SourceNodes {
         }
     }
 
+    /// The same nodes under `topology`, a new slot map of the same primaries (slots moved
+    /// between shards): each node stays with its primary's shard, wherever that now sorts.
+    pub fn with_topology(&self, topology: Topology) -> Option<SourceNodes> {
+        let old = self.primaries();
+        let key = |e: &Endpoint| super::cluster::host_port(e);
+        let mut nodes = Vec::with_capacity(topology.shards.len());
+        for shard in &topology.shards {
+            let at = old.iter().position(|p| key(p) == key(&shard.primary))?;
+            nodes.push(self.nodes[at].clone());
+        }
+        Some(SourceNodes {
+            nodes,
+            on_replicas: self.on_replicas,
+            topology: Some(Arc::new(topology)),
+        })
+    }
+
     /// True when a cluster is read through replicas.
     pub fn on_replicas(&self) -> bool {
         self.on_replicas

@@ -292,7 +292,8 @@ impl Recopier {
                             // A primary that failed over refuses the reads (MOVED): the
                             // coordinator notices within a second, and its resync re-reads
                             // every key, these included.
-                            for _ in 0..50 {
+                            // (Or a slot moving between shards answers ASK until it ends.)
+                            for _ in 0..300 {
                                 if cell.version() != version {
                                     break 'parts;
                                 }
@@ -505,6 +506,10 @@ impl FencedReader {
             pipe.cmd("EXEC");
             reads.push((id, group));
         }
+        // Every transaction that ran is a fence in the stream, whatever the others did (a
+        // slot moving answers ASK): each one's payloads must reach the store, or the stitcher
+        // waits for them in vain. So a refused transaction is an error reply, not the query's.
+        pipe.ignore_errors();
         let execs: Vec<redis::Value> = pipe
             .query_async(&mut self.con)
             .await
@@ -516,7 +521,7 @@ impl FencedReader {
                 reads.len()
             ));
         }
-        let mut bytes = 0;
+        let (mut bytes, mut failed) = (0, None);
         for ((id, group), exec) in reads.iter().zip(&execs) {
             match exec {
                 redis::Value::Array(replies) => {
@@ -524,7 +529,7 @@ impl FencedReader {
                 }
                 other => {
                     let first = group.first().map(|k| crate::escape::Quoted(k).to_string());
-                    return Err(format!(
+                    failed.get_or_insert(format!(
                         "the fenced read of {} and {} other keys got {other:?}",
                         first.unwrap_or_default(),
                         group.len().saturating_sub(1)
@@ -532,7 +537,10 @@ impl FencedReader {
                 }
             }
         }
-        Ok(bytes)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(bytes),
+        }
     }
 
     /// Queues a read's commands: the `ECHO` of its id, then a `DUMP` and an expiry read per key

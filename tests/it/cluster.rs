@@ -228,7 +228,7 @@ fn standalone_elasticache_like_source_to_a_three_master_cluster_is_exact() {
 
 /// Moves `slot` from master `from` to master `to` the way `redis-cli --cluster reshard` does:
 /// IMPORTING, MIGRATING, MIGRATE of its keys in batches, then SETSLOT NODE on both.
-fn migrate_slot(cluster: &Cluster, slot: u16, from: usize, to: usize) -> u64 {
+pub(crate) fn migrate_slot(cluster: &Cluster, slot: u16, from: usize, to: usize) -> u64 {
     let nodes = cluster.nodes();
     let id = |i: usize| -> String {
         redis::cmd("CLUSTER")

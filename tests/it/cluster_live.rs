@@ -29,7 +29,7 @@ fn tags(cluster: &Cluster) -> Vec<(String, usize)> {
 fn follow(e: &redis::RedisError) -> redis::Connection {
     let text = e.to_string();
     // A pipeline's error lists each command's: `Moved: <slot> <host:port>`.
-    let in_text = ["Moved: ", "MOVED "].iter().find_map(|p| {
+    let in_text = ["Moved: ", "MOVED ", "Ask: ", "ASK "].iter().find_map(|p| {
         let rest = &text[text.find(p)? + p.len()..];
         rest.split_whitespace()
             .nth(1)
@@ -296,6 +296,9 @@ fn migrate_from_cluster_with(
         "blocking consumers served too few pops: {popped}"
     );
     assert!(report.keys_compared > 3000, "{report}");
+    if !report.is_identical() {
+        eprintln!("--- ferry stderr (whole) ---\n{stderr}");
+    }
     report.assert_identical();
     assert!(
         stderr.contains("The source is a Redis Cluster"),
@@ -448,4 +451,28 @@ fn a_cutover_from_a_cluster_pauses_every_primary_and_ends_exact() {
     eprintln!("workload: {ops} rounds, {popped} served pops\n{report}");
     assert!(report.keys_compared > 3000, "{report}");
     report.assert_identical();
+}
+
+/// A slot moved between two source shards during replay (the way `redis-cli --cluster
+/// reshard` does it, keys migrated while the workload writes them): ferry reads the new slot
+/// map, resyncs, and the target ends equal to the source.
+#[test]
+fn a_slot_moved_between_source_shards_during_replay_is_followed_exactly() {
+    let source = Cluster::start();
+    let target = Cluster::start();
+    let (tag, _) = tags(&source)
+        .into_iter()
+        .find(|(_, n)| *n == 0)
+        .expect("a tag on master 0");
+    let slot = source.slot_of(tag.as_bytes());
+    let stderr = migrate_from_cluster_with(&source, &target.urls()[0], 12, &[], |_| {
+        std::thread::sleep(Duration::from_secs(1));
+        let moved = crate::cluster::migrate_slot(&source, slot, 0, 1);
+        assert!(moved > 0, "slot {slot} had no key to move");
+    });
+    assert!(
+        stderr.contains("The source cluster moved slots between shards"),
+        "the slot move was not followed:\n{}",
+        tail(&stderr, 30)
+    );
 }
