@@ -193,9 +193,7 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
                         others += 1;
                     }
                     tracing::warn!(%reason, others, "The target connection broke; a resync follows.");
-                    c.journal
-                        .append(now_us(), EntryKind::Gap { reason: format!("target: {reason}") })
-                        .map_err(|e| MigrateError::Journal(e.to_string()))?;
+                    append_gap(&c.journal, format!("target: {reason}"))?;
                 }
                 done = async { snap_task.as_mut().expect("guarded").await }, if snap_task.is_some() => {
                     snap_task = None;
@@ -315,6 +313,17 @@ async fn coordinate(mut c: Coordinator) -> Result<Coordinator, MigrateError> {
     result.map(|()| c)
 }
 
+/// A shard as a failover or a slot move changes it: its primary's address and its slots.
+type ShardLayout = (Option<(String, u16)>, Vec<(u16, u16)>);
+
+/// Appends a gap to the journal: the stitcher resyncs every key when it reaches it.
+fn append_gap(journal: &Journal, reason: String) -> Result<(), MigrateError> {
+    journal
+        .append(now_us(), EntryKind::Gap { reason })
+        .map(|_| ())
+        .map_err(|e| MigrateError::Journal(e.to_string()))
+}
+
 /// The primaries' addresses, in shard order, to tell a failover.
 fn primaries(nodes: &SourceNodes) -> Vec<Option<(String, u16)>> {
     nodes.primaries().iter().map(host_port).collect()
@@ -339,7 +348,7 @@ async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
     let Some(t) = found else {
         return Ok(false);
     };
-    let layout = |t: &Topology| -> Vec<(Option<(String, u16)>, Vec<(u16, u16)>)> {
+    let layout = |t: &Topology| -> Vec<ShardLayout> {
         t.shards
             .iter()
             .map(|s| (host_port(&s.primary), s.ranges.clone()))
@@ -363,14 +372,10 @@ async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
         if let Ok(mut r) = c.report.lock() {
             r.source_slot_moves += 1;
         }
-        c.journal
-            .append(
-                now_us(),
-                EntryKind::Gap {
-                    reason: "slots moved between the source cluster's shards".into(),
-                },
-            )
-            .map_err(|e| MigrateError::Journal(e.to_string()))?;
+        append_gap(
+            &c.journal,
+            "slots moved between the source cluster's shards".into(),
+        )?;
         return Ok(true);
     }
     // Read the same way as before: through replicas (their streams carry effects, and the
@@ -418,14 +423,7 @@ async fn follow_failover(c: &mut Coordinator) -> Result<bool, MigrateError> {
     if let Ok(mut r) = c.report.lock() {
         r.source_failovers += 1;
     }
-    c.journal
-        .append(
-            now_us(),
-            EntryKind::Gap {
-                reason: "the source cluster failed over".into(),
-            },
-        )
-        .map_err(|e| MigrateError::Journal(e.to_string()))?;
+    append_gap(&c.journal, "the source cluster failed over".into())?;
     Ok(true)
 }
 

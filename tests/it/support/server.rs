@@ -432,15 +432,33 @@ impl RedisServer {
 
     /// Blocks until `replicas` replicas acknowledged every write made so far, via `WAIT`.
     pub fn wait_for_replicas(&self, replicas: usize, timeout: Duration) {
-        let acked: usize = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout.as_millis() as u64)
-            .query(&mut self.conn())
-            .expect("WAIT");
-        assert!(
-            acked >= replicas,
-            "only {acked} of {replicas} replicas acknowledged within {timeout:?}"
-        );
+        // `WAIT` counts only this connection's writes (none, on a fresh connection), so the
+        // replication offsets decide: every replica has acknowledged the master's offset.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let info = self.info("replication");
+            let offset: u64 = info_field(&info, "master_repl_offset")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let acked = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .filter(|l| {
+                    l.split(',')
+                        .find_map(|f| f.strip_prefix("offset="))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|o| o >= offset)
+                })
+                .count();
+            if acked >= replicas {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {acked} of {replicas} replicas acknowledged offset {offset} within {timeout:?}:\n{info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The last `lines` lines of the server's log and anything it wrote to stderr.
