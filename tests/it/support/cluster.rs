@@ -194,7 +194,25 @@ impl Cluster {
                 let want = if self.replicas.is_empty() { "0" } else { "1" };
                 info_field(&master.info("replication"), "connected_slaves").as_deref() == Some(want)
             });
-            if ready && synced {
+            // Every node has heard of every replica (gossip), so any node's CLUSTER NODES
+            // lists each master's replica.
+            let gossiped = self.replicas.is_empty()
+                || cons.iter_mut().all(|con| {
+                    let nodes: String = redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query(con)
+                        .expect("CLUSTER NODES");
+                    nodes
+                        .lines()
+                        .filter(|l| {
+                            l.split_whitespace()
+                                .nth(2)
+                                .is_some_and(|f| f.contains("slave") && !f.contains("fail"))
+                        })
+                        .count()
+                        == self.replicas.len()
+                });
+            if ready && synced && gossiped {
                 return;
             }
             if Instant::now() > deadline {
