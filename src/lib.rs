@@ -27,7 +27,9 @@
 //!   ([`net::TlsOptions`]: CA bundle, client certificate, server name), the one path that opens
 //!   every connection (TCP or unix socket, rustls, `AUTH`), control connections through
 //!   redis-rs, raw RESP connections and the line framing of a `MONITOR` stream; a Redis
-//!   Cluster's topology ([`net::cluster::Topology`]), found from any node.
+//!   Cluster's topology ([`net::cluster::Topology`]), found from any node, and the nodes a
+//!   source is read through ([`net::SourceNodes`]: the server, or one node per shard of a
+//!   cluster, each with its own `MONITOR` stream and fences).
 //! - [`journal`]: the stream's vocabulary ([`journal::EntryKind`], [`journal::Marker`]) and
 //!   the embedded journal: segmented, checksummed, fsynced files that readers tail; behind the
 //!   default `sqs` feature, `journal::sqs`, the SQS transport between processes.
