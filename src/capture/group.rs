@@ -31,7 +31,8 @@ use crate::journal::{EntryKind, Marker, parse_read_echo};
 /// capture must know only the connections to that node.
 #[derive(Debug, Default)]
 pub struct PeerRegistry {
-    roles: RwLock<HashMap<(String, SocketAddr), Role>>,
+    /// By server, then by client address: a line's lookup borrows both, allocating nothing.
+    roles: RwLock<HashMap<String, HashMap<SocketAddr, Role>>>,
 }
 
 /// How a server is named in the registry: its address as ferry connects to it.
@@ -63,16 +64,12 @@ impl PeerRegistry {
 
     fn insert(&self, server: String, addr: &str, role: Role) {
         if let (Ok(a), Ok(mut roles)) = (addr.parse(), self.roles.write()) {
-            roles.insert((server, a), role);
+            roles.entry(server).or_default().insert(a, role);
         }
     }
 
     fn role(&self, server: &str, addr: &SocketAddr) -> Option<Role> {
-        self.roles
-            .read()
-            .ok()?
-            .get(&(server.to_string(), *addr))
-            .copied()
+        self.roles.read().ok()?.get(server)?.get(addr).copied()
     }
 }
 

@@ -101,17 +101,22 @@ struct JournalSink {
     /// With a table: drop writes without keys (but flushes), which another shard's stream
     /// carries already.
     drop_keyless: Option<Arc<CommandTable>>,
+    /// Scratch for the key lookup, so that filtering allocates nothing per write.
+    keys: Vec<crate::command::KeyRef>,
 }
 
 impl CaptureSink for JournalSink {
     fn append(&mut self, mut batch: Vec<(u64, EntryKind)>) -> Result<(), String> {
         if let Some(table) = &self.drop_keyless {
+            let keys = &mut self.keys;
             batch.retain(|(_, e)| match e {
                 EntryKind::Write { argv, .. } => {
                     let name = argv.name();
+                    keys.clear();
+                    table.keys_into(argv, keys);
                     name.eq_ignore_ascii_case(b"FLUSHALL")
                         || name.eq_ignore_ascii_case(b"FLUSHDB")
-                        || !table.keys(argv).is_empty()
+                        || !keys.is_empty()
                 }
                 _ => true,
             });
@@ -173,6 +178,7 @@ impl Captures {
                 // Cluster clients send keyless writes (FUNCTION LOAD, SCRIPT LOAD) to every
                 // primary: the first shard's stream carries them once.
                 drop_keyless: (i > 0).then(|| self.table.clone()),
+                keys: Vec::new(),
             };
             handles.push(
                 Capture::new(

@@ -170,7 +170,10 @@ impl NodesCell {
 
     /// The version now.
     pub fn version(&self) -> u64 {
-        self.get().0
+        match self.0.read() {
+            Ok(g) => g.0,
+            Err(p) => p.get_ref().0,
+        }
     }
 
     /// Replaces the nodes.

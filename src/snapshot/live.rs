@@ -268,7 +268,9 @@ impl Recopier {
                 (version, source) = cell.get();
                 readers = (0..source.len()).map(|_| None).collect();
             }
-            batch.sort_by_key(|(db, key)| (source.index_of(key), *db, key.clone()));
+            batch.sort_by(|a, b| {
+                (source.index_of(&a.1), a.0, &a.1).cmp(&(source.index_of(&b.1), b.0, &b.1))
+            });
             store.wait_for_space().await;
             'parts: for part in
                 batch.chunk_by(|a, b| source.index_of(&a.1) == source.index_of(&b.1))

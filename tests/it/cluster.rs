@@ -24,7 +24,7 @@ fn oracle(source: &RedisServer, target: &Cluster) -> OracleReport {
 }
 
 /// One db: a cluster has db 0 only.
-fn dataset() -> Dataset {
+pub(crate) fn dataset() -> Dataset {
     Dataset {
         dbs: vec![0],
         keys_per_db: 3000,

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::migrate::{start_migrate, tail};
 use crate::support::cluster::Cluster;
-use crate::support::{
-    Dataset, OracleOptions, OracleReport, RedisServer, compare_any, fill_cluster,
-};
+use crate::support::{OracleOptions, OracleReport, RedisServer, compare_any, fill_cluster};
 
 /// Hash tags the workload writes under, each with the index of the master owning its slot.
 fn tags(cluster: &Cluster) -> Vec<(String, usize)> {
@@ -230,19 +228,6 @@ fn start_load(cluster: &Cluster) -> Load {
     }
 }
 
-fn dataset() -> Dataset {
-    Dataset {
-        dbs: vec![0],
-        keys_per_db: 3000,
-        big_list: 20_000,
-        big_hash: 10_000,
-        big_set: 5000,
-        big_zset: 5000,
-        stream_entries: 2000,
-        ..Dataset::default()
-    }
-}
-
 fn oracle(source: &str, target: &str) -> OracleReport {
     let opts = OracleOptions {
         ttl_tolerance_ms: 1000,
@@ -265,7 +250,7 @@ fn migrate_from_cluster_with(
     extra: &[&str],
     during: impl FnOnce(&crate::migrate::FerryProcess),
 ) -> String {
-    fill_cluster(source, &dataset());
+    fill_cluster(source, &crate::cluster::dataset());
     let load = start_load(source);
     std::thread::sleep(Duration::from_millis(300));
     let state = tempfile::tempdir().unwrap();
@@ -422,7 +407,7 @@ fn a_cluster_with_replicas_is_captured_on_its_replicas_exactly() {
 fn a_cutover_from_a_cluster_pauses_every_primary_and_ends_exact() {
     let source = Cluster::start();
     let target = Cluster::start();
-    fill_cluster(&source, &dataset());
+    fill_cluster(&source, &crate::cluster::dataset());
     let load = start_load(&source);
     let state = tempfile::tempdir().unwrap();
     let mut ferry = start_migrate(
